@@ -1,0 +1,104 @@
+"""envserve's domain errors: one root, no transport codes.
+
+Each edge of the product maps these to its own codes in exactly one table (REST status codes in
+``envserve.server.rest.errors``, CLI exit codes in ``envserve.cli``). This module is part of the worker's
+import closure, so it uses the standard library only and stays Python 3.8-compatible.
+
+    EnvserveError
+    ├── InvalidRequest                 the request is malformed; the caller must change it
+    │   ├── ShapeMismatch              declared shape does not match the number of elements
+    │   ├── DatatypeMismatch           data cannot be represented in the declared datatype
+    │   └── UnknownContentType         no codec of that name
+    ├── PayloadTooLarge                the body is over the configured limit
+    ├── ModelNotFound                  no model (or version) of that name
+    ├── ModelNotReady                  known, but not READY (loading, unloading, failed, unloaded)
+    ├── ModelLoadError                 the model could not be loaded (the reason becomes its state)
+    ├── InferenceError                 the model raised while predicting (its message is kept)
+    ├── WorkerUnavailable              the worker serving the request died or is restarting
+    ├── InferenceTimeout               the model did not answer within the configured time
+    └── SettingsError                  server or model settings are invalid
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+__all__ = [
+    "DatatypeMismatch",
+    "EnvserveError",
+    "InferenceError",
+    "InferenceTimeout",
+    "InvalidRequest",
+    "ModelLoadError",
+    "ModelNotFound",
+    "ModelNotReady",
+    "PayloadTooLarge",
+    "SettingsError",
+    "ShapeMismatch",
+    "UnknownContentType",
+    "WorkerUnavailable",
+]
+
+
+class EnvserveError(Exception):
+    """Root of every error envserve raises on purpose.
+
+    ``model`` and ``version`` name the model the error belongs to, when there is one.
+    """
+
+    def __init__(self, message: str, *, model: Optional[str] = None, version: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.model = model
+        self.version = version
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidRequest(EnvserveError):
+    """The request is malformed; nothing was run."""
+
+
+class ShapeMismatch(InvalidRequest):
+    """The declared shape does not match the data."""
+
+
+class DatatypeMismatch(InvalidRequest):
+    """The data cannot be represented in the declared datatype."""
+
+
+class UnknownContentType(InvalidRequest):
+    """No codec is registered under the requested content type."""
+
+
+class PayloadTooLarge(EnvserveError):
+    """The request body exceeds the configured limit."""
+
+
+class ModelNotFound(EnvserveError):
+    """No model, or no such version of it, is known to the server."""
+
+
+class ModelNotReady(EnvserveError):
+    """The model is known but cannot serve now (loading, unloading, failed or unloaded)."""
+
+
+class ModelLoadError(EnvserveError):
+    """Loading the model failed; the message becomes the model's UNAVAILABLE reason."""
+
+
+class InferenceError(EnvserveError):
+    """The model raised while predicting."""
+
+
+class WorkerUnavailable(EnvserveError):
+    """The worker process serving the model died or is restarting."""
+
+
+class InferenceTimeout(EnvserveError):
+    """The model did not answer within the configured inference timeout."""
+
+
+class SettingsError(EnvserveError):
+    """Server or model settings are invalid."""

@@ -1,0 +1,359 @@
+"""Open Inference Protocol (V2) data model: requests and responses as plain objects with numpy data.
+
+Parsing turns a decoded JSON document into an :class:`InferenceRequest` whose inputs hold numpy arrays of
+their declared datatype and shape, or raises :class:`~envserve.errors.InvalidRequest` naming the field.
+The shape is never used to allocate: the data are converted first, and the declared shape is only checked
+against the number of elements that actually arrived.
+
+Part of the worker's import closure: standard library and numpy only, Python 3.8+.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from ..errors import DatatypeMismatch, InvalidRequest, ShapeMismatch
+from .datatypes import DATATYPES
+
+__all__ = [
+    "InferenceRequest",
+    "InferenceResponse",
+    "MetadataTensor",
+    "RequestInput",
+    "RequestOutput",
+    "ResponseOutput",
+    "array_from_data",
+    "parse_inference_request",
+]
+
+#: Largest number of dimensions accepted in a shape; numpy itself stops at 64.
+MAX_DIMS = 32
+
+
+class RequestInput:
+    """One input tensor. ``data`` is a numpy array already shaped as ``shape``."""
+
+    __slots__ = ("data", "datatype", "name", "parameters", "shape")
+
+    def __init__(
+        self,
+        name: str,
+        shape: List[int],
+        datatype: str,
+        data: np.ndarray,
+        parameters: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        self.name = name
+        self.shape = shape
+        self.datatype = datatype
+        self.data = data
+        self.parameters = parameters or {}
+
+    @property
+    def content_type(self) -> Optional[str]:
+        return self.parameters.get("content_type")
+
+    def __repr__(self) -> str:
+        return "RequestInput(name=%r, shape=%r, datatype=%r)" % (self.name, self.shape, self.datatype)
+
+
+class RequestOutput:
+    """An output the client asked for, with its parameters (e.g. ``binary_data``)."""
+
+    __slots__ = ("name", "parameters")
+
+    def __init__(self, name: str, parameters: Optional[Dict[str, Any]] = None) -> None:
+        self.name = name
+        self.parameters = parameters or {}
+
+    def __repr__(self) -> str:
+        return "RequestOutput(name=%r)" % (self.name,)
+
+
+class InferenceRequest:
+    __slots__ = ("id", "inputs", "outputs", "parameters")
+
+    def __init__(
+        self,
+        inputs: List[RequestInput],
+        id: Optional[str] = None,
+        parameters: Optional[Dict[str, Any]] = None,
+        outputs: Optional[List[RequestOutput]] = None,
+    ) -> None:
+        self.inputs = inputs
+        self.id = id
+        self.parameters = parameters or {}
+        self.outputs = outputs or []
+
+    @property
+    def content_type(self) -> Optional[str]:
+        return self.parameters.get("content_type")
+
+    def input(self, name: str) -> RequestInput:
+        for item in self.inputs:
+            if item.name == name:
+                return item
+        raise InvalidRequest("the request has no input named %r" % (name,))
+
+    def __repr__(self) -> str:
+        return "InferenceRequest(id=%r, inputs=%r)" % (self.id, self.inputs)
+
+
+class ResponseOutput:
+    """One output tensor; ``data`` is a numpy array (BYTES: object array of bytes or str)."""
+
+    __slots__ = ("data", "datatype", "name", "parameters", "shape")
+
+    def __init__(
+        self,
+        name: str,
+        shape: List[int],
+        datatype: str,
+        data: np.ndarray,
+        parameters: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        self.name = name
+        self.shape = shape
+        self.datatype = datatype
+        self.data = data
+        self.parameters = parameters or {}
+
+    def __repr__(self) -> str:
+        return "ResponseOutput(name=%r, shape=%r, datatype=%r)" % (self.name, self.shape, self.datatype)
+
+
+class InferenceResponse:
+    __slots__ = ("id", "model_name", "model_version", "outputs", "parameters")
+
+    def __init__(
+        self,
+        model_name: str,
+        outputs: List[ResponseOutput],
+        model_version: Optional[str] = None,
+        id: Optional[str] = None,
+        parameters: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        self.model_name = model_name
+        self.model_version = model_version
+        self.outputs = outputs
+        self.id = id
+        self.parameters = parameters or {}
+
+    def output(self, name: str) -> ResponseOutput:
+        for item in self.outputs:
+            if item.name == name:
+                return item
+        raise KeyError(name)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The JSON document, with each output's data as a flat numpy array (serialise with numpy support)."""
+        doc: Dict[str, Any] = {"model_name": self.model_name}
+        if self.model_version is not None:
+            doc["model_version"] = self.model_version
+        if self.id is not None:
+            doc["id"] = self.id
+        if self.parameters:
+            doc["parameters"] = self.parameters
+        outputs = []
+        for out in self.outputs:
+            item: Dict[str, Any] = {
+                "name": out.name,
+                "shape": out.shape,
+                "datatype": out.datatype,
+            }
+            if out.parameters:
+                item["parameters"] = out.parameters
+            item["data"] = flat_json_data(out.data, out.datatype)
+            outputs.append(item)
+        doc["outputs"] = outputs
+        return doc
+
+
+class MetadataTensor:
+    """A tensor description in model metadata (``inputs``/``outputs`` of model-settings.json)."""
+
+    __slots__ = ("datatype", "name", "parameters", "shape")
+
+    def __init__(
+        self, name: str, datatype: str, shape: List[int], parameters: Optional[Dict[str, Any]] = None
+    ) -> None:
+        self.name = name
+        self.datatype = datatype
+        self.shape = shape
+        self.parameters = parameters or {}
+
+    def to_dict(self) -> Dict[str, Any]:
+        doc: Dict[str, Any] = {"name": self.name, "datatype": self.datatype, "shape": self.shape}
+        if self.parameters:
+            doc["parameters"] = self.parameters
+        return doc
+
+
+def flat_json_data(data: Any, datatype: str) -> Any:
+    """Row-major flat data ready for a JSON encoder that understands numpy arrays."""
+    if isinstance(data, np.ndarray):
+        if datatype == "BYTES" or data.dtype.kind in "OSU":
+            return [_bytes_to_json(v) for v in data.ravel().tolist()]
+        if data.dtype == np.float16:
+            return data.ravel().astype(np.float32)
+        return np.ascontiguousarray(data).ravel()
+    return data
+
+
+def _bytes_to_json(value: Any) -> Any:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRequest(
+                "output contains bytes that are not UTF-8; ask for it with binary_data or content_type base64"
+            ) from None
+    return value
+
+
+# -- parsing -----------------------------------------------------------------------------------------------
+
+
+def _field(doc: Mapping[str, Any], key: str, where: str) -> Any:
+    try:
+        return doc[key]
+    except KeyError:
+        raise InvalidRequest("%s is missing the required field %r" % (where, key)) from None
+
+
+def _parameters(value: Any, where: str) -> Dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidRequest("%s.parameters must be a JSON object" % where)
+    return value
+
+
+def parse_shape(value: Any, where: str) -> List[int]:
+    if not isinstance(value, list):
+        raise InvalidRequest("%s.shape must be a list of non-negative integers, got %s" % (where, _kind(value)))
+    if len(value) > MAX_DIMS:
+        raise InvalidRequest("%s.shape has %d dimensions; at most %d are allowed" % (where, len(value), MAX_DIMS))
+    for dim in value:
+        # bool is an int subclass; a shape of [true] is a mistake, not a dimension of 1.
+        if type(dim) is not int or dim < 0:
+            raise InvalidRequest("%s.shape must be a list of non-negative integers, got %r" % (where, value))
+    return value
+
+
+def _element_count(shape: Sequence[int]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim  # Python ints: no overflow however large the declared dimensions are
+    return count
+
+
+def array_from_data(data: Any, shape: List[int], datatype: str, where: str) -> np.ndarray:
+    """Convert JSON ``data`` (nested or flat) to an array of ``datatype`` shaped ``shape``.
+
+    Raises InvalidRequest subclasses for ragged data, values the datatype cannot hold, and shapes whose
+    element count differs from the data's.
+    """
+    try:
+        dtype = DATATYPES[datatype]
+    except KeyError:
+        raise DatatypeMismatch(
+            "%s.datatype %r is not an Open Inference Protocol datatype; use one of %s"
+            % (where, datatype, ", ".join(DATATYPES))
+        ) from None
+    if not isinstance(data, list):
+        if isinstance(data, (dict, type(None))):
+            raise InvalidRequest("%s.data must be a list (nested or flat), got %s" % (where, _kind(data)))
+        data = [data]
+    try:
+        raw = np.asarray(data)
+    except (ValueError, TypeError):
+        raise ShapeMismatch("%s.data is ragged: nested lists must all have the same length" % where) from None
+    kind = raw.dtype.kind
+    if raw.size == 0:
+        arr = np.empty(0, dtype=dtype)
+    elif datatype == "BYTES":
+        if kind != "U":
+            raise DatatypeMismatch("%s.data must hold strings for datatype BYTES" % where)
+        arr = np.empty(raw.size, dtype=object)
+        arr[:] = [s.encode("utf-8") for s in raw.ravel().tolist()]
+    elif dtype.kind == "f":
+        if kind not in "iuf":
+            raise DatatypeMismatch("%s.data must hold numbers for datatype %s, found %s" % (where, datatype, _elements(raw)))
+        arr = raw.astype(dtype, copy=False)
+        if dtype != raw.dtype and kind == "f" and not np.isfinite(arr).all() and np.isfinite(raw).all():
+            raise DatatypeMismatch("%s.data has values too large for datatype %s" % (where, datatype))
+    elif dtype.kind in "iu":
+        if kind not in "iu":
+            raise DatatypeMismatch(
+                "%s.data must hold integers for datatype %s, found %s" % (where, datatype, _elements(raw))
+            )
+        info = np.iinfo(dtype)
+        if raw.min() < info.min or raw.max() > info.max:
+            raise DatatypeMismatch(
+                "%s.data has values outside the range of %s (%d to %d)" % (where, datatype, info.min, info.max)
+            )
+        arr = raw.astype(dtype, copy=False)
+    else:  # BOOL
+        if kind != "b":
+            raise DatatypeMismatch("%s.data must hold true/false for datatype BOOL, found %s" % (where, _elements(raw)))
+        arr = raw
+    expected = _element_count(shape)
+    if arr.size != expected:
+        raise ShapeMismatch(
+            "%s.shape %r needs %d elements but data has %d" % (where, shape, expected, arr.size)
+        )
+    return arr.reshape(shape)
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+def _elements(raw: np.ndarray) -> str:
+    return {"U": "strings", "b": "booleans", "f": "non-integral numbers", "O": "mixed or null values"}.get(
+        raw.dtype.kind, "integers"
+    )
+
+
+def parse_request_input(doc: Any, where: str) -> RequestInput:
+    if not isinstance(doc, dict):
+        raise InvalidRequest("%s must be a JSON object" % where)
+    name = _field(doc, "name", where)
+    if not isinstance(name, str):
+        raise InvalidRequest("%s.name must be a string" % where)
+    where = "input %r" % name
+    shape = parse_shape(_field(doc, "shape", where), where)
+    datatype = _field(doc, "datatype", where)
+    if not isinstance(datatype, str):
+        raise InvalidRequest("%s.datatype must be a string" % where)
+    parameters = _parameters(doc.get("parameters"), where)
+    data = array_from_data(_field(doc, "data", where), shape, datatype, where)
+    return RequestInput(name, shape, datatype, data, parameters)
+
+
+def parse_inference_request(doc: Any) -> InferenceRequest:
+    """Build an :class:`InferenceRequest` from a decoded JSON document."""
+    if not isinstance(doc, dict):
+        raise InvalidRequest("the request body must be a JSON object with an 'inputs' list")
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidRequest("the request must have a non-empty 'inputs' list")
+    inputs = [parse_request_input(item, "inputs[%d]" % i) for i, item in enumerate(raw_inputs)]
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidRequest("'id' must be a string")
+    outputs: List[RequestOutput] = []
+    raw_outputs = doc.get("outputs")
+    if raw_outputs is not None:
+        if not isinstance(raw_outputs, list):
+            raise InvalidRequest("'outputs' must be a list of {name, parameters} objects")
+        for i, item in enumerate(raw_outputs):
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise InvalidRequest("outputs[%d] must be an object with a string 'name'" % i)
+            outputs.append(RequestOutput(item["name"], _parameters(item.get("parameters"), "outputs[%d]" % i)))
+    return InferenceRequest(inputs, request_id, _parameters(doc.get("parameters"), "request"), outputs)

@@ -1,0 +1,155 @@
+"""Model runtimes: a name -> ``"module:Class"`` table, imported lazily, plus users' own classes.
+
+``implementation`` in model-settings.json may be:
+
+- one of our short names (``sklearn``, ``xgboost``, ``lightgbm``);
+- MLServer's name for the same runtime (``mlserver_sklearn.SKLearnModel``, ...);
+- ``module.Class`` of a custom runtime: ``module.py`` (or a package ``module/``) in the model folder, or
+  an importable module;
+- absent: the runtime is guessed from the artifact in the model folder.
+
+Worker import closure: standard library only at import time, Python 3.8+.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from typing import Any, Dict, Type
+
+from ..errors import ModelLoadError
+from ..settings.model import ModelSettings
+from .base import Runtime
+
+__all__ = ["BUILTIN_RUNTIMES", "Runtime", "create_runtime", "resolve_runtime"]
+
+BUILTIN_RUNTIMES: Dict[str, str] = {
+    "sklearn": "envserve.runtimes.sklearn:SKLearnRuntime",
+    "xgboost": "envserve.runtimes.xgboost:XGBoostRuntime",
+    "lightgbm": "envserve.runtimes.lightgbm:LightGBMRuntime",
+}
+MLSERVER_NAMES: Dict[str, str] = {
+    "mlserver_sklearn.SKLearnModel": "sklearn",
+    "mlserver_xgboost.XGBoostModel": "xgboost",
+    "mlserver_lightgbm.LightGBMModel": "lightgbm",
+}
+# When no implementation is given: which artifact file names which runtime (first match wins).
+_GUESS = (
+    ("model.joblib", "sklearn"),
+    ("model.pkl", "sklearn"),
+    ("model.pickle", "sklearn"),
+    ("model.json", "xgboost"),
+    ("model.ubj", "xgboost"),
+    ("model.txt", "lightgbm"),
+)
+
+
+def _import_from_string(target: str) -> Any:
+    module_name, _, attr = target.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attr)
+
+
+def runtime_name(settings: ModelSettings) -> str:
+    """The canonical runtime name (built-in short name or the custom ``module.Class``)."""
+    implementation = settings.implementation
+    if implementation is None:
+        folder = settings.model_path
+        for filename, name in _GUESS:
+            if folder is not None and (
+                os.path.basename(folder) == filename or os.path.isfile(os.path.join(folder, filename))
+            ):
+                return name
+        raise ModelLoadError(
+            "model %r has no 'implementation' in its settings and no known artifact (%s) in %s"
+            % (settings.name, ", ".join(f for f, _ in _GUESS), folder),
+            model=settings.name,
+        )
+    return MLSERVER_NAMES.get(implementation, implementation)
+
+
+def resolve_runtime(settings: ModelSettings) -> Type[Runtime]:
+    name = runtime_name(settings)
+    target = BUILTIN_RUNTIMES.get(name)
+    if target is not None:
+        try:
+            return _import_from_string(target)  # type: ignore[no-any-return]
+        except ImportError as exc:
+            raise ModelLoadError(
+                "model %r needs the %s runtime, whose library is not installed here (%s); install it in the "
+                "model's environment or the server's (e.g. pip install 'envserve[%s]')" % (settings.name, name, exc, name),
+                model=settings.name,
+            ) from exc
+    if name.startswith("mlserver"):
+        raise ModelLoadError(
+            "model %r uses %r, an MLServer runtime envserve does not provide; built-in runtimes are %s"
+            % (settings.name, name, ", ".join(sorted(MLSERVER_NAMES))),
+            model=settings.name,
+        )
+    return _load_custom(settings, name)
+
+
+def _load_custom(settings: ModelSettings, implementation: str) -> Type[Runtime]:
+    module_name, _, class_name = implementation.rpartition(".")
+    if not module_name or not class_name:
+        raise ModelLoadError(
+            "model %r: implementation %r is neither a built-in runtime (%s) nor 'module.Class'"
+            % (settings.name, implementation, ", ".join(sorted(BUILTIN_RUNTIMES))),
+            model=settings.name,
+        )
+    module = _import_custom_module(settings, module_name)
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ModelLoadError(
+            "model %r: module %s has no class %r" % (settings.name, module.__name__, class_name), model=settings.name
+        )
+    if not (isinstance(cls, type) and callable(getattr(cls, "predict", None))):
+        raise ModelLoadError(
+            "model %r: %s must be a class with load() and predict(request); see docs/runtimes.md"
+            % (settings.name, implementation),
+            model=settings.name,
+        )
+    return cls  # type: ignore[no-any-return]
+
+
+def _import_custom_module(settings: ModelSettings, module_name: str) -> Any:
+    folder = settings.folder
+    top = module_name.split(".")[0]
+    local = folder is not None and (
+        os.path.isfile(os.path.join(folder, top + ".py")) or os.path.isdir(os.path.join(folder, top))
+    )
+    try:
+        if not local:
+            return importlib.import_module(module_name)
+        # The model folder goes on sys.path only while its module is imported (a deliberate, scoped
+        # exception to "process state only at entry points": users' modules import their siblings, as
+        # they do under MLServer). A fresh import each time, so two models' "model.py" never collide.
+        sys.path.insert(0, folder)  # type: ignore[arg-type]
+        try:
+            for cached in [m for m in sys.modules if m == top or m.startswith(top + ".")]:
+                del sys.modules[cached]
+            return importlib.import_module(module_name)
+        finally:
+            sys.path.remove(folder)  # type: ignore[arg-type]
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(
+            "model %r: importing %s failed: %s: %s" % (settings.name, module_name, type(exc).__name__, exc),
+            model=settings.name,
+        ) from exc
+
+
+def create_runtime(settings: ModelSettings) -> Runtime:
+    """Instantiate (not load) the runtime for ``settings``."""
+    cls = resolve_runtime(settings)
+    try:
+        return cls(settings)
+    except Exception as exc:
+        raise ModelLoadError(
+            "model %r: creating %s failed: %s: %s" % (settings.name, cls.__name__, type(exc).__name__, exc),
+            model=settings.name,
+        ) from exc
+

@@ -1,0 +1,150 @@
+"""The runtime contract: what a model adapter implements, and the one place requests meet it.
+
+A runtime is constructed with the model's :class:`~envserve.settings.ModelSettings`, then:
+
+- ``load()`` reads the artifact (once, before the model turns READY);
+- ``predict(request)`` receives an :class:`~envserve.protocol.InferenceRequest` whose inputs already hold
+  numpy arrays, and returns one of: a mapping ``output name -> array-like``, a pandas DataFrame (one output
+  per column), a single array-like (output named after ``default_output``), or a full
+  :class:`~envserve.protocol.InferenceResponse`;
+- ``unload()`` releases what ``load`` took (optional).
+
+``decode_request``/``decode_input`` apply the content types (``np``, ``str``, ``base64``, ``pd``) so a
+runtime sees numpy arrays, string lists or a DataFrame. :meth:`Runtime.infer` wraps ``predict`` with the
+protocol rules (requested outputs, request id, model name and version) and is what both the in-process data
+plane and the worker processes call, so a model behaves the same wherever it runs.
+
+Worker import closure: standard library and numpy, Python 3.8+.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+from ..codecs import decode_input, decode_request, encode_outputs, input_content_types
+from ..errors import InvalidRequest, ModelLoadError
+from ..protocol.v2 import InferenceRequest, InferenceResponse, MetadataTensor, RequestInput
+from ..settings.model import ModelSettings
+
+__all__ = ["Runtime"]
+
+
+class Runtime:
+    """Base class of every runtime (built-in or a user's own)."""
+
+    #: Name of the output when ``predict`` returns a single array-like.
+    default_output = "predict"
+    #: Names of outputs this runtime can produce; empty means "whatever predict returns".
+    output_names: Sequence[str] = ()
+
+    def __init__(self, settings: ModelSettings) -> None:
+        self.settings = settings
+        self._content_types = {t.name: t.parameters.get("content_type") for t in settings.inputs}
+
+    # -- the contract ------------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Read the model artifact. Raise an exception with a helpful message when that fails."""
+
+    def predict(self, request: InferenceRequest) -> Any:
+        raise NotImplementedError("%s does not implement predict()" % type(self).__name__)
+
+    def unload(self) -> None:
+        """Release the model's resources."""
+
+    # -- helpers for runtimes ----------------------------------------------------------------------------
+
+    def content_types(self, request: InferenceRequest) -> Dict[str, Optional[str]]:
+        return input_content_types(request, self._content_types, self.settings.content_type)
+
+    def decode_request(self, request: InferenceRequest) -> Any:
+        """The request as one value: a DataFrame for content type ``pd``, else the single input decoded."""
+        return decode_request(request, self.content_types(request), self.settings.content_type)
+
+    def decode_input(self, inp: RequestInput, request: InferenceRequest) -> Any:
+        return decode_input(inp, self.content_types(request).get(inp.name))
+
+    def requested_outputs(self, request: InferenceRequest) -> List[str]:
+        """The outputs the client asked for (checked against ``output_names``), else the default one."""
+        names = [o.name for o in request.outputs]
+        if not names:
+            return [self.default_output]
+        if self.output_names:
+            unknown = [n for n in names if n not in self.output_names]
+            if unknown:
+                raise InvalidRequest(
+                    "model %r has no output %s; it can produce %s"
+                    % (self.settings.name, ", ".join(repr(n) for n in unknown), ", ".join(self.output_names))
+                )
+        return names
+
+    def find_artifact(self, candidates: Sequence[str]) -> str:
+        """The model file: ``parameters.uri`` when it names a file, else the first candidate in the folder."""
+        path = self.settings.model_path
+        if path is None:
+            raise ModelLoadError("model %r has no folder and no parameters.uri" % self.settings.name)
+        if os.path.isfile(path):
+            return path
+        if not os.path.isdir(path):
+            raise ModelLoadError("model %r: %s does not exist" % (self.settings.name, path))
+        for name in candidates:
+            candidate = os.path.join(path, name)
+            if os.path.isfile(candidate):
+                return candidate
+        raise ModelLoadError(
+            "model %r: none of %s found in %s; put the artifact there or point parameters.uri at it"
+            % (self.settings.name, ", ".join(candidates), path)
+        )
+
+    def metadata(self) -> Dict[str, Any]:
+        """V2 model metadata (``GET /v2/models/{name}``)."""
+        s = self.settings
+        doc: Dict[str, Any] = {
+            "name": s.name,
+            "versions": [s.version] if s.version is not None else [],
+            "platform": s.platform or self.platform(),
+            "inputs": [t.to_dict() for t in self.metadata_inputs()],
+            "outputs": [t.to_dict() for t in self.metadata_outputs()],
+        }
+        if s.content_type:
+            doc["parameters"] = {"content_type": s.content_type}
+        return doc
+
+    def platform(self) -> str:
+        return ""
+
+    def metadata_inputs(self) -> List[MetadataTensor]:
+        return list(self.settings.inputs)
+
+    def metadata_outputs(self) -> List[MetadataTensor]:
+        return list(self.settings.outputs)
+
+    # -- the protocol wrapper (not for overriding) -------------------------------------------------------
+
+    def infer(self, request: InferenceRequest) -> InferenceResponse:
+        result = self.predict(request)
+        s = self.settings
+        if isinstance(result, InferenceResponse):
+            response = result
+            response.model_name = s.name
+            response.model_version = s.version
+        else:
+            response = InferenceResponse(s.name, encode_outputs(result, self.default_output), s.version)
+        if request.id is not None:
+            response.id = request.id
+        if request.outputs:
+            wanted = {o.name: o for o in request.outputs}
+            produced = {o.name for o in response.outputs}
+            missing = [n for n in wanted if n not in produced]
+            if missing:
+                raise InvalidRequest(
+                    "model %r has no output %s; it produced %s"
+                    % (s.name, ", ".join(repr(n) for n in missing), ", ".join(sorted(produced)) or "nothing")
+                )
+            response.outputs = [o for o in response.outputs if o.name in wanted]
+            for out in response.outputs:
+                params = wanted[out.name].parameters
+                if params:
+                    out.parameters = dict(out.parameters, **params)
+        return response

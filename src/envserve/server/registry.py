@@ -1,0 +1,279 @@
+"""The model registry: which models exist, in which state, and the handle that serves each one.
+
+States follow the repository extension of the Open Inference Protocol: LOADING, READY, UNLOADING and
+UNAVAILABLE (failed to load, or unloaded; ``reason`` says which). A model that fails to load is recorded
+UNAVAILABLE with the reason and never affects the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Protocol
+
+from ..errors import EnvserveError, InferenceError, ModelLoadError, ModelNotFound, ModelNotReady, SettingsError
+from ..protocol.v2 import InferenceRequest, InferenceResponse
+from ..runtimes import Runtime, create_runtime
+from ..settings import ModelSettings, RepositoryEntry, ServerSettings, scan_repository
+
+__all__ = ["InProcessModel", "ModelHandle", "ModelRecord", "ModelRegistry", "ModelState"]
+
+logger = logging.getLogger("envserve.registry")
+
+
+class ModelState:
+    LOADING = "LOADING"
+    READY = "READY"
+    UNLOADING = "UNLOADING"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+class ModelHandle(Protocol):
+    """What the registry needs from a loaded model, wherever it runs (in process or in workers)."""
+
+    settings: ModelSettings
+    #: True when ``infer`` may be called on the event loop thread without awaiting (in-process models).
+    inline: bool
+
+    async def load(self) -> None: ...
+
+    async def unload(self) -> None: ...
+
+    def infer_inline(self, request: InferenceRequest) -> InferenceResponse: ...
+
+    async def infer(self, request: InferenceRequest) -> InferenceResponse: ...
+
+    def metadata(self) -> Dict[str, Any]: ...
+
+    def describe(self) -> Dict[str, Any]: ...
+
+
+class InProcessModel:
+    """A runtime living in the server process. ``predict`` runs on the event loop thread (as in the
+    minimal ASGI floor): the lowest latency, at the price that a slow model delays other requests."""
+
+    inline = True
+
+    def __init__(self, settings: ModelSettings) -> None:
+        self.settings = settings
+        self.runtime: Optional[Runtime] = None
+
+    async def load(self) -> None:
+        runtime = create_runtime(self.settings)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, runtime.load)
+        except EnvserveError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(
+                "%s.load() failed: %s: %s" % (type(runtime).__name__, type(exc).__name__, exc),
+                model=self.settings.name,
+            ) from exc
+        self.runtime = runtime
+
+    async def unload(self) -> None:
+        runtime, self.runtime = self.runtime, None
+        if runtime is not None:
+            runtime.unload()
+
+    def infer_inline(self, request: InferenceRequest) -> InferenceResponse:
+        runtime = self.runtime
+        if runtime is None:
+            raise ModelNotReady("model %r is not loaded" % self.settings.name, model=self.settings.name)
+        try:
+            return runtime.infer(request)
+        except EnvserveError:
+            raise
+        except Exception as exc:
+            raise InferenceError(
+                "model %r raised %s: %s" % (self.settings.name, type(exc).__name__, exc),
+                model=self.settings.name,
+                version=self.settings.version,
+            ) from exc
+
+    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        return self.infer_inline(request)
+
+    def metadata(self) -> Dict[str, Any]:
+        assert self.runtime is not None
+        return self.runtime.metadata()
+
+    def describe(self) -> Dict[str, Any]:
+        return {"runtime": type(self.runtime).__name__ if self.runtime else None, "environment": None}
+
+
+@dataclass
+class ModelRecord:
+    settings: ModelSettings
+    state: str = ModelState.LOADING
+    reason: str = ""
+    handle: Optional[ModelHandle] = None
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def version(self) -> Optional[str]:
+        return self.settings.version
+
+
+def _version_key(version: Optional[str]) -> List[Any]:
+    # "10" after "9"; non-numeric parts compared as text; no version sorts first.
+    if version is None:
+        return []
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", version) if p]
+
+
+@dataclass
+class ModelRegistry:
+    """All models of the repository, by name and version."""
+
+    settings: ServerSettings
+    models: Dict[str, Dict[Optional[str], ModelRecord]] = field(default_factory=dict)
+    #: Settings files that could not be parsed: name -> reason (shown in the index as UNAVAILABLE).
+    broken: Dict[str, str] = field(default_factory=dict)
+
+    def _handle_for(self, settings: ModelSettings) -> ModelHandle:
+        return InProcessModel(settings)
+
+    # -- lookups ------------------------------------------------------------------------------------------
+
+    def get(self, name: str, version: Optional[str] = None) -> ModelRecord:
+        versions = self.models.get(name)
+        if not versions:
+            if name in self.broken:
+                raise ModelNotReady("model %r is unavailable: %s" % (name, self.broken[name]), model=name)
+            raise ModelNotFound("model %r not found; see POST /v2/repository/index for the models served" % name,
+                                model=name)
+        if version is None:
+            record = versions[max(versions, key=_version_key)]
+        else:
+            found = versions.get(version)
+            if found is None:
+                known = ", ".join(sorted((v for v in versions if v is not None), key=_version_key)) or "none"
+                raise ModelNotFound(
+                    "model %r has no version %r (versions: %s)" % (name, version, known), model=name, version=version
+                )
+            record = found
+        return record
+
+    def ready_handle(self, name: str, version: Optional[str] = None) -> ModelHandle:
+        record = self.get(name, version)
+        if record.state != ModelState.READY or record.handle is None:
+            detail = ": %s" % record.reason if record.reason else ""
+            hint = ""
+            if record.reason == "unloaded":
+                hint = "; load it with POST /v2/repository/models/%s/load" % name
+            raise ModelNotReady(
+                "model %r is %s%s%s" % (name, record.state, detail, hint), model=name, version=record.version
+            )
+        return record.handle
+
+    def records(self) -> List[ModelRecord]:
+        return [r for name in sorted(self.models) for _, r in sorted(self.models[name].items(),
+                                                                      key=lambda kv: _version_key(kv[0]))]
+
+    @property
+    def settled(self) -> bool:
+        return all(r.state not in (ModelState.LOADING, ModelState.UNLOADING) for r in self.records())
+
+    def index(self, ready_only: bool = False) -> List[Dict[str, Any]]:
+        rows = []
+        for r in self.records():
+            if ready_only and r.state != ModelState.READY:
+                continue
+            row: Dict[str, Any] = {"name": r.name, "state": r.state, "reason": r.reason}
+            if r.version is not None:
+                row["version"] = r.version
+            rows.append(row)
+        if not ready_only:
+            rows.extend(
+                {"name": name, "state": ModelState.UNAVAILABLE, "reason": reason}
+                for name, reason in sorted(self.broken.items())
+                if name not in self.models
+            )
+        return rows
+
+    # -- loading ------------------------------------------------------------------------------------------
+
+    def _scan(self) -> List[RepositoryEntry]:
+        return scan_repository(self.settings.model_repository)
+
+    async def load_repository(self) -> None:
+        """Load every model found in the repository, concurrently; failures are recorded, not raised."""
+        entries = self._scan()
+        await asyncio.gather(*(self._load_entry(e) for e in entries))
+
+    async def load_model(self, name: str) -> List[ModelRecord]:
+        """(Re)load every version of ``name`` from the repository (repository extension ``load``)."""
+        entries = [e for e in self._scan() if e.name == name]
+        if not entries:
+            raise ModelNotFound("no model named %r in repository %s" % (name, self.settings.model_repository),
+                                model=name)
+        await self.unload_model(name, missing_ok=True)
+        self.models.pop(name, None)
+        await asyncio.gather(*(self._load_entry(e) for e in entries))
+        return list(self.models.get(name, {}).values())
+
+    def add_settings(self, settings: ModelSettings) -> ModelRecord:
+        versions = self.models.setdefault(settings.name, {})
+        if settings.version in versions and versions[settings.version].state != ModelState.UNAVAILABLE:
+            raise SettingsError(
+                "two model settings declare %r; give them different parameters.version values" % settings.key
+            )
+        record = ModelRecord(settings)
+        versions[settings.version] = record
+        self.broken.pop(settings.name, None)
+        return record
+
+    async def _load_entry(self, entry: RepositoryEntry) -> None:
+        if entry.settings is None:
+            reason = str(entry.error)
+            logger.error("model settings %s are invalid: %s", entry.path, reason)
+            self.broken[entry.name] = reason
+            return
+        try:
+            record = self.add_settings(entry.settings)
+        except SettingsError as exc:
+            logger.error("%s", exc)
+            return
+        await self.load_record(record)
+
+    async def load_record(self, record: ModelRecord) -> None:
+        record.state, record.reason = ModelState.LOADING, ""
+        handle = self._handle_for(record.settings)
+        try:
+            await handle.load()
+        except Exception as exc:  # any failure belongs to this model alone
+            record.state = ModelState.UNAVAILABLE
+            record.reason = str(exc) if isinstance(exc, EnvserveError) else "%s: %s" % (type(exc).__name__, exc)
+            logger.error("model %s failed to load: %s", record.settings.key, record.reason)
+            return
+        record.handle, record.state = handle, ModelState.READY
+        logger.info("model %s is ready", record.settings.key)
+
+    async def unload_model(self, name: str, missing_ok: bool = False) -> None:
+        versions = self.models.get(name)
+        if not versions:
+            if missing_ok:
+                return
+            raise ModelNotFound("model %r is not loaded" % name, model=name)
+        for record in versions.values():
+            await self._unload_record(record)
+
+    async def _unload_record(self, record: ModelRecord) -> None:
+        handle, record.handle = record.handle, None
+        record.state = ModelState.UNLOADING
+        try:
+            if handle is not None:
+                await handle.unload()
+        finally:
+            record.state, record.reason = ModelState.UNAVAILABLE, "unloaded"
+
+    async def close(self) -> None:
+        for name in list(self.models):
+            await self.unload_model(name, missing_ok=True)

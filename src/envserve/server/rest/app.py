@@ -1,0 +1,190 @@
+"""The REST edge: a plain ASGI application over the data plane.
+
+No framework: the inference path is the product's hot path, and routing a handful of fixed paths by
+splitting them costs less than a router (bench/RESULTS.md has the measurement that chose this).
+Every error leaves as ``{"error": "..."}`` with the status from :mod:`.errors`; unexpected exceptions are
+logged with their traceback and answered 500 without one.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Awaitable, Callable, List, MutableMapping, Optional, Tuple
+
+import numpy as np
+import orjson
+
+from ...errors import EnvserveError, InvalidRequest, PayloadTooLarge
+from ..dataplane import DataPlane
+from .errors import status_for
+
+__all__ = ["RestApp"]
+
+logger = logging.getLogger("envserve.rest")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, bytes):
+        return obj.decode("utf-8", errors="replace")
+    raise TypeError("cannot serialise %s" % type(obj).__name__)
+
+
+def dumps(doc: Any) -> bytes:
+    return orjson.dumps(doc, default=_default, option=_DUMPS_OPTIONS)
+
+
+class HTTPError(Exception):
+    """A transport-level error (no route, wrong method)."""
+
+    def __init__(self, status: int, message: str, allow: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.allow = allow
+
+
+class RestApp:
+    def __init__(self, dataplane: DataPlane, max_request_size: int) -> None:
+        self.dataplane = dataplane
+        self.max_request_size = max_request_size
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await _lifespan(receive, send)
+            return
+        try:
+            status, body = await self._dispatch(scope, receive)
+            headers = _JSON_HEADERS
+        except EnvserveError as exc:
+            status, body, headers = status_for(exc), dumps({"error": exc.message}), _JSON_HEADERS
+            if status >= 500:
+                logger.warning("%s %s -> %d: %s", scope["method"], scope["path"], status, exc.message)
+        except HTTPError as exc:
+            status, body = exc.status, dumps({"error": exc.message})
+            headers = _JSON_HEADERS + [(b"allow", exc.allow.encode())] if exc.allow else _JSON_HEADERS
+        except Exception:
+            logger.exception("unexpected error serving %s %s", scope["method"], scope["path"])
+            status, body, headers = 500, dumps({"error": "internal server error; see the server log"}), _JSON_HEADERS
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": headers + [(b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def _read_json(self, scope: Scope, receive: Receive) -> Any:
+        limit = self.max_request_size
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    raise InvalidRequest("Content-Length is not a number") from None
+                if declared > limit:
+                    raise PayloadTooLarge(
+                        "request body of %d bytes is over the limit of %d bytes (max_request_size)" % (declared, limit)
+                    )
+                break
+        chunks: List[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise InvalidRequest("client disconnected before sending the whole body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge("request body is over the limit of %d bytes (max_request_size)" % limit)
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if not body:
+            return None
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest("request body is not valid JSON: %s" % exc) from None
+
+    async def _dispatch(self, scope: Scope, receive: Receive) -> Tuple[int, bytes]:
+        method = scope["method"]
+        parts = scope["path"].strip("/").split("/")
+        dp = self.dataplane
+        if not parts or parts[0] != "v2":
+            raise HTTPError(404, "no route for %s; the API is under /v2" % scope["path"])
+        n = len(parts)
+        # /v2/models/{name}[/versions/{version}][/infer|/ready]
+        if n >= 3 and parts[1] == "models":
+            name = parts[2]
+            version: Optional[str] = None
+            rest = parts[3:]
+            if len(rest) >= 2 and rest[0] == "versions":
+                version = rest[1]
+                rest = rest[2:]
+            if rest == ["infer"]:
+                _expect(method, "POST", scope)
+                doc = await self._read_json(scope, receive)
+                response = await dp.infer(name, version, doc)
+                return 200, dumps(response.to_dict())
+            if not rest:
+                _expect(method, "GET", scope)
+                return 200, dumps(dp.model_metadata(name, version))
+            if rest == ["ready"]:
+                _expect(method, "GET", scope)
+                ready = dp.model_ready(name, version)
+                return (200 if ready else 400), dumps({"name": name, "ready": ready})
+        elif n == 1:
+            _expect(method, "GET", scope)
+            return 200, dumps(dp.server_metadata())
+        elif n == 3 and parts[1] == "health":
+            _expect(method, "GET", scope)
+            if parts[2] == "live":
+                live = dp.live()
+                return (200 if live else 400), dumps({"live": live})
+            if parts[2] == "ready":
+                ready = dp.ready()
+                return (200 if ready else 400), dumps({"ready": ready})
+        elif n >= 3 and parts[1] == "repository":
+            if parts[2:] == ["index"]:
+                _expect(method, "POST", scope)
+                return 200, dumps(dp.repository_index(await self._read_json(scope, receive)))
+            if n == 5 and parts[2] == "models" and parts[4] in ("load", "unload"):
+                _expect(method, "POST", scope)
+                await self._read_json(scope, receive)
+                if parts[4] == "load":
+                    await dp.load(parts[3])
+                else:
+                    await dp.unload(parts[3])
+                return 200, b"{}"
+        raise HTTPError(404, "no route for %s %s" % (method, scope["path"]))
+
+
+def _expect(method: str, allowed: str, scope: Scope) -> None:
+    if method != allowed and not (allowed == "GET" and method == "HEAD"):
+        raise HTTPError(405, "%s is not allowed on %s; use %s" % (method, scope["path"], allowed), allow=allowed)
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    # The server loads models itself (after it starts listening); lifespan only acknowledges.
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+

@@ -1,0 +1,40 @@
+"""The one table from envserve errors to HTTP status codes."""
+
+from __future__ import annotations
+
+from typing import List, Tuple, Type
+
+from ...errors import (
+    EnvserveError,
+    InferenceError,
+    InferenceTimeout,
+    InvalidRequest,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+    PayloadTooLarge,
+    SettingsError,
+    WorkerUnavailable,
+)
+
+__all__ = ["status_for"]
+
+# Most specific first; the first isinstance match wins.
+STATUS_CODES: List[Tuple[Type[EnvserveError], int]] = [
+    (InvalidRequest, 400),
+    (ModelNotFound, 404),
+    (PayloadTooLarge, 413),
+    (InferenceError, 500),
+    (ModelLoadError, 500),
+    (SettingsError, 500),
+    (ModelNotReady, 503),
+    (WorkerUnavailable, 503),
+    (InferenceTimeout, 504),
+]
+
+
+def status_for(exc: EnvserveError) -> int:
+    for cls, status in STATUS_CODES:
+        if isinstance(exc, cls):
+            return status
+    return 500

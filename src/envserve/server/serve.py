@@ -1,0 +1,168 @@
+"""Running the server: bind, start answering (live), load the repository (ready), drain on a signal.
+
+Lifecycle (docs/lifecycle.md):
+
+1. bind the HTTP socket (a clear error if the port is taken) and start serving: ``/v2/health/live`` is
+   true at once, ``/v2/health/ready`` is false;
+2. load every model of the repository concurrently; failures are recorded per model;
+3. ready turns true;
+4. on SIGTERM or SIGINT: ready turns false, the listening socket closes, in-flight requests get up to
+   ``graceful_timeout`` seconds to finish, models are unloaded (their workers stopped), exit code 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from typing import Any, Callable, Iterator, List, Optional
+
+import uvicorn
+
+from ..errors import SettingsError
+from ..settings import ServerSettings
+from .dataplane import DataPlane
+from .registry import ModelRegistry
+from .rest.app import RestApp
+
+__all__ = ["Server", "serve"]
+
+logger = logging.getLogger("envserve")
+
+
+class _UvicornServer(uvicorn.Server):
+    # envserve installs its own signal handlers (readiness must turn false before draining) and exits
+    # 0 after a graceful stop, so uvicorn must neither capture nor re-raise signals.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SettingsError(
+            "cannot listen on %s:%d: %s; choose another port with --http-port or ENVSERVE_HTTP_PORT"
+            % (host, port, exc.strerror or exc)
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+class Server:
+    """One envserve server: the registry, the data plane and the HTTP edge, with their lifecycle."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.registry = ModelRegistry(settings)
+        self.dataplane = DataPlane(self.registry)
+        self.app = RestApp(self.dataplane, settings.max_request_size)
+        self._http: Optional[_UvicornServer] = None
+        self.http_address: Optional[str] = None
+
+    def request_shutdown(self) -> None:
+        """Begin a graceful stop: readiness false first, then stop accepting and drain."""
+        if not self.dataplane.draining:
+            logger.info("shutting down: readiness is now false; draining in-flight requests")
+        self.dataplane.draining = True
+        if self._http is not None:
+            if self._http.should_exit:
+                self._http.force_exit = True
+            self._http.should_exit = True
+
+    async def run(self, on_ready: Optional[Callable[["Server"], Any]] = None) -> None:
+        s = self.settings
+        sock = _bind(s.host, s.http_port)
+        host, port = sock.getsockname()[:2]
+        shown = "[%s]" % host if ":" in host else host
+        self.http_address = "http://%s:%d" % (shown, port)
+        config = uvicorn.Config(
+            self.app,
+            http="httptools",
+            lifespan="off",
+            access_log=False,
+            log_config=None,
+            server_header=False,
+            timeout_graceful_shutdown=int(s.graceful_timeout) if s.graceful_timeout else None,
+            timeout_keep_alive=30,
+        )
+        self._http = _UvicornServer(config)
+        serving = asyncio.ensure_future(self._http.serve(sockets=[sock]))
+        while not self._http.started and not serving.done():
+            await asyncio.sleep(0.01)
+        if serving.done():
+            serving.result()
+            return
+        logger.info("listening on %s (REST, Open Inference Protocol V2)", self.http_address)
+        try:
+            await self.registry.load_repository()
+        except SettingsError as exc:
+            logger.error("%s", exc)
+        self.dataplane.started = True
+        for row in self.registry.index():
+            label = row["name"] + ("@" + row["version"] if row.get("version") else "")
+            if row["state"] == "READY":
+                logger.info("model %s READY", label)
+            else:
+                logger.warning("model %s %s: %s", label, row["state"], row["reason"])
+        logger.info("server ready: %d of %d models READY", sum(r["state"] == "READY" for r in self.registry.index()),
+                    len(self.registry.index()))
+        if on_ready is not None:
+            on_ready(self)
+        try:
+            await serving
+        finally:
+            self.dataplane.draining = True
+            await self.registry.close()
+            sock.close()
+            logger.info("stopped")
+
+
+@contextlib.contextmanager
+def _signals(loop: asyncio.AbstractEventLoop, server: Server) -> Iterator[None]:
+    handled: List[int] = [signal.SIGTERM, signal.SIGINT]
+    for sig in handled:
+        loop.add_signal_handler(sig, server.request_shutdown)
+    try:
+        yield
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+
+
+async def _main(server: Server, install_signal_handlers: bool) -> None:
+    if install_signal_handlers:
+        with _signals(asyncio.get_running_loop(), server):
+            await server.run()
+    else:
+        await server.run()
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a core dependency on Linux/macOS
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop  # type: ignore[no-any-return]
+
+
+def serve(settings: ServerSettings, install_signal_handlers: bool = True) -> None:
+    """Run a server until SIGTERM/SIGINT (an entry point: it owns the event loop and the signals)."""
+    server = Server(settings)
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(_main(server, install_signal_handlers))
+    else:  # pragma: no cover
+        loop = _loop_factory()()
+        try:
+            loop.run_until_complete(_main(server, install_signal_handlers))
+        finally:
+            loop.close()

@@ -1,0 +1,140 @@
+"""Server settings and where they come from.
+
+Precedence, highest first (documented in docs/settings.md):
+
+1. CLI flags (``envserve serve --http-port 9000``), passed here as ``overrides``;
+2. environment variables ``ENVSERVE_<FIELD>`` (e.g. ``ENVSERVE_HTTP_PORT=9000``);
+3. ``settings.json`` in the model repository (MLServer's file; its keys are accepted);
+4. the defaults below.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Dict, Mapping, Optional
+
+from ..errors import SettingsError
+
+__all__ = ["ENV_PREFIX", "SERVER_SETTINGS_FILE", "ServerSettings"]
+
+ENV_PREFIX = "ENVSERVE_"
+SERVER_SETTINGS_FILE = "settings.json"
+
+logger = logging.getLogger("envserve.settings")
+
+# MLServer's settings.json spells some fields differently; map them onto ours.
+_MLSERVER_ALIASES = {"model_repository_root": "model_repository", "debug": None, "server_name": "server_name"}
+# MLServer keys that have no meaning for envserve yet; accepted so MLServer repositories load unchanged.
+_MLSERVER_IGNORED = {
+    "cors_settings", "metrics_endpoint", "metrics_port", "metrics_rest_server_prefix", "metrics_dir",
+    "grpc_max_message_length", "root_path", "load_models_at_startup", "logging_settings", "use_structured_logging",
+    "tracing_server", "kafka_enabled", "kafka_servers", "kafka_topic_input", "kafka_topic_output",
+    "model_repository_implementation", "model_repository_implementation_args", "extensions", "environments_dir",
+    "gzip_enabled", "parallel_workers_timeout", "cache_enabled", "cache_size", "debug",
+}
+
+
+@dataclass
+class ServerSettings:
+    """Everything the server process needs to know; every field is also ``ENVSERVE_<NAME>``."""
+
+    model_repository: str = "."
+    host: str = "127.0.0.1"
+    http_port: int = 8080
+    grpc_port: int = 8081
+    server_name: str = "envserve"
+    #: Largest request body accepted, in bytes; larger bodies get 413.
+    max_request_size: int = 100 * 1024 * 1024
+    #: Seconds in-flight requests get to finish after SIGTERM/SIGINT before the server exits anyway.
+    graceful_timeout: float = 30.0
+    #: Default number of worker processes for models that run in their own environment.
+    parallel_workers: int = 1
+    #: Seconds a model may take to answer one request (enforced for models in worker processes).
+    inference_timeout: float = 60.0
+    log_level: str = "info"
+
+    @classmethod
+    def from_sources(
+        cls,
+        model_repository: Optional[str] = None,
+        overrides: Optional[Mapping[str, Any]] = None,
+        environ: Optional[Mapping[str, str]] = None,
+    ) -> "ServerSettings":
+        """Merge settings.json, ``ENVSERVE_*`` variables and explicit overrides (in rising precedence)."""
+        environ = os.environ if environ is None else environ
+        overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        repo = overrides.get("model_repository") or environ.get(ENV_PREFIX + "MODEL_REPOSITORY") or model_repository
+        values: Dict[str, Any] = {}
+        if repo is not None:
+            values["model_repository"] = repo
+            values.update(_read_file(os.path.join(repo, SERVER_SETTINGS_FILE)))
+        for f in fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _coerce(f.name, raw, f.type, ENV_PREFIX + f.name.upper())
+        for key, value in overrides.items():
+            values[key] = value
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise SettingsError("unknown server settings: %s" % ", ".join(sorted(unknown)))
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        for name in ("http_port", "grpc_port"):
+            port = getattr(self, name)
+            if not isinstance(port, int) or not 0 <= port <= 65535:
+                raise SettingsError("%s must be a port number (0-65535), got %r" % (name, port))
+        if self.max_request_size <= 0:
+            raise SettingsError("max_request_size must be a positive number of bytes")
+        if self.parallel_workers < 1:
+            raise SettingsError("parallel_workers must be at least 1")
+        if self.graceful_timeout < 0 or self.inference_timeout <= 0:
+            raise SettingsError("graceful_timeout must be >= 0 and inference_timeout > 0")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _read_file(path: str) -> Dict[str, Any]:
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, "rb") as f:
+            doc = json.loads(f.read().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SettingsError("%s is not valid JSON: %s" % (path, exc)) from None
+    if not isinstance(doc, dict):
+        raise SettingsError("%s must hold a JSON object" % path)
+    known = {f.name: f for f in fields(ServerSettings)}
+    values: Dict[str, Any] = {}
+    for key, value in doc.items():
+        target = _MLSERVER_ALIASES.get(key, key)
+        if key in _MLSERVER_IGNORED or target is None:
+            logger.info("%s: ignoring MLServer setting %r (not used by envserve)", path, key)
+            continue
+        if target not in known:
+            raise SettingsError("%s: unknown setting %r; known settings are %s" % (path, key, ", ".join(sorted(known))))
+        if target == "model_repository":
+            value = os.path.normpath(os.path.join(os.path.dirname(path), value))
+        values[target] = _coerce(target, value, known[target].type, "%s: %s" % (path, key))
+    return values
+
+
+def _coerce(name: str, raw: Any, annotation: Any, where: str) -> Any:
+    kind = {"int": int, "float": float, "str": str}.get(str(annotation).replace("typing.", ""), str)
+    if isinstance(raw, kind) and not isinstance(raw, bool):
+        return raw
+    try:
+        if kind is int:
+            return int(str(raw), 10)
+        if kind is float:
+            return float(raw)
+    except ValueError:
+        raise SettingsError("%s must be a %s, got %r" % (where, kind.__name__, raw)) from None
+    return str(raw)
