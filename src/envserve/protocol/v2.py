@@ -10,6 +10,7 @@ Part of the worker's import closure: standard library and numpy only, Python 3.8
 
 from __future__ import annotations
 
+import base64
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -163,9 +164,13 @@ class InferenceResponse:
                 "shape": out.shape,
                 "datatype": out.datatype,
             }
-            if out.parameters:
-                item["parameters"] = out.parameters
-            item["data"] = flat_json_data(out.data, out.datatype)
+            data, parameters = flat_json_data(out.data, out.datatype), out.parameters
+            if data is None:  # BYTES that are not UTF-8 travel base64-encoded in JSON, and say so
+                data = [base64.b64encode(v).decode("ascii") for v in out.data.ravel().tolist()]
+                parameters = dict(parameters, content_type="base64")
+            if parameters:
+                item["parameters"] = parameters
+            item["data"] = data
             outputs.append(item)
         doc["outputs"] = outputs
         return doc
@@ -192,25 +197,20 @@ class MetadataTensor:
 
 
 def flat_json_data(data: Any, datatype: str) -> Any:
-    """Row-major flat data ready for a JSON encoder that understands numpy arrays."""
+    """Row-major flat data ready for a JSON encoder that understands numpy arrays.
+
+    None when BYTES elements are not all UTF-8 text (they cannot be JSON strings as they are).
+    """
     if isinstance(data, np.ndarray):
         if datatype == "BYTES" or data.dtype.kind in "OSU":
-            return [_bytes_to_json(v) for v in data.ravel().tolist()]
+            try:
+                return [v.decode("utf-8") if isinstance(v, bytes) else v for v in data.ravel().tolist()]
+            except UnicodeDecodeError:
+                return None
         if data.dtype == np.float16:
             return data.ravel().astype(np.float32)
         return np.ascontiguousarray(data).ravel()
     return data
-
-
-def _bytes_to_json(value: Any) -> Any:
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidRequest(
-                "output contains bytes that are not UTF-8; ask for it with binary_data or content_type base64"
-            ) from None
-    return value
 
 
 # -- parsing -----------------------------------------------------------------------------------------------
@@ -286,6 +286,11 @@ def array_from_data(data: Any, shape: List[int], datatype: str, where: str) -> n
         if dtype != raw.dtype and kind == "f" and not np.isfinite(arr).all() and np.isfinite(raw).all():
             raise DatatypeMismatch("%s.data has values too large for datatype %s" % (where, datatype))
     elif dtype.kind in "iu":
+        if kind in "fO":
+            # numpy turns mixed int64/uint64 values into floats (or objects beyond 64 bits): check them
+            # exactly as Python ints before deciding.
+            raw = _exact_integers(data, raw, datatype, where)
+            kind = raw.dtype.kind
         if kind not in "iu":
             raise DatatypeMismatch(
                 "%s.data must hold integers for datatype %s, found %s" % (where, datatype, _elements(raw))
@@ -306,6 +311,21 @@ def array_from_data(data: Any, shape: List[int], datatype: str, where: str) -> n
             "%s.shape %r needs %d elements but data has %d" % (where, shape, expected, arr.size)
         )
     return arr.reshape(shape)
+
+
+def _exact_integers(data: Any, raw: np.ndarray, datatype: str, where: str) -> np.ndarray:
+    try:
+        values = np.asarray(data, dtype=object).ravel().tolist()
+    except (ValueError, TypeError):
+        return raw
+    if not all(type(v) is int for v in values):
+        return raw  # really non-integral: reported by the caller
+    info = np.iinfo(DATATYPES[datatype])
+    if min(values) < info.min or max(values) > info.max:
+        raise DatatypeMismatch(
+            "%s.data has values outside the range of %s (%d to %d)" % (where, datatype, info.min, info.max)
+        )
+    return np.array(values, dtype=DATATYPES[datatype])
 
 
 def _kind(value: Any) -> str:

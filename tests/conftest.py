@@ -1,0 +1,125 @@
+"""Shared fixtures: the example repository, the digits data, and a real envserve on a loopback port."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from sklearn import datasets
+
+    d = datasets.load_digits()
+    return d.images.reshape((len(d.images), -1)), d.target
+
+
+@pytest.fixture(scope="session")
+def digits_model_file(tmp_path_factory) -> Path:
+    """The example SVC trained by examples/train_digits.py, once per session."""
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import train_digits
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    return Path(train_digits.train(str(tmp_path_factory.mktemp("digits"))))
+
+
+def write_model(repo: Path, folder: str, settings: dict, artifact: Optional[Path] = None) -> Path:
+    path = repo / folder
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "model-settings.json").write_text(json.dumps(settings))
+    if artifact is not None:
+        shutil.copy(artifact, path / artifact.name)
+    return path
+
+
+class ServerProcess:
+    """``envserve serve`` in a subprocess on an OS-assigned loopback port; its log is kept for asserts."""
+
+    def __init__(self, repo: Path, args: List[str], env: Optional[dict] = None) -> None:
+        cmd = [sys.executable, "-m", "envserve", "serve", str(repo), "--http-port", "0", *args]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
+        )
+        self.lines: List[str] = []
+        self.url: Optional[str] = None
+        self._listening = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+            m = re.search(r"listening on (http://\S+)", line)
+            if m:
+                self.url = m.group(1)
+                self._listening.set()
+        self.proc.stdout.close()
+        self._listening.set()
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_ready(self, timeout: float = 60.0) -> "ServerProcess":
+        if not self._listening.wait(timeout) or self.url is None:
+            raise AssertionError("server did not start listening:\n" + self.log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError("server exited with %s:\n%s" % (self.proc.returncode, self.log))
+            try:
+                if httpx.get(self.url + "/v2/health/ready", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("server not ready after %ss:\n%s" % (timeout, self.log))
+
+    def client(self) -> httpx.Client:
+        assert self.url is not None
+        return httpx.Client(base_url=self.url, timeout=30)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("server did not stop within %ss:\n%s" % (timeout, self.log)) from None
+        self._reader.join(5)
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_server() -> Iterator:
+    """Factory: ``start_server(repo, *args)`` -> a ready ServerProcess, stopped at teardown."""
+    started: List[ServerProcess] = []
+
+    def start(repo: Path, *args: str, env: Optional[dict] = None, wait: bool = True) -> ServerProcess:
+        server = ServerProcess(repo, list(args), env)
+        started.append(server)
+        return server.wait_ready() if wait else server
+
+    yield start
+    for server in started:
+        server.stop(signal.SIGKILL)
