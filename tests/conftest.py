@@ -20,6 +20,28 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
+#: Small custom runtimes written into model folders by the tests.
+CUSTOM_RUNTIMES = {
+    "slow": (
+        "import time\n"
+        "from envserve import Runtime\n\n"
+        "class Slow(Runtime):\n"
+        "    def predict(self, request):\n"
+        "        seconds = self.settings.extra['seconds']\n"
+        "        time.sleep(seconds)\n"
+        "        return {'slept': [float(seconds)]}\n"
+    ),
+    "slow_load": (
+        "import time\n"
+        "from envserve import Runtime\n\n"
+        "class Slow(Runtime):\n"
+        "    def load(self):\n"
+        "        time.sleep(3)\n\n"
+        "    def predict(self, request):\n"
+        "        return {'ok': [1]}\n"
+    ),
+}
+
 
 @pytest.fixture(scope="session")
 def digits():
@@ -55,7 +77,11 @@ class ServerProcess:
     def __init__(self, repo: Path, args: List[str], env: Optional[dict] = None) -> None:
         cmd = [sys.executable, "-m", "envserve", "serve", str(repo), "--http-port", "0", *args]
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
         )
         self.lines: List[str] = []
         self.url: Optional[str] = None
@@ -78,7 +104,7 @@ class ServerProcess:
     def log(self) -> str:
         return "\n".join(self.lines)
 
-    def wait_ready(self, timeout: float = 60.0) -> "ServerProcess":
+    def wait_ready(self, timeout: float = 60.0) -> ServerProcess:
         if not self._listening.wait(timeout) or self.url is None:
             raise AssertionError("server did not start listening:\n" + self.log)
         deadline = time.monotonic() + timeout

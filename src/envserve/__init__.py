@@ -1,18 +1,16 @@
 """envserve: serve models over the Open Inference Protocol, each in its own Python environment if needed.
 
-The public names are few and re-exported here. This module must stay importable inside a model's
-environment (the worker imports ``envserve.runtimes`` and friends through it), so names from the server
-layers are loaded lazily, on first attribute access.
+The public names are few and re-exported here, lazily: ``import envserve`` stays cheap (the CLI's
+``--help`` is instant) and importable inside a model's environment, where the worker uses
+``envserve.runtimes`` and friends without any server dependency.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib as _importlib
+from typing import Any as _Any
 
 from .errors import EnvserveError
-from .protocol.v2 import InferenceRequest, InferenceResponse
-from .runtimes.base import Runtime
-from .settings import ModelSettings, ServerSettings
 
 __version__ = "0.1.0"
 
@@ -27,10 +25,20 @@ __all__ = [
     "serve",
 ]
 
+_LAZY = {
+    "InferenceRequest": "envserve.protocol.v2",
+    "InferenceResponse": "envserve.protocol.v2",
+    "ModelSettings": "envserve.settings",
+    "Runtime": "envserve.runtimes.base",
+    "ServerSettings": "envserve.settings",
+    "serve": "envserve.server.serve",
+}
 
-def __getattr__(name: str) -> Any:
-    if name == "serve":
-        from .server.serve import serve
 
-        return serve
-    raise AttributeError("module 'envserve' has no attribute %r" % name)
+def __getattr__(name: str) -> _Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError("module 'envserve' has no attribute %r" % name)
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -17,7 +17,9 @@ CUSTOM = ROOT / "tests" / "fixtures" / "custom" / "runtimes.py"
 
 
 def _custom(repo: Path, name: str, cls: str, **params) -> None:
-    folder = write_model(repo, name, {"name": name, "implementation": "runtimes." + cls, "parameters": params})
+    folder = write_model(
+        repo, name, {"name": name, "implementation": "runtimes." + cls, "parameters": params}
+    )
     shutil.copy(CUSTOM, folder / "runtimes.py")
 
 
@@ -28,12 +30,19 @@ def repo(tmp_path_factory, digits_model_file, digits) -> Path:
         write_model(
             repo,
             "mnist-svm-" + version,
-            {"name": "mnist-svm", "implementation": "mlserver_sklearn.SKLearnModel",
-             "parameters": {"version": version}},
+            {
+                "name": "mnist-svm",
+                "implementation": "mlserver_sklearn.SKLearnModel",
+                "parameters": {"version": version},
+            },
             digits_model_file,
         )
-    write_model(repo, "digits-short-name", {"name": "digits-short-name", "implementation": "sklearn"},
-                digits_model_file)
+    write_model(
+        repo,
+        "digits-short-name",
+        {"name": "digits-short-name", "implementation": "sklearn"},
+        digits_model_file,
+    )
     write_model(repo, "digits-guessed", {"name": "digits-guessed"}, digits_model_file)
     _custom(repo, "echo", "Echo")
     _custom(repo, "frame", "Frame")
@@ -48,12 +57,20 @@ def repo(tmp_path_factory, digits_model_file, digits) -> Path:
     import lightgbm as lgb
     import xgboost as xgb
 
-    booster = xgb.train({"objective": "multi:softprob", "num_class": 10, "max_depth": 3},
-                        xgb.DMatrix(x[:500], label=y[:500]), num_boost_round=5)
-    folder = write_model(repo, "digits-xgb", {"name": "digits-xgb", "implementation": "mlserver_xgboost.XGBoostModel"})
+    booster = xgb.train(
+        {"objective": "multi:softprob", "num_class": 10, "max_depth": 3},
+        xgb.DMatrix(x[:500], label=y[:500]),
+        num_boost_round=5,
+    )
+    folder = write_model(
+        repo, "digits-xgb", {"name": "digits-xgb", "implementation": "mlserver_xgboost.XGBoostModel"}
+    )
     booster.save_model(str(folder / "model.json"))
-    lgbm = lgb.train({"objective": "multiclass", "num_class": 10, "verbose": -1, "num_leaves": 7},
-                     lgb.Dataset(x[:500], label=y[:500]), num_boost_round=5)
+    lgbm = lgb.train(
+        {"objective": "multiclass", "num_class": 10, "verbose": -1, "num_leaves": 7},
+        lgb.Dataset(x[:500], label=y[:500]),
+        num_boost_round=5,
+    )
     folder = write_model(repo, "digits-lgbm", {"name": "digits-lgbm", "implementation": "lightgbm"})
     lgbm.save_model(str(folder / "model.txt"))
     return repo
@@ -76,8 +93,10 @@ def client(server):
 
 def digits_body(rows, **extra):
     rows = np.asarray(rows, dtype=np.float32)
-    return {"inputs": [{"name": "predict", "shape": list(rows.shape), "datatype": "FP32", "data": rows.tolist()}],
-            **extra}
+    return {
+        "inputs": [{"name": "predict", "shape": list(rows.shape), "datatype": "FP32", "data": rows.tolist()}],
+        **extra,
+    }
 
 
 # -- health, metadata ---------------------------------------------------------------------------------------
@@ -144,7 +163,9 @@ def test_flat_data_and_requested_outputs(client, digits, digits_model_file):
 
     model = joblib.load(digits_model_file)
     np.testing.assert_allclose(
-        np.asarray(outputs["decision_function"]["data"]).reshape(2, 10), model.decision_function(x[:2]), rtol=1e-6
+        np.asarray(outputs["decision_function"]["data"]).reshape(2, 10),
+        model.decision_function(x[:2]),
+        rtol=1e-6,
     )
     # An estimator without predict_proba (SVC without probability=True) says so.
     r = client.post("/v2/models/mnist-svm/infer", json={**body, "outputs": [{"name": "predict_proba"}]})
@@ -154,8 +175,10 @@ def test_flat_data_and_requested_outputs(client, digits, digits_model_file):
 def test_xgboost_and_lightgbm_runtimes(client, digits):
     x, y = digits
     for model in ("digits-xgb", "digits-lgbm"):
-        r = client.post("/v2/models/%s/infer" % model,
-                        json={**digits_body(x[:50]), "outputs": [{"name": "predict"}, {"name": "predict_proba"}]})
+        r = client.post(
+            "/v2/models/%s/infer" % model,
+            json={**digits_body(x[:50]), "outputs": [{"name": "predict"}, {"name": "predict_proba"}]},
+        )
         assert r.status_code == 200, r.text
         outputs = {o["name"]: o for o in r.json()["outputs"]}
         labels = np.asarray(outputs["predict"]["data"])
@@ -186,8 +209,10 @@ def test_xgboost_and_lightgbm_runtimes(client, digits):
 )
 def test_every_datatype_round_trips(client, datatype, data, expected):
     nested = [data[:2], data[2:]]
-    r = client.post("/v2/models/echo/infer",
-                    json={"inputs": [{"name": "t", "shape": [2, 2], "datatype": datatype, "data": nested}]})
+    r = client.post(
+        "/v2/models/echo/infer",
+        json={"inputs": [{"name": "t", "shape": [2, 2], "datatype": datatype, "data": nested}]},
+    )
     assert r.status_code == 200, r.text
     (out,) = r.json()["outputs"]
     assert (out["name"], out["shape"], out["datatype"]) == ("t", [2, 2], datatype)
@@ -198,8 +223,20 @@ def test_str_and_base64_content_types(client):
     encoded = base64.b64encode(b"\xff\xfebinary").decode()
     body = {
         "inputs": [
-            {"name": "s", "shape": [2], "datatype": "BYTES", "data": ["héllo", "w"], "parameters": {"content_type": "str"}},
-            {"name": "b", "shape": [1], "datatype": "BYTES", "data": [encoded], "parameters": {"content_type": "base64"}},
+            {
+                "name": "s",
+                "shape": [2],
+                "datatype": "BYTES",
+                "data": ["héllo", "w"],
+                "parameters": {"content_type": "str"},
+            },
+            {
+                "name": "b",
+                "shape": [1],
+                "datatype": "BYTES",
+                "data": [encoded],
+                "parameters": {"content_type": "base64"},
+            },
         ]
     }
     r = client.post("/v2/models/echo/infer", json=body)
@@ -224,8 +261,13 @@ def test_pd_content_type_builds_a_dataframe(client):
         assert outputs["columns"] == ["age", "score", "city"]
         assert outputs["dtypes"][:2] == ["int32", "float64"]
         assert outputs["rows"] == [3]
-    r = client.post("/v2/models/frame/infer", json={"inputs": [inputs[0], {**inputs[1], "shape": [2], "data": [1, 2]}],
-                                                      "parameters": {"content_type": "pd"}})
+    r = client.post(
+        "/v2/models/frame/infer",
+        json={
+            "inputs": [inputs[0], {**inputs[1], "shape": [2], "data": [1, 2]}],
+            "parameters": {"content_type": "pd"},
+        },
+    )
     assert r.status_code == 400 and "equal length" in r.json()["error"]
 
 
@@ -234,7 +276,10 @@ def test_pd_content_type_builds_a_dataframe(client):
 
 @pytest.mark.parametrize("case", VECTORS["errors"], ids=lambda c: c["case"])
 def test_error_vectors(client, case):
-    path = "/v2/models/%s%s/infer" % (case["model"], "/versions/" + case["version"] if "version" in case else "")
+    path = "/v2/models/%s%s/infer" % (
+        case["model"],
+        "/versions/" + case["version"] if "version" in case else "",
+    )
     if "raw" in case:
         r = client.post(path, content=case["raw"].encode(), headers={"content-type": "application/json"})
     else:

@@ -47,12 +47,20 @@ def cli() -> None:
 @cli.command()
 @click.argument("model_repository", required=False, type=click.Path(file_okay=False))
 @click.option("--host", help="Address to listen on [default: 127.0.0.1; ENVSERVE_HOST].")
-@click.option("--http-port", type=int, help="REST port; 0 picks a free one [default: 8080; ENVSERVE_HTTP_PORT].")
+@click.option(
+    "--http-port", type=int, help="REST port; 0 picks a free one [default: 8080; ENVSERVE_HTTP_PORT]."
+)
 @click.option("--grpc-port", type=int, help="gRPC port [default: 8081; ENVSERVE_GRPC_PORT].")
 @click.option("--max-request-size", type=int, help="Largest request body in bytes [default: 100 MiB].")
-@click.option("--graceful-timeout", type=float, help="Seconds to drain in-flight requests on SIGTERM [default: 30].")
-@click.option("--parallel-workers", type=int, help="Default worker processes per model with its own environment.")
-@click.option("--inference-timeout", type=float, help="Seconds one inference may take in a worker [default: 60].")
+@click.option(
+    "--graceful-timeout", type=float, help="Seconds to drain in-flight requests on SIGTERM [default: 30]."
+)
+@click.option(
+    "--parallel-workers", type=int, help="Default worker processes per model with its own environment."
+)
+@click.option(
+    "--inference-timeout", type=float, help="Seconds one inference may take in a worker [default: 60]."
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="[default: info]")
 def serve(model_repository: Optional[str], **flags: Any) -> None:
     """Serve every model found under MODEL_REPOSITORY (default: the current directory).

@@ -44,7 +44,8 @@ _ALL = sorted(set(INPUT_CODECS) | set(REQUEST_CODECS))
 def _check(content_type: Optional[str], where: str) -> None:
     if content_type is not None and content_type not in INPUT_CODECS and content_type not in REQUEST_CODECS:
         raise UnknownContentType(
-            "%s has unknown content type %r; known content types are %s" % (where, content_type, ", ".join(_ALL))
+            "%s has unknown content type %r; known content types are %s"
+            % (where, content_type, ", ".join(_ALL))
         )
 
 

@@ -34,7 +34,7 @@ def _maybe_str(inp: RequestInput) -> List[Any]:
     try:
         return decode_str(inp)
     except InvalidRequest:
-        return inp.data.ravel().tolist()  # type: ignore[no-any-return]
+        return inp.data.ravel().tolist()
 
 
 def decode_dataframe(request: InferenceRequest, content_types: Dict[str, Optional[str]]) -> Any:

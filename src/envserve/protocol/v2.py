@@ -233,9 +233,13 @@ def _parameters(value: Any, where: str) -> Dict[str, Any]:
 
 def parse_shape(value: Any, where: str) -> List[int]:
     if not isinstance(value, list):
-        raise InvalidRequest("%s.shape must be a list of non-negative integers, got %s" % (where, _kind(value)))
+        raise InvalidRequest(
+            "%s.shape must be a list of non-negative integers, got %s" % (where, _kind(value))
+        )
     if len(value) > MAX_DIMS:
-        raise InvalidRequest("%s.shape has %d dimensions; at most %d are allowed" % (where, len(value), MAX_DIMS))
+        raise InvalidRequest(
+            "%s.shape has %d dimensions; at most %d are allowed" % (where, len(value), MAX_DIMS)
+        )
     for dim in value:
         # bool is an int subclass; a shape of [true] is a mistake, not a dimension of 1.
         if type(dim) is not int or dim < 0:
@@ -281,7 +285,9 @@ def array_from_data(data: Any, shape: List[int], datatype: str, where: str) -> n
         arr[:] = [s.encode("utf-8") for s in raw.ravel().tolist()]
     elif dtype.kind == "f":
         if kind not in "iuf":
-            raise DatatypeMismatch("%s.data must hold numbers for datatype %s, found %s" % (where, datatype, _elements(raw)))
+            raise DatatypeMismatch(
+                "%s.data must hold numbers for datatype %s, found %s" % (where, datatype, _elements(raw))
+            )
         arr = raw.astype(dtype, copy=False)
         if dtype != raw.dtype and kind == "f" and not np.isfinite(arr).all() and np.isfinite(raw).all():
             raise DatatypeMismatch("%s.data has values too large for datatype %s" % (where, datatype))
@@ -298,12 +304,15 @@ def array_from_data(data: Any, shape: List[int], datatype: str, where: str) -> n
         info = np.iinfo(dtype)
         if raw.min() < info.min or raw.max() > info.max:
             raise DatatypeMismatch(
-                "%s.data has values outside the range of %s (%d to %d)" % (where, datatype, info.min, info.max)
+                "%s.data has values outside the range of %s (%d to %d)"
+                % (where, datatype, info.min, info.max)
             )
         arr = raw.astype(dtype, copy=False)
     else:  # BOOL
         if kind != "b":
-            raise DatatypeMismatch("%s.data must hold true/false for datatype BOOL, found %s" % (where, _elements(raw)))
+            raise DatatypeMismatch(
+                "%s.data must hold true/false for datatype BOOL, found %s" % (where, _elements(raw))
+            )
         arr = raw
     expected = _element_count(shape)
     if arr.size != expected:
@@ -375,5 +384,7 @@ def parse_inference_request(doc: Any) -> InferenceRequest:
         for i, item in enumerate(raw_outputs):
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
                 raise InvalidRequest("outputs[%d] must be an object with a string 'name'" % i)
-            outputs.append(RequestOutput(item["name"], _parameters(item.get("parameters"), "outputs[%d]" % i)))
+            outputs.append(
+                RequestOutput(item["name"], _parameters(item.get("parameters"), "outputs[%d]" % i))
+            )
     return InferenceRequest(inputs, request_id, _parameters(doc.get("parameters"), "request"), outputs)

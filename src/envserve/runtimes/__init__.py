@@ -79,7 +79,8 @@ def resolve_runtime(settings: ModelSettings) -> Type[Runtime]:
         except ImportError as exc:
             raise ModelLoadError(
                 "model %r needs the %s runtime, whose library is not installed here (%s); install it in the "
-                "model's environment or the server's (e.g. pip install 'envserve[%s]')" % (settings.name, name, exc, name),
+                "model's environment or the server's (e.g. pip install 'envserve[%s]')"
+                % (settings.name, name, exc, name),
                 model=settings.name,
             ) from exc
     if name.startswith("mlserver"):
@@ -103,7 +104,8 @@ def _load_custom(settings: ModelSettings, implementation: str) -> Type[Runtime]:
     cls = getattr(module, class_name, None)
     if cls is None:
         raise ModelLoadError(
-            "model %r: module %s has no class %r" % (settings.name, module.__name__, class_name), model=settings.name
+            "model %r: module %s has no class %r" % (settings.name, module.__name__, class_name),
+            model=settings.name,
         )
     if not (isinstance(cls, type) and callable(getattr(cls, "predict", None))):
         raise ModelLoadError(
@@ -111,7 +113,7 @@ def _load_custom(settings: ModelSettings, implementation: str) -> Type[Runtime]:
             % (settings.name, implementation),
             model=settings.name,
         )
-    return cls  # type: ignore[no-any-return]
+    return cls
 
 
 def _import_custom_module(settings: ModelSettings, module_name: str) -> Any:
@@ -152,4 +154,3 @@ def create_runtime(settings: ModelSettings) -> Runtime:
             "model %r: creating %s failed: %s: %s" % (settings.name, cls.__name__, type(exc).__name__, exc),
             model=settings.name,
         ) from exc
-

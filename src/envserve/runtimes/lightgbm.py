@@ -32,7 +32,8 @@ class LightGBMRuntime(Runtime):
             self._booster = lgb.Booster(model_file=path)
         except Exception as exc:
             raise ModelLoadError(
-                "could not load LightGBM model %s: %s: %s" % (path, type(exc).__name__, exc), model=self.settings.name
+                "could not load LightGBM model %s: %s: %s" % (path, type(exc).__name__, exc),
+                model=self.settings.name,
             ) from exc
         objective = str(self._booster.dump_model(num_iteration=1).get("objective", ""))
         self._objective = objective.split()[0] if objective else ""
@@ -56,7 +57,8 @@ class LightGBMRuntime(Runtime):
             else:
                 if not classifier:
                     raise InvalidRequest(
-                        "model %r (objective %s) has no predict_proba output" % (self.settings.name, self._objective)
+                        "model %r (objective %s) has no predict_proba output"
+                        % (self.settings.name, self._objective)
                     )
                 result[name] = np.column_stack([1.0 - raw, raw]) if raw.ndim == 1 else raw
         return result

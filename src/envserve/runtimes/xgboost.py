@@ -34,7 +34,8 @@ class XGBoostRuntime(Runtime):
             self._objective = json.loads(booster.save_config())["learner"]["objective"]["name"]
         except Exception as exc:
             raise ModelLoadError(
-                "could not load XGBoost model %s: %s: %s" % (path, type(exc).__name__, exc), model=self.settings.name
+                "could not load XGBoost model %s: %s: %s" % (path, type(exc).__name__, exc),
+                model=self.settings.name,
             ) from exc
         self._xgb = xgb
         self._booster = booster
@@ -58,7 +59,7 @@ def _labels(raw: np.ndarray, objective: str) -> np.ndarray:
     if objective.startswith("binary:") and objective != "binary:hinge":
         return (raw > 0.5).astype(np.int64)
     if objective == "multi:softprob":
-        return np.argmax(raw, axis=1)
+        return np.asarray(np.argmax(raw, axis=1))
     if objective == "multi:softmax":
         return raw.astype(np.int64)
     return raw

@@ -56,7 +56,7 @@ class DataPlane:
         ready_only = False
         if doc:
             if not isinstance(doc, dict):
-                raise InvalidRequest("the index request body must be a JSON object such as {\"ready\": true}")
+                raise InvalidRequest('the index request body must be a JSON object such as {"ready": true}')
             ready = doc.get("ready", False)
             if not isinstance(ready, bool):
                 raise InvalidRequest("'ready' in the index request must be true or false")

@@ -13,7 +13,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Protocol
 
-from ..errors import EnvserveError, InferenceError, ModelLoadError, ModelNotFound, ModelNotReady, SettingsError
+from ..errors import (
+    EnvserveError,
+    InferenceError,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+    SettingsError,
+)
 from ..protocol.v2 import InferenceRequest, InferenceResponse
 from ..runtimes import Runtime, create_runtime
 from ..settings import ModelSettings, RepositoryEntry, ServerSettings, scan_repository
@@ -147,8 +154,9 @@ class ModelRegistry:
         if not versions:
             if name in self.broken:
                 raise ModelNotReady("model %r is unavailable: %s" % (name, self.broken[name]), model=name)
-            raise ModelNotFound("model %r not found; see POST /v2/repository/index for the models served" % name,
-                                model=name)
+            raise ModelNotFound(
+                "model %r not found; see POST /v2/repository/index for the models served" % name, model=name
+            )
         if version is None:
             record = versions[max(versions, key=_version_key)]
         else:
@@ -156,7 +164,9 @@ class ModelRegistry:
             if found is None:
                 known = ", ".join(sorted((v for v in versions if v is not None), key=_version_key)) or "none"
                 raise ModelNotFound(
-                    "model %r has no version %r (versions: %s)" % (name, version, known), model=name, version=version
+                    "model %r has no version %r (versions: %s)" % (name, version, known),
+                    model=name,
+                    version=version,
                 )
             record = found
         return record
@@ -174,8 +184,11 @@ class ModelRegistry:
         return record.handle
 
     def records(self) -> List[ModelRecord]:
-        return [r for name in sorted(self.models) for _, r in sorted(self.models[name].items(),
-                                                                      key=lambda kv: _version_key(kv[0]))]
+        return [
+            r
+            for name in sorted(self.models)
+            for _, r in sorted(self.models[name].items(), key=lambda kv: _version_key(kv[0]))
+        ]
 
     @property
     def settled(self) -> bool:
@@ -212,8 +225,9 @@ class ModelRegistry:
         """(Re)load every version of ``name`` from the repository (repository extension ``load``)."""
         entries = [e for e in self._scan() if e.name == name]
         if not entries:
-            raise ModelNotFound("no model named %r in repository %s" % (name, self.settings.model_repository),
-                                model=name)
+            raise ModelNotFound(
+                "no model named %r in repository %s" % (name, self.settings.model_repository), model=name
+            )
         await self.unload_model(name, missing_ok=True)
         self.models.pop(name, None)
         await asyncio.gather(*(self._load_entry(e) for e in entries))
@@ -250,7 +264,9 @@ class ModelRegistry:
             await handle.load()
         except Exception as exc:  # any failure belongs to this model alone
             record.state = ModelState.UNAVAILABLE
-            record.reason = str(exc) if isinstance(exc, EnvserveError) else "%s: %s" % (type(exc).__name__, exc)
+            record.reason = (
+                str(exc) if isinstance(exc, EnvserveError) else "%s: %s" % (type(exc).__name__, exc)
+            )
             logger.error("model %s failed to load: %s", record.settings.key, record.reason)
             return
         record.handle, record.state = handle, ModelState.READY

@@ -78,7 +78,7 @@ class Server:
                 self._http.force_exit = True
             self._http.should_exit = True
 
-    async def run(self, on_ready: Optional[Callable[["Server"], Any]] = None) -> None:
+    async def run(self, on_ready: Optional[Callable[[Server], Any]] = None) -> None:
         s = self.settings
         sock = _bind(s.host, s.http_port)
         host, port = sock.getsockname()[:2]
@@ -113,8 +113,11 @@ class Server:
                 logger.info("model %s READY", label)
             else:
                 logger.warning("model %s %s: %s", label, row["state"], row["reason"])
-        logger.info("server ready: %d of %d models READY", sum(r["state"] == "READY" for r in self.registry.index()),
-                    len(self.registry.index()))
+        logger.info(
+            "server ready: %d of %d models READY",
+            sum(r["state"] == "READY" for r in self.registry.index()),
+            len(self.registry.index()),
+        )
         if on_ready is not None:
             on_ready(self)
         try:
@@ -151,7 +154,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a core dependency on Linux/macOS
         return asyncio.new_event_loop
-    return uvloop.new_event_loop  # type: ignore[no-any-return]
+    return uvloop.new_event_loop
 
 
 def serve(settings: ServerSettings, install_signal_handlers: bool = True) -> None:

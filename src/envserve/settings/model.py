@@ -19,6 +19,7 @@ __all__ = ["MODEL_SETTINGS_FILE", "ModelSettings"]
 
 MODEL_SETTINGS_FILE = "model-settings.json"
 
+
 @dataclass
 class ModelSettings:
     """One model version as configured. ``folder`` is the directory relative paths are resolved from."""
@@ -60,7 +61,7 @@ class ModelSettings:
     # -- (de)serialisation -----------------------------------------------------------------------------
 
     @classmethod
-    def from_dict(cls, doc: Any, folder: Optional[str] = None, source: Optional[str] = None) -> "ModelSettings":
+    def from_dict(cls, doc: Any, folder: Optional[str] = None, source: Optional[str] = None) -> ModelSettings:
         where = source or "model settings"
         if not isinstance(doc, dict):
             raise SettingsError("%s must be a JSON object" % where)
@@ -72,7 +73,8 @@ class ModelSettings:
         implementation = doc.get("implementation")
         if implementation is not None and not isinstance(implementation, str):
             raise SettingsError("%s: 'implementation' must be a string" % where)
-        params = doc.get("parameters") or {}
+        params = doc.get("parameters")
+        params = {} if params is None else params
         if not isinstance(params, dict):
             raise SettingsError("%s: 'parameters' must be an object" % where)
         version = params.get("version")
@@ -80,7 +82,8 @@ class ModelSettings:
             version = str(version)
             if not version or "/" in version:
                 raise SettingsError("%s: parameters.version must be a non-empty string without '/'" % where)
-        extra = params.get("extra") or {}
+        extra = params.get("extra")
+        extra = {} if extra is None else extra
         if not isinstance(extra, dict):
             raise SettingsError("%s: parameters.extra must be an object" % where)
         settings = cls(
@@ -107,7 +110,7 @@ class ModelSettings:
         return settings
 
     @classmethod
-    def load(cls, path: str) -> "ModelSettings":
+    def load(cls, path: str) -> ModelSettings:
         """Read a ``model-settings.json`` file."""
         try:
             with open(path, "rb") as f:
@@ -167,7 +170,9 @@ def _tensors(value: Any, key: str, where: str) -> List[MetadataTensor]:
         if datatype not in DATATYPES:
             raise SettingsError("%s: %s[%d].datatype %r is not a V2 datatype" % (where, key, i, datatype))
         shape = item.get("shape", [-1])
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) for d in shape
+        ):
             raise SettingsError("%s: %s[%d].shape must be a list of integers (-1 for any)" % (where, key, i))
         params = item.get("parameters") or {}
         if not isinstance(params, dict):

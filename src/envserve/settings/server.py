@@ -29,11 +29,30 @@ logger = logging.getLogger("envserve.settings")
 _MLSERVER_ALIASES = {"model_repository_root": "model_repository", "debug": None, "server_name": "server_name"}
 # MLServer keys that have no meaning for envserve yet; accepted so MLServer repositories load unchanged.
 _MLSERVER_IGNORED = {
-    "cors_settings", "metrics_endpoint", "metrics_port", "metrics_rest_server_prefix", "metrics_dir",
-    "grpc_max_message_length", "root_path", "load_models_at_startup", "logging_settings", "use_structured_logging",
-    "tracing_server", "kafka_enabled", "kafka_servers", "kafka_topic_input", "kafka_topic_output",
-    "model_repository_implementation", "model_repository_implementation_args", "extensions", "environments_dir",
-    "gzip_enabled", "parallel_workers_timeout", "cache_enabled", "cache_size", "debug",
+    "cors_settings",
+    "metrics_endpoint",
+    "metrics_port",
+    "metrics_rest_server_prefix",
+    "metrics_dir",
+    "grpc_max_message_length",
+    "root_path",
+    "load_models_at_startup",
+    "logging_settings",
+    "use_structured_logging",
+    "tracing_server",
+    "kafka_enabled",
+    "kafka_servers",
+    "kafka_topic_input",
+    "kafka_topic_output",
+    "model_repository_implementation",
+    "model_repository_implementation_args",
+    "extensions",
+    "environments_dir",
+    "gzip_enabled",
+    "parallel_workers_timeout",
+    "cache_enabled",
+    "cache_size",
+    "debug",
 }
 
 
@@ -62,11 +81,15 @@ class ServerSettings:
         model_repository: Optional[str] = None,
         overrides: Optional[Mapping[str, Any]] = None,
         environ: Optional[Mapping[str, str]] = None,
-    ) -> "ServerSettings":
+    ) -> ServerSettings:
         """Merge settings.json, ``ENVSERVE_*`` variables and explicit overrides (in rising precedence)."""
         environ = os.environ if environ is None else environ
         overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-        repo = overrides.get("model_repository") or environ.get(ENV_PREFIX + "MODEL_REPOSITORY") or model_repository
+        repo = (
+            overrides.get("model_repository")
+            or environ.get(ENV_PREFIX + "MODEL_REPOSITORY")
+            or model_repository
+        )
         values: Dict[str, Any] = {}
         if repo is not None:
             values["model_repository"] = repo
@@ -119,7 +142,9 @@ def _read_file(path: str) -> Dict[str, Any]:
             logger.info("%s: ignoring MLServer setting %r (not used by envserve)", path, key)
             continue
         if target not in known:
-            raise SettingsError("%s: unknown setting %r; known settings are %s" % (path, key, ", ".join(sorted(known))))
+            raise SettingsError(
+                "%s: unknown setting %r; known settings are %s" % (path, key, ", ".join(sorted(known)))
+            )
         if target == "model_repository":
             value = os.path.normpath(os.path.join(os.path.dirname(path), value))
         values[target] = _coerce(target, value, known[target].type, "%s: %s" % (path, key))

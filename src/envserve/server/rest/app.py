@@ -76,7 +76,11 @@ class RestApp:
             headers = _JSON_HEADERS + [(b"allow", exc.allow.encode())] if exc.allow else _JSON_HEADERS
         except Exception:
             logger.exception("unexpected error serving %s %s", scope["method"], scope["path"])
-            status, body, headers = 500, dumps({"error": "internal server error; see the server log"}), _JSON_HEADERS
+            status, body, headers = (
+                500,
+                dumps({"error": "internal server error; see the server log"}),
+                _JSON_HEADERS,
+            )
         await send(
             {
                 "type": "http.response.start",
@@ -96,7 +100,8 @@ class RestApp:
                     raise InvalidRequest("Content-Length is not a number") from None
                 if declared > limit:
                     raise PayloadTooLarge(
-                        "request body of %d bytes is over the limit of %d bytes (max_request_size)" % (declared, limit)
+                        "request body of %d bytes is over the limit of %d bytes (max_request_size)"
+                        % (declared, limit)
                     )
                 break
         chunks: List[bytes] = []
@@ -175,7 +180,9 @@ class RestApp:
 
 def _expect(method: str, allowed: str, scope: Scope) -> None:
     if method != allowed and not (allowed == "GET" and method == "HEAD"):
-        raise HTTPError(405, "%s is not allowed on %s; use %s" % (method, scope["path"], allowed), allow=allowed)
+        raise HTTPError(
+            405, "%s is not allowed on %s; use %s" % (method, scope["path"], allowed), allow=allowed
+        )
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
@@ -187,4 +194,3 @@ async def _lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
-

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from envserve.errors import SettingsError
+from envserve.settings import ModelSettings, ServerSettings, scan_repository
+
+
+def test_mlserver_model_settings_are_read_as_is(tmp_path):
+    doc = {
+        "name": "m",
+        "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {
+            "uri": "./model.joblib",
+            "version": 3,
+            "content_type": "pd",
+            "extra": {"k": 1},
+            "environment_tarball": "./env.tar.gz",
+        },
+        "inputs": [{"name": "a", "datatype": "FP32", "shape": [-1, 4]}],
+        "outputs": [{"name": "predict", "datatype": "INT64", "shape": [-1]}],
+        "max_batch_size": 8,
+        "max_batch_time": 0.5,
+        "parallel_workers": 2,
+        "warm_workers": False,
+        "platform": "sklearn",
+        "versions": ["m/3"],
+    }
+    (tmp_path / "model-settings.json").write_text(json.dumps(doc))
+    s = ModelSettings.load(str(tmp_path / "model-settings.json"))
+    assert (s.name, s.version, s.content_type, s.extra) == ("m", "3", "pd", {"k": 1})
+    assert s.model_path == str(tmp_path / "model.joblib")
+    assert s.resolve(s.parameters["environment_tarball"]) == str(tmp_path / "env.tar.gz")
+    assert s.inputs[0].shape == [-1, 4] and s.max_batch_size == 8 and s.parallel_workers == 2
+    again = ModelSettings.from_dict(s.to_dict(), folder=s.folder)
+    assert again.to_dict() == s.to_dict()
+
+
+def test_name_defaults_to_the_folder(tmp_path):
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    (folder / "model-settings.json").write_text("{}")
+    assert ModelSettings.load(str(folder / "model-settings.json")).name == "my-model"
+
+
+@pytest.mark.parametrize(
+    "doc,message",
+    [
+        ({"name": 5}, "'name' must be"),
+        ({"name": "a/b"}, "without '/'"),
+        ({"name": "m", "parameters": []}, "'parameters' must be an object"),
+        ({"name": "m", "max_batch_size": -1}, "max_batch_size must be a non-negative number"),
+        ({"name": "m", "inputs": [{"name": "a", "datatype": "FLOAT"}]}, "not a V2 datatype"),
+    ],
+)
+def test_invalid_model_settings(doc, message):
+    with pytest.raises(SettingsError, match=message):
+        ModelSettings.from_dict(doc, source="x.json")
+
+
+def test_server_settings_precedence(tmp_path):
+    (tmp_path / "settings.json").write_text(
+        json.dumps(
+            {"http_port": 9001, "grpc_port": 9002, "host": "0.0.0.0", "debug": True, "parallel_workers": 3}
+        )
+    )
+    env = {"ENVSERVE_GRPC_PORT": "9102", "ENVSERVE_PARALLEL_WORKERS": "4"}
+    s = ServerSettings.from_sources(str(tmp_path), {"parallel_workers": 5, "host": None}, environ=env)
+    # flag > env > settings.json > default
+    assert (s.http_port, s.grpc_port, s.parallel_workers, s.host) == (9001, 9102, 5, "0.0.0.0")
+    assert ServerSettings.from_sources(str(tmp_path), environ={}).max_request_size == 100 * 1024 * 1024
+
+
+def test_server_settings_errors(tmp_path):
+    with pytest.raises(SettingsError, match="ENVSERVE_HTTP_PORT must be a int"):
+        ServerSettings.from_sources(str(tmp_path), environ={"ENVSERVE_HTTP_PORT": "eighty"})
+    with pytest.raises(SettingsError, match="http_port must be a port number"):
+        ServerSettings.from_sources(str(tmp_path), {"http_port": 70000}, environ={})
+    (tmp_path / "settings.json").write_text('{"htp_port": 1}')
+    with pytest.raises(SettingsError, match="unknown setting 'htp_port'"):
+        ServerSettings.from_sources(str(tmp_path), environ={})
+
+
+def test_scan_reports_broken_files_without_raising(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "model-settings.json").write_text('{"name": "a"}')
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "model-settings.json").write_text("{")
+    entries = scan_repository(str(tmp_path))
+    assert [(e.name, e.settings is not None) for e in entries] == [("a", True), ("b", False)]
+    assert "not valid JSON" in str(entries[1].error)
