@@ -32,8 +32,11 @@ def _bodies(out: Path) -> Dict[str, Path]:
     x = digits.images.reshape((len(digits.images), -1)).astype("float32")
     bodies = {}
     for rows in (1, 100):
-        doc = {"inputs": [{"name": "predict", "shape": [rows, 64], "datatype": "FP32",
-                           "data": x[:rows].tolist()}]}
+        doc = {
+            "inputs": [
+                {"name": "predict", "shape": [rows, 64], "datatype": "FP32", "data": x[:rows].tolist()}
+            ]
+        }
         path = out / ("body-%d.json" % rows)
         path.write_text(json.dumps(doc))
         bodies["%d-row" % rows] = path
@@ -74,29 +77,40 @@ def core(seconds: float) -> List[str]:
     python = sys.executable
     port = free_port()
     print("floor (minimal ASGI app, same predict):", flush=True)
-    with Process([python, str(ROOT / "bench" / "floor_app.py"), str(repo / "mnist-svm" / "model.joblib"), str(port)],
-                 "http://127.0.0.1:%d/" % port, OUT / "floor.log"):
+    with Process(
+        [python, str(ROOT / "bench" / "floor_app.py"), str(repo / "mnist-svm" / "model.joblib"), str(port)],
+        "http://127.0.0.1:%d/" % port,
+        OUT / "floor.log",
+    ):
         floor = _measure("http://127.0.0.1:%d/" % port, bodies, seconds)
     port = free_port()
     print("envserve (in-process sklearn runtime):", flush=True)
-    with Process([python, "-m", "envserve", "serve", str(repo), "--http-port", str(port), "--log-level", "warning"],
-                 "http://127.0.0.1:%d/v2/health/ready" % port, OUT / "envserve.log"):
+    with Process(
+        [python, "-m", "envserve", "serve", str(repo), "--http-port", str(port), "--log-level", "warning"],
+        "http://127.0.0.1:%d/v2/health/ready" % port,
+        OUT / "envserve.log",
+    ):
         ours = _measure("http://127.0.0.1:%d/v2/models/mnist-svm/infer" % port, bodies, seconds)
 
     lines = ["", "ratios (envserve / floor):", "  body    conns  req/s   p50    p99"]
     for body_name in bodies:
         for conns in CONNECTIONS:
             f, o = floor[body_name][conns], ours[body_name][conns]
-            lines.append("  %-7s %3d   %5.2fx  %5.2fx  %5.2fx" % (body_name, conns, o.rps / f.rps,
-                                                                o.p50_ms / f.p50_ms, o.p99_ms / f.p99_ms))
+            lines.append(
+                "  %-7s %3d   %5.2fx  %5.2fx  %5.2fx"
+                % (body_name, conns, o.rps / f.rps, o.p50_ms / f.p50_ms, o.p99_ms / f.p99_ms)
+            )
     f8, o8 = floor["1-row"][8], ours["1-row"][8]
     rps_ok, p99_ok = o8.rps >= 0.8 * f8.rps, o8.p99_ms <= 1.5 * f8.p99_ms
     lines.append("")
-    lines.append("target single-row @8: req/s %.2fx of floor (>= 0.80: %s), p99 %.2fx of floor (<= 1.50: %s)"
-                 % (o8.rps / f8.rps, "PASS" if rps_ok else "FAIL", o8.p99_ms / f8.p99_ms,
-                    "PASS" if p99_ok else "FAIL"))
-    doc = {suite: {b: {c: vars(r) for c, r in rows.items()} for b, rows in res.items()}
-           for suite, res in (("floor", floor), ("envserve", ours))}
+    lines.append(
+        "target single-row @8: req/s %.2fx of floor (>= 0.80: %s), p99 %.2fx of floor (<= 1.50: %s)"
+        % (o8.rps / f8.rps, "PASS" if rps_ok else "FAIL", o8.p99_ms / f8.p99_ms, "PASS" if p99_ok else "FAIL")
+    )
+    doc = {
+        suite: {b: {c: vars(r) for c, r in rows.items()} for b, rows in res.items()}
+        for suite, res in (("floor", floor), ("envserve", ours))
+    }
     (OUT / "core.json").write_text(json.dumps(doc, indent=2))
     return lines
 
@@ -105,10 +119,13 @@ SUITES = {"core": core}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=5, help="duration of each wrk run")
-    parser.add_argument("--suite", choices=sorted(SUITES), action="append", help="suites to run (default: all)")
+    parser.add_argument(
+        "--suite", choices=sorted(SUITES), action="append", help="suites to run (default: all)"
+    )
     args = parser.parse_args()
     for suite in args.suite or sorted(SUITES):
         print("== %s ==" % suite, flush=True)

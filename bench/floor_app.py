@@ -32,15 +32,30 @@ async def app(scope, receive, send):
         x = np.asarray(inp["data"], dtype=np.float32).reshape(inp["shape"])
         y = model.predict(x)
         out = orjson.dumps(
-            {"model_name": "floor", "outputs": [{"name": "predict", "shape": list(y.shape), "datatype": "INT64",
-                                                 "data": y}]},
+            {
+                "model_name": "floor",
+                "outputs": [{"name": "predict", "shape": list(y.shape), "datatype": "INT64", "data": y}],
+            },
             option=orjson.OPT_SERIALIZE_NUMPY,
         )
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(out)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(out)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": out})
 
 
 if __name__ == "__main__":
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), http="httptools", loop="uvloop",
-                access_log=False, log_level="warning", lifespan="off")
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=int(sys.argv[2]),
+        http="httptools",
+        loop="uvloop",
+        access_log=False,
+        log_level="warning",
+        lifespan="off",
+    )

@@ -52,8 +52,12 @@ class Process:
     def __init__(self, argv: List[str], ready_url: str, log: Path, env: Optional[dict] = None) -> None:
         self.log = log
         self._log = open(log, "w")
-        self.proc = subprocess.Popen(pinned(SERVER_CPU, argv), stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
+        self.proc = subprocess.Popen(
+            pinned(SERVER_CPU, argv),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
         try:
             wait_http(ready_url, proc=self.proc)
         except Exception:
@@ -113,8 +117,21 @@ def run_wrk(url: str, body_file: Path, connections: int, seconds: float) -> WrkR
         'local f = io.open("%s", "rb")\nwrk.body = f:read("*a")\nf:close()\n' % body_file
     )
     threads = max(1, min(connections, 2))
-    argv = pinned(LOAD_CPU, [require_wrk(), "-t%d" % threads, "-c%d" % connections, "-d%ds" % seconds,
-                             "--latency", "--timeout", "30s", "-s", str(script), url])
+    argv = pinned(
+        LOAD_CPU,
+        [
+            require_wrk(),
+            "-t%d" % threads,
+            "-c%d" % connections,
+            "-d%ds" % seconds,
+            "--latency",
+            "--timeout",
+            "30s",
+            "-s",
+            str(script),
+            url,
+        ],
+    )
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))
