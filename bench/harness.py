@@ -51,7 +51,7 @@ class Process:
 
     def __init__(self, argv: List[str], ready_url: str, log: Path, env: Optional[dict] = None) -> None:
         self.log = log
-        self._log = open(log, "w")
+        self._log = open(log, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             pinned(SERVER_CPU, argv),
             stdout=self._log,
@@ -74,7 +74,7 @@ class Process:
                 self.proc.wait()
         self._log.close()
 
-    def __enter__(self) -> "Process":
+    def __enter__(self) -> Process:
         return self
 
     def __exit__(self, *exc: object) -> None:
