@@ -16,7 +16,10 @@ import closure, so it uses the standard library only and stays Python 3.8-compat
     ├── InferenceError                 the model raised while predicting (its message is kept)
     ├── WorkerUnavailable              the worker serving the request died or is restarting
     ├── InferenceTimeout               the model did not answer within the configured time
-    └── SettingsError                  server or model settings are invalid
+    ├── SettingsError                  server or model settings are invalid
+    └── EnvironmentSetupError          a model's environment cannot be prepared or cannot start
+        ├── SpecError                  the environment spec cannot be read or built as written
+        └── UnsafeArchive              the tarball is corrupt, or a member would escape the target
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Optional
 
 __all__ = [
     "DatatypeMismatch",
+    "EnvironmentSetupError",
     "EnvserveError",
     "InferenceError",
     "InferenceTimeout",
@@ -35,7 +39,9 @@ __all__ = [
     "PayloadTooLarge",
     "SettingsError",
     "ShapeMismatch",
+    "SpecError",
     "UnknownContentType",
+    "UnsafeArchive",
     "WorkerUnavailable",
 ]
 
@@ -102,3 +108,15 @@ class InferenceTimeout(EnvserveError):
 
 class SettingsError(EnvserveError):
     """Server or model settings are invalid."""
+
+
+class EnvironmentSetupError(EnvserveError):
+    """A model's environment could not be prepared (extracted, built, found) or its Python cannot start."""
+
+
+class SpecError(EnvironmentSetupError):
+    """The environment spec cannot be read or cannot be built as written."""
+
+
+class UnsafeArchive(EnvironmentSetupError):
+    """The tarball is corrupt or truncated, or holds a member that would escape or abuse the target."""

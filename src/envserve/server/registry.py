@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Protocol
 
+from ..environments import EnvironmentCache, environment_source
 from ..errors import (
     EnvserveError,
     InferenceError,
@@ -24,6 +27,7 @@ from ..errors import (
 from ..protocol.v2 import InferenceRequest, InferenceResponse
 from ..runtimes import Runtime, create_runtime
 from ..settings import ModelSettings, RepositoryEntry, ServerSettings, scan_repository
+from ..workers.pool import WorkerPool
 
 __all__ = ["InProcessModel", "ModelHandle", "ModelRecord", "ModelRegistry", "ModelState"]
 
@@ -55,6 +59,8 @@ class ModelHandle(Protocol):
     def metadata(self) -> Dict[str, Any]: ...
 
     def describe(self) -> Dict[str, Any]: ...
+
+    def problem(self) -> Optional[str]: ...
 
 
 class InProcessModel:
@@ -111,6 +117,9 @@ class InProcessModel:
     def describe(self) -> Dict[str, Any]:
         return {"runtime": type(self.runtime).__name__ if self.runtime else None, "environment": None}
 
+    def problem(self) -> Optional[str]:
+        return None
+
 
 @dataclass
 class ModelRecord:
@@ -144,8 +153,21 @@ class ModelRegistry:
     #: Settings files that could not be parsed: name -> reason (shown in the index as UNAVAILABLE).
     broken: Dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.environments = EnvironmentCache(self.settings.environments_dir or None)
+        self._socket_dir: Optional[str] = None
+
     def _handle_for(self, settings: ModelSettings) -> ModelHandle:
-        return InProcessModel(settings)
+        """In process, unless the model names an environment (or the server has a default one)."""
+        source = environment_source(settings)
+        if source is None:
+            return InProcessModel(settings)
+        if self._socket_dir is None:
+            self._socket_dir = tempfile.mkdtemp(prefix="envserve-")
+        workers = settings.parallel_workers or self.settings.parallel_workers
+        return WorkerPool(
+            settings, source, self.environments, self._socket_dir, workers, self.settings.inference_timeout
+        )
 
     # -- lookups ------------------------------------------------------------------------------------------
 
@@ -199,7 +221,10 @@ class ModelRegistry:
         for r in self.records():
             if ready_only and r.state != ModelState.READY:
                 continue
-            row: Dict[str, Any] = {"name": r.name, "state": r.state, "reason": r.reason}
+            reason = r.reason
+            if r.state == ModelState.READY and r.handle is not None:
+                reason = r.handle.problem() or ""
+            row: Dict[str, Any] = {"name": r.name, "state": r.state, "reason": reason}
             if r.version is not None:
                 row["version"] = r.version
             rows.append(row)
@@ -259,8 +284,8 @@ class ModelRegistry:
 
     async def load_record(self, record: ModelRecord) -> None:
         record.state, record.reason = ModelState.LOADING, ""
-        handle = self._handle_for(record.settings)
         try:
+            handle = self._handle_for(record.settings)
             await handle.load()
         except Exception as exc:  # any failure belongs to this model alone
             record.state = ModelState.UNAVAILABLE
@@ -291,5 +316,6 @@ class ModelRegistry:
             record.state, record.reason = ModelState.UNAVAILABLE, "unloaded"
 
     async def close(self) -> None:
-        for name in list(self.models):
-            await self.unload_model(name, missing_ok=True)
+        await asyncio.gather(*(self.unload_model(n, missing_ok=True) for n in list(self.models)))
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)

@@ -47,7 +47,6 @@ _MLSERVER_IGNORED = {
     "model_repository_implementation",
     "model_repository_implementation_args",
     "extensions",
-    "environments_dir",
     "gzip_enabled",
     "parallel_workers_timeout",
     "cache_enabled",
@@ -74,6 +73,9 @@ class ServerSettings:
     #: Seconds a model may take to answer one request (enforced for models in worker processes).
     inference_timeout: float = 60.0
     log_level: str = "info"
+    #: Where model environments are extracted/built and cached ("" = ENVSERVE_ENV_CACHE or
+    #: ~/.cache/envserve/environments).
+    environments_dir: str = ""
 
     @classmethod
     def from_sources(

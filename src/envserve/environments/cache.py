@@ -1,0 +1,359 @@
+"""The environment cache: tarballs extracted once, specs built once, shared by every model and server.
+
+Layout under the cache root (``ENVSERVE_ENV_CACHE``, default ``~/.cache/envserve/environments``)::
+
+    envs/<hash>/          the environment (a venv, a conda env, or an envserve pack)
+    envs/<hash>.json      its record: kind, source, Python version, size, created, last used, models
+    envs/<hash>.lock      flock: exclusive while it is made, shared while a server uses it
+    tmp/                  work directories, renamed into envs/ only when complete
+    tarball-hashes.json   memo of tarball digests keyed by (path, size, mtime, inode)
+
+``<hash>`` is the SHA-256 of the tarball's bytes, or of the normalised spec (with Python version and
+platform). An environment is complete exactly when its record exists; a directory without a record is
+a crashed attempt and is removed by the next one. Two servers starting together serialise on the lock,
+and the second finds the first's result.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, IO, List, Optional
+
+from ..errors import EnvironmentSetupError
+from .builder import build_environment
+from .source import EnvironmentSource
+from .spec import EnvironmentSpec, read_spec
+from .tarball import safe_extract
+
+__all__ = ["Environment", "EnvironmentCache", "default_cache_root", "find_python", "runtime_env"]
+
+logger = logging.getLogger("envserve.environments")
+
+
+def default_cache_root() -> str:
+    return os.environ.get("ENVSERVE_ENV_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "envserve", "environments"
+    )
+
+
+@dataclass
+class Environment:
+    """A ready environment: where it is and the interpreter that runs its workers."""
+
+    root: str
+    python: str
+    python_version: str
+    digest: Optional[str]
+    kind: str
+    source: str
+    record: Dict[str, Any] = field(default_factory=dict)
+    _lock: Optional[IO[str]] = None
+
+    def release(self) -> None:
+        """Drop the shared lock that keeps ``envserve env prune`` from removing it while in use."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+def runtime_env(root: str) -> Dict[str, str]:
+    """Process environment for running an environment's interpreter: its own libpython first, no leaks
+    of the server's Python settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "CONDA_"))}
+    lib = os.path.join(root, "lib")
+    if os.path.isdir(lib) and any(n.startswith("libpython") for n in os.listdir(lib)):
+        env["LD_LIBRARY_PATH"] = lib + (
+            os.pathsep + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else ""
+        )
+    env["PYTHONNOUSERSITE"] = "1"
+    return env
+
+
+def find_python(root: str) -> Optional[str]:
+    if os.path.isfile(root) and os.access(root, os.X_OK):
+        return root
+    for name in ("bin/python3", "bin/python"):
+        path = os.path.join(root, name)
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def probe_python(python: str, root: str) -> str:
+    """The ``X.Y.Z`` of an environment's interpreter; EnvironmentSetupError with its own error when it cannot
+    start."""
+    try:
+        proc = subprocess.run(
+            [python, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=runtime_env(root),
+        )
+    except OSError as exc:
+        target = os.path.realpath(python)
+        raise EnvironmentSetupError(
+            "the environment's Python %s cannot start: %s%s"
+            % (python, exc.strerror or exc, "" if target == python else " (it links to %s)" % target)
+        ) from None
+    except subprocess.TimeoutExpired:
+        raise EnvironmentSetupError(
+            "the environment's Python %s did not start within 60 s" % python
+        ) from None
+    if proc.returncode != 0:
+        raise EnvironmentSetupError(
+            "the environment's Python %s cannot start (exit code %d): %s"
+            % (python, proc.returncode, (proc.stderr or proc.stdout).strip()[-2000:])
+        )
+    return proc.stdout.strip()
+
+
+def _dir_size(path: str) -> int:
+    total = 0
+    for dirpath, _, filenames in os.walk(path):
+        for name in filenames:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+class EnvironmentCache:
+    def __init__(self, root: Optional[str] = None) -> None:
+        self.root = os.path.abspath(root or default_cache_root())
+        self.envs = os.path.join(self.root, "envs")
+        self.tmp = os.path.join(self.root, "tmp")
+
+    # -- public API ---------------------------------------------------------------------------------------
+
+    def prepare(self, source: EnvironmentSource, model: str = "") -> Environment:
+        """Make ``source`` ready (extract, build or check it) and return it, holding a shared lock."""
+        if source.kind == "path":
+            return self._existing(source.location)
+        if source.kind == "tarball":
+            digest = self.tarball_digest(source.location)
+            return self._ensure(digest, source, model, lambda work: self._extract(source.location, work))
+        if source.kind == "spec":
+            spec = read_spec(source.location, source.python)
+            return self._ensure(
+                spec.digest(), source, model, lambda work: self._build(spec, work, model), spec
+            )
+        raise EnvironmentSetupError("unknown environment source kind %r" % source.kind)
+
+    def list(self) -> List[Dict[str, Any]]:
+        rows = []
+        if not os.path.isdir(self.envs):
+            return rows
+        for name in sorted(os.listdir(self.envs)):
+            if name.endswith(".json"):
+                record = self._read_record(name[: -len(".json")])
+                if record is not None:
+                    rows.append(record)
+        return rows
+
+    def prune(self, older_than: Optional[float] = None, everything: bool = False) -> List[Dict[str, Any]]:
+        """Remove environments not used for ``older_than`` seconds (or all with ``everything``) that no
+        running server holds; returns the records removed."""
+        removed = []
+        now = time.time()
+        for record in self.list():
+            if not everything and (older_than is None or now - record.get("last_used", 0) < older_than):
+                continue
+            digest = record["hash"]
+            lock = self._open_lock(digest)
+            try:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as exc:
+                    if exc.errno in (errno.EAGAIN, errno.EACCES):
+                        logger.info("environment %s is in use; not pruned", digest[:12])
+                        continue
+                    raise
+                os.unlink(self._record_path(digest))
+                shutil.rmtree(os.path.join(self.envs, digest), ignore_errors=True)
+                removed.append(record)
+            finally:
+                lock.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return removed
+
+    def tarball_digest(self, path: str) -> str:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise EnvironmentSetupError("environment tarball %s does not exist" % path) from None
+        key = "%s|%d|%d|%d" % (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+        memo_path = os.path.join(self.root, "tarball-hashes.json")
+        memo = self._read_json(memo_path) or {}
+        digest = memo.get(key)
+        if digest:
+            return str(digest)
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        digest = h.hexdigest()
+        memo[key] = digest
+        self._write_json(memo_path, memo)
+        return digest
+
+    # -- internals ----------------------------------------------------------------------------------------
+
+    def _existing(self, location: str) -> Environment:
+        root = location
+        python = find_python(location)
+        if python is None:
+            raise EnvironmentSetupError(
+                "%s is neither an environment directory (no bin/python) nor a python executable" % location
+            )
+        if os.path.isfile(location):
+            root = os.path.dirname(os.path.dirname(location))
+        version = probe_python(python, root)
+        return Environment(root, python, version, None, "path", location)
+
+    def _record_path(self, digest: str) -> str:
+        return os.path.join(self.envs, digest + ".json")
+
+    def _read_record(self, digest: str) -> Optional[Dict[str, Any]]:
+        return self._read_json(self._record_path(digest))
+
+    @staticmethod
+    def _read_json(path: str) -> Optional[Dict[str, Any]]:
+        try:
+            with open(path, encoding="utf-8") as f:
+                doc = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def _write_json(self, path: str, doc: Dict[str, Any]) -> None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+
+    def _open_lock(self, digest: str) -> IO[str]:
+        os.makedirs(self.envs, exist_ok=True)
+        return open(os.path.join(self.envs, digest + ".lock"), "a+")
+
+    def _ensure(
+        self,
+        digest: str,
+        source: EnvironmentSource,
+        model: str,
+        make: Any,
+        spec: Optional[EnvironmentSpec] = None,
+    ) -> Environment:
+        final = os.path.join(self.envs, digest)
+        record = self._read_record(digest)
+        if record is None:
+            lock = self._open_lock(digest)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # another server may be making it right now: wait for it
+                record = self._read_record(digest)
+                if record is None:
+                    record = self._make(digest, source, final, make, spec)
+            finally:
+                lock.close()
+        else:
+            logger.info("environment %s (%s) found in the cache", digest[:12], source.describe())
+        lock = self._open_lock(digest)
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        python = find_python(final)
+        if python is None:
+            lock.close()
+            raise EnvironmentSetupError(
+                "cached environment %s has no bin/python; run envserve env prune" % final
+            )
+        record["last_used"] = time.time()
+        models = set(record.get("models", []))
+        if model:
+            models.add(model)
+        record["models"] = sorted(models)
+        self._write_json(self._record_path(digest), record)
+        return Environment(
+            final, python, record["python_version"], digest, record["kind"], record["source"], record, lock
+        )
+
+    def _make(
+        self, digest: str, source: EnvironmentSource, final: str, make: Any, spec: Optional[EnvironmentSpec]
+    ) -> Dict[str, Any]:
+        started = time.monotonic()
+        if os.path.exists(final):  # a crashed earlier attempt
+            shutil.rmtree(final, ignore_errors=True)
+        os.makedirs(self.tmp, exist_ok=True)
+        work = tempfile.mkdtemp(prefix=digest[:12] + "-", dir=self.tmp)
+        target = os.path.join(work, "env")
+        try:
+            make(target)
+            os.rename(target, final)
+            try:
+                self._post_install(final)
+                python = find_python(final)
+                if python is None:
+                    raise EnvironmentSetupError(
+                        "%s does not contain an environment (no bin/python at its top level)"
+                        % source.location
+                    )
+                version = probe_python(python, final)
+            except BaseException:
+                shutil.rmtree(final, ignore_errors=True)
+                raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        record = {
+            "hash": digest,
+            "kind": source.kind,
+            "source": source.location,
+            "python_version": version,
+            "size": _dir_size(final),
+            "created": time.time(),
+            "build_seconds": round(time.monotonic() - started, 3),
+            "models": [],
+        }
+        if spec is not None:
+            record["requirements"] = spec.requirements
+        self._write_json(self._record_path(digest), record)
+        logger.info(
+            "environment %s ready: Python %s, %s, %.1f s",
+            digest[:12],
+            version,
+            source.describe(),
+            record["build_seconds"],
+        )
+        return record
+
+    def _extract(self, tarball: str, target: str) -> None:
+        logger.info("extracting %s", tarball)
+        safe_extract(tarball, target)
+
+    def _build(self, spec: EnvironmentSpec, target: str, model: str) -> None:
+        logger.info("building an environment for Python %s from %s", spec.python, spec.source)
+        build_environment(spec, target, label="env %s" % (model or spec.source))
+
+    def _post_install(self, root: str) -> None:
+        """Fix-ups a tarball's own tools ask for (conda-pack's conda-unpack rewrites its prefixes)."""
+        unpack = os.path.join(root, "bin", "conda-unpack")
+        if os.path.isfile(unpack):
+            python = find_python(root)
+            if python is None:
+                raise EnvironmentSetupError("conda-pack environment %s has no bin/python" % root)
+            proc = subprocess.run(
+                [python, unpack], capture_output=True, text=True, env=runtime_env(root), cwd=root, timeout=600
+            )
+            if proc.returncode != 0:
+                raise EnvironmentSetupError(
+                    "conda-unpack failed in %s: %s" % (root, (proc.stderr or proc.stdout)[-2000:])
+                )

@@ -1,0 +1,167 @@
+"""``envserve env pack``: a portable tarball of a venv *with its interpreter*.
+
+venv-pack leaves the interpreter out (the target machine needs the same Python at the same path) and
+conda-pack works only for conda environments. This packs a venv as a self-contained Python prefix:
+
+    bin/pythonX.Y (+ python, python3 links)   the base interpreter's binary
+    lib/libpythonX.Y.so*                       when the interpreter is linked against a shared libpython
+    lib/pythonX.Y/                             the base standard library (without its tests and GUI kits)
+    lib/pythonX.Y/site-packages/               the venv's packages
+    envserve-pack.json                         what was packed
+
+Python finds its prefix from the location of its binary (the ``lib/pythonX.Y/os.py`` landmark), so the
+unpacked directory runs from anywhere; envserve puts ``lib/`` first on ``LD_LIBRARY_PATH`` for a shared
+libpython.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import tarfile
+import time
+from typing import Any, Dict, Optional, Set
+
+from ..errors import EnvironmentSetupError
+from .cache import find_python, runtime_env
+
+__all__ = ["pack_environment"]
+
+#: Parts of the standard library a model server never needs (tests alone are ~30% of it).
+_STDLIB_SKIP = {
+    "test",
+    "idlelib",
+    "turtledemo",
+    "tkinter",
+    "ensurepip",
+    "lib2to3/tests",
+    "distutils/tests",
+    "unittest/test",
+    "ctypes/test",
+    "sqlite3/test",
+    "tkinter/test",
+    "site-packages",
+}
+
+_INSPECT = r"""
+import json, sys, sysconfig
+print(json.dumps({
+    "version": "%d.%d.%d" % sys.version_info[:3],
+    "short": "%d.%d" % sys.version_info[:2],
+    "base_prefix": sys.base_prefix,
+    "prefix": sys.prefix,
+    "executable": sys.executable,
+    "stdlib": sysconfig.get_paths(vars={"base": sys.base_prefix, "installed_base": sys.base_prefix})["stdlib"],
+    "purelib": sysconfig.get_paths()["purelib"],
+    "platlib": sysconfig.get_paths()["platlib"],
+    "libdir": sysconfig.get_config_var("LIBDIR"),
+    "ldlibrary": sysconfig.get_config_var("LDLIBRARY"),
+    "shared": bool(sysconfig.get_config_var("Py_ENABLE_SHARED")),
+}))
+"""
+
+
+def _inspect(python: str, root: str) -> Dict[str, Any]:
+    proc = subprocess.run(
+        [python, "-c", _INSPECT], capture_output=True, text=True, env=runtime_env(root), timeout=60
+    )
+    if proc.returncode != 0:
+        raise EnvironmentSetupError("cannot run %s to inspect it: %s" % (python, proc.stderr.strip()[-2000:]))
+    info: Dict[str, Any] = json.loads(proc.stdout)
+    return info
+
+
+def _base_binary(info: Dict[str, Any]) -> str:
+    short = info["short"]
+    for candidate in (
+        os.path.join(info["base_prefix"], "bin", "python" + short),
+        os.path.join(info["base_prefix"], "bin", "python3"),
+        os.path.realpath(info["executable"]),
+    ):
+        if os.path.isfile(candidate):
+            return candidate
+    raise EnvironmentSetupError(
+        "cannot find the base interpreter of %s under %s" % (info["executable"], info["base_prefix"])
+    )
+
+
+def pack_environment(env: str, output: str, compresslevel: int = 6) -> Dict[str, Any]:
+    """Write a portable ``.tar.gz`` of the venv (or Python prefix) at ``env``; returns what was packed."""
+    python = find_python(env)
+    if python is None:
+        raise EnvironmentSetupError("%s is not an environment (no bin/python)" % env)
+    info = _inspect(python, env)
+    short = info["short"]
+    lib = "lib/python" + short
+    binary = _base_binary(info)
+    manifest = {
+        "format": "envserve-pack/1",
+        "python": info["version"],
+        "packed_from": os.path.abspath(env),
+        "base_prefix": info["base_prefix"],
+        "created": time.time(),
+    }
+    if not output.endswith((".tar.gz", ".tgz")):
+        raise EnvironmentSetupError("the output of env pack must end in .tar.gz or .tgz: %s" % output)
+    tmp = output + ".partial"
+    try:
+        with tarfile.open(tmp, "w:gz", compresslevel=compresslevel) as tar:
+            tar.add(binary, "bin/python" + short)
+            for link in ("python", "python3"):
+                _symlink(tar, "bin/" + link, "python" + short)
+            if info["shared"] and info["ldlibrary"]:
+                _add_shared_lib(tar, info)
+            _add_tree(tar, info["stdlib"], lib, skip=_STDLIB_SKIP)
+            site_dirs = {info["purelib"], info["platlib"]}
+            for site in sorted(site_dirs):
+                if os.path.isdir(site):
+                    _add_tree(tar, site, lib + "/site-packages", skip=set())
+            data = json.dumps(manifest, indent=2).encode()
+            member = tarfile.TarInfo("envserve-pack.json")
+            member.size = len(data)
+            member.mtime = int(time.time())
+            tar.addfile(member, io.BytesIO(data))
+        os.replace(tmp, output)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    manifest["size"] = os.path.getsize(output)
+    return manifest
+
+
+def _symlink(tar: tarfile.TarFile, name: str, target: str) -> None:
+    member = tarfile.TarInfo(name)
+    member.type = tarfile.SYMTYPE
+    member.linkname = target
+    member.mode = 0o777
+    member.mtime = int(time.time())
+    tar.addfile(member)
+
+
+def _add_shared_lib(tar: tarfile.TarFile, info: Dict[str, Any]) -> None:
+    libdir = info["libdir"]
+    ldlibrary = info["ldlibrary"]  # e.g. libpython3.8.so
+    for name in sorted(os.listdir(libdir)):
+        if name.startswith(ldlibrary):
+            path = os.path.join(libdir, name)
+            if os.path.islink(path):
+                _symlink(tar, "lib/" + name, os.path.basename(os.readlink(path)))
+            else:
+                tar.add(path, "lib/" + name)
+
+
+def _add_tree(tar: tarfile.TarFile, source: str, arcname: str, skip: Set[str]) -> None:
+    def exclude(info: tarfile.TarInfo) -> Optional[tarfile.TarInfo]:
+        rel = info.name[len(arcname) + 1 :] if info.name != arcname else ""
+        if rel in skip or any(rel.startswith(s + "/") for s in skip):
+            return None
+        if info.issym() and os.path.isabs(info.linkname):
+            return None  # an absolute link would not survive the move; packages do not need them
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        return info
+
+    tar.add(source, arcname, filter=exclude)

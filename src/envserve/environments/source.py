@@ -1,0 +1,63 @@
+"""Where a model's environment comes from, read from its settings (MLServer-compatible names first).
+
+``parameters`` keys, first match wins:
+
+- ``environment_tarball``: a tarball (conda-pack, venv-pack, ``envserve env pack``), relative to the
+  settings file;
+- ``environment_path``: an existing environment directory, or its python executable;
+- ``environment``: a spec file (requirements.txt, MLflow python_env.yaml, conda.yaml), built by envserve;
+  ``environment_python`` may give the Python version for a plain requirements file;
+- otherwise the server-wide default tarball, ``ENVSERVE_ENV_TARBALL`` (or MLServer's
+  ``MLSERVER_ENV_TARBALL``); ``"environment": "server"`` opts a model out of it.
+
+No source means the model runs in the server's own process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+from ..errors import SettingsError
+from ..settings.model import ModelSettings
+
+__all__ = ["EnvironmentSource", "environment_source"]
+
+DEFAULT_TARBALL_VARIABLES = ("ENVSERVE_ENV_TARBALL", "MLSERVER_ENV_TARBALL")
+
+
+@dataclass(frozen=True)
+class EnvironmentSource:
+    kind: str  # "tarball" | "path" | "spec"
+    location: str  # absolute path
+    python: Optional[str] = None  # requested X.Y for specs without one
+
+    def describe(self) -> str:
+        return "%s %s" % (self.kind, self.location)
+
+
+def environment_source(
+    settings: ModelSettings, environ: Optional[Mapping[str, str]] = None
+) -> Optional[EnvironmentSource]:
+    environ = os.environ if environ is None else environ
+    params = settings.parameters
+    for key, kind in (
+        ("environment_tarball", "tarball"),
+        ("environment_path", "path"),
+        ("environment", "spec"),
+    ):
+        value = params.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value:
+            raise SettingsError("model %r: parameters.%s must be a path" % (settings.name, key))
+        if kind == "spec" and value == "server":
+            return None
+        python = params.get("environment_python")
+        return EnvironmentSource(kind, settings.resolve(value), str(python) if python is not None else None)
+    for variable in DEFAULT_TARBALL_VARIABLES:
+        value = environ.get(variable)
+        if value:
+            return EnvironmentSource("tarball", os.path.abspath(os.path.expanduser(value)))
+    return None

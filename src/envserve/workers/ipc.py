@@ -1,0 +1,193 @@
+"""The wire format between the server and its worker processes (both sides; worker closure, py3.8+).
+
+A frame is ``<u32 header length><u64 body length><header><body>``: the header is a small JSON object
+(the operation and the tensors' names, datatypes, shapes and where their bytes are), the body the
+tensors' raw bytes, concatenated. numpy buffers travel as they are (no JSON, no base64): numeric tensors
+in native C order, BYTES tensors as ``<u32 length><bytes>`` per element.
+
+Operations: ``hello``/``load``/``loaded`` at start, ``infer``/``result``/``error``, ``ping``/``pong``,
+``stop``.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .. import errors as _errors
+from ..protocol.datatypes import DATATYPES
+from ..protocol.v2 import InferenceRequest, InferenceResponse, RequestInput, RequestOutput, ResponseOutput
+
+__all__ = [
+    "PREFIX",
+    "decode_request",
+    "decode_response",
+    "encode_frame",
+    "encode_request",
+    "encode_response",
+    "error_from_wire",
+    "error_to_wire",
+    "split_prefix",
+]
+
+PREFIX = struct.Struct("<IQ")
+_LEN = struct.Struct("<I")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, bytes):
+        return obj.decode("utf-8", "replace")
+    return str(obj)
+
+
+def encode_frame(header: Dict[str, Any], buffers: Sequence[Any] = ()) -> List[Any]:
+    """The frame as a list of bytes-like pieces (write them in order; no concatenation needed)."""
+    head = json.dumps(header, separators=(",", ":"), default=_json_default).encode("utf-8")
+    body_len = sum(memoryview(b).nbytes for b in buffers)
+    return [PREFIX.pack(len(head), body_len), head, *buffers]
+
+
+def split_prefix(prefix: bytes) -> Tuple[int, int]:
+    head_len, body_len = PREFIX.unpack(prefix)
+    return head_len, body_len
+
+
+# -- tensors ------------------------------------------------------------------------------------------------
+
+
+def _tensor_buffer(data: np.ndarray, datatype: str) -> Any:
+    if datatype == "BYTES":
+        parts = []
+        for item in data.ravel().tolist():
+            raw = item if isinstance(item, bytes) else str(item).encode("utf-8")
+            parts.append(_LEN.pack(len(raw)))
+            parts.append(raw)
+        return b"".join(parts)
+    arr = np.ascontiguousarray(data, dtype=DATATYPES[datatype])
+    return memoryview(arr).cast("B") if arr.size else b""
+
+
+def _tensor_from(body: Any, offset: int, nbytes: int, shape: List[int], datatype: str) -> np.ndarray:
+    if datatype == "BYTES":
+        items = []
+        pos, end = offset, offset + nbytes
+        view = memoryview(body)
+        while pos < end:
+            (n,) = _LEN.unpack_from(view, pos)
+            pos += 4
+            items.append(bytes(view[pos : pos + n]))
+            pos += n
+        arr = np.empty(len(items), dtype=object)
+        arr[:] = items
+        return arr.reshape(shape)
+    dtype = DATATYPES[datatype]
+    count = nbytes // dtype.itemsize
+    return np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(shape)
+
+
+def _pack_tensors(tensors: Sequence[Any]) -> Tuple[List[Dict[str, Any]], List[Any]]:
+    described, buffers = [], []
+    offset = 0
+    for t in tensors:
+        buf = _tensor_buffer(t.data, t.datatype)
+        nbytes = memoryview(buf).nbytes
+        described.append(
+            {
+                "name": t.name,
+                "shape": list(t.shape),
+                "datatype": t.datatype,
+                "parameters": t.parameters,
+                "buf": [offset, nbytes],
+            }
+        )
+        buffers.append(buf)
+        offset += nbytes
+    return described, buffers
+
+
+# -- requests and responses ---------------------------------------------------------------------------------
+
+
+def encode_request(call_id: int, request: InferenceRequest) -> List[Any]:
+    inputs, buffers = _pack_tensors(request.inputs)
+    header = {
+        "op": "infer",
+        "id": call_id,
+        "request": {
+            "id": request.id,
+            "parameters": request.parameters,
+            "outputs": [{"name": o.name, "parameters": o.parameters} for o in request.outputs],
+            "inputs": inputs,
+        },
+    }
+    return encode_frame(header, buffers)
+
+
+def decode_request(header: Dict[str, Any], body: Any) -> InferenceRequest:
+    doc = header["request"]
+    inputs = [
+        RequestInput(
+            i["name"],
+            i["shape"],
+            i["datatype"],
+            _tensor_from(body, i["buf"][0], i["buf"][1], i["shape"], i["datatype"]),
+            i["parameters"],
+        )
+        for i in doc["inputs"]
+    ]
+    outputs = [RequestOutput(o["name"], o["parameters"]) for o in doc["outputs"]]
+    return InferenceRequest(inputs, doc["id"], doc["parameters"], outputs)
+
+
+def encode_response(call_id: int, response: InferenceResponse) -> List[Any]:
+    outputs, buffers = _pack_tensors(response.outputs)
+    header = {
+        "op": "result",
+        "id": call_id,
+        "response": {
+            "model_name": response.model_name,
+            "model_version": response.model_version,
+            "id": response.id,
+            "parameters": response.parameters,
+            "outputs": outputs,
+        },
+    }
+    return encode_frame(header, buffers)
+
+
+def decode_response(header: Dict[str, Any], body: Any) -> InferenceResponse:
+    doc = header["response"]
+    outputs = [
+        ResponseOutput(
+            o["name"],
+            o["shape"],
+            o["datatype"],
+            _tensor_from(body, o["buf"][0], o["buf"][1], o["shape"], o["datatype"]),
+            o["parameters"],
+        )
+        for o in doc["outputs"]
+    ]
+    return InferenceResponse(doc["model_name"], outputs, doc["model_version"], doc["id"], doc["parameters"])
+
+
+# -- errors -------------------------------------------------------------------------------------------------
+
+
+def error_to_wire(exc: BaseException) -> Dict[str, Any]:
+    if isinstance(exc, _errors.EnvserveError):
+        return {"kind": type(exc).__name__, "error": exc.message}
+    return {"kind": "InferenceError", "error": "%s: %s" % (type(exc).__name__, exc)}
+
+
+def error_from_wire(doc: Dict[str, Any], model: Optional[str] = None) -> _errors.EnvserveError:
+    cls = getattr(_errors, str(doc.get("kind")), None)
+    if not (isinstance(cls, type) and issubclass(cls, _errors.EnvserveError)):
+        cls = _errors.InferenceError
+    return cls(str(doc.get("error", "the worker failed without a message")), model=model)  # type: ignore[no-any-return]
