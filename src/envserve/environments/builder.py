@@ -11,8 +11,8 @@ import sys
 import tempfile
 from typing import List, Optional
 
-from .interpreters import find_interpreter
 from ..errors import SpecError
+from .interpreters import find_interpreter
 from .spec import EnvironmentSpec
 
 __all__ = ["build_environment", "find_uv"]
@@ -34,7 +34,9 @@ def find_uv() -> Optional[str]:
 
 
 def _names(requirements: List[str]) -> set:  # type: ignore[type-arg]
-    return {re.split(r"[=<>!~ \[;@]", r.strip(), 1)[0].lower().replace("_", "-") for r in requirements}
+    return {
+        re.split(r"[=<>!~ \[;@]", r.strip(), maxsplit=1)[0].lower().replace("_", "-") for r in requirements
+    }
 
 
 def _run(argv: List[str], what: str, log_prefix: str) -> None:

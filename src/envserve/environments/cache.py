@@ -16,6 +16,7 @@ and the second finds the first's result.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -27,7 +28,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, IO, List, Optional
+from typing import IO, Any, Dict, List, Optional
 
 from ..errors import EnvironmentSetupError
 from .builder import build_environment
@@ -122,10 +123,8 @@ def _dir_size(path: str) -> int:
     total = 0
     for dirpath, _, filenames in os.walk(path):
         for name in filenames:
-            try:
+            with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                pass
     return total
 
 
@@ -152,7 +151,7 @@ class EnvironmentCache:
         raise EnvironmentSetupError("unknown environment source kind %r" % source.kind)
 
     def list(self) -> List[Dict[str, Any]]:
-        rows = []
+        rows: List[Dict[str, Any]] = []
         if not os.path.isdir(self.envs):
             return rows
         for name in sorted(os.listdir(self.envs)):

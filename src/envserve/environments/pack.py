@@ -53,7 +53,8 @@ print(json.dumps({
     "base_prefix": sys.base_prefix,
     "prefix": sys.prefix,
     "executable": sys.executable,
-    "stdlib": sysconfig.get_paths(vars={"base": sys.base_prefix, "installed_base": sys.base_prefix})["stdlib"],
+    "stdlib": sysconfig.get_paths(
+        vars={"base": sys.base_prefix, "installed_base": sys.base_prefix})["stdlib"],
     "purelib": sysconfig.get_paths()["purelib"],
     "platlib": sysconfig.get_paths()["platlib"],
     "libdir": sysconfig.get_config_var("LIBDIR"),

@@ -133,15 +133,15 @@ def _from_conda(path: str, default_python: str) -> EnvironmentSpec:
         if isinstance(item, dict) and "pip" in item:
             requirements += [str(r) for r in item["pip"] or []]
             continue
-        name = re.split(r"[=<>!~ ]", str(item).strip(), 1)[0].split("::")[-1]
+        name = re.split(r"[=<>!~ ]", str(item).strip(), maxsplit=1)[0].split("::")[-1]
         if name == "python":
             python = _python_version(str(item)[len("python") :].lstrip("="), path)
         elif name not in _CONDA_TOOLCHAIN:
             conda_only.append(str(item))
     if conda_only:
         raise SpecError(
-            "%s needs conda packages that envserve cannot install from PyPI: %s; move them to the 'pip:' section "
-            "(most have PyPI equivalents) or serve a conda-pack tarball (parameters.environment_tarball)"
+            "%s needs conda packages that envserve cannot install from PyPI: %s; move them to the 'pip:' "
+            "section (most have PyPI equivalents) or serve a conda-pack tarball (environment_tarball)"
             % (path, ", ".join(conda_only))
         )
     return EnvironmentSpec(python, _drop_build_tools(requirements), path)
@@ -151,7 +151,7 @@ def _drop_build_tools(requirements: List[str]) -> List[str]:
     return [
         r
         for r in requirements
-        if re.split(r"[=<>!~ \[;]", r, 1)[0].lower() not in ("pip", "setuptools", "wheel")
+        if re.split(r"[=<>!~ \[;]", r, maxsplit=1)[0].lower() not in ("pip", "setuptools", "wheel")
     ]
 
 
@@ -164,7 +164,8 @@ def read_spec(path: str, default_python: Optional[str] = None) -> EnvironmentSpe
     if base == "python_env.yaml":
         return _from_python_env(path, default)
     if base.endswith((".yaml", ".yml")):
-        doc_head = open(path, encoding="utf-8").read(4096)
+        with open(path, encoding="utf-8") as f:
+            doc_head = f.read(4096)
         if re.search(r"^python\s*:", doc_head, re.M) and not re.search(
             r"^dependencies\s*:\s*\n\s*-\s*python", doc_head, re.M
         ):

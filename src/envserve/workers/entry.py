@@ -18,6 +18,7 @@ watchdog elsewhere), or on ``stop``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -101,7 +102,7 @@ def _load(conn: Connection, header: Dict[str, Any]) -> Any:
     return runtime
 
 
-def _reader(conn: Connection, calls: "SimpleQueue[Any]") -> None:
+def _reader(conn: Connection, calls: SimpleQueue[Any]) -> None:
     try:
         while True:
             header, body = conn.receive()
@@ -143,7 +144,7 @@ def serve(conn: Connection, worker: int) -> int:
             {"op": "loaded", "ok": True, "metadata": runtime.metadata(), "runtime": type(runtime).__name__}
         )
     )
-    calls: "SimpleQueue[Any]" = SimpleQueue()
+    calls: SimpleQueue[Any] = SimpleQueue()
     threading.Thread(target=_reader, args=(conn, calls), name="ipc-reader", daemon=True).start()
     while True:
         item = calls.get()
@@ -159,10 +160,8 @@ def serve(conn: Connection, worker: int) -> int:
                 raise
             frame = ipc.encode_frame(dict({"op": "error", "id": call_id}, **_model_error(exc, runtime)))
         conn.send(frame)
-    try:
+    with contextlib.suppress(Exception):
         runtime.unload()
-    except Exception:
-        pass
     return 0
 
 

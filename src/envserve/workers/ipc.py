@@ -71,7 +71,7 @@ def _tensor_buffer(data: np.ndarray, datatype: str) -> Any:
             parts.append(raw)
         return b"".join(parts)
     arr = np.ascontiguousarray(data, dtype=DATATYPES[datatype])
-    return memoryview(arr).cast("B") if arr.size else b""
+    return arr.data.cast("B") if arr.size else b""
 
 
 def _tensor_from(body: Any, offset: int, nbytes: int, shape: List[int], datatype: str) -> np.ndarray:
@@ -190,4 +190,4 @@ def error_from_wire(doc: Dict[str, Any], model: Optional[str] = None) -> _errors
     cls = getattr(_errors, str(doc.get("kind")), None)
     if not (isinstance(cls, type) and issubclass(cls, _errors.EnvserveError)):
         cls = _errors.InferenceError
-    return cls(str(doc.get("error", "the worker failed without a message")), model=model)  # type: ignore[no-any-return]
+    return cls(str(doc.get("error", "the worker failed without a message")), model=model)

@@ -29,7 +29,7 @@ import os
 import signal
 import time
 from collections import deque
-from typing import Any, Deque, Dict, List, Optional
+from typing import Any, Deque, Dict, List, Optional, Set
 
 from ..environments import Environment, EnvironmentCache, EnvironmentSource, runtime_env
 from ..errors import (
@@ -81,7 +81,7 @@ _BOOTSTRAP = "import sys; sys.path.insert(0, %r); from envserve.workers.entry im
 class _Call:
     __slots__ = ("future", "id", "pieces", "worker")
 
-    def __init__(self, call_id: int, pieces: List[Any], future: "asyncio.Future[InferenceResponse]") -> None:
+    def __init__(self, call_id: int, pieces: List[Any], future: asyncio.Future[InferenceResponse]) -> None:
         self.id = call_id
         self.pieces = pieces
         self.future = future
@@ -94,10 +94,10 @@ class _Worker:
         self.proc: Optional[asyncio.subprocess.Process] = None
         self.reader: Optional[asyncio.StreamReader] = None
         self.writer: Optional[asyncio.StreamWriter] = None
-        self.connected: "asyncio.Future[Dict[str, Any]]" = asyncio.get_running_loop().create_future()
+        self.connected: asyncio.Future[Dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.inflight: Dict[int, _Call] = {}
         self.capacity = asyncio.Semaphore(DEPTH)
-        self.tasks: List["asyncio.Task[Any]"] = []
+        self.tasks: List[asyncio.Task[Any]] = []
         self.last_pong = time.monotonic()
         self.started = time.monotonic()
         self.output: Deque[str] = deque(maxlen=40)
@@ -146,15 +146,16 @@ class WorkerPool:
         self.environment: Optional[Environment] = None
         self.restarts = 0
         self._workers: List[_Worker] = []
-        self._queue: "asyncio.Queue[_Call]" = asyncio.Queue()
+        self._queue: asyncio.Queue[_Call] = asyncio.Queue()
         self._ids = itertools.count(1)
         self._server: Optional[asyncio.AbstractServer] = None
         self._socket = os.path.join(socket_dir, "%s-%x.sock" % (settings.name[:40], id(self) & 0xFFFFFF))
         self._stopping = False
         self._metadata: Dict[str, Any] = {}
         self._runtime = ""
-        self._supervisor: Optional["asyncio.Task[Any]"] = None
+        self._supervisor: Optional[asyncio.Task[Any]] = None
         self._problem: Optional[str] = None
+        self._restarting: Set[asyncio.Task[Any]] = set()
 
     # -- ModelHandle --------------------------------------------------------------------------------------
 
@@ -198,7 +199,7 @@ class WorkerPool:
         if self._stopping:
             raise ModelNotReady("model %r is unloading" % self.settings.name, model=self.settings.name)
         call_id = next(self._ids)
-        future: "asyncio.Future[InferenceResponse]" = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[InferenceResponse] = asyncio.get_running_loop().create_future()
         call = _Call(call_id, ipc.encode_request(call_id, request), future)
         self._queue.put_nowait(call)
         try:
@@ -287,9 +288,8 @@ class WorkerPool:
         worker.tasks = [asyncio.ensure_future(self._pump_output(worker))]
         exited = asyncio.ensure_future(worker.proc.wait())
         try:
-            done, _ = await asyncio.wait(
-                {worker.connected, exited}, timeout=LOAD_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
-            )
+            waiters: Set[asyncio.Future[Any]] = {worker.connected, exited}
+            done, _ = await asyncio.wait(waiters, timeout=LOAD_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
             if worker.connected not in done:
                 worker.kill()
                 await worker.proc.wait()
@@ -451,8 +451,8 @@ class WorkerPool:
         self._fail_inflight(
             worker,
             WorkerUnavailable(
-                "the worker serving model %r %s while handling this request; it is being restarted, retry shortly"
-                % (self.settings.name, what),
+                "the worker serving model %r %s while handling this request; it is being restarted, "
+                "retry shortly" % (self.settings.name, what),
                 model=self.settings.name,
             ),
         )
@@ -464,7 +464,9 @@ class WorkerPool:
         logger.warning(
             "model %s: worker %d (pid %s) %s; restarting", self.settings.name, worker.index, worker.pid, what
         )
-        asyncio.ensure_future(self._restart(worker))
+        task = asyncio.ensure_future(self._restart(worker))
+        self._restarting.add(task)
+        task.add_done_callback(self._restarting.discard)
 
     def _fail_inflight(self, worker: _Worker, exc: EnvserveError) -> None:
         calls, worker.inflight = worker.inflight, {}
