@@ -85,7 +85,7 @@ def find_python(root: str) -> Optional[str]:
         return root
     for name in ("bin/python3", "bin/python"):
         path = os.path.join(root, name)
-        if os.path.exists(path):
+        if os.path.lexists(path):  # a dangling link is found here and reported when it cannot start
             return path
     return None
 

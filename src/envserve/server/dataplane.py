@@ -63,6 +63,9 @@ class DataPlane:
             ready_only = ready
         return self.registry.index(ready_only)
 
+    def model_status(self) -> List[Dict[str, Any]]:
+        return self.registry.status()
+
     async def load(self, name: str) -> None:
         await self.registry.load_model(name)
         record = self.registry.get(name)

@@ -236,6 +236,14 @@ class ModelRegistry:
             )
         return rows
 
+    def status(self) -> List[Dict[str, Any]]:
+        """The index with what envserve knows beyond the protocol: runtime, environment, workers."""
+        rows = self.index()
+        details = {(r.name, r.version): r.handle.describe() for r in self.records() if r.handle is not None}
+        for row in rows:
+            row.update(details.get((row["name"], row.get("version")), {}))
+        return rows
+
     # -- loading ------------------------------------------------------------------------------------------
 
     def _scan(self) -> List[RepositoryEntry]:

@@ -129,6 +129,9 @@ class RestApp:
         method = scope["method"]
         parts = scope["path"].strip("/").split("/")
         dp = self.dataplane
+        if parts == ["envserve", "models"]:  # envserve's own view: runtimes, environments, workers
+            _expect(method, "GET", scope)
+            return 200, dumps(dp.model_status())
         if not parts or parts[0] != "v2":
             raise HTTPError(404, "no route for %s; the API is under /v2" % scope["path"])
         n = len(parts)

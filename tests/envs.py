@@ -1,0 +1,114 @@
+"""Real foreign environments for the tests, built once per machine and cached.
+
+The scenario of the environments issue: the digits SVC trained on **Python 3.8 with scikit-learn 0.24.2
+and joblib 0.17.0**, packed with ``envserve env pack`` from a venv whose interpreter is then removed, so
+the tarball must carry its own Python. Built with uv from PyPI wheels; the cache lives in
+``$ENVSERVE_TEST_CACHE`` (default ``~/.cache/envserve-tests``), keyed by the recipe below.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict
+
+from tests.conftest import EXAMPLES
+
+RECIPE = {
+    "python": "3.8",
+    "requirements": ["numpy==1.19.5", "scipy==1.5.4", "scikit-learn==0.24.2", "joblib==0.17.0"],
+    "version": 3,
+}
+
+_PREDICT = """
+import json, sys, joblib
+from sklearn import datasets
+d = datasets.load_digits()
+x = d.images.reshape((len(d.images), -1))[-100:]
+model = joblib.load(sys.argv[1])
+print(json.dumps({"rows": x.tolist(), "predictions": model.predict(x).tolist(),
+                  "sklearn": __import__("sklearn").__version__, "python": sys.version.split()[0]}))
+"""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("ENVSERVE_TEST_CACHE") or Path.home() / ".cache" / "envserve-tests")
+
+
+def _uv() -> str:
+    from envserve.environments.builder import find_uv
+
+    uv = find_uv()
+    assert uv, "uv is missing: it is a dependency of envserve (scripts/setup installs it)"
+    return uv
+
+
+def _run(argv, **kw) -> str:
+    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, **kw)
+    assert proc.returncode == 0, "%s failed:\n%s\n%s" % (argv, proc.stdout[-3000:], proc.stderr[-3000:])
+    return proc.stdout
+
+
+def _base_prefix(python: str) -> Path:
+    return Path(_run([python, "-c", "import sys; print(sys.base_prefix)"]).strip())
+
+
+def old_sklearn() -> Dict[str, Path]:
+    """Paths of the scenario artifacts: ``tarball``, ``model``, ``expected`` (JSON), ``venv_pack``."""
+    from envserve.environments.interpreters import find_interpreter
+
+    key = "py38-sklearn-0.24.2-r%d" % RECIPE["version"]
+    root = cache_root() / key
+    out = {
+        "tarball": root / "old-sklearn.tar.gz",
+        "model": root / "model.joblib",
+        "expected": root / "expected.json",
+        "venv_pack": root / "venv-pack.tar.gz",
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / (key + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if all(p.exists() for p in out.values()):
+            return out
+        python = find_interpreter(RECIPE["python"])  # a clear error naming what to install when missing
+        work = root / "work"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        # A private copy of the interpreter, removed after packing: the tarball must then run on its own.
+        copy = work / "python38"
+        shutil.copytree(
+            _base_prefix(python),
+            copy,
+            symlinks=True,
+            ignore=shutil.ignore_patterns(
+                "test", "tests", "site-packages", "__pycache__", "idlelib", "tkinter", "ensurepip"
+            ),
+        )
+        venv = work / "venv"
+        uv = _uv()
+        _run([uv, "venv", "--quiet", "--python", copy / "bin" / "python3.8", venv])
+        _run([uv, "pip", "install", "--quiet", "--python", venv / "bin" / "python", *RECIPE["requirements"]])
+        _run([venv / "bin" / "python", EXAMPLES / "train_digits.py", work])
+        (work / "expected.json").write_text(
+            _run([venv / "bin" / "python", "-c", _PREDICT, work / "model.joblib"])
+        )
+        _run([sys.executable, "-m", "envserve", "env", "pack", venv, "-o", work / "old-sklearn.tar.gz"])
+        # venv-pack's format: a venv from the machine's own 3.8 (venv-pack never includes the interpreter)
+        venv2 = work / "venv2"
+        _run([uv, "venv", "--quiet", "--python", python, venv2])
+        _run([uv, "pip", "install", "--quiet", "--python", venv2 / "bin" / "python", *RECIPE["requirements"]])
+        _run([Path(sys.executable).parent / "venv-pack", "-p", venv2, "-o", work / "venv-pack.tar.gz"])
+        shutil.rmtree(copy)
+        for name, path in out.items():
+            os.replace(work / path.name, path)
+        shutil.rmtree(work, ignore_errors=True)
+        return out
+
+
+def expected(paths: Dict[str, Path]) -> dict:
+    return json.loads(paths["expected"].read_text())

@@ -1,0 +1,317 @@
+"""Models in their own Python environments, served by real worker processes (the environments issue).
+
+The scenario: the digits SVC trained on Python 3.8 + scikit-learn 0.24.2, packed with ``envserve env
+pack`` from a venv whose interpreter was removed afterwards, served by this Python 3.11 server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests import envs
+from tests.conftest import CUSTOM_RUNTIMES, write_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def old_sklearn():
+    return envs.old_sklearn()
+
+
+@pytest.fixture
+def env_cache(tmp_path):
+    return {"ENVSERVE_ENV_CACHE": str(tmp_path / "env-cache")}
+
+
+def _body(rows):
+    return {"inputs": [{"name": "predict", "shape": [len(rows), 64], "datatype": "FP32", "data": rows}]}
+
+
+def _scenario_model(repo: Path, old_sklearn, name="mnist-svm", **params) -> Path:
+    folder = repo / name
+    folder.mkdir(parents=True)
+    shutil.copy(old_sklearn["tarball"], folder / "old-sklearn.tar.gz")
+    shutil.copy(old_sklearn["model"], folder / "model.joblib")
+    settings = {
+        "name": name,
+        "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {"environment_tarball": "./old-sklearn.tar.gz", **params},
+    }
+    (folder / "model-settings.json").write_text(json.dumps(settings))
+    return folder
+
+
+def _status(client, name):
+    rows = [r for r in client.get("/envserve/models").json() if r["name"] == name]
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+def _wait(predicate, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open("/proc/%d/stat" % pid) as f:
+        return f.read().split()[2] != "Z"
+
+
+def test_scenario_python38_sklearn0242_tarball(
+    tmp_path, start_server, old_sklearn, digits_model_file, env_cache
+):
+    expected = envs.expected(old_sklearn)
+    assert expected["python"].startswith("3.8.") and expected["sklearn"] == "0.24.2"
+    _scenario_model(tmp_path, old_sklearn)
+    write_model(
+        tmp_path, "in-process", {"name": "in-process", "implementation": "sklearn"}, digits_model_file
+    )
+    server = start_server(tmp_path, env=env_cache)
+    with server.client() as client:
+        r = client.post("/v2/models/mnist-svm/infer", json=_body(expected["rows"]))
+        assert r.status_code == 200, r.text
+        assert r.json()["outputs"][0]["data"] == expected["predictions"]
+        assert client.post("/v2/models/in-process/infer", json=_body(expected["rows"][:3])).status_code == 200
+
+        status = _status(client, "mnist-svm")
+        assert status["state"] == "READY" and status["runtime"] == "SKLearnRuntime"
+        env = status["environment"]
+        assert env["python"].startswith("3.8.") and env["kind"] == "tarball" and len(env["hash"]) == 64
+        (worker,) = status["workers"]
+        # The interpreter the venv was made from is gone: the worker runs the packed one, with the packed
+        # libpython, from the cache directory.
+        exe = os.readlink("/proc/%d/exe" % worker["pid"])
+        assert exe.startswith(env["path"]), exe
+        maps = Path("/proc/%d/maps" % worker["pid"]).read_text()
+        assert os.path.join(env["path"], "lib", "libpython3.8.so") in maps
+        # nothing of the server leaked into the worker: no pydantic/uvicorn/orjson modules are loaded
+        assert "orjson" not in maps and "uvloop" not in maps
+    assert server.stop() == 0
+
+
+def test_warm_cache_restart_and_worker_processes(tmp_path, start_server, old_sklearn, env_cache):
+    expected = envs.expected(old_sklearn)
+    _scenario_model(tmp_path, old_sklearn, name="two-workers")
+    settings_path = tmp_path / "two-workers" / "model-settings.json"
+    doc = json.loads(settings_path.read_text())
+    doc["parallel_workers"] = 2
+    settings_path.write_text(json.dumps(doc))
+    first = start_server(tmp_path, env=env_cache)
+    assert "extracting" in first.log
+    assert first.stop() == 0
+    second = start_server(tmp_path, env=env_cache)
+    assert "found in the cache" in second.log and "extracting" not in second.log
+    with second.client() as client:
+        pids = {w["pid"] for w in _status(client, "two-workers")["workers"]}
+        assert len(pids) == 2
+        r = client.post("/v2/models/two-workers/infer", json=_body(expected["rows"][:10]))
+        assert r.json()["outputs"][0]["data"] == expected["predictions"][:10]
+        # unload stops the workers
+        assert client.post("/v2/repository/models/two-workers/unload").status_code == 200
+        _wait(lambda: not any(_alive(p) for p in pids), what="workers to exit after unload")
+    assert second.stop() == 0
+
+
+def test_venv_pack_tarball_and_environment_path(tmp_path, start_server, old_sklearn, env_cache):
+    expected = envs.expected(old_sklearn)
+    folder = _scenario_model(tmp_path, old_sklearn, name="venv-packed")
+    shutil.copy(old_sklearn["venv_pack"], folder / "old-sklearn.tar.gz")
+    # environment_path: point at the environment the first model's tarball was extracted into
+    server = start_server(tmp_path, env=env_cache)
+    with server.client() as client:
+        r = client.post("/v2/models/venv-packed/infer", json=_body(expected["rows"][:20]))
+        assert r.status_code == 200 and r.json()["outputs"][0]["data"] == expected["predictions"][:20]
+        env_root = _status(client, "venv-packed")["environment"]["path"]
+    server.stop()
+    repo2 = tmp_path / "repo2"
+    write_model(
+        repo2,
+        "by-path",
+        {
+            "name": "by-path",
+            "implementation": "sklearn",
+            "parameters": {"environment_path": os.path.join(env_root, "bin", "python")},
+        },
+        old_sklearn["model"],
+    )
+    server = start_server(repo2, env=env_cache)
+    with server.client() as client:
+        r = client.post("/v2/models/by-path/infer", json=_body(expected["rows"][:20]))
+        assert r.status_code == 200 and r.json()["outputs"][0]["data"] == expected["predictions"][:20]
+        assert _status(client, "by-path")["environment"]["kind"] == "path"
+
+
+def test_server_default_tarball_from_mlserver_variable(tmp_path, start_server, old_sklearn, env_cache):
+    expected = envs.expected(old_sklearn)
+    write_model(
+        tmp_path,
+        "defaulted",
+        {"name": "defaulted", "implementation": "mlserver_sklearn.SKLearnModel"},
+        old_sklearn["model"],
+    )
+    server = start_server(tmp_path, env={**env_cache, "MLSERVER_ENV_TARBALL": str(old_sklearn["tarball"])})
+    with server.client() as client:
+        r = client.post("/v2/models/defaulted/infer", json=_body(expected["rows"][:5]))
+        assert r.json()["outputs"][0]["data"] == expected["predictions"][:5]
+        assert _status(client, "defaulted")["environment"]["python"].startswith("3.8.")
+
+
+def test_spec_environment_on_python312(tmp_path, start_server, digits_model_file, env_cache, digits):
+    import sklearn
+
+    folder = write_model(
+        tmp_path,
+        "py312",
+        {
+            "name": "py312",
+            "implementation": "sklearn",
+            "parameters": {"environment": "requirements.txt", "environment_python": "3.12"},
+        },
+        digits_model_file,
+    )
+    # the pickle was made by the server's scikit-learn: the environment pins the same version
+    (folder / "requirements.txt").write_text("scikit-learn==%s\n" % sklearn.__version__)
+    server = start_server(tmp_path, env=env_cache)
+    x, y = digits
+    with server.client() as client:
+        r = client.post("/v2/models/py312/infer", json=_body(x[:5].tolist()))
+        assert r.status_code == 200, r.text
+        status = _status(client, "py312")
+        assert status["environment"]["python"].startswith("3.12.") and status["environment"]["kind"] == "spec"
+    assert "building an environment for Python 3.12" in server.log
+
+
+def test_worker_crash_fails_in_flight_requests_and_restarts(tmp_path, start_server, env_cache, old_sklearn):
+    folder = write_model(
+        tmp_path,
+        "slow",
+        {
+            "name": "slow",
+            "implementation": "slow_runtime.Slow",
+            "parameters": {"extra": {"seconds": 3}, "environment_tarball": str(old_sklearn["tarball"])},
+        },
+    )
+    (folder / "slow_runtime.py").write_text(CUSTOM_RUNTIMES["slow"])
+    server = start_server(tmp_path, env=env_cache)
+    with server.client() as client:
+        (worker,) = _status(client, "slow")["workers"]
+        result = {}
+
+        def call():
+            result["r"] = httpx.post(
+                server.url + "/v2/models/slow/infer",
+                timeout=30,
+                json={"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]},
+            )
+
+        thread = threading.Thread(target=call)
+        thread.start()
+        time.sleep(1.0)
+        killed_at = time.monotonic()
+        os.kill(worker["pid"], signal.SIGKILL)
+        thread.join(10)
+        r = result["r"]
+        assert r.status_code == 503
+        assert "was killed by SIGKILL while handling this request" in r.json()["error"]
+        assert time.monotonic() - killed_at < 2  # failed fast, not after the 3 s predict or a timeout
+        fresh = _wait(
+            lambda: [
+                w for w in _status(client, "slow")["workers"] if w["alive"] and w["pid"] != worker["pid"]
+            ],
+            timeout=5,
+            what="a restarted worker",
+        )
+        assert time.monotonic() - killed_at < 3
+        assert _status(client, "slow")["restarts"] == 1 and fresh[0]["pid"] != worker["pid"]
+        r = client.post(
+            "/v2/models/slow/infer",
+            json={"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]},
+        )
+        assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [3.0]
+
+
+def test_server_sigkill_leaves_no_worker_behind(tmp_path, start_server, env_cache, old_sklearn):
+    _scenario_model(tmp_path, old_sklearn, parallel_workers=2)
+    server = start_server(tmp_path, env=env_cache)
+    with server.client() as client:
+        pids = [w["pid"] for w in _status(client, "mnist-svm")["workers"]]
+    assert pids and all(_alive(p) for p in pids)
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait(10)
+    _wait(lambda: not any(_alive(p) for p in pids), timeout=5, what="orphaned workers to exit")
+
+
+def test_bad_environments_fail_alone(tmp_path, start_server, env_cache, digits_model_file, old_sklearn):
+    repo = tmp_path / "repo"
+
+    def model(name, **params):
+        return write_model(
+            repo, name, {"name": name, "implementation": "sklearn", "parameters": params}, digits_model_file
+        )
+
+    good = old_sklearn["tarball"].read_bytes()
+    model("corrupt", environment_tarball="env.tar.gz")
+    (repo / "corrupt" / "env.tar.gz").write_bytes(good[: len(good) // 3])
+    model("traversal", environment_tarball="env.tar.gz")
+    import io
+    import tarfile
+
+    with tarfile.open(repo / "traversal" / "env.tar.gz", "w:gz") as tar:
+        info = tarfile.TarInfo("../../escaped.txt")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"bad"))
+    model("missing", environment_tarball="nope.tar.gz")
+    broken = model("python-broken", environment_path="brokenenv")
+    (broken / "brokenenv" / "bin").mkdir(parents=True)
+    (broken / "brokenenv" / "bin" / "python").symlink_to("/nonexistent/python3.8")
+    bad_req = model("unresolvable", environment="requirements.txt")
+    (bad_req / "requirements.txt").write_text("envserve-no-such-package-for-tests==9.9.9\n")
+    no_python = model("no-interpreter", environment="requirements.txt", environment_python="3.5")
+    (no_python / "requirements.txt").write_text("numpy\n")
+    model("healthy")
+
+    server = start_server(repo, env=env_cache)
+    with server.client() as client:
+        rows = {r["name"]: r for r in client.post("/v2/repository/index").json()}
+        assert rows["healthy"]["state"] == "READY"
+        reasons = {name: rows[name]["reason"] for name in rows if name != "healthy"}
+        assert all(rows[n]["state"] == "UNAVAILABLE" for n in reasons), rows
+        assert "corrupt or truncated" in reasons["corrupt"]
+        assert "points outside the environment directory" in reasons["traversal"]
+        assert "nope.tar.gz does not exist" in reasons["missing"]
+        assert (
+            "cannot start" in reasons["python-broken"]
+            and "/nonexistent/python3.8" in reasons["python-broken"]
+        )
+        assert "envserve-no-such-package-for-tests" in reasons["unresolvable"]
+        assert "no Python 3.5 interpreter" in reasons["no-interpreter"] and "3.8" in reasons["no-interpreter"]
+        r = client.post("/v2/models/corrupt/infer", json=_body([[0] * 64]))
+        assert r.status_code == 503 and "corrupt or truncated" in r.json()["error"]
+        assert client.post("/v2/models/healthy/infer", json=_body([[0] * 64])).status_code == 200
+    assert not (tmp_path / "escaped.txt").exists() and not (repo / "escaped.txt").exists()
+    for name in ("corrupt", "unresolvable"):
+        assert "model %s failed to load" % name in server.log
+    # nothing half-made is left in the cache
+    cache = Path(env_cache["ENVSERVE_ENV_CACHE"])
+    leftovers = [p.name for p in (cache / "envs").iterdir() if not p.name.endswith((".json", ".lock"))]
+    records = [p.name[:-5] for p in (cache / "envs").glob("*.json")]
+    assert sorted(leftovers) == sorted(records)
