@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests import envs
+from examples import old_sklearn as envs
 from tests.conftest import CUSTOM_RUNTIMES, write_model
 
 pytestmark = pytest.mark.slow
@@ -191,10 +191,13 @@ def test_spec_environment_on_python312(tmp_path, start_server, digits_model_file
     # the pickle was made by the server's scikit-learn: the environment pins the same version
     (folder / "requirements.txt").write_text("scikit-learn==%s\n" % sklearn.__version__)
     server = start_server(tmp_path, env=env_cache)
-    x, y = digits
+    x, _ = digits
+    import joblib
+
     with server.client() as client:
-        r = client.post("/v2/models/py312/infer", json=_body(x[:5].tolist()))
+        r = client.post("/v2/models/py312/infer", json=_body(x[:50].tolist()))
         assert r.status_code == 200, r.text
+        assert r.json()["outputs"][0]["data"] == joblib.load(digits_model_file).predict(x[:50]).tolist()
         status = _status(client, "py312")
         assert status["environment"]["python"].startswith("3.12.") and status["environment"]["kind"] == "spec"
     assert "building an environment for Python 3.12" in server.log

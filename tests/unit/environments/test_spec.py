@@ -38,7 +38,7 @@ def test_conda_yaml_pip_section_and_conda_only_packages(tmp_path):
     bad = tmp_path / "environment.yml"
     bad.write_text("dependencies:\n- python=3.10\n- cudatoolkit=11.8\n- libgomp\n- pip:\n  - torch\n")
     with pytest.raises(
-        SpecError, match="conda packages that envserve cannot install from PyPI: cudatoolkit=11.8, libgomp"
+        SpecError, match=r"conda packages that envserve cannot install from PyPI: cudatoolkit=11\.8, libgomp"
     ):
         read_spec(str(bad))
 

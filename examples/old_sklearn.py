@@ -1,9 +1,13 @@
-"""Real foreign environments for the tests, built once per machine and cached.
+"""The example of a model from another environment: digits SVC trained on Python 3.8 + scikit-learn 0.24.2.
 
-The scenario of the environments issue: the digits SVC trained on **Python 3.8 with scikit-learn 0.24.2
-and joblib 0.17.0**, packed with ``envserve env pack`` from a venv whose interpreter is then removed, so
-the tarball must carry its own Python. Built with uv from PyPI wheels; the cache lives in
-``$ENVSERVE_TEST_CACHE`` (default ``~/.cache/envserve-tests``), keyed by the recipe below.
+    python examples/old_sklearn.py OUTPUT_DIR
+
+builds (once; cached in ``$ENVSERVE_TEST_CACHE``, default ``~/.cache/envserve-tests``) a Python 3.8 venv
+with scikit-learn 0.24.2 and joblib 0.17.0 from PyPI wheels, trains the digits SVC *inside it*, packs the
+venv with ``envserve env pack`` from a private copy of the interpreter that is removed afterwards (so the
+tarball must carry its own Python), and also makes a venv-pack tarball of the same environment. Then it
+writes a ready model folder to OUTPUT_DIR: ``model-settings.json``, ``model.joblib``,
+``old-sklearn.tar.gz``. scripts/setup runs it for the example repository; the tests use the same builder.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Dict
 
-from tests.conftest import EXAMPLES
+EXAMPLES = Path(__file__).resolve().parent
 
 RECIPE = {
     "python": "3.8",
@@ -104,7 +108,7 @@ def old_sklearn() -> Dict[str, Path]:
         _run([uv, "pip", "install", "--quiet", "--python", venv2 / "bin" / "python", *RECIPE["requirements"]])
         _run([Path(sys.executable).parent / "venv-pack", "-p", venv2, "-o", work / "venv-pack.tar.gz"])
         shutil.rmtree(copy)
-        for name, path in out.items():
+        for path in out.values():
             os.replace(work / path.name, path)
         shutil.rmtree(work, ignore_errors=True)
         return out
@@ -112,3 +116,23 @@ def old_sklearn() -> Dict[str, Path]:
 
 def expected(paths: Dict[str, Path]) -> dict:
     return json.loads(paths["expected"].read_text())
+
+
+def write_model_folder(output: Path, name: str = "mnist-svm-py38") -> Path:
+    paths = old_sklearn()
+    output.mkdir(parents=True, exist_ok=True)
+    for key, target in (("tarball", "old-sklearn.tar.gz"), ("model", "model.joblib")):
+        tmp = output / (target + ".tmp")
+        shutil.copy(paths[key], tmp)
+        os.replace(tmp, output / target)
+    settings = {
+        "name": name,
+        "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {"environment_tarball": "./old-sklearn.tar.gz"},
+    }
+    (output / "model-settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+    return output
+
+
+if __name__ == "__main__":
+    print(write_model_folder(Path(sys.argv[1])))
