@@ -3,6 +3,7 @@
     scripts/bench [--seconds N] [--suite core]
 
 Suites:
+  environments  see bench/environments.py: worker vs in-process, time to ready, environment build time.
   core   single-row and 100-row infer of the digits model at 1, 8 and 64 connections, envserve (in
          process) vs the floor (bench/floor_app.py). Target: single-row req/s at 8 connections >= 0.8x the
          floor's, p99 <= 1.5x the floor's.
@@ -115,7 +116,13 @@ def core(seconds: float) -> List[str]:
     return lines
 
 
-SUITES = {"core": core}
+def environments(seconds: float) -> List[str]:
+    from .environments import run
+
+    return run(seconds)
+
+
+SUITES = {"core": core, "environments": environments}
 
 
 def main() -> None:

@@ -5,13 +5,16 @@ A :class:`WorkerPool` is the registry's handle for a model that runs in its own 
 - ``load()`` prepares the environment through the cache (extract/build once), starts
   ``parallel_workers`` processes with the environment's interpreter and waits until each has loaded the
   model (or reports why it could not);
-- ``infer()`` queues the call; each worker takes calls from the shared queue, at most ``DEPTH`` at a
-  time, so a busy worker is not handed more while an idle one waits;
-- a worker that exits or stops answering pings is restarted with exponential backoff; the calls it had
-  in flight fail at once with :class:`~envserve.errors.WorkerUnavailable` (503); queued calls wait for
-  the next worker, up to the inference timeout;
-- a call that exceeds ``inference_timeout`` fails with :class:`~envserve.errors.InferenceTimeout` (504)
-  and its worker is recycled (a stuck ``predict`` cannot be interrupted any other way);
+- ``infer()`` hands the call to the least busy worker with room (at most ``DEPTH`` calls in flight each,
+  one running and one waiting in its socket), or queues it; a worker takes the next queued call as soon
+  as it answers one. Frames are parsed in an :class:`asyncio.Protocol`, with no task per call;
+- a worker that exits is restarted with exponential backoff; the calls it had in flight fail at once with
+  :class:`~envserve.errors.WorkerUnavailable` (503); queued calls wait for the next worker, up to the
+  inference timeout;
+- an idle worker is pinged every second and killed (then restarted) when it stops answering for
+  ``PING_TIMEOUT``; a busy one is bounded by ``inference_timeout`` instead: a call that exceeds it fails
+  with :class:`~envserve.errors.InferenceTimeout` (504) and its worker is recycled (a stuck ``predict``
+  cannot be interrupted any other way);
 - ``unload()`` stops the workers (``stop``, then SIGKILL after a grace period).
 
 Workers die with the server even when it is SIGKILLed (PR_SET_PDEATHSIG and a parent watchdog in
@@ -32,13 +35,7 @@ from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Set
 
 from ..environments import Environment, EnvironmentCache, EnvironmentSource, runtime_env
-from ..errors import (
-    EnvserveError,
-    InferenceTimeout,
-    ModelLoadError,
-    ModelNotReady,
-    WorkerUnavailable,
-)
+from ..errors import EnvserveError, InferenceTimeout, ModelLoadError, ModelNotReady, WorkerUnavailable
 from ..protocol.v2 import InferenceRequest, InferenceResponse
 from ..settings.model import ModelSettings
 from . import ipc
@@ -79,30 +76,81 @@ _BOOTSTRAP = "import sys; sys.path.insert(0, %r); from envserve.workers.entry im
 
 
 class _Call:
-    __slots__ = ("future", "id", "pieces", "worker")
+    __slots__ = ("future", "id", "payload", "timer", "worker")
 
-    def __init__(self, call_id: int, pieces: List[Any], future: asyncio.Future[InferenceResponse]) -> None:
+    def __init__(self, call_id: int, payload: bytes, future: asyncio.Future[InferenceResponse]) -> None:
         self.id = call_id
-        self.pieces = pieces
+        self.payload = payload
         self.future = future
         self.worker: Optional[_Worker] = None
+        self.timer: Optional[asyncio.TimerHandle] = None
+
+
+class _FrameProtocol(asyncio.Protocol):
+    """Parses frames from a worker's socket and hands them to the pool."""
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+        self.buffer = bytearray()
+        self.transport: Optional[asyncio.Transport] = None
+        self.worker: Optional[_Worker] = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.outgoing: List[bytes] = []
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buffer
+        buf += data
+        prefix = ipc.PREFIX.size
+        while len(buf) >= prefix:
+            head_len, body_len = ipc.PREFIX.unpack_from(buf)
+            end = prefix + head_len + body_len
+            if len(buf) < end:
+                return
+            try:
+                header = json.loads(buf[prefix : prefix + head_len])
+            except ValueError:
+                logger.error("model %s: unreadable frame from a worker; closing it", self.pool.settings.name)
+                assert self.transport is not None
+                self.transport.close()
+                return
+            body = bytes(buf[prefix + head_len : end])
+            del buf[:end]
+            self.pool._on_frame(self, header, body)
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        if self.worker is not None:
+            self.pool._on_disconnect(self.worker)
+
+    def send(self, payload: bytes) -> None:
+        # Frames written in the same event-loop iteration leave in one write (see entry.Connection).
+        if not self.outgoing:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self.outgoing.append(payload)
+
+    def _flush(self) -> None:
+        payload, self.outgoing = self.outgoing, []
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(payload[0] if len(payload) == 1 else b"".join(payload))
 
 
 class _Worker:
     def __init__(self, index: int) -> None:
+        loop = asyncio.get_running_loop()
         self.index = index
         self.proc: Optional[asyncio.subprocess.Process] = None
-        self.reader: Optional[asyncio.StreamReader] = None
-        self.writer: Optional[asyncio.StreamWriter] = None
-        self.connected: asyncio.Future[Dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.link: Optional[_FrameProtocol] = None
+        self.connected: asyncio.Future[Dict[str, Any]] = loop.create_future()
+        self.handshake: asyncio.Future[Dict[str, Any]] = loop.create_future()
         self.inflight: Dict[int, _Call] = {}
-        self.capacity = asyncio.Semaphore(DEPTH)
-        self.tasks: List[asyncio.Task[Any]] = []
-        self.last_pong = time.monotonic()
+        self.ping_sent: Optional[float] = None
         self.started = time.monotonic()
         self.output: Deque[str] = deque(maxlen=40)
         self.alive = False
+        self.dead = False
         self.info: Dict[str, Any] = {}
+        self.pump: Optional[asyncio.Task[Any]] = None
 
     @property
     def pid(self) -> Optional[int]:
@@ -123,6 +171,10 @@ def _exit_text(code: Optional[int]) -> str:
         except ValueError:
             return "was killed by signal %d" % -code
     return "exited with code %d" % code
+
+
+def _frame_bytes(pieces: List[Any]) -> bytes:
+    return b"".join(pieces)
 
 
 class WorkerPool:
@@ -146,7 +198,7 @@ class WorkerPool:
         self.environment: Optional[Environment] = None
         self.restarts = 0
         self._workers: List[_Worker] = []
-        self._queue: asyncio.Queue[_Call] = asyncio.Queue()
+        self._queue: Deque[_Call] = deque()
         self._ids = itertools.count(1)
         self._server: Optional[asyncio.AbstractServer] = None
         self._socket = os.path.join(socket_dir, "%s-%x.sock" % (settings.name[:40], id(self) & 0xFFFFFF))
@@ -164,7 +216,7 @@ class WorkerPool:
         self.environment = await loop.run_in_executor(
             None, self.cache.prepare, self.source, self.settings.name
         )
-        self._server = await asyncio.start_unix_server(self._on_connect, path=self._socket)
+        self._server = await loop.create_unix_server(lambda: _FrameProtocol(self), path=self._socket)
         self._workers = [_Worker(i) for i in range(self.size)]
         try:
             await asyncio.gather(*(self._start(w) for w in self._workers))
@@ -177,13 +229,12 @@ class WorkerPool:
         self._stopping = True
         if self._supervisor is not None:
             self._supervisor.cancel()
+        for task in list(self._restarting):
+            task.cancel()
         await asyncio.gather(*(self._stop_worker(w) for w in self._workers), return_exceptions=True)
-        while not self._queue.empty():
-            call = self._queue.get_nowait()
-            if not call.future.done():
-                call.future.set_exception(
-                    ModelNotReady("model %r was unloaded" % self.settings.name, model=self.settings.name)
-                )
+        gone = ModelNotReady("model %r was unloaded" % self.settings.name, model=self.settings.name)
+        while self._queue:
+            self._settle(self._queue.popleft(), exc=gone)
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -198,35 +249,16 @@ class WorkerPool:
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
         if self._stopping:
             raise ModelNotReady("model %r is unloading" % self.settings.name, model=self.settings.name)
+        loop = asyncio.get_running_loop()
         call_id = next(self._ids)
-        future: asyncio.Future[InferenceResponse] = asyncio.get_running_loop().create_future()
-        call = _Call(call_id, ipc.encode_request(call_id, request), future)
-        self._queue.put_nowait(call)
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), self.inference_timeout)
-        except asyncio.TimeoutError:
-            worker = call.worker
-            if not future.done():
-                future.cancel()
-            if worker is not None and call.id in worker.inflight:
-                logger.warning(
-                    "model %s: call %d exceeded %.1f s; recycling worker %d (pid %s)",
-                    self.settings.name,
-                    call.id,
-                    self.inference_timeout,
-                    worker.index,
-                    worker.pid,
-                )
-                worker.kill()
-            raise InferenceTimeout(
-                "model %r did not answer within %g s (inference_timeout)%s"
-                % (
-                    self.settings.name,
-                    self.inference_timeout,
-                    "; its worker is being restarted" if worker is not None else "",
-                ),
-                model=self.settings.name,
-            ) from None
+        call = _Call(call_id, _frame_bytes(ipc.encode_request(call_id, request)), loop.create_future())
+        call.timer = loop.call_later(self.inference_timeout, self._expire, call)
+        worker = self._idle_worker()
+        if worker is not None:
+            self._dispatch(worker, call)
+        else:
+            self._queue.append(call)
+        return await call.future
 
     def metadata(self) -> Dict[str, Any]:
         return dict(self._metadata)
@@ -253,10 +285,113 @@ class WorkerPool:
                 for w in self._workers
             ],
             "restarts": self.restarts,
+            "queued": len(self._queue),
         }
 
-    def worker_pids(self) -> List[int]:
-        return [w.pid for w in self._workers if w.alive and w.pid is not None]
+    # -- dispatching --------------------------------------------------------------------------------------
+
+    def _idle_worker(self) -> Optional[_Worker]:
+        best: Optional[_Worker] = None
+        for w in self._workers:
+            if w.alive and len(w.inflight) < DEPTH and (best is None or len(w.inflight) < len(best.inflight)):
+                best = w
+        return best
+
+    def _dispatch(self, worker: _Worker, call: _Call) -> None:
+        assert worker.link is not None
+        call.worker = worker
+        worker.inflight[call.id] = call
+        worker.ping_sent = None  # busy: liveness is the inference timeout's job now
+        worker.link.send(call.payload)
+
+    def _feed(self, worker: _Worker) -> None:
+        queue = self._queue
+        while queue and worker.alive and len(worker.inflight) < DEPTH:
+            call = queue.popleft()
+            if not call.future.done():
+                self._dispatch(worker, call)
+
+    @staticmethod
+    def _settle(call: _Call, result: Any = None, exc: Optional[BaseException] = None) -> None:
+        if call.timer is not None:
+            call.timer.cancel()
+        if call.future.done():
+            return
+        if exc is not None:
+            call.future.set_exception(exc)
+        else:
+            call.future.set_result(result)
+
+    def _expire(self, call: _Call) -> None:
+        worker = call.worker
+        running = worker is not None and call.id in worker.inflight
+        self._settle(
+            call,
+            exc=InferenceTimeout(
+                "model %r did not answer within %g s (inference_timeout)%s"
+                % (
+                    self.settings.name,
+                    self.inference_timeout,
+                    "; its worker is being restarted" if running else "",
+                ),
+                model=self.settings.name,
+            ),
+        )
+        if running:
+            assert worker is not None
+            logger.warning(
+                "model %s: call %d exceeded %g s; recycling worker %d (pid %s)",
+                self.settings.name,
+                call.id,
+                self.inference_timeout,
+                worker.index,
+                worker.pid,
+            )
+            worker.inflight.pop(call.id, None)
+            worker.kill()
+
+    def _on_frame(self, link: _FrameProtocol, header: Dict[str, Any], body: bytes) -> None:
+        worker = link.worker
+        op = header.get("op")
+        if worker is None:  # a new connection: the first frame says which worker it is
+            index = header.get("worker")
+            if op != "hello" or not isinstance(index, int) or not 0 <= index < len(self._workers):
+                assert link.transport is not None
+                link.transport.close()
+                return
+            worker = self._workers[index]
+            if worker.connected.done():
+                assert link.transport is not None
+                link.transport.close()
+                return
+            link.worker, worker.link = worker, link
+            worker.connected.set_result(header)
+            return
+        if op == "result" or op == "error":
+            call = worker.inflight.pop(header.get("id"), None)  # type: ignore[arg-type]
+            if call is not None:
+                if op == "result":
+                    try:
+                        self._settle(call, ipc.decode_response(header, body))
+                    except Exception as exc:  # a malformed frame is a worker bug, not the caller's
+                        self._settle(call, exc=WorkerUnavailable("bad answer from the worker: %s" % exc))
+                else:
+                    self._settle(call, exc=ipc.error_from_wire(header, self.settings.name))
+            self._feed(worker)
+        elif op == "pong":
+            worker.ping_sent = None
+        elif op == "loaded" and not worker.handshake.done():
+            worker.handshake.set_result(header)
+
+    def _on_disconnect(self, worker: _Worker) -> None:
+        if not worker.handshake.done():
+            worker.handshake.set_result(
+                {"op": "loaded", "ok": False, "error": "the worker closed its connection"}
+            )
+        if worker.alive:
+            task = asyncio.ensure_future(self._on_death(worker))
+            self._restarting.add(task)
+            task.add_done_callback(self._restarting.discard)
 
     # -- starting and stopping ----------------------------------------------------------------------------
 
@@ -274,7 +409,6 @@ class WorkerPool:
             "--worker",
             str(worker.index),
         ]
-        worker.connected = asyncio.get_running_loop().create_future()
         worker.started = time.monotonic()
         worker.proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -285,7 +419,7 @@ class WorkerPool:
             cwd=self.settings.folder or None,
             start_new_session=True,
         )
-        worker.tasks = [asyncio.ensure_future(self._pump_output(worker))]
+        worker.pump = asyncio.ensure_future(self._pump_output(worker))
         exited = asyncio.ensure_future(worker.proc.wait())
         try:
             waiters: Set[asyncio.Future[Any]] = {worker.connected, exited}
@@ -293,7 +427,7 @@ class WorkerPool:
             if worker.connected not in done:
                 worker.kill()
                 await worker.proc.wait()
-                await asyncio.sleep(0.05)  # let the output pump drain
+                await asyncio.wait({worker.pump}, timeout=1)  # let its last output arrive
                 raise ModelLoadError(
                     "model %r: worker %s before loading the model (Python %s from %s)%s"
                     % (
@@ -307,39 +441,43 @@ class WorkerPool:
                     ),
                     model=self.settings.name,
                 )
+            hello = worker.connected.result()
+            worker.info = hello
+            assert worker.link is not None
+            worker.link.send(
+                _frame_bytes(
+                    ipc.encode_frame(
+                        {
+                            "op": "load",
+                            "settings": self.settings.to_dict(),
+                            "folder": self.settings.folder,
+                            "source": self.settings.source,
+                        }
+                    )
+                )
+            )
+            waiters = {worker.handshake, exited}
+            await asyncio.wait(waiters, timeout=LOAD_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not exited.done():
                 exited.cancel()
-        hello = worker.connected.result()
-        worker.info = hello
-        assert worker.reader is not None and worker.writer is not None
-        await _send(
-            worker.writer,
-            ipc.encode_frame(
-                {
-                    "op": "load",
-                    "settings": self.settings.to_dict(),
-                    "folder": self.settings.folder,
-                    "source": self.settings.source,
-                }
-            ),
-        )
-        header, _ = await _read_frame(worker.reader)
-        if header.get("op") != "loaded" or not header.get("ok"):
+        header = worker.handshake.result() if worker.handshake.done() else {"error": "no answer"}
+        if not header.get("ok"):
             worker.kill()
+            await asyncio.wait({worker.pump}, timeout=1)
             raise ModelLoadError(
-                "model %r failed to load in its environment (Python %s): %s"
-                % (self.settings.name, hello.get("python"), header.get("error", "no answer")),
+                "model %r failed to load in its environment (Python %s): %s%s"
+                % (
+                    self.settings.name,
+                    hello.get("python"),
+                    header.get("error", "no answer"),
+                    "" if header.get("kind") else _tail(worker.output),
+                ),
                 model=self.settings.name,
             )
-        self._metadata = header.get("metadata") or {}
-        self._runtime = header.get("runtime", "")
+        self._metadata = dict(header.get("metadata") or {})
+        self._runtime = str(header.get("runtime", ""))
         worker.alive = True
-        worker.last_pong = time.monotonic()
-        worker.tasks += [
-            asyncio.ensure_future(self._read_loop(worker)),
-            asyncio.ensure_future(self._send_loop(worker)),
-        ]
         logger.info(
             "model %s: worker %d ready (pid %s, Python %s, %s)",
             self.settings.name,
@@ -348,29 +486,13 @@ class WorkerPool:
             hello.get("python"),
             hello.get("prefix"),
         )
-
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            header, _ = await _read_frame(reader)
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
-            writer.close()
-            return
-        index = header.get("worker")
-        if header.get("op") != "hello" or not isinstance(index, int) or not 0 <= index < len(self._workers):
-            writer.close()
-            return
-        worker = self._workers[index]
-        if worker.connected.done():
-            writer.close()
-            return
-        worker.reader, worker.writer = reader, writer
-        worker.connected.set_result(header)
+        self._feed(worker)
 
     async def _stop_worker(self, worker: _Worker) -> None:
         worker.alive = False
-        if worker.writer is not None:
+        if worker.link is not None and worker.link.transport is not None:
             with contextlib.suppress(Exception):
-                await _send(worker.writer, ipc.encode_frame({"op": "stop"}))
+                worker.link.send(_frame_bytes(ipc.encode_frame({"op": "stop"})))
         if worker.proc is not None and worker.proc.returncode is None:
             try:
                 await asyncio.wait_for(worker.proc.wait(), STOP_GRACE)
@@ -380,56 +502,8 @@ class WorkerPool:
         self._fail_inflight(
             worker, ModelNotReady("model %r was unloaded" % self.settings.name, model=self.settings.name)
         )
-        for task in worker.tasks:
-            task.cancel()
-        if worker.writer is not None:
-            worker.writer.close()
-
-    # -- running ------------------------------------------------------------------------------------------
-
-    async def _send_loop(self, worker: _Worker) -> None:
-        assert worker.writer is not None
-        writer = worker.writer
-        while worker.alive:
-            await worker.capacity.acquire()
-            call = await self._queue.get()
-            if call.future.done() or not worker.alive:
-                worker.capacity.release()
-                if not call.future.done():
-                    self._queue.put_nowait(call)  # this worker died meanwhile: leave it for the next
-                continue
-            call.worker = worker
-            worker.inflight[call.id] = call
-            writer.writelines(call.pieces)
-            if writer.transport.get_write_buffer_size() > 1 << 20:
-                await writer.drain()
-
-    async def _read_loop(self, worker: _Worker) -> None:
-        assert worker.reader is not None
-        reader = worker.reader
-        try:
-            while True:
-                header, body = await _read_frame(reader)
-                op = header.get("op")
-                if op == "pong":
-                    worker.last_pong = time.monotonic()
-                    continue
-                call = worker.inflight.pop(header.get("id"), None)
-                if call is None:
-                    continue
-                worker.capacity.release()
-                if call.future.done():
-                    continue
-                if op == "result":
-                    try:
-                        call.future.set_result(ipc.decode_response(header, body))
-                    except Exception as exc:  # a malformed frame is a worker bug, not the caller's
-                        call.future.set_exception(WorkerUnavailable("bad answer from the worker: %s" % exc))
-                else:
-                    call.future.set_exception(ipc.error_from_wire(header, self.settings.name))
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
-            pass
-        await self._on_death(worker)
+        if worker.link is not None and worker.link.transport is not None:
+            worker.link.transport.close()
 
     async def _pump_output(self, worker: _Worker) -> None:
         assert worker.proc is not None and worker.proc.stdout is not None
@@ -439,8 +513,9 @@ class WorkerPool:
             logger.info("[%s worker %d] %s", self.settings.name, worker.index, line)
 
     async def _on_death(self, worker: _Worker) -> None:
-        if not worker.alive:
+        if worker.dead:
             return
+        worker.dead = True
         worker.alive = False
         worker.kill()
         code = await worker.proc.wait() if worker.proc is not None else None
@@ -456,24 +531,15 @@ class WorkerPool:
                 model=self.settings.name,
             ),
         )
-        for task in worker.tasks:
-            if task is not asyncio.current_task():
-                task.cancel()
-        if worker.writer is not None:
-            worker.writer.close()
         logger.warning(
             "model %s: worker %d (pid %s) %s; restarting", self.settings.name, worker.index, worker.pid, what
         )
-        task = asyncio.ensure_future(self._restart(worker))
-        self._restarting.add(task)
-        task.add_done_callback(self._restarting.discard)
+        await self._restart(worker)
 
     def _fail_inflight(self, worker: _Worker, exc: EnvserveError) -> None:
         calls, worker.inflight = worker.inflight, {}
         for call in calls.values():
-            worker.capacity.release()
-            if not call.future.done():
-                call.future.set_exception(exc)
+            self._settle(call, exc=exc)
 
     async def _restart(self, old: _Worker) -> None:
         delay = BACKOFF_FIRST if time.monotonic() - old.started < STABLE_AFTER else 0.0
@@ -486,48 +552,34 @@ class WorkerPool:
                 await self._start(fresh)
                 self._problem = None
                 return
-            except ModelLoadError as exc:
+            except Exception as exc:
                 self._problem = "worker %d cannot restart: %s" % (old.index, exc)
                 logger.error("model %s: %s", self.settings.name, self._problem)
-            except Exception as exc:
-                self._problem = "worker %d cannot restart: %s: %s" % (old.index, type(exc).__name__, exc)
-                logger.exception("model %s: restarting worker %d failed", self.settings.name, old.index)
             fresh.kill()
             delay = min(BACKOFF_MAX, max(delay * 2, BACKOFF_FIRST))
 
     async def _supervise(self) -> None:
+        ping = _frame_bytes(ipc.encode_frame({"op": "ping", "id": 0}))
         while not self._stopping:
             await asyncio.sleep(PING_INTERVAL)
             now = time.monotonic()
             for worker in list(self._workers):
-                if not worker.alive or worker.writer is None:
+                if not worker.alive or worker.link is None or worker.inflight:
                     continue
-                if now - worker.last_pong > PING_TIMEOUT:
+                if worker.ping_sent is None:
+                    worker.ping_sent = now
+                    worker.link.send(ping)
+                elif now - worker.ping_sent > PING_TIMEOUT:
                     logger.warning(
-                        "model %s: worker %d (pid %s) missed pings for %.0f s; killing it",
+                        "model %s: idle worker %d (pid %s) has not answered a ping for %.0f s; killing it",
                         self.settings.name,
                         worker.index,
                         worker.pid,
-                        now - worker.last_pong,
+                        now - worker.ping_sent,
                     )
                     worker.kill()
-                    continue
-                with contextlib.suppress(Exception):
-                    worker.writer.write(b"".join(bytes(p) for p in ipc.encode_frame({"op": "ping", "id": 0})))
 
 
 def _tail(lines: Deque[str]) -> str:
     text = "\n".join(list(lines)[-15:]).strip()
     return ("; its output:\n" + text) if text else ""
-
-
-async def _send(writer: asyncio.StreamWriter, pieces: List[Any]) -> None:
-    writer.writelines(pieces)
-    await writer.drain()
-
-
-async def _read_frame(reader: asyncio.StreamReader) -> Any:
-    head_len, body_len = ipc.split_prefix(await reader.readexactly(ipc.PREFIX.size))
-    header = json.loads(await reader.readexactly(head_len))
-    body = await reader.readexactly(body_len) if body_len else b""
-    return header, body
