@@ -1,0 +1,108 @@
+"""The environment cache with small real environments (a venv of the running Python, no packages)."""
+
+from __future__ import annotations
+
+import io
+import json
+import multiprocessing
+import os
+import sys
+import tarfile
+import time
+
+import pytest
+
+from envserve.environments import EnvironmentCache, EnvironmentSource
+from envserve.errors import EnvironmentSetupError
+
+
+def _tiny_env_tarball(path, conda_unpack=False):
+    """An 'environment' whose bin/python links to this interpreter (as venv-pack writes it)."""
+    with tarfile.open(path, "w:gz") as tar:
+        link = tarfile.TarInfo("bin/python")
+        link.type = tarfile.SYMTYPE
+        link.linkname = os.path.realpath(sys.executable)
+        tar.addfile(link)
+        if conda_unpack:
+            script = b"import pathlib, sys\npathlib.Path(sys.argv[0]).parent.parent.joinpath('UNPACKED').write_text('yes')\n"
+            info = tarfile.TarInfo("bin/conda-unpack")
+            info.size = len(script)
+            info.mode = 0o755
+            tar.addfile(info, io.BytesIO(script))
+    return str(path)
+
+
+def test_tarball_is_extracted_once_and_recorded(tmp_path):
+    cache = EnvironmentCache(str(tmp_path / "cache"))
+    source = EnvironmentSource("tarball", _tiny_env_tarball(tmp_path / "env.tar.gz"))
+    env = cache.prepare(source, "model-a")
+    assert env.python_version == "%d.%d.%d" % sys.version_info[:3]
+    assert env.root == os.path.join(cache.envs, env.digest)
+    env.release()
+    again = cache.prepare(source, "model-b")
+    assert again.digest == env.digest and again.record["created"] == env.record["created"]
+    again.release()
+    (row,) = cache.list()
+    assert row["models"] == ["model-a", "model-b"] and row["kind"] == "tarball" and row["size"] >= 0
+
+
+def test_conda_pack_tarball_runs_conda_unpack_in_place(tmp_path):
+    cache = EnvironmentCache(str(tmp_path / "cache"))
+    env = cache.prepare(
+        EnvironmentSource("tarball", _tiny_env_tarball(tmp_path / "c.tar.gz", conda_unpack=True))
+    )
+    with open(os.path.join(env.root, "UNPACKED")) as f:
+        assert f.read() == "yes"
+    env.release()
+
+
+def _prepare_in_child(cache_root, tarball, queue):
+    env = EnvironmentCache(cache_root).prepare(EnvironmentSource("tarball", tarball), "m%d" % os.getpid())
+    queue.put((env.digest, env.record["created"]))
+
+
+def test_two_processes_preparing_at_once_extract_once(tmp_path):
+    tarball = _tiny_env_tarball(tmp_path / "env.tar.gz")
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [
+        ctx.Process(target=_prepare_in_child, args=(str(tmp_path / "cache"), tarball, queue))
+        for _ in range(3)
+    ]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    assert len(set(results)) == 1  # same digest, same creation: built once
+    assert len(os.listdir(tmp_path / "cache" / "envs")) == 3  # <hash>/, <hash>.json, <hash>.lock
+
+
+def test_prune_skips_environments_in_use(tmp_path):
+    cache = EnvironmentCache(str(tmp_path / "cache"))
+    env = cache.prepare(EnvironmentSource("tarball", _tiny_env_tarball(tmp_path / "env.tar.gz")))
+    assert cache.prune(everything=True) == []  # held by "a running server" (this process's shared lock)
+    env.release()
+    path = os.path.join(cache.envs, env.digest + ".json")
+    with open(path) as f:
+        record = json.load(f)
+    record["last_used"] = time.time() - 40 * 86400
+    with open(path, "w") as f:
+        json.dump(record, f)
+    assert cache.prune(older_than=30 * 86400) != [] and cache.list() == []
+    assert not os.path.exists(env.root)
+
+
+def test_existing_path_and_broken_python(tmp_path):
+    cache = EnvironmentCache(str(tmp_path / "cache"))
+    env = cache.prepare(EnvironmentSource("path", sys.prefix))
+    assert env.kind == "path" and env.digest is None
+    broken = tmp_path / "broken" / "bin"
+    broken.mkdir(parents=True)
+    (broken / "python").write_text("#!/bin/sh\necho 'libfoo.so: cannot open shared object' >&2\nexit 127\n")
+    (broken / "python").chmod(0o755)
+    with pytest.raises(EnvironmentSetupError, match="cannot start .exit code 127.: libfoo.so: cannot open"):
+        cache.prepare(EnvironmentSource("path", str(tmp_path / "broken")))
+    with pytest.raises(EnvironmentSetupError, match="neither an environment directory"):
+        cache.prepare(EnvironmentSource("path", str(tmp_path)))
