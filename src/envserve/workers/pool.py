@@ -461,7 +461,9 @@ class WorkerPool:
         finally:
             if not exited.done():
                 exited.cancel()
-        header = worker.handshake.result() if worker.handshake.done() else {"error": "no answer"}
+        header: Dict[str, Any] = (
+            worker.handshake.result() if worker.handshake.done() else {"error": "no answer"}
+        )
         if not header.get("ok"):
             worker.kill()
             await asyncio.wait({worker.pump}, timeout=1)

@@ -24,7 +24,10 @@ def _tiny_env_tarball(path, conda_unpack=False):
         link.linkname = os.path.realpath(sys.executable)
         tar.addfile(link)
         if conda_unpack:
-            script = b"import pathlib, sys\npathlib.Path(sys.argv[0]).parent.parent.joinpath('UNPACKED').write_text('yes')\n"
+            script = (
+                b"import pathlib, sys\n"
+                b"pathlib.Path(sys.argv[0]).parent.parent.joinpath('UNPACKED').write_text('yes')\n"
+            )
             info = tarfile.TarInfo("bin/conda-unpack")
             info.size = len(script)
             info.mode = 0o755
@@ -102,7 +105,9 @@ def test_existing_path_and_broken_python(tmp_path):
     broken.mkdir(parents=True)
     (broken / "python").write_text("#!/bin/sh\necho 'libfoo.so: cannot open shared object' >&2\nexit 127\n")
     (broken / "python").chmod(0o755)
-    with pytest.raises(EnvironmentSetupError, match="cannot start .exit code 127.: libfoo.so: cannot open"):
+    with pytest.raises(
+        EnvironmentSetupError, match=r"cannot start \(exit code 127\): libfoo\.so: cannot open"
+    ):
         cache.prepare(EnvironmentSource("path", str(tmp_path / "broken")))
     with pytest.raises(EnvironmentSetupError, match="neither an environment directory"):
         cache.prepare(EnvironmentSource("path", str(tmp_path)))
