@@ -111,3 +111,38 @@ def test_existing_path_and_broken_python(tmp_path):
         cache.prepare(EnvironmentSource("path", str(tmp_path / "broken")))
     with pytest.raises(EnvironmentSetupError, match="neither an environment directory"):
         cache.prepare(EnvironmentSource("path", str(tmp_path)))
+
+
+def test_env_cli_list_and_prune(tmp_path):
+    import subprocess
+
+    cache_dir = str(tmp_path / "cache")
+    env = EnvironmentCache(cache_dir).prepare(
+        EnvironmentSource("tarball", _tiny_env_tarball(tmp_path / "env.tar.gz")), "digits"
+    )
+    env.release()
+
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "envserve", "env", *args, "--cache", cache_dir],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    out = cli("list")
+    assert out.splitlines()[0].split() == [
+        "HASH",
+        "KIND",
+        "PYTHON",
+        "SIZE",
+        "LAST",
+        "USED",
+        "MODELS",
+        "SOURCE",
+    ]
+    assert env.digest[:12] in out and "digits" in out and "env.tar.gz" in out
+    assert json.loads(cli("list", "--json"))[0]["hash"] == env.digest
+    assert "0 environment(s) removed" in cli("prune")  # used just now: younger than 30 days
+    assert "1 environment(s) removed" in cli("prune", "--all")
+    assert cli("list").strip() == "no cached environments"
