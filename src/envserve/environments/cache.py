@@ -32,6 +32,7 @@ from typing import IO, Any, Dict, List, Optional
 
 from ..errors import EnvironmentSetupError
 from .builder import build_environment
+from .interpreters import probe_python
 from .source import EnvironmentSource
 from .spec import EnvironmentSpec, read_spec
 from .tarball import safe_extract
@@ -88,35 +89,6 @@ def find_python(root: str) -> Optional[str]:
         if os.path.lexists(path):  # a dangling link is found here and reported when it cannot start
             return path
     return None
-
-
-def probe_python(python: str, root: str) -> str:
-    """The ``X.Y.Z`` of an environment's interpreter; EnvironmentSetupError with its own error when it cannot
-    start."""
-    try:
-        proc = subprocess.run(
-            [python, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=runtime_env(root),
-        )
-    except OSError as exc:
-        target = os.path.realpath(python)
-        raise EnvironmentSetupError(
-            "the environment's Python %s cannot start: %s%s"
-            % (python, exc.strerror or exc, "" if target == python else " (it links to %s)" % target)
-        ) from None
-    except subprocess.TimeoutExpired:
-        raise EnvironmentSetupError(
-            "the environment's Python %s did not start within 60 s" % python
-        ) from None
-    if proc.returncode != 0:
-        raise EnvironmentSetupError(
-            "the environment's Python %s cannot start (exit code %d): %s"
-            % (python, proc.returncode, (proc.stderr or proc.stdout).strip()[-2000:])
-        )
-    return proc.stdout.strip()
 
 
 def _dir_size(path: str) -> int:
@@ -218,7 +190,7 @@ class EnvironmentCache:
             )
         if os.path.isfile(location):
             root = os.path.dirname(os.path.dirname(location))
-        version = probe_python(python, root)
+        version = probe_python(python, runtime_env(root))
         return Environment(root, python, version, None, "path", location)
 
     def _record_path(self, digest: str) -> str:
@@ -306,7 +278,7 @@ class EnvironmentCache:
                         "%s does not contain an environment (no bin/python at its top level)"
                         % source.location
                     )
-                version = probe_python(python, final)
+                version = probe_python(python, runtime_env(final))
             except BaseException:
                 shutil.rmtree(final, ignore_errors=True)
                 raise

@@ -12,25 +12,48 @@ import os
 import re
 import shutil
 import subprocess
-from typing import Dict, List, Optional
+from typing import Dict, List, Mapping, Optional
 
-from ..errors import SpecError
+from ..errors import EnvironmentSetupError, SpecError
 
-__all__ = ["find_interpreter", "interpreter_version", "known_interpreters"]
+__all__ = ["find_interpreter", "interpreter_version", "known_interpreters", "probe_python"]
+
+
+def probe_python(python: str, env: Optional[Mapping[str, str]] = None) -> str:
+    """``X.Y.Z`` of an interpreter; EnvironmentSetupError with the interpreter's own error when it cannot
+    start."""
+    try:
+        proc = subprocess.run(
+            [python, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=None if env is None else dict(env),
+        )
+    except OSError as exc:
+        target = os.path.realpath(python)
+        raise EnvironmentSetupError(
+            "the environment's Python %s cannot start: %s%s"
+            % (python, exc.strerror or exc, "" if target == python else " (it links to %s)" % target)
+        ) from None
+    except subprocess.TimeoutExpired:
+        raise EnvironmentSetupError(
+            "the environment's Python %s did not start within 60 s" % python
+        ) from None
+    if proc.returncode != 0:
+        raise EnvironmentSetupError(
+            "the environment's Python %s cannot start (exit code %d): %s"
+            % (python, proc.returncode, (proc.stderr or proc.stdout).strip()[-2000:])
+        )
+    return proc.stdout.strip()
 
 
 def interpreter_version(python: str) -> Optional[str]:
     """``X.Y.Z`` of an interpreter, or None when it cannot start."""
     try:
-        out = subprocess.run(
-            [python, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.TimeoutExpired):
+        return probe_python(python)
+    except EnvironmentSetupError:
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def _pyenv_candidates(version: str) -> List[str]:

@@ -130,18 +130,23 @@ def encode_request(call_id: int, request: InferenceRequest) -> List[Any]:
     return encode_frame(header, buffers)
 
 
+def _unpack_tensors(described: List[Dict[str, Any]], body: Any, cls: Any) -> List[Any]:
+    """The inverse of :func:`_pack_tensors`: ``cls(name, shape, datatype, data, parameters)`` each."""
+    return [
+        cls(
+            t["name"],
+            t["shape"],
+            t["datatype"],
+            _tensor_from(body, t["buf"][0], t["buf"][1], t["shape"], t["datatype"]),
+            t["parameters"],
+        )
+        for t in described
+    ]
+
+
 def decode_request(header: Dict[str, Any], body: Any) -> InferenceRequest:
     doc = header["request"]
-    inputs = [
-        RequestInput(
-            i["name"],
-            i["shape"],
-            i["datatype"],
-            _tensor_from(body, i["buf"][0], i["buf"][1], i["shape"], i["datatype"]),
-            i["parameters"],
-        )
-        for i in doc["inputs"]
-    ]
+    inputs = _unpack_tensors(doc["inputs"], body, RequestInput)
     outputs = [RequestOutput(o["name"], o["parameters"]) for o in doc["outputs"]]
     return InferenceRequest(inputs, doc["id"], doc["parameters"], outputs)
 
@@ -164,16 +169,7 @@ def encode_response(call_id: int, response: InferenceResponse) -> List[Any]:
 
 def decode_response(header: Dict[str, Any], body: Any) -> InferenceResponse:
     doc = header["response"]
-    outputs = [
-        ResponseOutput(
-            o["name"],
-            o["shape"],
-            o["datatype"],
-            _tensor_from(body, o["buf"][0], o["buf"][1], o["shape"], o["datatype"]),
-            o["parameters"],
-        )
-        for o in doc["outputs"]
-    ]
+    outputs = _unpack_tensors(doc["outputs"], body, ResponseOutput)
     return InferenceResponse(doc["model_name"], outputs, doc["model_version"], doc["id"], doc["parameters"])
 
 
