@@ -146,8 +146,8 @@ def choose_image(spec: DeploymentSpec, platform: PlatformConfig) -> ImageChoice:
     if builtin:
         return ImageChoice(builtin, "builtin", platform_default)
     raise SettingsError(
-        "no image for server type %s with protocol %s: set one with 'envserve platform set-image %s --protocol %s "
-        "IMAGE:TAG' or pass --image" % (server, protocol, server, protocol)
+        "no image for server type %s with protocol %s: set one with 'envserve platform set-image %s "
+        "--protocol %s IMAGE:TAG' or pass --image" % (server, protocol, server, protocol)
     )
 
 

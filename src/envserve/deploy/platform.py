@@ -5,7 +5,8 @@ Kept in exactly the shape of the ``predictor_servers`` key of Seldon Core's ``se
 
     {"MLFLOW_SERVER": {"protocols": {"seldon": {"image": "seldonio/mlflowserver",
                                                 "defaultImageVersion": "1.17.1"},
-                                     "v2": {"image": "seldonio/mlserver", "defaultImageVersion": "1.3.5-mlflow"}}},
+                                     "v2": {"image": "seldonio/mlserver",
+                                            "defaultImageVersion": "1.3.5-mlflow"}}},
      "SKLEARN_SERVER": ...}
 
 The file lives at ``ENVSERVE_PLATFORM`` (default ``~/.config/envserve/platform.json``). Server types and
