@@ -214,3 +214,253 @@ def env_prepare(model_repository: Optional[str], cache_dir: Optional[str]) -> No
             click.echo("%s: error: %s" % (entry.settings.name, exc), err=True)
     if failed:
         sys.exit(4)
+
+
+# -- envserve deploy ... / envserve platform ... ----------------------------------------------------------
+
+_platform_option = click.option(
+    "--platform",
+    "platform_file",
+    type=click.Path(dir_okay=False),
+    help="Platform file [default: ENVSERVE_PLATFORM or ~/.config/envserve/platform.json].",
+)
+
+
+def _fail(exc: EnvserveError) -> None:
+    click.echo("envserve: error: %s" % exc, err=True)
+    sys.exit(_exit_code(exc))
+
+
+@cli.group()
+def deploy() -> None:
+    """Kubernetes manifests: Seldon Core, KServe, or envserve on plain Kubernetes."""
+
+
+def _spec_options(f: Any) -> Any:
+    for decorator in reversed(
+        [
+            click.option(
+                "--target",
+                type=click.Choice(["seldon", "kserve", "k8s"]),
+                default="seldon",
+                show_default=True,
+            ),
+            click.option("--name", required=True, help="Deployment name (DNS-1123 label)."),
+            click.option("--namespace", default="default", show_default=True),
+            click.option(
+                "--server-type",
+                default="MLFLOW_SERVER",
+                show_default=True,
+                help="MLFLOW_SERVER, SKLEARN_SERVER, XGBOOST_SERVER, TRITON_SERVER, ... or ENVSERVE.",
+            ),
+            click.option(
+                "--protocol", type=click.Choice(["seldon", "v2"]), default="seldon", show_default=True
+            ),
+            click.option("--model-uri", default="", help="s3://..., gs://..., models:/name/version, ..."),
+            click.option("--secret", help="Secret with storage credentials (Seldon envSecretRefName)."),
+            click.option("--replicas", type=click.IntRange(min=0), default=1, show_default=True),
+            click.option(
+                "--max-replicas", type=click.IntRange(min=1), help="Autoscale up to N (k8s: HPA; kserve)."
+            ),
+            click.option("--cpu", help="CPU request/limit, e.g. 500m."),
+            click.option("--memory", help="Memory request/limit, e.g. 1Gi."),
+            click.option("--image", help="Override the image (NAME:TAG) for this deployment."),
+            click.option(
+                "--model-image", help="Image set at model level (below --image, above the platform)."
+            ),
+            click.option(
+                "--custom-server", is_flag=True, help="Serve with envserve's image as a custom server."
+            ),
+        ]
+    ):
+        f = decorator(f)
+    return f
+
+
+@deploy.command("manifest")
+@_spec_options
+@_platform_option
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE instead of stdout.")
+def deploy_manifest(platform_file: Optional[str], output: Optional[str], **fields: Any) -> None:
+    """Render a manifest from flags, validate it offline, print or write it."""
+    from ..deploy.manifest import DeploymentSpec, dump_yaml, render
+    from ..deploy.platform import PlatformConfig
+    from ..deploy.validate import validate_documents
+
+    try:
+        spec = DeploymentSpec(**fields)
+        docs = render(spec, PlatformConfig.load(platform_file))
+        errors = validate_documents(docs, output or "manifest")
+    except EnvserveError as exc:
+        _fail(exc)
+        return
+    if errors:
+        click.echo("\n".join(errors), err=True)
+        sys.exit(4)
+    text = dump_yaml(docs)
+    if output:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text)
+        click.echo("wrote %s (validated); apply with: kubectl apply -f %s" % (output, output), err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@deploy.command("validate")
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+def deploy_validate(files: Any) -> None:
+    """Validate manifests offline against Kubernetes and CRD schemas; errors name document and field."""
+    from ..deploy.validate import validate_files
+
+    try:
+        errors = validate_files(files)
+    except EnvserveError as exc:
+        _fail(exc)
+        return
+    if errors:
+        click.echo("\n".join(errors), err=True)
+        sys.exit(4)
+    click.echo("%d file(s) valid" % len(files))
+
+
+@deploy.command("wizard")
+@click.option(
+    "--answers",
+    "answers_file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Replay answers from a YAML/JSON file (same keys as the flags).",
+)
+@click.option("--source", type=click.Choice(["registry", "uri"]))
+@click.option("--model", help="Registered model name.")
+@click.option("--version", "version", help="Version number, alias or 'latest'.")
+@click.option("--model-uri")
+@click.option("--target", type=click.Choice(["seldon", "kserve", "k8s"]))
+@click.option("--server-type")
+@click.option("--protocol", type=click.Choice(["seldon", "v2"]))
+@click.option("--image")
+@click.option("--namespace")
+@click.option("--name")
+@click.option("--replicas")
+@click.option("--cpu")
+@click.option("--memory")
+@click.option("--secret")
+@click.option("--output", type=click.Path(dir_okay=False))
+@click.option("--yes", "confirm", flag_value="yes", default=None, help="Skip the final confirmation.")
+@_platform_option
+def deploy_wizard(answers_file: Optional[str], platform_file: Optional[str], **flags: Any) -> None:
+    """Interactive deployment wizard (MLflow registry via MLFLOW_TRACKING_URI, or a model URI)."""
+    import os
+
+    from ..deploy.platform import PlatformConfig
+    from ..deploy.validate import validate_documents
+    from ..deploy.wizard import answers_from_file, run_wizard
+
+    try:
+        answers = answers_from_file(answers_file) if answers_file else {}
+        answers.update({k: v for k, v in flags.items() if v is not None})
+        result = run_wizard(
+            answers,
+            PlatformConfig.load(platform_file),
+            os.environ.get("MLFLOW_TRACKING_URI"),
+            interactive=sys.stdin.isatty(),
+        )
+        import yaml
+
+        errors = validate_documents(list(yaml.safe_load_all(result.manifest)), result.output)
+    except EnvserveError as exc:
+        _fail(exc)
+        return
+    except (click.Abort, EOFError):
+        click.echo("\ncancelled; nothing written", err=True)
+        sys.exit(1)
+    if errors:
+        click.echo("\n".join(errors), err=True)
+        sys.exit(4)
+    with open(result.output, "w", encoding="utf-8") as f:
+        f.write(result.manifest)
+    click.echo("wrote %s (validated)" % result.output)
+    click.echo("apply with: kubectl apply -f %s" % result.output)
+
+
+@cli.group()
+def platform() -> None:
+    """Platform default images per server type and protocol (Seldon's predictor_servers shape)."""
+
+
+@platform.command("show")
+@_platform_option
+def platform_show(platform_file: Optional[str]) -> None:
+    """Print the effective default images (built-in defaults overlaid with the platform file)."""
+    from ..deploy.platform import PlatformConfig
+
+    try:
+        config = PlatformConfig.load(platform_file)
+    except EnvserveError as exc:
+        _fail(exc)
+        return
+    for server, entry in sorted(config.merged().items()):
+        for protocol, image in sorted(entry["protocols"].items()):
+            source = "platform" if config.image_for(server, protocol) else "built-in"
+            click.echo(
+                "%-18s %-10s %s:%s  (%s)"
+                % (server, protocol, image["image"], image["defaultImageVersion"], source)
+            )
+
+
+@platform.command("import")
+@click.argument("configmap", type=click.Path(exists=True, dir_okay=False))
+@_platform_option
+def platform_import(configmap: str, platform_file: Optional[str]) -> None:
+    """Read predictor_servers from a seldon-config ConfigMap YAML into the platform file."""
+    from ..deploy.platform import PlatformConfig
+
+    try:
+        with open(configmap, encoding="utf-8") as f:
+            config = PlatformConfig.from_configmap(f.read(), configmap)
+        path = config.save(platform_file)
+    except EnvserveError as exc:
+        _fail(exc)
+        return
+    click.echo("imported %d server types into %s" % (len(config.predictor_servers), path))
+
+
+@platform.command("export")
+@click.option("--configmap", "as_configmap", is_flag=True, help="As a seldon-config ConfigMap (YAML).")
+@click.option("--name", default="seldon-config", show_default=True)
+@click.option("--namespace", default="seldon-system", show_default=True)
+@_platform_option
+def platform_export(as_configmap: bool, name: str, namespace: str, platform_file: Optional[str]) -> None:
+    """Print the platform file, or a ConfigMap to apply to the cluster."""
+    import json
+
+    from ..deploy.manifest import dump_yaml
+    from ..deploy.platform import PlatformConfig
+
+    try:
+        config = PlatformConfig.load(platform_file)
+    except EnvserveError as exc:
+        _fail(exc)
+        return
+    if as_configmap:
+        click.echo(dump_yaml([config.to_configmap(name, namespace)]), nl=False)
+    else:
+        click.echo(json.dumps({"predictor_servers": config.predictor_servers}, indent=2, sort_keys=True))
+
+
+@platform.command("set-image")
+@click.argument("server")
+@click.argument("image")
+@click.option("--protocol", type=click.Choice(["seldon", "v2"]), required=True)
+@_platform_option
+def platform_set_image(server: str, image: str, protocol: str, platform_file: Optional[str]) -> None:
+    """Set the default IMAGE (NAME:TAG) of SERVER for a protocol."""
+    from ..deploy.platform import PlatformConfig
+
+    try:
+        config = PlatformConfig.load(platform_file)
+        config.set_image(server, protocol, image)
+        path = config.save(platform_file)
+    except EnvserveError as exc:
+        _fail(exc)
+        return
+    click.echo("%s %s -> %s (%s)" % (server, protocol, image, path))

@@ -242,7 +242,10 @@ def render(spec: DeploymentSpec, platform: PlatformConfig) -> List[Dict[str, Any
         "custom_env": env,
         "resources": _resources(spec),
         "probes": _probes(port),
-        "security_context": _SECURITY,
+        # read-only root only where envserve's writable paths are mounted (the plain Kubernetes target)
+        "security_context": _SECURITY
+        if spec.target == "k8s"
+        else dict(_SECURITY, readOnlyRootFilesystem=False),
         "runtime_name": "envserve-%s" % spec.name if len(spec.name) <= 54 else "envserve",
         "formats": ["sklearn", "xgboost", "lightgbm", "mlflow"],
         "model_format": _KSERVE_FORMATS.get(spec.server_type, "sklearn"),
