@@ -149,3 +149,89 @@ def start_server() -> Iterator:
     yield start
     for server in started:
         server.stop(signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server (SQLite backend, local artifact root) on a free loopback port."""
+    import socket
+
+    root = tmp_path_factory.mktemp("mlflow")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mlflow_cli = Path(sys.executable).parent / "mlflow"
+    assert mlflow_cli.exists(), "mlflow is a dev dependency: run scripts/setup"
+    log = open(root / "server.log", "w")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen(
+        [
+            str(mlflow_cli),
+            "server",
+            "--backend-store-uri",
+            "sqlite:///%s" % (root / "mlflow.db"),
+            "--default-artifact-root",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = "http://127.0.0.1:%d" % port
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(
+                    "mlflow server did not start:\n" + (root / "server.log").read_text()[-3000:]
+                )
+            time.sleep(0.2)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def registered_digits(mlflow_server, digits):
+    """'digits' registered twice in the real MLflow server: versions 1 and 2, alias 'champion' -> 1,
+    plus 'iris-like' without aliases."""
+    import warnings
+
+    os.environ["MLFLOW_TRACKING_URI"] = mlflow_server
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import mlflow
+        import mlflow.sklearn
+        from mlflow import MlflowClient
+        from sklearn import svm
+
+        mlflow.set_tracking_uri(mlflow_server)
+        x, y = digits
+        for c in (1.0, 2.0):
+            model = svm.SVC(gamma=0.001, C=c).fit(x[:300], y[:300])
+            with mlflow.start_run():
+                mlflow.sklearn.log_model(model, name="model", registered_model_name="digits")
+        with mlflow.start_run():
+            mlflow.sklearn.log_model(
+                svm.SVC().fit(x[:50], y[:50]), name="model", registered_model_name="iris-like"
+            )
+        client = MlflowClient(mlflow_server)
+        client.set_registered_model_alias("digits", "champion", "1")
+    del os.environ["MLFLOW_TRACKING_URI"]
+    return mlflow_server

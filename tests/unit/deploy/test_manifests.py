@@ -127,9 +127,8 @@ def test_validation_errors_point_at_the_field():
 
 
 def _annotations(docs):
-    return [d for d in docs if d["kind"] in ("SeldonDeployment", "Deployment", "InferenceService")][0][
-        "metadata"
-    ]["annotations"]
+    main = next(d for d in docs if d["kind"] in ("SeldonDeployment", "Deployment", "InferenceService"))
+    return main["metadata"]["annotations"]
 
 
 def test_image_precedence_and_the_recorded_reason():
