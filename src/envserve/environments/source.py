@@ -7,8 +7,9 @@
 - ``environment_path``: an existing environment directory, or its python executable;
 - ``environment``: a spec file (requirements.txt, MLflow python_env.yaml, conda.yaml), built by envserve;
   ``environment_python`` may give the Python version for a plain requirements file;
+- an MLflow model folder (``MLmodel``): its own python_env.yaml / requirements.txt / conda.yaml;
 - otherwise the server-wide default tarball, ``ENVSERVE_ENV_TARBALL`` (or MLServer's
-  ``MLSERVER_ENV_TARBALL``); ``"environment": "server"`` opts a model out of it.
+  ``MLSERVER_ENV_TARBALL``); ``"environment": "server"`` opts a model out of both.
 
 No source means the model runs in the server's own process.
 """
@@ -37,6 +38,24 @@ class EnvironmentSource:
         return "%s %s" % (self.kind, self.location)
 
 
+#: An MLflow model's own environment files, in the order MLflow itself prefers them.
+MLFLOW_ENV_FILES = ("python_env.yaml", "requirements.txt", "conda.yaml")
+
+
+def mlflow_environment(settings: ModelSettings) -> Optional[EnvironmentSource]:
+    """The environment an MLflow model folder declares (python_env.yaml > requirements.txt > conda.yaml)."""
+    folder = settings.model_path
+    if folder is None or not os.path.isfile(os.path.join(folder, "MLmodel")):
+        return None
+    if settings.implementation not in (None, "mlflow", "mlserver_mlflow.MLflowRuntime"):
+        return None
+    for name in MLFLOW_ENV_FILES:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            return EnvironmentSource("spec", path)
+    return None
+
+
 def environment_source(
     settings: ModelSettings, environ: Optional[Mapping[str, str]] = None
 ) -> Optional[EnvironmentSource]:
@@ -56,6 +75,9 @@ def environment_source(
             return None
         python = params.get("environment_python")
         return EnvironmentSource(kind, settings.resolve(value), str(python) if python is not None else None)
+    spec = mlflow_environment(settings)
+    if spec is not None:
+        return spec
     for variable in DEFAULT_TARBALL_VARIABLES:
         value = environ.get(variable)
         if value:

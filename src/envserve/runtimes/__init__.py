@@ -29,14 +29,17 @@ BUILTIN_RUNTIMES: Dict[str, str] = {
     "sklearn": "envserve.runtimes.sklearn:SKLearnRuntime",
     "xgboost": "envserve.runtimes.xgboost:XGBoostRuntime",
     "lightgbm": "envserve.runtimes.lightgbm:LightGBMRuntime",
+    "mlflow": "envserve.runtimes.mlflow:MLflowRuntime",
 }
 MLSERVER_NAMES: Dict[str, str] = {
     "mlserver_sklearn.SKLearnModel": "sklearn",
     "mlserver_xgboost.XGBoostModel": "xgboost",
     "mlserver_lightgbm.LightGBMModel": "lightgbm",
+    "mlserver_mlflow.MLflowRuntime": "mlflow",
 }
 # When no implementation is given: which artifact file names which runtime (first match wins).
 _GUESS = (
+    ("MLmodel", "mlflow"),
     ("model.joblib", "sklearn"),
     ("model.pkl", "sklearn"),
     ("model.pickle", "sklearn"),

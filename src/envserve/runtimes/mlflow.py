@@ -1,0 +1,273 @@
+"""MLflow models (MLServer's ``mlserver_mlflow.MLflowRuntime``): a folder with an ``MLmodel`` file.
+
+Loading: the ``sklearn`` flavor is loaded natively (pickle/cloudpickle/joblib, no mlflow import) when
+scikit-learn is importable; otherwise the ``python_function`` flavor through ``mlflow.pyfunc``.
+
+The MLflow signature becomes the V2 metadata. Requests are decoded by it: a column-based signature turns
+the inputs into a DataFrame whose columns have the declared types (one input per column, or a single
+``[N, k]`` input whose k columns are taken in signature order); a tensor-based signature turns them into
+arrays of the declared dtype. Without a signature the request is decoded by content type as usual.
+
+Worker import closure: standard library, numpy, PyYAML (MLflow's dependency), pandas and mlflow or
+scikit-learn when a model is loaded; Python 3.8+.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from ..errors import InvalidRequest, ModelLoadError
+from ..protocol.v2 import InferenceRequest, MetadataTensor
+from .base import Runtime
+
+__all__ = ["MLflowRuntime", "read_mlmodel"]
+
+# MLflow column types -> (V2 datatype, pandas dtype)
+_COLUMN_TYPES = {
+    "double": ("FP64", "float64"),
+    "float": ("FP32", "float32"),
+    "long": ("INT64", "int64"),
+    "integer": ("INT32", "int32"),
+    "boolean": ("BOOL", "bool"),
+    "string": ("BYTES", "object"),
+    "binary": ("BYTES", "object"),
+    "datetime": ("BYTES", "datetime64[ns]"),
+}
+_TENSOR_TYPES = {
+    "float64": "FP64",
+    "float32": "FP32",
+    "float16": "FP16",
+    "int64": "INT64",
+    "int32": "INT32",
+    "int16": "INT16",
+    "int8": "INT8",
+    "uint64": "UINT64",
+    "uint32": "UINT32",
+    "uint16": "UINT16",
+    "uint8": "UINT8",
+    "bool": "BOOL",
+    "object": "BYTES",
+    "str": "BYTES",
+}
+
+
+def _pandas_dtype(column: Dict[str, Any]) -> str:
+    return _COLUMN_TYPES.get(str(column.get("type")), ("BYTES", "object"))[1]
+
+
+def read_mlmodel(folder: str) -> Dict[str, Any]:
+    path = os.path.join(folder, "MLmodel")
+    try:
+        import yaml
+    except ImportError:
+        raise ModelLoadError("reading %s needs PyYAML in the model's environment" % path) from None
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+    except OSError as exc:
+        raise ModelLoadError("cannot read %s: %s" % (path, exc.strerror)) from None
+    except yaml.YAMLError as exc:
+        raise ModelLoadError("%s is not valid YAML: %s" % (path, exc)) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("flavors"), dict):
+        raise ModelLoadError("%s has no 'flavors' section; is this an MLflow model?" % path)
+    return doc
+
+
+def _signature_part(doc: Dict[str, Any], key: str) -> Optional[List[Dict[str, Any]]]:
+    raw = (doc.get("signature") or {}).get(key)
+    if not raw:
+        return None
+    parsed = json.loads(raw) if isinstance(raw, str) else raw
+    return parsed if isinstance(parsed, list) else None
+
+
+def _tensors(spec: Optional[List[Dict[str, Any]]], default_name: str) -> List[MetadataTensor]:
+    result = []
+    for i, item in enumerate(spec or []):
+        if item.get("type") == "tensor":
+            tensor = item.get("tensor-spec", {})
+            datatype = _TENSOR_TYPES.get(str(tensor.get("dtype")), "BYTES")
+            name = item.get("name") or (default_name if len(spec or []) == 1 else "%s-%d" % (default_name, i))
+            result.append(MetadataTensor(name, datatype, list(tensor.get("shape", [-1]))))
+        else:
+            datatype = _COLUMN_TYPES.get(str(item.get("type")), ("BYTES", "object"))[0]
+            params = {"content_type": "str"} if item.get("type") == "string" else {}
+            result.append(MetadataTensor(item.get("name") or "column-%d" % i, datatype, [-1], params))
+    return result
+
+
+class MLflowRuntime(Runtime):
+    default_output = "predict"
+
+    def load(self) -> None:
+        folder = self.settings.model_path
+        if folder is None or not os.path.isfile(os.path.join(folder, "MLmodel")):
+            raise ModelLoadError("model %r: no MLmodel file in %s" % (self.settings.name, folder))
+        self._folder = folder
+        self._mlmodel = read_mlmodel(folder)
+        self._inputs = _signature_part(self._mlmodel, "inputs")
+        self._outputs = _signature_part(self._mlmodel, "outputs")
+        self._columns = bool(self._inputs) and all(i.get("type") != "tensor" for i in self._inputs or [])
+        self._model = self._load_native() or self._load_pyfunc()
+
+    def _load_native(self) -> Any:
+        flavor = self._mlmodel["flavors"].get("sklearn")
+        if not flavor or flavor.get("serialization_format", "cloudpickle") not in (
+            "pickle",
+            "cloudpickle",
+            "joblib",
+        ):
+            return None
+        try:
+            import sklearn  # noqa: F401
+        except ImportError:
+            return None
+        path = os.path.join(self._folder, flavor.get("pickled_model", "model.pkl"))
+        try:
+            if flavor.get("serialization_format") == "cloudpickle":
+                import cloudpickle
+
+                with open(path, "rb") as f:
+                    return cloudpickle.load(f)
+            with open(path, "rb") as f:
+                return pickle.load(f)
+        except ImportError:
+            return None
+        except Exception as exc:
+            raise ModelLoadError(
+                "model %r: loading %s failed: %s: %s" % (self.settings.name, path, type(exc).__name__, exc)
+            ) from exc
+
+    def _load_pyfunc(self) -> Any:
+        if "python_function" not in self._mlmodel["flavors"]:
+            raise ModelLoadError(
+                "model %r has no python_function flavor (flavors: %s)"
+                % (self.settings.name, ", ".join(self._mlmodel["flavors"]))
+            )
+        try:
+            import mlflow.pyfunc
+        except ImportError:
+            raise ModelLoadError(
+                "model %r needs mlflow in its environment to load its python_function flavor; let envserve "
+                "build the model's own environment (remove parameters.environment: server) or install mlflow"
+                % self.settings.name
+            ) from None
+        try:
+            return mlflow.pyfunc.load_model(self._folder)
+        except Exception as exc:
+            raise ModelLoadError(
+                "model %r: mlflow.pyfunc.load_model failed: %s: %s"
+                % (self.settings.name, type(exc).__name__, exc)
+            ) from exc
+
+    def platform(self) -> str:
+        return "mlflow"
+
+    def metadata_inputs(self) -> List[MetadataTensor]:
+        return list(self.settings.inputs) or _tensors(self._inputs, "input")
+
+    def metadata_outputs(self) -> List[MetadataTensor]:
+        return list(self.settings.outputs) or _tensors(self._outputs, self.default_output)
+
+    # -- decoding by signature ---------------------------------------------------------------------------
+
+    def decode_mlflow(self, request: InferenceRequest) -> Any:
+        if self._columns:
+            return self._dataframe(request)
+        if self._inputs:
+            arrays = [self._tensor(inp, spec) for inp, spec in zip(request.inputs, self._inputs)]
+            if len(self._inputs) == 1 and len(request.inputs) == 1:
+                return arrays[0]
+            return {inp.name: arr for inp, arr in zip(request.inputs, arrays)}
+        return self.decode_request(request)
+
+    def _tensor(self, inp: Any, spec: Dict[str, Any]) -> np.ndarray:
+        dtype = spec.get("tensor-spec", {}).get("dtype")
+        data = self.decode_input(inp, InferenceRequest([inp]))
+        try:
+            return (
+                np.asarray(data, dtype=dtype)
+                if dtype and dtype not in ("object", "str")
+                else np.asarray(data)
+            )
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest("input %r cannot be converted to %s: %s" % (inp.name, dtype, exc)) from None
+
+    def _dataframe(self, request: InferenceRequest) -> Any:
+        import pandas as pd
+
+        assert self._inputs is not None
+        names = [str(c.get("name")) for c in self._inputs]
+        types = {str(c.get("name")): _pandas_dtype(c) for c in self._inputs}
+        by_name = {i.name: i for i in request.inputs}
+        columns: Dict[str, Any] = {}
+        if (
+            len(request.inputs) == 1
+            and request.inputs[0].name not in names
+            and request.inputs[0].data.ndim == 2
+        ):
+            matrix = request.inputs[0].data
+            if matrix.shape[1] != len(names):
+                raise InvalidRequest(
+                    "model %r expects %d columns (%s); input %r has %d"
+                    % (
+                        self.settings.name,
+                        len(names),
+                        ", ".join(map(str, names)),
+                        request.inputs[0].name,
+                        matrix.shape[1],
+                    )
+                )
+            for j, name in enumerate(names):
+                columns[name] = matrix[:, j]
+        else:
+            missing = [n for n in names if n not in by_name]
+            required = [c.get("name") for c in self._inputs if c.get("required", True)]
+            if any(m in required for m in missing):
+                raise InvalidRequest(
+                    "model %r is missing input column(s) %s; it expects %s"
+                    % (
+                        self.settings.name,
+                        ", ".join(repr(m) for m in missing if m in required),
+                        ", ".join(map(str, names)),
+                    )
+                )
+            for name in names:
+                if name in by_name:
+                    inp = by_name[name]
+                    value = self.decode_input(inp, request)
+                    if isinstance(value, np.ndarray):
+                        value = value.reshape(value.shape[0], -1)[:, 0] if value.ndim > 1 else value
+                        if value.dtype == object:
+                            value = value.tolist()
+                    if (
+                        isinstance(value, list)
+                        and value
+                        and isinstance(value[0], bytes)
+                        and types[name] == "object"
+                    ):
+                        with contextlib.suppress(UnicodeDecodeError):
+                            value = [v.decode("utf-8") for v in value]
+                    columns[name] = value
+        frame = pd.DataFrame(columns)
+        for name, dtype in types.items():
+            if name in frame and dtype != "object":
+                try:
+                    frame[name] = frame[name].astype(dtype)
+                except (TypeError, ValueError) as exc:
+                    raise InvalidRequest(
+                        "column %r cannot be converted to %s: %s" % (name, dtype, exc)
+                    ) from None
+        return frame
+
+    def predict(self, request: InferenceRequest) -> Any:
+        result = self._model.predict(self.decode_mlflow(request))
+        if hasattr(result, "to_numpy") and getattr(result, "ndim", 2) == 1:  # a pandas Series
+            result = result.to_numpy()
+        return result

@@ -1,0 +1,134 @@
+"""MLflow model folders (an MLmodel file) served natively or through python_function, in the server's
+environment or in the environment the model declares."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from tests.conftest import write_model
+
+
+@pytest.fixture(scope="module")
+def mlflow_models(tmp_path_factory):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import mlflow.sklearn
+        from mlflow.models import infer_signature
+        from sklearn import datasets, linear_model, svm
+
+    root = tmp_path_factory.mktemp("mlflow-models")
+    iris = datasets.load_iris(as_frame=True)
+    x, y = iris.data, iris.target
+    columns = linear_model.LogisticRegression(max_iter=500).fit(x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlflow.sklearn.save_model(
+            columns, str(root / "iris"), signature=infer_signature(x, columns.predict(x))
+        )
+    digits = datasets.load_digits()
+    dx = digits.images.reshape((len(digits.images), -1)).astype(np.float32)
+    tensor = svm.SVC(gamma=0.001).fit(dx[:500], digits.target[:500])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlflow.sklearn.save_model(
+            tensor,
+            str(root / "digits"),
+            serialization_format="cloudpickle",
+            signature=infer_signature(dx[:5], tensor.predict(dx[:5])),
+        )
+    return {"root": root, "iris": (columns, x), "digits": (tensor, dx)}
+
+
+def test_mlflow_models_in_the_server_environment(tmp_path, start_server, mlflow_models):
+    import shutil
+
+    for name in ("iris", "digits"):
+        shutil.copytree(mlflow_models["root"] / name, tmp_path / name)
+        (tmp_path / name / "model-settings.json").write_text(
+            json.dumps(
+                {
+                    "name": name,
+                    "implementation": "mlserver_mlflow.MLflowRuntime",
+                    "parameters": {"environment": "server"},
+                }
+            )
+        )
+    server = start_server(tmp_path)
+    columns, x = mlflow_models["iris"]
+    tensor, dx = mlflow_models["digits"]
+    with server.client() as client:
+        meta = client.get("/v2/models/iris").json()
+        assert meta["platform"] == "mlflow"
+        assert [(i["name"], i["datatype"]) for i in meta["inputs"]] == [(c, "FP64") for c in x.columns]
+        assert meta["outputs"] == [{"name": "predict", "datatype": "INT64", "shape": [-1]}]
+        rows = x.iloc[45:55]
+        body = {
+            "inputs": [
+                {"name": c, "shape": [10], "datatype": "FP64", "data": rows[c].tolist()} for c in x.columns
+            ]
+        }
+        r = client.post("/v2/models/iris/infer", json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["outputs"][0]["data"] == columns.predict(rows).tolist()
+        # one [N, 4] input is split into the signature's columns, in order
+        r = client.post(
+            "/v2/models/iris/infer",
+            json={
+                "inputs": [
+                    {
+                        "name": "features",
+                        "shape": [10, 4],
+                        "datatype": "FP64",
+                        "data": rows.to_numpy().tolist(),
+                    }
+                ]
+            },
+        )
+        assert r.json()["outputs"][0]["data"] == columns.predict(rows).tolist()
+        r = client.post("/v2/models/iris/infer", json={"inputs": [body["inputs"][0]]})
+        assert r.status_code == 400 and "missing input column(s) 'sepal width (cm)'" in r.json()["error"]
+
+        meta = client.get("/v2/models/digits").json()
+        assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
+        r = client.post(
+            "/v2/models/digits/infer",
+            json={
+                "inputs": [
+                    {"name": "input", "shape": [20, 64], "datatype": "FP32", "data": dx[-20:].tolist()}
+                ]
+            },
+        )
+        assert r.json()["outputs"][0]["data"] == tensor.predict(dx[-20:]).tolist()
+        status = {m["name"]: m for m in client.get("/envserve/models").json()}
+        assert status["iris"]["environment"] is None and status["digits"]["runtime"] == "MLflowRuntime"
+
+
+@pytest.mark.slow
+def test_mlflow_model_in_its_own_environment(tmp_path, start_server, mlflow_models):
+    """No settings beyond the MLflow folder: the runtime is guessed from MLmodel and the environment is
+    built from the model's own python_env.yaml (mlflow, scikit-learn, ... pinned as logged)."""
+    import shutil
+
+    shutil.copytree(mlflow_models["root"] / "iris", tmp_path / "iris")
+    write_model(tmp_path, "iris", {"name": "iris"})
+    server = start_server(tmp_path, env={"ENVSERVE_ENV_CACHE": str(tmp_path / "cache")})
+    columns, x = mlflow_models["iris"]
+    with server.client() as client:
+        status = {m["name"]: m for m in client.get("/envserve/models").json()}["iris"]
+        assert status["state"] == "READY", status
+        assert status["environment"]["kind"] == "spec" and status["environment"]["source"].endswith(
+            "python_env.yaml"
+        )
+        rows = x.iloc[:30]
+        body = {
+            "inputs": [
+                {"name": c, "shape": [30], "datatype": "FP64", "data": rows[c].tolist()} for c in x.columns
+            ]
+        }
+        r = client.post("/v2/models/iris/infer", json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["outputs"][0]["data"] == columns.predict(rows).tolist()
