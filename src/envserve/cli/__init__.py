@@ -62,6 +62,12 @@ def cli() -> None:
     "--inference-timeout", type=float, help="Seconds one inference may take in a worker [default: 60]."
 )
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="[default: info]")
+@click.option(
+    "--model-uri",
+    help="Serve this model without a settings file: models:/name/version, models:/name@alias, "
+    "runs:/<run>/<path>, s3://bucket/prefix, https://.../model.tar.gz or a path.",
+)
+@click.option("--model-name", help="Name for --model-uri [default: from the URI].")
 def serve(model_repository: Optional[str], **flags: Any) -> None:
     """Serve every model found under MODEL_REPOSITORY (default: the current directory).
 
@@ -72,6 +78,8 @@ def serve(model_repository: Optional[str], **flags: Any) -> None:
 
     overrides: Dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     try:
+        if flags.get("model_uri") and model_repository is None:
+            overrides["model_repository"] = ""  # only the --model-uri model, no repository scan
         settings = ServerSettings.from_sources(model_repository or ".", overrides)
         _configure_logging(settings.log_level)
         from ..server.serve import serve as run

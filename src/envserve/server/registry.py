@@ -8,7 +8,9 @@ UNAVAILABLE with the reason and never affects the others.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -27,6 +29,7 @@ from ..errors import (
 from ..protocol.v2 import InferenceRequest, InferenceResponse
 from ..runtimes import Runtime, create_runtime
 from ..settings import ModelSettings, RepositoryEntry, ServerSettings, scan_repository
+from ..storage import fetch, is_remote, name_from_uri, redact
 from ..workers.pool import WorkerPool
 
 __all__ = ["InProcessModel", "ModelHandle", "ModelRecord", "ModelRegistry", "ModelState"]
@@ -247,7 +250,14 @@ class ModelRegistry:
     # -- loading ------------------------------------------------------------------------------------------
 
     def _scan(self) -> List[RepositoryEntry]:
-        return scan_repository(self.settings.model_repository)
+        entries = scan_repository(self.settings.model_repository) if self.settings.model_repository else []
+        if self.settings.model_uri:  # a model named only by its URI (envserve serve --model-uri)
+            uri = self.settings.model_uri
+            name = self.settings.model_name or name_from_uri(uri)
+            entries.append(
+                RepositoryEntry("<--model-uri %s>" % redact(uri), ModelSettings(name=name, uri=uri))
+            )
+        return entries
 
     async def load_repository(self) -> None:
         """Load every model found in the repository, concurrently; failures are recorded, not raised."""
@@ -293,7 +303,13 @@ class ModelRegistry:
     async def load_record(self, record: ModelRecord) -> None:
         record.state, record.reason = ModelState.LOADING, ""
         try:
-            handle = self._handle_for(record.settings)
+            settings = record.settings
+            if settings.uri is not None and is_remote(settings.uri):
+                loop = asyncio.get_running_loop()
+                downloads = os.path.dirname(self.environments.root)
+                local = await loop.run_in_executor(None, fetch, settings.uri, downloads)
+                settings = dataclasses.replace(settings, uri=local)
+            handle = self._handle_for(settings)
             await handle.load()
         except Exception as exc:  # any failure belongs to this model alone
             record.state = ModelState.UNAVAILABLE

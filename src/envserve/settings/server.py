@@ -76,6 +76,10 @@ class ServerSettings:
     #: Where model environments are extracted/built and cached ("" = ENVSERVE_ENV_CACHE or
     #: ~/.cache/envserve/environments).
     environments_dir: str = ""
+    #: A model to serve without settings files (models:/..., runs:/..., s3://..., https://..., a path).
+    model_uri: str = ""
+    #: Its name (default: from the URI, e.g. models:/digits/1 -> digits).
+    model_name: str = ""
 
     @classmethod
     def from_sources(

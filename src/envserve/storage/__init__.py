@@ -1,0 +1,158 @@
+"""Model URIs: fetch a model's artifacts to a local folder, cached by content.
+
+Schemes (a name -> ``"module:function"`` table, imported lazily):
+
+- a local path (or ``file://``): used in place;
+- ``s3://bucket/prefix``: boto3 (extra ``s3``) with the standard AWS variables and shared credential
+  files; ``AWS_ENDPOINT_URL`` (or ``S3_ENDPOINT``) for S3-compatible stores; credentials may also come from a
+  mounted secret directory (``ENVSERVE_SECRET_DIR``: one file per variable, as Kubernetes mounts a Secret
+  and Seldon's ``envSecretRefName`` provides it);
+- ``models:/name/version``, ``models:/name@alias``, ``models:/name/latest``, ``runs:/<run>/<path>``:
+  resolved through the MLflow tracking server in ``MLFLOW_TRACKING_URI`` to the artifacts' own location,
+  which is then fetched by its scheme;
+- ``https://`` (or ``http://``) archives (``.tar.gz``, ``.tgz``, ``.zip``) or single files.
+
+Downloads land in ``<cache>/downloads/<key>`` where the key is a digest of what identifies the content
+(S3 ETags, MLflow's resolved location, HTTP ETag or the bytes themselves), written to a temporary directory
+and renamed when complete, under a file lock. Credentials never appear in logs or errors: messages name
+the URI with any userinfo removed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from typing import Any, Callable, Dict, Mapping, Optional
+
+from ..errors import ModelLoadError
+
+__all__ = ["SCHEMES", "StorageError", "fetch", "is_remote", "name_from_uri", "redact", "secret_environment"]
+
+logger = logging.getLogger("envserve.storage")
+
+SCHEMES: Dict[str, str] = {
+    "s3": "envserve.storage.s3:fetch_s3",
+    "models": "envserve.storage.mlflow:fetch_mlflow",
+    "runs": "envserve.storage.mlflow:fetch_mlflow",
+    "mlflow-artifacts": "envserve.storage.mlflow:fetch_mlflow_artifacts",
+    "http": "envserve.storage.http:fetch_http",
+    "https": "envserve.storage.http:fetch_http",
+}
+
+
+class StorageError(ModelLoadError):
+    """A model URI cannot be fetched (the message names the URI, never credentials)."""
+
+
+def redact(uri: str) -> str:
+    """The URI without userinfo or query-string secrets."""
+    uri = re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@", r"\1", uri)
+    return re.sub(
+        r"([?&](?:X-Amz-[^=&]*|sig|signature|token|access_token|key)=)[^&]*", r"\1***", uri, flags=re.I
+    )
+
+
+def scheme_of(uri: str) -> Optional[str]:
+    m = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*):", uri)
+    if m is None or len(m.group(1)) == 1:  # "C:" is a drive, not a scheme
+        return None
+    return m.group(1).lower()
+
+
+def secret_environment(environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """Process environment plus the files of ``ENVSERVE_SECRET_DIR`` (file name = variable name)."""
+    env = dict(os.environ if environ is None else environ)
+    directory = env.get("ENVSERVE_SECRET_DIR")
+    if directory and os.path.isdir(directory):
+        for name in sorted(os.listdir(directory)):
+            path = os.path.join(directory, name)
+            # variables that are set win over the mounted secret
+            if re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name) and os.path.isfile(path) and not env.get(name):
+                with open(path, encoding="utf-8") as f:
+                    env[name] = f.read().strip()
+    return env
+
+
+class DownloadCache:
+    def __init__(self, root: str) -> None:
+        self.root = os.path.join(root, "downloads")
+
+    def get_or_fetch(self, key: str, uri: str, download: Callable[[str], None]) -> str:
+        digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
+        final = os.path.join(self.root, digest)
+        marker = final + ".json"
+        if os.path.exists(marker):
+            return final
+        os.makedirs(self.root, exist_ok=True)
+        with open(final + ".lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if os.path.exists(marker):
+                return final
+            shutil.rmtree(final, ignore_errors=True)
+            work = tempfile.mkdtemp(prefix=digest[:12] + "-", dir=self.root)
+            try:
+                target = os.path.join(work, "content")
+                os.makedirs(target)
+                started = time.monotonic()
+                download(target)
+                os.rename(target, final)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            with open(marker, "w", encoding="utf-8") as f:
+                json.dump(
+                    {
+                        "uri": redact(uri),
+                        "fetched": time.time(),
+                        "seconds": round(time.monotonic() - started, 3),
+                    },
+                    f,
+                )
+        logger.info("fetched %s into the download cache", redact(uri))
+        return final
+
+
+def name_from_uri(uri: str) -> str:
+    """A model name for a URI served without settings: ``models:/digits/1`` -> ``digits``."""
+    m = re.match(r"^models:/+([^/@]+)", uri)
+    if m:
+        base = m.group(1)
+    else:
+        parts = [p for p in re.sub(r"^[a-zA-Z][a-zA-Z0-9+.-]*:/*", "", uri.split("?", 1)[0]).split("/") if p]
+        base = parts[-1] if parts else "model"
+        base = re.sub(r"(\.tar\.gz|\.tgz|\.zip|\.tar)$", "", base)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-") or "model"
+
+
+def is_remote(uri: Optional[str]) -> bool:
+    return bool(uri) and scheme_of(uri or "") not in (None, "file")
+
+
+def fetch(uri: str, cache_root: str, environ: Optional[Mapping[str, str]] = None) -> str:
+    """A local folder (or file) holding the artifacts of ``uri``."""
+    scheme = scheme_of(uri)
+    if scheme is None or scheme == "file":
+        path = uri[len("file://") :] if uri.startswith("file://") else uri
+        if not os.path.exists(path):
+            raise StorageError("model URI %s does not exist" % redact(uri))
+        return path
+    target = SCHEMES.get(scheme)
+    if target is None:
+        raise StorageError(
+            "model URI %s: unsupported scheme %r (supported: local paths, %s)"
+            % (redact(uri), scheme, ", ".join(sorted(SCHEMES)))
+        )
+    module_name, _, func_name = target.partition(":")
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+    except ImportError as exc:
+        raise StorageError("model URI %s needs %s: %s" % (redact(uri), module_name, exc)) from None
+    result: Any = func(uri, DownloadCache(cache_root), secret_environment(environ), cache_root)
+    return str(result)

@@ -1,0 +1,101 @@
+"""``s3://bucket/prefix``: every object under the prefix (or the one object), with boto3."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Mapping
+
+from . import DownloadCache, StorageError, redact
+
+__all__ = ["fetch_s3"]
+
+
+def _client(env: Mapping[str, str]) -> Any:
+    try:
+        import boto3
+        import botocore.config
+    except ImportError:
+        raise StorageError("s3:// model URIs need boto3: pip install 'envserve[s3]'") from None
+    endpoint = env.get("AWS_ENDPOINT_URL") or env.get("S3_ENDPOINT") or env.get("AWS_ENDPOINT_URL_S3")
+    if endpoint and not endpoint.startswith(("http://", "https://")):
+        endpoint = ("https://" if env.get("USE_SSL", "1") not in ("0", "false") else "http://") + endpoint
+    session = boto3.session.Session(
+        aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
+        aws_session_token=env.get("AWS_SESSION_TOKEN"),
+        region_name=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or "us-east-1",
+        profile_name=env.get("AWS_PROFILE") if not env.get("AWS_ACCESS_KEY_ID") else None,
+    )
+    config = botocore.config.Config(
+        retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10, read_timeout=60
+    )
+    return session.client("s3", endpoint_url=endpoint or None, config=config)
+
+
+def _explain(exc: Exception, uri: str) -> StorageError:
+    code = ""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        code = str(response.get("Error", {}).get("Code", ""))
+    hints = {
+        "NoSuchBucket": "the bucket does not exist",
+        "InvalidAccessKeyId": "the access key is not valid (check the credentials secret)",
+        "SignatureDoesNotMatch": "the secret key does not match the access key (check the secret)",
+        "AccessDenied": "access denied for these credentials",
+        "403": "access denied for these credentials",
+        "404": "not found",
+    }
+    detail = hints.get(code) or type(exc).__name__
+    if type(exc).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
+        detail = "no S3 credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ENVSERVE_SECRET_DIR)"
+    elif type(exc).__name__ in ("EndpointConnectionError", "ConnectTimeoutError"):
+        detail = "cannot reach the S3 endpoint"
+    return StorageError("model URI %s: %s" % (redact(uri), detail))
+
+
+def fetch_s3(uri: str, cache: DownloadCache, env: Mapping[str, str], cache_root: str) -> str:
+    rest = uri[len("s3://") :]
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise StorageError("model URI %s has no bucket" % redact(uri))
+    client = _client(env)
+    objects: List[Dict[str, Any]] = []
+    try:
+        paginator = client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            objects += page.get("Contents", [])
+    except Exception as exc:
+        raise _explain(exc, uri) from None
+    if not objects:
+        raise StorageError("model URI %s: no objects under this prefix" % redact(uri))
+    exact = [o for o in objects if o["Key"] == prefix]
+    base = prefix if not exact else os.path.dirname(prefix)
+    selected = exact or [
+        o
+        for o in objects
+        if o["Key"] == prefix or o["Key"].startswith(prefix.rstrip("/") + "/") or not prefix
+    ]
+    if not selected:
+        raise StorageError("model URI %s: no objects under this prefix" % redact(uri))
+    key = "s3|%s|%s|%s" % (
+        env.get("AWS_ENDPOINT_URL", ""),
+        bucket,
+        ",".join("%s=%s" % (o["Key"], o.get("ETag", "")) for o in sorted(selected, key=lambda o: o["Key"])),
+    )
+
+    def download(target: str) -> None:
+        for obj in selected:
+            rel = os.path.relpath(obj["Key"], base) if base else obj["Key"]
+            if rel.startswith("..") or os.path.isabs(rel) or obj["Key"].endswith("/"):
+                continue
+            path = os.path.join(target, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            try:
+                client.download_file(bucket, obj["Key"], path)
+            except Exception as exc:
+                raise _explain(exc, uri) from None
+
+    folder = cache.get_or_fetch(key, uri, download)
+    if exact:
+        return os.path.join(folder, os.path.basename(prefix))
+    return folder

@@ -1,0 +1,226 @@
+"""Model URIs against real services: an MLflow tracking server (models:/, @alias, latest, runs:/) and an
+S3-API server (moto's standalone server, with IAM credentials checked) holding the artifacts."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import write_model
+
+pytestmark = pytest.mark.slow
+
+
+def _digits_body(x):
+    return {"inputs": [{"name": "predict", "shape": list(x.shape), "datatype": "FP64", "data": x.tolist()}]}
+
+
+def _predictions(mlflow_url, name, version, x):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import mlflow.sklearn
+
+        mlflow.set_tracking_uri(mlflow_url)
+        return mlflow.sklearn.load_model("models:/%s/%s" % (name, version)).predict(x).tolist()
+
+
+def test_models_and_runs_uris_from_a_real_mlflow_server(tmp_path, start_server, registered_digits, digits):
+    x, _ = digits
+    rows = x[-25:]
+    v1 = _predictions(registered_digits, "digits", 1, rows)
+    v2 = _predictions(registered_digits, "digits", 2, rows)
+    assert v1 != v2  # the two versions really differ (C=1 vs C=2), so the URI decides the answer
+    env = {
+        "MLFLOW_TRACKING_URI": registered_digits,
+        "ENVSERVE_ENV_CACHE": str(tmp_path / "cache" / "environments"),
+    }
+    # one-liner: no settings file, name from the URI; served in the server's environment
+    server = start_server(
+        tmp_path,
+        "--model-uri",
+        "models:/digits/1",
+        env={**env, "ENVSERVE_MODEL_URI": "", "MLSERVER_ENV_TARBALL": ""},
+        wait=True,
+    )
+    with server.client() as client:
+        r = client.post("/v2/models/digits/infer", json=_digits_body(rows))
+        assert r.status_code == 200, r.text
+        assert r.json()["outputs"][0]["data"] == v1
+    server.stop()
+
+    repo = tmp_path / "repo"
+    import mlflow
+
+    run_id = mlflow.MlflowClient(registered_digits).get_model_version("digits", "2").run_id
+    for name, uri in (
+        ("by-alias", "models:/digits@champion"),
+        ("by-latest", "models:/digits/latest"),
+        ("by-run", "runs:/%s/model" % run_id),
+        ("unknown-version", "models:/digits/99"),
+        ("unknown-model", "models:/nope/1"),
+    ):
+        write_model(
+            repo,
+            name,
+            {"name": name, "implementation": "mlflow", "parameters": {"uri": uri, "environment": "server"}},
+        )
+    write_model(repo, "unreachable", {"name": "unreachable", "parameters": {"uri": "models:/digits/1"}})
+    server = start_server(repo, env=env)
+    with server.client() as client:
+        for name, expected in (("by-alias", v1), ("by-latest", v2), ("by-run", v2)):
+            r = client.post("/v2/models/%s/infer" % name, json=_digits_body(rows))
+            assert r.status_code == 200, (name, r.text)
+            assert r.json()["outputs"][0]["data"] == expected, name
+        index = {m["name"]: m for m in client.post("/v2/repository/index").json()}
+        assert index["unknown-version"]["state"] == "UNAVAILABLE"
+        assert "models:/digits/99" in index["unknown-version"]["reason"]
+        assert "models:/nope/1" in index["unknown-model"]["reason"]
+    server.stop()
+
+    # an unreachable tracking server is that model's problem alone
+    server = start_server(repo, env={**env, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    with server.client() as client:
+        index = {m["name"]: m for m in client.post("/v2/repository/index").json()}
+        assert (
+            "cannot reach the MLflow tracking server at http://127.0.0.1:9" in index["unreachable"]["reason"]
+        )
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    """moto's S3/IAM server with authentication on: one IAM user whose key may read the bucket."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"},
+        )
+    url = "http://127.0.0.1:%d" % port
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(url + "/moto-api/", timeout=1)
+            break
+        except httpx.TransportError:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+    import boto3
+
+    iam = boto3.client(
+        "iam",
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="bootstrap",
+        aws_secret_access_key="bootstrap",
+    )
+    iam.create_user(UserName="envserve")
+    iam.put_user_policy(
+        UserName="envserve",
+        PolicyName="s3",
+        PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+        ),
+    )
+    key = iam.create_access_key(UserName="envserve")["AccessKey"]
+    yield {"url": url, "key": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_s3_uri_with_credentials_from_a_secret_directory(
+    tmp_path, start_server, s3_server, digits_model_file, digits
+):
+    import boto3
+    import joblib
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_server["url"],
+        region_name="us-east-1",
+        aws_access_key_id=s3_server["key"],
+        aws_secret_access_key=s3_server["secret"],
+    )
+    s3.create_bucket(Bucket="models")
+    s3.upload_file(str(digits_model_file), "models", "digits/v1/model.joblib")
+    s3.put_object(Bucket="models", Key="digits/v1/model-settings.json", Body=b"{}")
+    # the Secret as Kubernetes mounts it (Seldon's envSecretRefName provides the same variables)
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "AWS_ACCESS_KEY_ID").write_text(s3_server["key"])
+    (secret / "AWS_SECRET_ACCESS_KEY").write_text(s3_server["secret"] + "\n")
+    (secret / "AWS_ENDPOINT_URL").write_text(s3_server["url"])
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    (wrong / "AWS_ACCESS_KEY_ID").write_text("AKIAWRONGWRONGWRONG1")
+    (wrong / "AWS_SECRET_ACCESS_KEY").write_text("not-the-secret-value-0123456789")
+    (wrong / "AWS_ENDPOINT_URL").write_text(s3_server["url"])
+
+    repo = tmp_path / "repo"
+    write_model(
+        repo,
+        "digits",
+        {"name": "digits", "implementation": "sklearn", "parameters": {"uri": "s3://models/digits/v1"}},
+    )
+    write_model(
+        repo,
+        "missing-key",
+        {"name": "missing-key", "implementation": "sklearn", "parameters": {"uri": "s3://models/digits/v9"}},
+    )
+    write_model(
+        repo,
+        "missing-bucket",
+        {
+            "name": "missing-bucket",
+            "implementation": "sklearn",
+            "parameters": {"uri": "s3://no-such-bucket/digits"},
+        },
+    )
+    base_env = {
+        "ENVSERVE_ENV_CACHE": str(tmp_path / "cache" / "environments"),
+        "AWS_ACCESS_KEY_ID": "",
+        "AWS_SECRET_ACCESS_KEY": "",
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+    }
+    server = start_server(repo, env={**base_env, "ENVSERVE_SECRET_DIR": str(secret)})
+    x, _ = digits
+    with server.client() as client:
+        r = client.post("/v2/models/digits/infer", json=_digits_body(x[:10]))
+        assert r.status_code == 200, r.text
+        assert r.json()["outputs"][0]["data"] == joblib.load(digits_model_file).predict(x[:10]).tolist()
+        index = {m["name"]: m for m in client.post("/v2/repository/index").json()}
+        assert "s3://models/digits/v9: no objects under this prefix" in index["missing-key"]["reason"]
+        assert "s3://no-such-bucket/digits: the bucket does not exist" in index["missing-bucket"]["reason"]
+    server.stop()
+    assert s3_server["secret"] not in server.log
+
+    # wrong credentials: the model is UNAVAILABLE with a reason naming the URI, never the secret
+    server = start_server(
+        repo,
+        env={
+            **base_env,
+            "ENVSERVE_SECRET_DIR": str(wrong),
+            "ENVSERVE_ENV_CACHE": str(tmp_path / "cache2" / "environments"),
+        },
+    )
+    with server.client() as client:
+        index = {m["name"]: m for m in client.post("/v2/repository/index").json()}
+        reason = index["digits"]["reason"]
+        assert index["digits"]["state"] == "UNAVAILABLE" and "s3://models/digits/v1" in reason
+        assert "access key is not valid" in reason or "access denied" in reason, reason
+        assert "not-the-secret-value" not in json.dumps(index) and "not-the-secret-value" not in server.log
