@@ -113,6 +113,10 @@ def _encode_one(name: str, value: Any, content_type: Optional[str]) -> ResponseO
         return _OUTPUT_ENCODERS[content_type](name, value)
     if isinstance(value, (list, tuple)) and value and isinstance(value[0], str):
         return encode_str(name, value)
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], bytes):
+        raw = np.empty(len(value), dtype=object)  # not np.asarray: "S" arrays drop trailing NUL bytes
+        raw[:] = list(value)
+        return ResponseOutput(name, [len(value)], "BYTES", raw)
     if isinstance(value, np.ndarray) or not isinstance(value, (bytes, str)):
         return encode_array(name, value)
     return encode_str(name, [value])

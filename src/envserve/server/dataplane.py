@@ -50,6 +50,18 @@ class DataPlane:
             return handle.infer_inline(request)
         return await handle.infer(request)
 
+    def pick_model(self, name: Optional[str]) -> str:
+        """The model a protocol without model names in its paths (MLflow scoring, Seldon v1) talks to."""
+        if name:
+            return name
+        names = sorted({r.name for r in self.registry.records()})
+        if len(names) == 1:
+            return names[0]
+        raise InvalidRequest(
+            "%d models are served (%s); name one with the query parameter ?model=NAME or the header "
+            "X-Model-Name" % (len(names), ", ".join(names) or "none")
+        )
+
     # -- repository extension -----------------------------------------------------------------------------
 
     def repository_index(self, doc: Any = None) -> List[Dict[str, Any]]:

@@ -14,6 +14,7 @@ from typing import Any, Awaitable, Callable, List, MutableMapping, Optional, Tup
 import numpy as np
 import orjson
 
+from ... import __version__
 from ...errors import EnvserveError, InvalidRequest, PayloadTooLarge
 from ..dataplane import DataPlane
 from .errors import status_for
@@ -90,7 +91,61 @@ class RestApp:
         )
         await send({"type": "http.response.body", "body": body})
 
-    async def _read_json(self, scope: Scope, receive: Receive) -> Any:
+    async def _compat(self, scope: Scope, receive: Receive, parts: List[str]) -> Tuple[int, bytes]:
+        """MLflow's scoring-server endpoints and Seldon Core v1's protocol, over the same data plane."""
+        from ...protocol import mlflow_scoring, seldon
+
+        method, dp = scope["method"], self.dataplane
+        route = "/".join(parts)
+        if route in ("ping", "health"):  # MLflow: 200 when the model(s) can serve
+            _expect(method, "GET", scope)
+            ready = dp.ready()
+            return (200 if ready else 503), dumps({"status": "ok" if ready else "not ready"})
+        if route == "version":
+            _expect(method, "GET", scope)
+            return 200, dumps(__version__)
+        if route == "invocations":
+            _expect(method, "POST", scope)
+            if _content_type(scope) == "text/csv":
+                raw = await self._read_body(scope, receive)
+                try:
+                    doc = mlflow_scoring.from_csv(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    raise InvalidRequest("the CSV body is not UTF-8") from None
+            else:
+                doc = mlflow_scoring.from_json(await self._read_json(scope, receive))
+            name = dp.pick_model(_model_hint(scope))
+            return 200, dumps(mlflow_scoring.to_predictions(await dp.infer(name, None, doc)))
+        # Seldon Core v1: errors in Seldon's own body
+        try:
+            if route == "api/v1.0/predictions":
+                _expect(method, "POST", scope)
+                doc, kind, _ = seldon.to_v2_request(await self._read_json(scope, receive))
+                name = dp.pick_model(_model_hint(scope))
+                return 200, dumps(seldon.to_seldon_response(await dp.infer(name, None, doc), kind))
+            if route == "health/ping":
+                return 200, dumps("pong")
+            if route == "health/status":
+                ready = dp.ready()
+                return (200 if ready else 503), dumps({"status": "ok" if ready else "not ready"})
+            if route == "metadata":
+                _expect(method, "GET", scope)
+                meta = dp.model_metadata(dp.pick_model(_model_hint(scope)))
+                return 200, dumps(
+                    {
+                        "name": meta["name"],
+                        "versions": meta.get("versions", []),
+                        "platform": meta.get("platform", ""),
+                        "inputs": meta.get("inputs", []),
+                        "outputs": meta.get("outputs", []),
+                    }
+                )
+        except EnvserveError as exc:
+            status = status_for(exc)
+            return status, dumps(seldon.error_body(status, exc.message))
+        raise HTTPError(404, "no route for %s %s" % (method, scope["path"]))
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         limit = self.max_request_size
         for key, value in scope["headers"]:
             if key == b"content-length":
@@ -117,7 +172,10 @@ class RestApp:
                 raise PayloadTooLarge("request body is over the limit of %d bytes (max_request_size)" % limit)
             chunks.append(chunk)
             more = message.get("more_body", False)
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _read_json(self, scope: Scope, receive: Receive) -> Any:
+        body = await self._read_body(scope, receive)
         if not body:
             return None
         try:
@@ -129,6 +187,8 @@ class RestApp:
         method = scope["method"]
         parts = scope["path"].strip("/").split("/")
         dp = self.dataplane
+        if parts[0] in _COMPAT_ROOTS:
+            return await self._compat(scope, receive, parts)
         if parts == ["envserve", "models"]:  # envserve's own view: runtimes, environments, workers
             _expect(method, "GET", scope)
             return 200, dumps(dp.model_status())
@@ -179,6 +239,29 @@ class RestApp:
                     await dp.unload(parts[3])
                 return 200, b"{}"
         raise HTTPError(404, "no route for %s %s" % (method, scope["path"]))
+
+
+_COMPAT_ROOTS = {"invocations", "ping", "health", "version", "api", "metadata"}
+
+
+def _model_hint(scope: Scope) -> Optional[str]:
+    for key, value in scope["headers"]:
+        if key == b"x-model-name":
+            return value.decode("latin-1") or None
+    for part in scope.get("query_string", b"").decode("latin-1").split("&"):
+        key, _, value = part.partition("=")
+        if key == "model" and value:
+            from urllib.parse import unquote
+
+            return str(unquote(value))
+    return None
+
+
+def _content_type(scope: Scope) -> str:
+    for key, value in scope["headers"]:
+        if key == b"content-type":
+            return str(value.decode("latin-1")).split(";")[0].strip().lower()
+    return ""
 
 
 def _expect(method: str, allowed: str, scope: Scope) -> None:

@@ -1,0 +1,192 @@
+"""Seldon Core v1 protocol (``POST /api/v1.0/predictions``) <-> V2, so a SeldonDeployment with
+``protocol: seldon`` can use envserve as its MLFLOW_SERVER/SKLEARN_SERVER image.
+
+Request kinds: ``data.ndarray`` (with optional ``data.names``), ``data.tensor {shape, values}``,
+``strData``, ``jsonData``, ``binData`` (base64). The response carries ``meta`` and the same kind as the
+request. Errors use Seldon's body: ``{"status": {"code", "info", "reason", "status": "FAILURE"}}``.
+
+Worker closure rules apply (stdlib + numpy, Python 3.8+), though only the server uses it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+
+from ..errors import InvalidRequest
+from .datatypes import datatype_of
+from .v2 import InferenceResponse
+
+__all__ = ["error_body", "to_seldon_response", "to_v2_request"]
+
+
+def _tensor_input(arr: np.ndarray) -> Dict[str, Any]:
+    if arr.dtype.kind in "USO":
+        values = [v if isinstance(v, str) else json.dumps(v) for v in arr.ravel().tolist()]
+        return {
+            "name": "input",
+            "shape": list(arr.shape),
+            "datatype": "BYTES",
+            "data": values,
+            "parameters": {"content_type": "str"},
+        }
+    return {
+        "name": "input",
+        "shape": list(arr.shape),
+        "datatype": datatype_of(arr.dtype),
+        "data": arr.ravel().tolist(),
+    }
+
+
+def to_v2_request(doc: Any) -> Tuple[Dict[str, Any], str, List[str]]:
+    """(V2 request document, kind, column names) for a Seldon v1 request body."""
+    if not isinstance(doc, dict):
+        raise InvalidRequest(
+            "the Seldon request must be a JSON object with 'data', 'strData', 'jsonData' or 'binData'"
+        )
+    meta = doc.get("meta") or {}
+    request_id = meta.get("puid") if isinstance(meta, dict) else None
+    v2: Dict[str, Any] = {"id": request_id} if isinstance(request_id, str) else {}
+    if "data" in doc:
+        data = doc["data"]
+        if not isinstance(data, dict):
+            raise InvalidRequest("'data' must be an object with 'ndarray' or 'tensor'")
+        names = data.get("names") or []
+        if "ndarray" in data:
+            try:
+                arr = np.asarray(data["ndarray"])
+            except ValueError:
+                raise InvalidRequest("data.ndarray is ragged: every row must have the same length") from None
+            if arr.dtype == object:
+                raise InvalidRequest("data.ndarray mixes types or is ragged")
+            if arr.ndim == 1:
+                arr = arr.reshape(1, -1) if names else arr
+            kind = "ndarray"
+        elif "tensor" in data:
+            tensor = data["tensor"]
+            if not isinstance(tensor, dict) or "values" not in tensor or "shape" not in tensor:
+                raise InvalidRequest("data.tensor needs 'shape' and 'values'")
+            values = np.asarray(tensor["values"], dtype=np.float64)
+            shape = tensor["shape"]
+            if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+                raise InvalidRequest("data.tensor.shape must be a list of non-negative integers")
+            count = 1
+            for d in shape:
+                count *= d
+            if count != values.size:
+                raise InvalidRequest(
+                    "data.tensor.shape %r needs %d values but has %d" % (shape, count, values.size)
+                )
+            arr = values.reshape(shape)
+            kind = "tensor"
+        else:
+            raise InvalidRequest("'data' needs 'ndarray' or 'tensor'")
+        v2["inputs"] = [_tensor_input(arr)]
+        return v2, kind, [str(n) for n in names]
+    if "strData" in doc:
+        v2["inputs"] = [
+            {
+                "name": "input",
+                "shape": [1],
+                "datatype": "BYTES",
+                "data": [str(doc["strData"])],
+                "parameters": {"content_type": "str"},
+            }
+        ]
+        return v2, "strData", []
+    if "jsonData" in doc:
+        v2["inputs"] = [
+            {
+                "name": "input",
+                "shape": [1],
+                "datatype": "BYTES",
+                "data": [json.dumps(doc["jsonData"])],
+                "parameters": {"content_type": "str"},
+            }
+        ]
+        return v2, "jsonData", []
+    if "binData" in doc:
+        try:
+            base64.b64decode(str(doc["binData"]), validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidRequest("binData is not valid base64") from None
+        v2["inputs"] = [
+            {
+                "name": "input",
+                "shape": [1],
+                "datatype": "BYTES",
+                "data": [str(doc["binData"])],
+                "parameters": {"content_type": "base64"},
+            }
+        ]
+        return v2, "binData", []
+    raise InvalidRequest("the Seldon request needs one of 'data', 'strData', 'jsonData', 'binData'")
+
+
+def _array(out: Any) -> np.ndarray:
+    data = out.data
+    if out.datatype == "BYTES":
+        return np.asarray(
+            [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in data.ravel().tolist()],
+            dtype=object,
+        ).reshape(out.shape)
+    return np.asarray(data).reshape(out.shape)
+
+
+def to_seldon_response(response: InferenceResponse, kind: str, model_version: str = "") -> Dict[str, Any]:
+    outputs = response.outputs
+    if not outputs:
+        raise InvalidRequest("the model produced no output")
+    meta: Dict[str, Any] = {
+        "requestPath": {response.model_name: model_version or response.model_version or ""}
+    }
+    if response.id:
+        meta["puid"] = response.id
+    first = _array(outputs[0])
+    if kind in ("strData", "binData"):
+        raw = outputs[0].data.ravel().tolist()
+        value = raw[0] if raw else b""
+        if kind == "binData":
+            if not isinstance(value, bytes):
+                value = str(value).encode("utf-8")
+            return {"meta": meta, "binData": base64.b64encode(value).decode("ascii")}
+        return {
+            "meta": meta,
+            "strData": value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value),
+        }
+    if kind == "jsonData":
+        value = first.ravel().tolist()[0] if first.size == 1 else first.tolist()
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                value = json.loads(value)
+        return {"meta": meta, "jsonData": value}
+    if len(outputs) > 1:  # several outputs: side by side as columns
+        arrays = [
+            _array(o).reshape(len(_array(o)), -1) if _array(o).ndim else _array(o).reshape(1, 1)
+            for o in outputs
+        ]
+        first = (
+            np.concatenate(arrays, axis=1) if all(a.shape[0] == arrays[0].shape[0] for a in arrays) else first
+        )
+        names = [o.name for o in outputs]
+    else:
+        names = ["t:%d" % i for i in range(first.shape[1])] if first.ndim == 2 else []
+    if kind == "tensor":
+        values = first.astype(np.float64) if first.dtype != object else first
+        data: Dict[str, Any] = {
+            "names": names,
+            "tensor": {"shape": list(first.shape), "values": values.ravel().tolist()},
+        }
+    else:
+        data = {"names": names, "ndarray": first.tolist()}
+    return {"meta": meta, "data": data}
+
+
+def error_body(status: int, message: str) -> Dict[str, Any]:
+    reason = "MICROSERVICE_BAD_DATA" if 400 <= status < 500 else "MICROSERVICE_INTERNAL_ERROR"
+    return {"status": {"code": status, "info": message, "reason": reason, "status": "FAILURE"}}
