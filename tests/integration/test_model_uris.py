@@ -224,3 +224,43 @@ def test_s3_uri_with_credentials_from_a_secret_directory(
         assert index["digits"]["state"] == "UNAVAILABLE" and "s3://models/digits/v1" in reason
         assert "access key is not valid" in reason or "access denied" in reason, reason
         assert "not-the-secret-value" not in json.dumps(index) and "not-the-secret-value" not in server.log
+
+
+def test_https_archive_uri(tmp_path, start_server, digits_model_file, digits):
+    """An https:// (here http:// on loopback) tar.gz of a model folder, fetched once and cached by content."""
+    import functools
+    import http.server
+    import tarfile
+    import threading
+
+    import joblib
+
+    site = tmp_path / "site"
+    site.mkdir()
+    with tarfile.open(site / "digits.tar.gz", "w:gz") as tar:
+        tar.add(digits_model_file, "digits/model.joblib")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        uri = "http://127.0.0.1:%d/digits.tar.gz" % httpd.server_address[1]
+        env = {"ENVSERVE_ENV_CACHE": str(tmp_path / "cache" / "environments")}
+        x, _ = digits
+        (tmp_path / "empty").mkdir()
+        for attempt in range(2):
+            server = start_server(tmp_path / "empty", "--model-uri", uri, "--model-name", "archived", env=env)
+            with server.client() as client:
+                r = client.post("/v2/models/archived/infer", json=_digits_body(x[:5]))
+                assert r.status_code == 200, r.text
+                assert (
+                    r.json()["outputs"][0]["data"] == joblib.load(digits_model_file).predict(x[:5]).tolist()
+                )
+            assert ("fetched http://127.0.0.1" in server.log) == (attempt == 0), server.log
+            server.stop()
+        missing = start_server(tmp_path / "empty", "--model-uri", uri.replace("digits", "nothing"), env=env)
+        with missing.client() as client:
+            (row,) = client.post("/v2/repository/index").json()
+            assert row["state"] == "UNAVAILABLE" and "the server answered 404" in row["reason"]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
