@@ -51,6 +51,11 @@ def cli() -> None:
     "--http-port", type=int, help="REST port; 0 picks a free one [default: 8080; ENVSERVE_HTTP_PORT]."
 )
 @click.option("--grpc-port", type=int, help="gRPC port [default: 8081; ENVSERVE_GRPC_PORT].")
+@click.option(
+    "--metrics-port",
+    type=int,
+    help="Separate port for /metrics [default: none; /metrics is on the HTTP port].",
+)
 @click.option("--max-request-size", type=int, help="Largest request body in bytes [default: 100 MiB].")
 @click.option(
     "--graceful-timeout", type=float, help="Seconds to drain in-flight requests on SIGTERM [default: 30]."

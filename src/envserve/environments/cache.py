@@ -41,6 +41,9 @@ __all__ = ["Environment", "EnvironmentCache", "default_cache_root", "find_python
 
 logger = logging.getLogger("envserve.environments")
 
+#: Counters for the server's metrics (read when /metrics is scraped).
+CACHE_STATS: Dict[str, float] = {"hits": 0, "misses": 0, "builds": 0, "build_seconds": 0.0}
+
 
 def default_cache_root() -> str:
     return os.environ.get("ENVSERVE_ENV_CACHE") or os.path.join(
@@ -235,10 +238,16 @@ class EnvironmentCache:
                 fcntl.flock(lock, fcntl.LOCK_EX)  # another server may be making it right now: wait for it
                 record = self._read_record(digest)
                 if record is None:
+                    CACHE_STATS["misses"] += 1
                     record = self._make(digest, source, final, make, spec)
+                    CACHE_STATS["builds"] += 1
+                    CACHE_STATS["build_seconds"] += float(record.get("build_seconds", 0.0))
+                else:
+                    CACHE_STATS["hits"] += 1
             finally:
                 lock.close()
         else:
+            CACHE_STATS["hits"] += 1
             logger.info("environment %s (%s) found in the cache", digest[:12], source.describe())
         lock = self._open_lock(digest)
         fcntl.flock(lock, fcntl.LOCK_SH)

@@ -25,8 +25,9 @@ import uvicorn
 from ..errors import SettingsError
 from ..settings import ServerSettings
 from .dataplane import DataPlane
+from .metrics import Metrics
 from .registry import ModelRegistry
-from .rest.app import RestApp
+from .rest.app import MetricsApp, RestApp
 
 __all__ = ["Server", "serve"]
 
@@ -64,8 +65,10 @@ class Server:
         self.settings = settings
         self.registry = ModelRegistry(settings)
         self.dataplane = DataPlane(self.registry)
-        self.app = RestApp(self.dataplane, settings.max_request_size)
+        self.metrics = Metrics(self.registry)
+        self.app = RestApp(self.dataplane, settings.max_request_size, self.metrics)
         self._http: Optional[_UvicornServer] = None
+        self._metrics_task: Optional[asyncio.Task[None]] = None
         self.http_address: Optional[str] = None
 
     def request_shutdown(self) -> None:
@@ -77,6 +80,22 @@ class Server:
             if self._http.should_exit:
                 self._http.force_exit = True
             self._http.should_exit = True
+
+    async def _serve_metrics(self, host: str, port: int) -> _UvicornServer:
+        sock = _bind(host, port)
+        config = uvicorn.Config(
+            MetricsApp(self.metrics),
+            http="httptools",
+            lifespan="off",
+            access_log=False,
+            log_config=None,
+            server_header=False,
+        )
+        server = _UvicornServer(config)
+        self._metrics_task = asyncio.ensure_future(server.serve(sockets=[sock]))
+        real = sock.getsockname()[1]
+        logger.info("metrics on http://%s:%d/metrics", host, real)
+        return server
 
     async def run(self, on_ready: Optional[Callable[[Server], Any]] = None) -> None:
         s = self.settings
@@ -102,6 +121,9 @@ class Server:
             serving.result()
             return
         logger.info("listening on %s (REST, Open Inference Protocol V2)", self.http_address)
+        extra = []
+        if s.metrics_port:
+            extra.append(await self._serve_metrics(s.host, s.metrics_port))
         try:
             await self.registry.load_repository()
         except SettingsError as exc:
@@ -123,6 +145,8 @@ class Server:
         try:
             await serving
         finally:
+            for server in extra:
+                server.should_exit = True
             self.dataplane.draining = True
             await self.registry.close()
             sock.close()

@@ -31,7 +31,6 @@ _MLSERVER_ALIASES = {"model_repository_root": "model_repository", "debug": None,
 _MLSERVER_IGNORED = {
     "cors_settings",
     "metrics_endpoint",
-    "metrics_port",
     "metrics_rest_server_prefix",
     "metrics_dir",
     "grpc_max_message_length",
@@ -76,6 +75,8 @@ class ServerSettings:
     #: Where model environments are extracted/built and cached ("" = ENVSERVE_ENV_CACHE or
     #: ~/.cache/envserve/environments).
     environments_dir: str = ""
+    #: A separate port serving only /metrics (0: /metrics is on the HTTP port only).
+    metrics_port: int = 0
     #: A model to serve without settings files (models:/..., runs:/..., s3://..., https://..., a path).
     model_uri: str = ""
     #: Its name (default: from the URI, e.g. models:/digits/1 -> digits).
@@ -115,7 +116,7 @@ class ServerSettings:
         return settings
 
     def validate(self) -> None:
-        for name in ("http_port", "grpc_port"):
+        for name in ("http_port", "grpc_port", "metrics_port"):
             port = getattr(self, name)
             if not isinstance(port, int) or not 0 <= port <= 65535:
                 raise SettingsError("%s must be a port number (0-65535), got %r" % (name, port))

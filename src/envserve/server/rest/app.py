@@ -8,15 +8,18 @@ logged with their traceback and answered 500 without one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from typing import Any, Awaitable, Callable, List, MutableMapping, Optional, Tuple
 
 import numpy as np
 import orjson
 
 from ... import __version__
-from ...errors import EnvserveError, InvalidRequest, PayloadTooLarge
+from ...errors import EnvserveError, InvalidRequest, ModelNotFound, PayloadTooLarge
 from ..dataplane import DataPlane
+from ..metrics import CONTENT_TYPE, Metrics
 from .errors import status_for
 
 __all__ = ["RestApp"]
@@ -56,14 +59,20 @@ class HTTPError(Exception):
 
 
 class RestApp:
-    def __init__(self, dataplane: DataPlane, max_request_size: int) -> None:
+    def __init__(
+        self, dataplane: DataPlane, max_request_size: int, metrics: Optional[Metrics] = None
+    ) -> None:
         self.dataplane = dataplane
         self.max_request_size = max_request_size
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
                 await _lifespan(receive, send)
+            return
+        if scope["path"] == "/metrics" and self.metrics is not None:
+            await metrics_endpoint(self.metrics, scope, send)
             return
         try:
             status, body = await self._dispatch(scope, receive)
@@ -91,6 +100,30 @@ class RestApp:
         )
         await send({"type": "http.response.body", "body": body})
 
+    async def _infer(self, name: str, version: Optional[str], doc: Any, protocol: str) -> Any:
+        metrics = self.metrics
+        if metrics is None:
+            return await self.dataplane.infer(name, version, doc)
+        started = time.perf_counter()
+        status = 200
+        try:
+            response = await self.dataplane.infer(name, version, doc)
+            version = response.model_version  # the version that answered, also when none was asked for
+            return response
+        except EnvserveError as exc:
+            status = status_for(exc)
+            if isinstance(exc, ModelNotFound):
+                name, version = "", None  # unknown names are not labels: they would grow without bound
+            else:
+                with contextlib.suppress(EnvserveError):
+                    version = self.dataplane.registry.get(name, version).version
+            raise
+        except Exception:
+            status = 500
+            raise
+        finally:
+            metrics.observe(name, version, protocol, status, time.perf_counter() - started)
+
     async def _compat(self, scope: Scope, receive: Receive, parts: List[str]) -> Tuple[int, bytes]:
         """MLflow's scoring-server endpoints and Seldon Core v1's protocol, over the same data plane."""
         from ...protocol import mlflow_scoring, seldon
@@ -115,14 +148,15 @@ class RestApp:
             else:
                 doc = mlflow_scoring.from_json(await self._read_json(scope, receive))
             name = dp.pick_model(_model_hint(scope))
-            return 200, dumps(mlflow_scoring.to_predictions(await dp.infer(name, None, doc)))
+            return 200, dumps(mlflow_scoring.to_predictions(await self._infer(name, None, doc, "mlflow")))
         # Seldon Core v1: errors in Seldon's own body
         try:
             if route == "api/v1.0/predictions":
                 _expect(method, "POST", scope)
                 doc, kind, _ = seldon.to_v2_request(await self._read_json(scope, receive))
                 name = dp.pick_model(_model_hint(scope))
-                return 200, dumps(seldon.to_seldon_response(await dp.infer(name, None, doc), kind))
+                response = await self._infer(name, None, doc, "seldon")
+                return 200, dumps(seldon.to_seldon_response(response, kind))
             if route == "health/ping":
                 return 200, dumps("pong")
             if route == "health/status":
@@ -206,7 +240,7 @@ class RestApp:
             if rest == ["infer"]:
                 _expect(method, "POST", scope)
                 doc = await self._read_json(scope, receive)
-                response = await dp.infer(name, version, doc)
+                response = await self._infer(name, version, doc, "rest")
                 return 200, dumps(response.to_dict())
             if not rest:
                 _expect(method, "GET", scope)
@@ -262,6 +296,45 @@ def _content_type(scope: Scope) -> str:
         if key == b"content-type":
             return str(value.decode("latin-1")).split(";")[0].strip().lower()
     return ""
+
+
+async def metrics_endpoint(metrics: Metrics, scope: Scope, send: Send) -> None:
+    if scope["method"] not in ("GET", "HEAD"):
+        body, status, ctype = dumps({"error": "use GET on /metrics"}), 405, b"application/json"
+    else:
+        body, status, ctype = metrics.render(), 200, CONTENT_TYPE.encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class MetricsApp:
+    """The ASGI app of the separate metrics port: /metrics and nothing else."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+        elif scope["type"] == "http":
+            if scope["path"] == "/metrics":
+                await metrics_endpoint(self.metrics, scope, send)
+            else:
+                body = dumps({"error": "only /metrics is served on this port"})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 404,
+                        "headers": _JSON_HEADERS + [(b"content-length", str(len(body)).encode())],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
 
 
 def _expect(method: str, allowed: str, scope: Scope) -> None:

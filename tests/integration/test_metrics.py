@@ -1,0 +1,78 @@
+"""Prometheus metrics from a real server: request counts and latency per model/protocol/status, worker
+restarts, environment cache hits and misses, and the separate metrics port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import write_model
+
+
+def _samples(text):
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def test_metrics_endpoint_and_port(tmp_path, start_server, digits_model_file, digits):
+    write_model(
+        tmp_path,
+        "digits",
+        {"name": "digits", "implementation": "sklearn", "parameters": {"version": "3"}},
+        digits_model_file,
+    )
+    write_model(
+        tmp_path,
+        "in-worker",
+        {"name": "in-worker", "implementation": "sklearn", "parameters": {"environment_path": sys.prefix}},
+        digits_model_file,
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        metrics_port = s.getsockname()[1]
+    server = start_server(
+        tmp_path, "--metrics-port", str(metrics_port), env={"ENVSERVE_ENV_CACHE": str(tmp_path / "cache")}
+    )
+    x, _ = digits
+    body = {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP64", "data": x[:1].tolist()}]}
+    with server.client() as client:
+        for _ in range(3):
+            assert client.post("/v2/models/digits/infer", json=body).status_code == 200
+        assert client.post("/v2/models/digits/infer", json={"inputs": []}).status_code == 400
+        assert client.post("/v2/models/unknown-%d/infer" % time.time_ns(), json=body).status_code == 404
+        assert client.post("/invocations?model=digits", json={"inputs": x[:2].tolist()}).status_code == 200
+        assert client.post("/v2/models/in-worker/infer", json=body).status_code == 200
+        pid = client.get("/envserve/models").json()[1]["workers"][0]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while client.post("/v2/models/in-worker/infer", json=body).status_code != 200:
+            assert time.monotonic() < deadline
+        r = client.get("/metrics")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+        samples = _samples(r.text)
+    rest = (("model", "digits"), ("protocol", "rest"), ("version", "3"))
+    assert samples[("envserve_requests_total", tuple(sorted(rest + (("status", "200"),))))] == 3
+    assert samples[("envserve_requests_total", tuple(sorted(rest + (("status", "400"),))))] == 1
+    unknown = (("model", ""), ("protocol", "rest"), ("status", "404"), ("version", ""))
+    assert samples[("envserve_requests_total", unknown)] == 1  # unknown names do not become labels
+    assert samples[("envserve_request_duration_seconds_count", rest)] == 4
+    assert samples[("envserve_request_duration_seconds_sum", rest)] > 0
+    mlflow = (("model", "digits"), ("protocol", "mlflow"), ("status", "200"), ("version", "3"))
+    assert samples[("envserve_requests_total", mlflow)] == 1
+    assert samples[("envserve_worker_restarts_total", (("model", "in-worker"), ("version", "")))] == 1
+    assert samples[("envserve_model_ready", (("model", "digits"), ("version", "3")))] == 1
+    assert samples[("envserve_queue_depth", (("model", "in-worker"), ("version", "")))] == 0
+    assert samples[("envserve_environment_cache_total", (("result", "hit"),))] >= 0
+    # the separate port serves the same text and nothing else
+    r = httpx.get("http://127.0.0.1:%d/metrics" % metrics_port)
+    assert r.status_code == 200 and "envserve_requests_total" in r.text
+    assert httpx.get("http://127.0.0.1:%d/v2" % metrics_port).status_code == 404
