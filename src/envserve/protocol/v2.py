@@ -148,8 +148,13 @@ class InferenceResponse:
                 return item
         raise KeyError(name)
 
-    def to_dict(self) -> Dict[str, Any]:
-        """The JSON document, with each output's data as a flat numpy array (serialise with numpy support)."""
+    def to_dict(self, binary: Optional[List[Any]] = None, binary_all: bool = False) -> Dict[str, Any]:
+        """The JSON document, with each output's data as a flat numpy array (serialise with numpy support).
+
+        With ``binary`` (a list to fill), outputs asked for as binary (their ``binary_data`` parameter, or
+        ``binary_all``) leave out ``data``, carry ``binary_data_size``, and their bytes are appended to
+        ``binary`` in order (the REST binary tensor extension).
+        """
         doc: Dict[str, Any] = {"model_name": self.model_name}
         if self.model_version is not None:
             doc["model_version"] = self.model_version
@@ -164,6 +169,14 @@ class InferenceResponse:
                 "shape": out.shape,
                 "datatype": out.datatype,
             }
+            if binary is not None and (binary_all or out.parameters.get("binary_data") is True):
+                from .binary import tensor_bytes
+
+                raw = tensor_bytes(out.data, out.datatype)
+                binary.append(raw)
+                item["parameters"] = dict(out.parameters, binary_data_size=memoryview(raw).nbytes)
+                outputs.append(item)
+                continue
             data, parameters = flat_json_data(out.data, out.datatype), out.parameters
             if data is None:  # BYTES that are not UTF-8 travel base64-encoded in JSON, and say so
                 data = [base64.b64encode(v).decode("ascii") for v in out.data.ravel().tolist()]
@@ -349,7 +362,29 @@ def _elements(raw: np.ndarray) -> str:
     )
 
 
-def parse_request_input(doc: Any, where: str) -> RequestInput:
+class _Binary:
+    """The binary part of a request (REST binary tensor extension), consumed input by input in order."""
+
+    def __init__(self, data: Any) -> None:
+        self.data = memoryview(data) if data is not None else None
+        self.offset = 0
+
+    def take(self, size: Any, shape: List[int], datatype: str, where: str) -> np.ndarray:
+        from .binary import tensor_from_bytes
+
+        if self.data is None:
+            raise InvalidRequest(
+                "%s has parameters.binary_data_size but the request has no binary part "
+                "(Inference-Header-Content-Length)" % where
+            )
+        if type(size) is not int or size < 0:
+            raise InvalidRequest("%s: binary_data_size must be a non-negative integer" % where)
+        arr = tensor_from_bytes(self.data, self.offset, size, shape, datatype, where)
+        self.offset += size
+        return arr
+
+
+def parse_request_input(doc: Any, where: str, binary: Optional[_Binary] = None) -> RequestInput:
     if not isinstance(doc, dict):
         raise InvalidRequest("%s must be a JSON object" % where)
     name = _field(doc, "name", where)
@@ -361,18 +396,28 @@ def parse_request_input(doc: Any, where: str) -> RequestInput:
     if not isinstance(datatype, str):
         raise InvalidRequest("%s.datatype must be a string" % where)
     parameters = _parameters(doc.get("parameters"), where)
-    data = array_from_data(_field(doc, "data", where), shape, datatype, where)
+    if "data" not in doc and "binary_data_size" in parameters:
+        data = (binary or _Binary(None)).take(parameters["binary_data_size"], shape, datatype, where)
+    else:
+        data = array_from_data(_field(doc, "data", where), shape, datatype, where)
     return RequestInput(name, shape, datatype, data, parameters)
 
 
-def parse_inference_request(doc: Any) -> InferenceRequest:
-    """Build an :class:`InferenceRequest` from a decoded JSON document."""
+def parse_inference_request(doc: Any, binary: Any = None) -> InferenceRequest:
+    """Build an :class:`InferenceRequest` from a decoded JSON document (and, for the binary tensor
+    extension, the bytes that followed the JSON header)."""
     if not isinstance(doc, dict):
         raise InvalidRequest("the request body must be a JSON object with an 'inputs' list")
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidRequest("the request must have a non-empty 'inputs' list")
-    inputs = [parse_request_input(item, "inputs[%d]" % i) for i, item in enumerate(raw_inputs)]
+    cursor = _Binary(binary) if binary is not None else None
+    inputs = [parse_request_input(item, "inputs[%d]" % i, cursor) for i, item in enumerate(raw_inputs)]
+    if cursor is not None and cursor.data is not None and cursor.offset != cursor.data.nbytes:
+        raise InvalidRequest(
+            "the binary part has %d bytes but the inputs' binary_data_size add up to %d"
+            % (cursor.data.nbytes, cursor.offset)
+        )
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidRequest("'id' must be a string")

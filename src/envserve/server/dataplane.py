@@ -43,9 +43,11 @@ class DataPlane:
 
     # -- inference ----------------------------------------------------------------------------------------
 
-    async def infer(self, name: str, version: Optional[str], doc: Any) -> InferenceResponse:
+    async def infer(
+        self, name: str, version: Optional[str], doc: Any, binary: Any = None
+    ) -> InferenceResponse:
         handle = self.registry.ready_handle(name, version)
-        request = parse_inference_request(doc)
+        request = parse_inference_request(doc, binary)
         if handle.inline:
             return handle.infer_inline(request)
         return await handle.infer(request)

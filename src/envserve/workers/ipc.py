@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .. import errors as _errors
-from ..protocol.datatypes import DATATYPES
+from ..protocol.binary import tensor_bytes, tensor_from_bytes
 from ..protocol.v2 import InferenceRequest, InferenceResponse, RequestInput, RequestOutput, ResponseOutput
 
 __all__ = [
@@ -34,7 +34,6 @@ __all__ = [
 ]
 
 PREFIX = struct.Struct("<IQ")
-_LEN = struct.Struct("<I")
 
 
 def _json_default(obj: Any) -> Any:
@@ -62,41 +61,11 @@ def split_prefix(prefix: bytes) -> Tuple[int, int]:
 # -- tensors ------------------------------------------------------------------------------------------------
 
 
-def _tensor_buffer(data: np.ndarray, datatype: str) -> Any:
-    if datatype == "BYTES":
-        parts = []
-        for item in data.ravel().tolist():
-            raw = item if isinstance(item, bytes) else str(item).encode("utf-8")
-            parts.append(_LEN.pack(len(raw)))
-            parts.append(raw)
-        return b"".join(parts)
-    arr = np.ascontiguousarray(data, dtype=DATATYPES[datatype])
-    return arr.data.cast("B") if arr.size else b""
-
-
-def _tensor_from(body: Any, offset: int, nbytes: int, shape: List[int], datatype: str) -> np.ndarray:
-    if datatype == "BYTES":
-        items = []
-        pos, end = offset, offset + nbytes
-        view = memoryview(body)
-        while pos < end:
-            (n,) = _LEN.unpack_from(view, pos)
-            pos += 4
-            items.append(bytes(view[pos : pos + n]))
-            pos += n
-        arr = np.empty(len(items), dtype=object)
-        arr[:] = items
-        return arr.reshape(shape)
-    dtype = DATATYPES[datatype]
-    count = nbytes // dtype.itemsize
-    return np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(shape)
-
-
 def _pack_tensors(tensors: Sequence[Any]) -> Tuple[List[Dict[str, Any]], List[Any]]:
     described, buffers = [], []
     offset = 0
     for t in tensors:
-        buf = _tensor_buffer(t.data, t.datatype)
+        buf = tensor_bytes(t.data, t.datatype)
         nbytes = memoryview(buf).nbytes
         described.append(
             {
@@ -137,7 +106,7 @@ def _unpack_tensors(described: List[Dict[str, Any]], body: Any, cls: Any) -> Lis
             t["name"],
             t["shape"],
             t["datatype"],
-            _tensor_from(body, t["buf"][0], t["buf"][1], t["shape"], t["datatype"]),
+            tensor_from_bytes(body, t["buf"][0], t["buf"][1], t["shape"], t["datatype"], t["name"]),
             t["parameters"],
         )
         for t in described

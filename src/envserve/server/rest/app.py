@@ -75,8 +75,9 @@ class RestApp:
             await metrics_endpoint(self.metrics, scope, send)
             return
         try:
-            status, body = await self._dispatch(scope, receive)
-            headers = _JSON_HEADERS
+            result = await self._dispatch(scope, receive)
+            status, body = result[0], result[1]
+            headers = result[2] if len(result) == 3 else _JSON_HEADERS
         except EnvserveError as exc:
             status, body, headers = status_for(exc), dumps({"error": exc.message}), _JSON_HEADERS
             if status >= 500:
@@ -100,14 +101,34 @@ class RestApp:
         )
         await send({"type": "http.response.body", "body": body})
 
-    async def _infer(self, name: str, version: Optional[str], doc: Any, protocol: str) -> Any:
+    @staticmethod
+    def _binary_response(response: Any, doc: Any) -> Tuple[int, bytes, List[Tuple[bytes, bytes]]]:
+        params = doc.get("parameters") if isinstance(doc, dict) else None
+        binary_all = bool(isinstance(params, dict) and params.get("binary_data_output"))
+        buffers: List[Any] = []
+        head = dumps(response.to_dict(binary=buffers, binary_all=binary_all))
+        if not buffers:
+            return 200, head, _JSON_HEADERS
+        body = b"".join([head, *buffers])
+        return (
+            200,
+            body,
+            [
+                (b"content-type", b"application/octet-stream"),
+                (b"inference-header-content-length", str(len(head)).encode()),
+            ],
+        )
+
+    async def _infer(
+        self, name: str, version: Optional[str], doc: Any, protocol: str, binary: Any = None
+    ) -> Any:
         metrics = self.metrics
         if metrics is None:
-            return await self.dataplane.infer(name, version, doc)
+            return await self.dataplane.infer(name, version, doc, binary)
         started = time.perf_counter()
         status = 200
         try:
-            response = await self.dataplane.infer(name, version, doc)
+            response = await self.dataplane.infer(name, version, doc, binary)
             version = response.model_version  # the version that answered, also when none was asked for
             return response
         except EnvserveError as exc:
@@ -212,12 +233,9 @@ class RestApp:
         body = await self._read_body(scope, receive)
         if not body:
             return None
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidRequest("request body is not valid JSON: %s" % exc) from None
+        return _loads(body)
 
-    async def _dispatch(self, scope: Scope, receive: Receive) -> Tuple[int, bytes]:
+    async def _dispatch(self, scope: Scope, receive: Receive) -> Any:
         method = scope["method"]
         parts = scope["path"].strip("/").split("/")
         dp = self.dataplane
@@ -239,9 +257,22 @@ class RestApp:
                 rest = rest[2:]
             if rest == ["infer"]:
                 _expect(method, "POST", scope)
-                doc = await self._read_json(scope, receive)
-                response = await self._infer(name, version, doc, "rest")
-                return 200, dumps(response.to_dict())
+                header_length = _header_length(scope)
+                if header_length is None:
+                    doc = await self._read_json(scope, receive)
+                    response = await self._infer(name, version, doc, "rest")
+                    return self._binary_response(response, doc)  # plain JSON unless binary outputs were asked
+                # binary tensor extension: a JSON header, then the inputs' raw bytes
+                body = await self._read_body(scope, receive)
+                if header_length > len(body):
+                    raise InvalidRequest(
+                        "Inference-Header-Content-Length %d is more than the %d-byte body"
+                        % (header_length, len(body))
+                    )
+                doc = _loads(body[:header_length])
+                binary_part = memoryview(body)[header_length:]
+                response = await self._infer(name, version, doc, "rest", binary_part)
+                return self._binary_response(response, doc)
             if not rest:
                 _expect(method, "GET", scope)
                 return 200, dumps(dp.model_metadata(name, version))
@@ -276,6 +307,26 @@ class RestApp:
 
 
 _COMPAT_ROOTS = {"invocations", "ping", "health", "version", "api", "metadata"}
+
+
+def _loads(body: Any) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest("request body is not valid JSON: %s" % exc) from None
+
+
+def _header_length(scope: Scope) -> Optional[int]:
+    for key, value in scope["headers"]:
+        if key == b"inference-header-content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                raise InvalidRequest("Inference-Header-Content-Length is not a number") from None
+            if length < 0:
+                raise InvalidRequest("Inference-Header-Content-Length must not be negative")
+            return length
+    return None
 
 
 def _model_hint(scope: Scope) -> Optional[str]:
