@@ -110,6 +110,7 @@ class Metrics:
         )
         if registry is not None:
             self.registry.register(_StateCollector(registry))
+            registry.batch_observer = self.observe_batch
         self._children: dict = {}  # type: ignore[type-arg]
 
     def observe(self, model: str, version: Optional[str], protocol: str, status: int, seconds: float) -> None:
@@ -123,6 +124,9 @@ class Metrics:
             )
         children[0].inc()
         children[1].observe(seconds)
+
+    def observe_batch(self, settings: Any, size: int) -> None:
+        self.batch_size.labels(settings.name, settings.version or "").observe(size)
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

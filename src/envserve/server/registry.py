@@ -15,7 +15,7 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Protocol
+from typing import Any, Callable, Dict, List, Optional, Protocol
 
 from ..environments import EnvironmentCache, environment_source
 from ..errors import (
@@ -31,6 +31,7 @@ from ..runtimes import Runtime, create_runtime
 from ..settings import ModelSettings, RepositoryEntry, ServerSettings, scan_repository
 from ..storage import fetch, is_remote, name_from_uri, redact
 from ..workers.pool import WorkerPool
+from .batching import BatchingHandle
 
 __all__ = ["InProcessModel", "ModelHandle", "ModelRecord", "ModelRegistry", "ModelState"]
 
@@ -159,18 +160,32 @@ class ModelRegistry:
     def __post_init__(self) -> None:
         self.environments = EnvironmentCache(self.settings.environments_dir or None)
         self._socket_dir: Optional[str] = None
+        #: Called with (settings, batch size) for every batch a batched model runs (metrics).
+        self.batch_observer: Optional[Callable[[ModelSettings, int], None]] = None
 
     def _handle_for(self, settings: ModelSettings) -> ModelHandle:
         """In process, unless the model names an environment (or the server has a default one)."""
         source = environment_source(settings)
+        handle: ModelHandle
         if source is None:
-            return InProcessModel(settings)
-        if self._socket_dir is None:
-            self._socket_dir = tempfile.mkdtemp(prefix="envserve-")
-        workers = settings.parallel_workers or self.settings.parallel_workers
-        return WorkerPool(
-            settings, source, self.environments, self._socket_dir, workers, self.settings.inference_timeout
-        )
+            handle = InProcessModel(settings)
+        else:
+            if self._socket_dir is None:
+                self._socket_dir = tempfile.mkdtemp(prefix="envserve-")
+            workers = settings.parallel_workers or self.settings.parallel_workers
+            handle = WorkerPool(
+                settings,
+                source,
+                self.environments,
+                self._socket_dir,
+                workers,
+                self.settings.inference_timeout,
+            )
+        if settings.max_batch_size > 1:
+            observer = self.batch_observer
+            on_batch = None if observer is None else (lambda n: observer(settings, n))
+            handle = BatchingHandle(handle, settings.max_batch_size, settings.max_batch_time, on_batch)
+        return handle
 
     # -- lookups ------------------------------------------------------------------------------------------
 

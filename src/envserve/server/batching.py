@@ -1,0 +1,225 @@
+"""Adaptive batching: concurrent requests to one model are merged along their first dimension, run
+once, and split back.
+
+Enabled per model by ``max_batch_size`` > 1 in model-settings.json (``max_batch_time`` in seconds bounds
+how long a request may wait for company). It adapts to load instead of always waiting: a request that
+finds the model idle runs at once, after letting the event loop deliver requests that have already
+arrived; requests that arrive while a batch runs are merged into the next one. So a lone client pays
+almost nothing and a crowd is served in batches.
+
+Only requests with the same input names, datatypes, trailing dimensions, parameters and requested
+outputs are merged; any other request runs alone (in its turn). If a merged call fails, or its outputs
+cannot be split by rows, each request of the batch is run on its own so every error reaches only the
+request it belongs to. Works the same for in-process models and models in worker processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from ..errors import EnvserveError
+from ..protocol.v2 import InferenceRequest, InferenceResponse, RequestInput, ResponseOutput
+
+__all__ = ["BatchingHandle"]
+
+_Item = Tuple[InferenceRequest, "asyncio.Future[InferenceResponse]"]
+
+
+def _signature(request: InferenceRequest) -> Optional[Tuple[Any, ...]]:
+    """What must match for two requests to share a batch; None when the request cannot be batched."""
+    rows = None
+    parts: List[Any] = []
+    for inp in request.inputs:
+        if inp.data.ndim == 0:
+            return None
+        n = inp.data.shape[0]
+        if rows is None:
+            rows = n
+        elif n != rows:
+            return None
+        parts.append((inp.name, inp.datatype, tuple(inp.shape[1:]), _canon(inp.parameters)))
+    outputs = tuple((o.name, _canon(o.parameters)) for o in request.outputs)
+    return (tuple(parts), _canon(request.parameters), outputs)
+
+
+def _canon(doc: Dict[str, Any]) -> str:
+    return json.dumps(doc, sort_keys=True, default=str) if doc else ""
+
+
+class BatchingHandle:
+    """Wraps a model handle (in process or worker pool) with adaptive batching."""
+
+    inline = False
+
+    def __init__(
+        self,
+        inner: Any,
+        max_batch_size: int,
+        max_batch_time: float,
+        on_batch: Optional[Callable[[int], None]] = None,
+    ) -> None:
+        self.inner = inner
+        self.settings = inner.settings
+        self.max_batch_size = max(1, max_batch_size)
+        self.max_batch_time = max(0.0, max_batch_time)
+        self.on_batch = on_batch
+        self._queue: Deque[_Item] = deque()
+        self._worker: Optional[asyncio.Task[None]] = None
+
+    # -- ModelHandle --------------------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        await self.inner.load()
+
+    async def unload(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+        await self.inner.unload()
+
+    def infer_inline(self, request: InferenceRequest) -> InferenceResponse:
+        raise RuntimeError("batched models are called with infer()")
+
+    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        future: asyncio.Future[InferenceResponse] = asyncio.get_running_loop().create_future()
+        self._queue.append((request, future))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.ensure_future(self._run())
+        return await future
+
+    def metadata(self) -> Dict[str, Any]:
+        return dict(self.inner.metadata())
+
+    def describe(self) -> Dict[str, Any]:
+        info = dict(self.inner.describe())
+        info["batching"] = {"max_batch_size": self.max_batch_size, "max_batch_time": self.max_batch_time}
+        if "queued" in info:
+            info["queued"] += len(self._queue)
+        return info
+
+    def problem(self) -> Optional[str]:
+        result: Optional[str] = self.inner.problem()
+        return result
+
+    # -- batching -----------------------------------------------------------------------------------------
+
+    async def _gather(self) -> List[_Item]:
+        """The next batch: the oldest request and the compatible ones behind it."""
+        first = self._queue.popleft()
+        key = _signature(first[0])
+        batch = [first]
+        if key is None:
+            return batch
+        deadline = time.monotonic() + self.max_batch_time
+        idle_yields = 0
+        while len(batch) < self.max_batch_size:
+            taken = self._take(key, batch)
+            if len(batch) >= self.max_batch_size or time.monotonic() >= deadline:
+                break
+            # Let requests that have already arrived reach the queue; stop once the loop has nothing more
+            # to deliver (two idle passes) rather than waiting out max_batch_time.
+            idle_yields = 0 if taken else idle_yields + 1
+            if idle_yields >= 2:
+                break
+            await asyncio.sleep(0)
+        return batch
+
+    def _take(self, key: Tuple[Any, ...], batch: List[_Item]) -> int:
+        taken = 0
+        rest: Deque[_Item] = deque()
+        while self._queue and len(batch) < self.max_batch_size:
+            item = self._queue.popleft()
+            if not item[1].done() and _signature(item[0]) == key:
+                batch.append(item)
+                taken += 1
+            else:
+                rest.append(item)
+        rest.extend(self._queue)
+        self._queue = rest
+        return taken
+
+    async def _run(self) -> None:
+        while self._queue:
+            batch = [item for item in await self._gather() if not item[1].done()]
+            if not batch:
+                continue
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
+            if len(batch) == 1:
+                await self._one(batch[0])
+                continue
+            try:
+                merged, sizes = _merge([r for r, _ in batch])
+                response = await self._call(merged)
+                parts = _split(response, sizes)
+            except Exception:
+                parts = None
+            if parts is None:  # attribute every error (or an unsplittable answer) to its own request
+                for item in batch:
+                    await self._one(item)
+                continue
+            for (request, future), part in zip(batch, parts):
+                part.id = request.id
+                if not future.done():
+                    future.set_result(part)
+
+    async def _call(self, request: InferenceRequest) -> InferenceResponse:
+        if self.inner.inline:
+            result: InferenceResponse = self.inner.infer_inline(request)
+            return result
+        result = await self.inner.infer(request)
+        return result
+
+    async def _one(self, item: _Item) -> None:
+        request, future = item
+        try:
+            response = await self._call(request)
+        except EnvserveError as exc:
+            if not future.done():
+                future.set_exception(exc)
+            return
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc)
+            return
+        if not future.done():
+            future.set_result(response)
+
+
+def _merge(requests: List[InferenceRequest]) -> Tuple[InferenceRequest, List[int]]:
+    first = requests[0]
+    sizes = [r.inputs[0].data.shape[0] for r in requests]
+    total = sum(sizes)
+    inputs = []
+    for i, inp in enumerate(first.inputs):
+        data = np.concatenate([r.inputs[i].data for r in requests], axis=0)
+        inputs.append(
+            RequestInput(inp.name, [total] + list(inp.shape[1:]), inp.datatype, data, inp.parameters)
+        )
+    return InferenceRequest(inputs, None, first.parameters, first.outputs), sizes
+
+
+def _split(response: InferenceResponse, sizes: List[int]) -> Optional[List[InferenceResponse]]:
+    total = sum(sizes)
+    for out in response.outputs:
+        if not out.shape or out.shape[0] != total:
+            return None
+    parts = []
+    start = 0
+    for n in sizes:
+        outputs = [
+            ResponseOutput(
+                o.name, [n] + list(o.shape[1:]), o.datatype, o.data[start : start + n], o.parameters
+            )
+            for o in response.outputs
+        ]
+        parts.append(
+            InferenceResponse(response.model_name, outputs, response.model_version, None, response.parameters)
+        )
+        start += n
+    return parts
