@@ -3,6 +3,7 @@
     scripts/bench [--seconds N] [--suite core]
 
 Suites:
+  batching      see bench/batching.py: adaptive batching on vs off.
   environments  see bench/environments.py: worker vs in-process, time to ready, environment build time.
   core   single-row and 100-row infer of the digits model at 1, 8 and 64 connections, envserve (in
          process) vs the floor (bench/floor_app.py). Target: single-row req/s at 8 connections >= 0.8x the
@@ -122,7 +123,13 @@ def environments(seconds: float) -> List[str]:
     return run(seconds)
 
 
-SUITES = {"core": core, "environments": environments}
+def batching(seconds: float) -> List[str]:
+    from .batching import run
+
+    return run(seconds)
+
+
+SUITES = {"core": core, "environments": environments, "batching": batching}
 
 
 def main() -> None:

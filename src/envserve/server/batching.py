@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
@@ -27,6 +28,10 @@ from ..errors import EnvserveError
 from ..protocol.v2 import InferenceRequest, InferenceResponse, RequestInput, ResponseOutput
 
 __all__ = ["BatchingHandle"]
+
+#: Rows one merged call may hold: past this, a bigger batch saves no per-call overhead worth having and
+#: loses cache locality (the digits SVC gets slower per row above ~1000 rows; bench/RESULTS.md).
+MAX_BATCH_ROWS = int(os.environ.get("ENVSERVE_MAX_BATCH_ROWS", "1024"))
 
 _Item = Tuple[InferenceRequest, "asyncio.Future[InferenceResponse]"]
 
@@ -131,11 +136,14 @@ class BatchingHandle:
 
     def _take(self, key: Tuple[Any, ...], batch: List[_Item]) -> int:
         taken = 0
+        rows = sum(item[0].inputs[0].data.shape[0] for item in batch)
         rest: Deque[_Item] = deque()
         while self._queue and len(batch) < self.max_batch_size:
             item = self._queue.popleft()
-            if not item[1].done() and _signature(item[0]) == key:
+            n = item[0].inputs[0].data.shape[0] if item[0].inputs and item[0].inputs[0].data.ndim else 0
+            if not item[1].done() and rows + n <= MAX_BATCH_ROWS and _signature(item[0]) == key:
                 batch.append(item)
+                rows += n
                 taken += 1
             else:
                 rest.append(item)
