@@ -88,7 +88,19 @@ def core(seconds: float) -> List[str]:
     port = free_port()
     print("envserve (in-process sklearn runtime):", flush=True)
     with Process(
-        [python, "-m", "envserve", "serve", str(repo), "--http-port", str(port), "--log-level", "warning"],
+        [
+            python,
+            "-m",
+            "envserve",
+            "serve",
+            str(repo),
+            "--http-port",
+            str(port),
+            "--grpc-port",
+            "0",
+            "--log-level",
+            "warning",
+        ],
         "http://127.0.0.1:%d/v2/health/ready" % port,
         OUT / "envserve.log",
     ):

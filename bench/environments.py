@@ -55,7 +55,7 @@ def _time_to_ready(repo: Path, cache: Path, log: Path) -> float:
             [sys.executable, "-m", "envserve", "serve", str(repo), "--http-port", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**__import__("os").environ, "ENVSERVE_ENV_CACHE": str(cache)},
+            env={**__import__("os").environ, "ENVSERVE_ENV_CACHE": str(cache), "ENVSERVE_GRPC_PORT": "0"},
         )
         try:
             wait_http("http://127.0.0.1:%d/v2/health/ready" % port, proc=proc)

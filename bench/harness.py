@@ -56,7 +56,7 @@ class Process:
             pinned(SERVER_CPU, argv),
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, "ENVSERVE_GRPC_PORT": "0", **(env or {})},
         )
         try:
             wait_http(ready_url, proc=self.proc)

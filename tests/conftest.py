@@ -75,7 +75,18 @@ class ServerProcess:
     """``envserve serve`` in a subprocess on an OS-assigned loopback port; its log is kept for asserts."""
 
     def __init__(self, repo: Path, args: List[str], env: Optional[dict] = None) -> None:
-        cmd = [sys.executable, "-m", "envserve", "serve", str(repo), "--http-port", "0", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "envserve",
+            "serve",
+            str(repo),
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            *args,
+        ]
         self.proc = subprocess.Popen(
             cmd,
             stdout=subprocess.PIPE,
@@ -85,6 +96,7 @@ class ServerProcess:
         )
         self.lines: List[str] = []
         self.url: Optional[str] = None
+        self.grpc_address: Optional[str] = None
         self._listening = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -97,6 +109,9 @@ class ServerProcess:
             if m:
                 self.url = m.group(1)
                 self._listening.set()
+            m = re.search(r"listening on (\S+) \(gRPC", line)
+            if m:
+                self.grpc_address = m.group(1)
         self.proc.stdout.close()
         self._listening.set()
 

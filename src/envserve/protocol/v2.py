@@ -29,6 +29,8 @@ __all__ = [
     "parse_inference_request",
 ]
 
+NO_INPUTS = "the request must have a non-empty 'inputs' list"
+
 #: Largest number of dimensions accepted in a shape; numpy itself stops at 64.
 MAX_DIMS = 32
 
@@ -410,7 +412,7 @@ def parse_inference_request(doc: Any, binary: Any = None) -> InferenceRequest:
         raise InvalidRequest("the request body must be a JSON object with an 'inputs' list")
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
-        raise InvalidRequest("the request must have a non-empty 'inputs' list")
+        raise InvalidRequest(NO_INPUTS)
     cursor = _Binary(binary) if binary is not None else None
     inputs = [parse_request_input(item, "inputs[%d]" % i, cursor) for i, item in enumerate(raw_inputs)]
     if cursor is not None and cursor.data is not None and cursor.offset != cursor.data.nbytes:

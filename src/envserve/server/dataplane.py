@@ -6,11 +6,13 @@ those errors to its own status codes in one table.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+import contextlib
+import time
+from typing import Any, Callable, Dict, List, Optional
 
 from .. import __version__
-from ..errors import InvalidRequest, ModelLoadError
-from ..protocol.v2 import InferenceResponse, parse_inference_request
+from ..errors import EnvserveError, InvalidRequest, ModelLoadError, ModelNotFound
+from ..protocol.v2 import InferenceRequest, InferenceResponse, parse_inference_request
 from .registry import ModelRegistry, ModelState
 
 __all__ = ["DataPlane"]
@@ -19,8 +21,9 @@ EXTENSIONS = ["model_repository"]
 
 
 class DataPlane:
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, metrics: Optional[Any] = None) -> None:
         self.registry = registry
+        self.metrics = metrics  # envserve.server.metrics.Metrics, when metrics are on
         self.started = False  # set once the startup load has finished
         self.draining = False  # set when shutdown begins: readiness turns false first
 
@@ -44,10 +47,42 @@ class DataPlane:
     # -- inference ----------------------------------------------------------------------------------------
 
     async def infer(
-        self, name: str, version: Optional[str], doc: Any, binary: Any = None
+        self,
+        name: str,
+        version: Optional[str],
+        payload: Any,
+        binary: Any = None,
+        protocol: str = "rest",
+        status_of: Callable[[BaseException], str] = lambda exc: type(exc).__name__,
     ) -> InferenceResponse:
+        """Run one inference. ``payload`` is a decoded V2 JSON document (with ``binary`` for the binary
+        tensor extension) or an already built :class:`InferenceRequest` (gRPC). Counted in the metrics
+        under ``protocol`` with the transport's own status (``status_of`` maps errors to it)."""
+        metrics = self.metrics
+        if metrics is None:
+            return await self._infer(name, version, payload, binary)
+        started = time.perf_counter()
+        status = "OK" if protocol == "grpc" else "200"
+        try:
+            response = await self._infer(name, version, payload, binary)
+            version = response.model_version  # the version that answered, also when none was asked for
+            return response
+        except BaseException as exc:
+            status = status_of(exc)
+            if isinstance(exc, ModelNotFound):
+                name, version = "", None  # names from requests are not labels: they would grow without bound
+            else:
+                with contextlib.suppress(EnvserveError):
+                    version = self.registry.get(name, version).version
+            raise
+        finally:
+            metrics.observe(name, version, protocol, status, time.perf_counter() - started)
+
+    async def _infer(self, name: str, version: Optional[str], payload: Any, binary: Any) -> InferenceResponse:
         handle = self.registry.ready_handle(name, version)
-        request = parse_inference_request(doc, binary)
+        request = (
+            payload if isinstance(payload, InferenceRequest) else parse_inference_request(payload, binary)
+        )
         if handle.inline:
             return handle.infer_inline(request)
         return await handle.infer(request)

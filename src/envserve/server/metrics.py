@@ -113,13 +113,13 @@ class Metrics:
             registry.batch_observer = self.observe_batch
         self._children: dict = {}  # type: ignore[type-arg]
 
-    def observe(self, model: str, version: Optional[str], protocol: str, status: int, seconds: float) -> None:
+    def observe(self, model: str, version: Optional[str], protocol: str, status: str, seconds: float) -> None:
         key = (model, version, protocol, status)
         children = self._children.get(key)
         if children is None:  # label look-ups cached: the request path pays two updates, not four
             labels = (model, version or "", protocol)
             children = self._children[key] = (
-                self.requests.labels(*labels, str(status)),
+                self.requests.labels(*labels, status),
                 self.latency.labels(*labels),
             )
         children[0].inc()

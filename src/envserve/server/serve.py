@@ -64,12 +64,13 @@ class Server:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self.registry = ModelRegistry(settings)
-        self.dataplane = DataPlane(self.registry)
         self.metrics = Metrics(self.registry)
+        self.dataplane = DataPlane(self.registry, self.metrics)
         self.app = RestApp(self.dataplane, settings.max_request_size, self.metrics)
         self._http: Optional[_UvicornServer] = None
         self._metrics_task: Optional[asyncio.Task[None]] = None
         self.http_address: Optional[str] = None
+        self.grpc_address: Optional[str] = None
 
     def request_shutdown(self) -> None:
         """Begin a graceful stop: readiness false first, then stop accepting and drain."""
@@ -80,6 +81,21 @@ class Server:
             if self._http.should_exit:
                 self._http.force_exit = True
             self._http.should_exit = True
+
+    async def _start_grpc(self) -> Any:
+        s = self.settings
+        if s.grpc_port < 0:
+            return None
+        try:
+            from .grpc.service import start_grpc_server
+        except ImportError as exc:
+            logger.warning("gRPC is off: %s (pip install 'envserve[grpc]')", exc)
+            return None
+        server, port = await start_grpc_server(self.dataplane, s.host, s.grpc_port, s.max_request_size)
+        shown = "[%s]" % s.host if ":" in s.host else s.host
+        self.grpc_address = "%s:%d" % (shown, port)
+        logger.info("listening on %s (gRPC, inference.GRPCInferenceService)", self.grpc_address)
+        return server
 
     async def _serve_metrics(self, host: str, port: int) -> _UvicornServer:
         sock = _bind(host, port)
@@ -122,6 +138,7 @@ class Server:
             return
         logger.info("listening on %s (REST, Open Inference Protocol V2)", self.http_address)
         extra = []
+        grpc_server = await self._start_grpc()
         if s.metrics_port:
             extra.append(await self._serve_metrics(s.host, s.metrics_port))
         try:
@@ -147,6 +164,8 @@ class Server:
         finally:
             for server in extra:
                 server.should_exit = True
+            if grpc_server is not None:
+                await grpc_server.stop(s.graceful_timeout)
             self.dataplane.draining = True
             await self.registry.close()
             sock.close()

@@ -118,7 +118,7 @@ class ServerSettings:
     def validate(self) -> None:
         for name in ("http_port", "grpc_port", "metrics_port"):
             port = getattr(self, name)
-            if not isinstance(port, int) or not 0 <= port <= 65535:
+            if not isinstance(port, int) or not (0 <= port <= 65535 or (name == "grpc_port" and port == -1)):
                 raise SettingsError("%s must be a port number (0-65535), got %r" % (name, port))
         if self.max_request_size <= 0:
             raise SettingsError("max_request_size must be a positive number of bytes")

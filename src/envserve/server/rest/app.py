@@ -8,16 +8,14 @@ logged with their traceback and answered 500 without one.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import time
 from typing import Any, Awaitable, Callable, List, MutableMapping, Optional, Tuple
 
 import numpy as np
 import orjson
 
 from ... import __version__
-from ...errors import EnvserveError, InvalidRequest, ModelNotFound, PayloadTooLarge
+from ...errors import EnvserveError, InvalidRequest, PayloadTooLarge
 from ..dataplane import DataPlane
 from ..metrics import CONTENT_TYPE, Metrics
 from .errors import status_for
@@ -122,28 +120,9 @@ class RestApp:
     async def _infer(
         self, name: str, version: Optional[str], doc: Any, protocol: str, binary: Any = None
     ) -> Any:
-        metrics = self.metrics
-        if metrics is None:
-            return await self.dataplane.infer(name, version, doc, binary)
-        started = time.perf_counter()
-        status = 200
-        try:
-            response = await self.dataplane.infer(name, version, doc, binary)
-            version = response.model_version  # the version that answered, also when none was asked for
-            return response
-        except EnvserveError as exc:
-            status = status_for(exc)
-            if isinstance(exc, ModelNotFound):
-                name, version = "", None  # unknown names are not labels: they would grow without bound
-            else:
-                with contextlib.suppress(EnvserveError):
-                    version = self.dataplane.registry.get(name, version).version
-            raise
-        except Exception:
-            status = 500
-            raise
-        finally:
-            metrics.observe(name, version, protocol, status, time.perf_counter() - started)
+        return await self.dataplane.infer(
+            name, version, doc, binary, protocol=protocol, status_of=_http_status
+        )
 
     async def _compat(self, scope: Scope, receive: Receive, parts: List[str]) -> Tuple[int, bytes]:
         """MLflow's scoring-server endpoints and Seldon Core v1's protocol, over the same data plane."""
@@ -307,6 +286,10 @@ class RestApp:
 
 
 _COMPAT_ROOTS = {"invocations", "ping", "health", "version", "api", "metadata"}
+
+
+def _http_status(exc: BaseException) -> str:
+    return str(status_for(exc) if isinstance(exc, EnvserveError) else 500)
 
 
 def _loads(body: Any) -> Any:

@@ -1,0 +1,1 @@
+"""The gRPC edge: ``inference.GRPCInferenceService`` over the same data plane as REST."""
