@@ -3,6 +3,7 @@
     scripts/bench [--seconds N] [--suite core]
 
 Suites:
+  grpc          see bench/grpc.py: gRPC ModelInfer (h2load) vs REST infer (wrk).
   batching      see bench/batching.py: adaptive batching on vs off.
   environments  see bench/environments.py: worker vs in-process, time to ready, environment build time.
   core   single-row and 100-row infer of the digits model at 1, 8 and 64 connections, envserve (in
@@ -141,7 +142,13 @@ def batching(seconds: float) -> List[str]:
     return run(seconds)
 
 
-SUITES = {"core": core, "environments": environments, "batching": batching}
+def grpc(seconds: float) -> List[str]:
+    from .grpc import run
+
+    return run(seconds)
+
+
+SUITES = {"core": core, "environments": environments, "batching": batching, "grpc": grpc}
 
 
 def main() -> None:

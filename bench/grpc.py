@@ -1,0 +1,106 @@
+"""Suite ``grpc``: gRPC ModelInfer vs REST infer of the digits model (single row), same server.
+
+Load from h2load (Debian's nghttp2-client, a C HTTP/2 load generator) posting a framed
+``inference.ModelInferRequest`` with raw_input_contents; 8 connections with one stream each, and one
+connection with 8 concurrent streams. REST from wrk at 8 connections. Target: gRPC >= REST in process.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import struct
+import subprocess
+import sys
+from typing import List
+
+from .harness import LOAD_CPU, OUT, Process, free_port, pinned
+
+PATH = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def _grpc_body(body_file) -> bytes:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    sys.path.insert(0, str(OUT.parent.parent / "src"))
+    from envserve.server.grpc.generated import inference_pb2 as pb
+
+    inp = json.loads(body_file.read_text())["inputs"][0]
+    request = pb.ModelInferRequest(model_name="mnist-svm")
+    request.inputs.add(name="predict", datatype="FP32", shape=inp["shape"])
+    request.raw_input_contents.append(np.asarray(inp["data"], dtype=np.float32).tobytes())
+    data = request.SerializeToString()
+    return struct.pack(">BI", 0, len(data)) + data
+
+
+def _h2load(url: str, body: str, conns: int, streams: int, seconds: float) -> float:
+    h2load = shutil.which("h2load")
+    if h2load is None:
+        sys.exit("h2load is not installed: apt-get install nghttp2-client (scripts/bench does this)")
+    argv = pinned(
+        LOAD_CPU,
+        [
+            h2load,
+            "-D",
+            str(int(seconds)),
+            "-c",
+            str(conns),
+            "-m",
+            str(streams),
+            "-d",
+            body,
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            url,
+        ],
+    )
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    failed = int(re.search(r"(\d+) failed", out).group(1))
+    if failed:
+        sys.exit("h2load: %d failed requests" % failed)
+    return float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out).group(1))
+
+
+def run(seconds: float) -> List[str]:
+    from . import __main__ as core
+    from .harness import run_wrk
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    bodies = core._bodies(OUT)
+    repo = core._repo(OUT)
+    grpc_body = OUT / "grpc-body.bin"
+    grpc_body.write_bytes(_grpc_body(bodies["1-row"]))
+    port, grpc_port = free_port(), free_port()
+    with Process(
+        [
+            sys.executable,
+            "-m",
+            "envserve",
+            "serve",
+            str(repo),
+            "--http-port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        "http://127.0.0.1:%d/v2/health/ready" % port,
+        OUT / "envserve-grpc.log",
+        {"ENVSERVE_GRPC_PORT": str(grpc_port)},
+    ):
+        url = "http://127.0.0.1:%d%s" % (grpc_port, PATH)
+        _h2load(url, str(grpc_body), 8, 1, 2)  # warm-up
+        rest = run_wrk("http://127.0.0.1:%d/v2/models/mnist-svm/infer" % port, bodies["1-row"], 8, seconds)
+        grpc8 = _h2load(url, str(grpc_body), 8, 1, seconds)
+        streams = _h2load(url, str(grpc_body), 1, 8, seconds)
+    lines = [
+        "",
+        "REST single-row @8 connections:        %7.0f req/s" % rest.rps,
+        "gRPC single-row @8 connections:        %7.0f req/s  (%.2fx REST)" % (grpc8, grpc8 / rest.rps),
+        "gRPC single-row @1 connection, 8 streams: %4.0f req/s  (%.2fx REST)" % (streams, streams / rest.rps),
+        "target gRPC >= REST in process: %.2fx %s"
+        % (grpc8 / rest.rps, "PASS" if grpc8 >= rest.rps else "FAIL"),
+    ]
+    return lines
