@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
-from .harness import OUT, ROOT, Process, WrkResult, free_port, run_wrk
+from .harness import OUT, ROOT, Process, WrkResult, envserve, free_port, run_wrk
 
 CONNECTIONS = (1, 8, 64)
 
@@ -86,26 +86,9 @@ def core(seconds: float) -> List[str]:
         OUT / "floor.log",
     ):
         floor = _measure("http://127.0.0.1:%d/" % port, bodies, seconds)
-    port = free_port()
     print("envserve (in-process sklearn runtime):", flush=True)
-    with Process(
-        [
-            python,
-            "-m",
-            "envserve",
-            "serve",
-            str(repo),
-            "--http-port",
-            str(port),
-            "--grpc-port",
-            "0",
-            "--log-level",
-            "warning",
-        ],
-        "http://127.0.0.1:%d/v2/health/ready" % port,
-        OUT / "envserve.log",
-    ):
-        ours = _measure("http://127.0.0.1:%d/v2/models/mnist-svm/infer" % port, bodies, seconds)
+    with envserve(repo, OUT / "envserve.log") as server:
+        ours = _measure(server.url + "/v2/models/mnist-svm/infer", bodies, seconds)
 
     lines = ["", "ratios (envserve / floor):", "  body    conns  req/s   p50    p99"]
     for body_name in bodies:

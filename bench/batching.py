@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from typing import List
 
-from .harness import OUT, ROOT, Process, free_port
+from .harness import OUT, ROOT, envserve
 
 CONNECTIONS = (1, 8, 64)
 
@@ -31,28 +30,11 @@ def run(seconds: float) -> List[str]:
         (folder / "model-settings.json").write_text(
             json.dumps({"name": name, "implementation": "sklearn", **extra})
         )
-    port = free_port()
     results = {}
-    with Process(
-        [
-            sys.executable,
-            "-m",
-            "envserve",
-            "serve",
-            str(repo),
-            "--http-port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        "http://127.0.0.1:%d/v2/health/ready" % port,
-        OUT / "envserve-batching.log",
-    ):
+    with envserve(repo, OUT / "envserve-batching.log") as server:
         for name in ("off", "on"):
             print("batching %s:" % name, flush=True)
-            results[name] = core._measure(
-                "http://127.0.0.1:%d/v2/models/%s/infer" % (port, name), bodies, seconds
-            )
+            results[name] = core._measure("%s/v2/models/%s/infer" % (server.url, name), bodies, seconds)
     lines = ["", "batching on / off:  body    conns  req/s   p50    p99"]
     for body in bodies:
         for conns in CONNECTIONS:

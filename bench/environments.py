@@ -20,31 +20,9 @@ import urllib.request
 from pathlib import Path
 from typing import List
 
-from .harness import OUT, ROOT, Process, free_port, wait_http
+from .harness import OUT, ROOT, envserve, free_port, wait_http
 
 CONNECTIONS = (1, 8, 64)
-
-
-def _serve(repo: Path, log: Path, env: dict) -> Process:
-    port = free_port()
-    proc = Process(
-        [
-            sys.executable,
-            "-m",
-            "envserve",
-            "serve",
-            str(repo),
-            "--http-port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        "http://127.0.0.1:%d/v2/health/ready" % port,
-        log,
-        env,
-    )
-    proc.url = "http://127.0.0.1:%d" % port  # type: ignore[attr-defined]
-    return proc
 
 
 def _time_to_ready(repo: Path, cache: Path, log: Path) -> float:
@@ -82,8 +60,8 @@ def run(seconds: float) -> List[str]:
             json.dumps({"name": name, "implementation": "sklearn", "parameters": params})
         )
     lines = []
-    with _serve(repo, OUT / "envserve-workers.log", {}) as server:
-        url = server.url  # type: ignore[attr-defined]
+    with envserve(repo, OUT / "envserve-workers.log") as server:
+        url = server.url
         results = {}
         for name in ("in-process", "worker"):
             print("%s (whole server on CPU 0):" % name, flush=True)

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from typing import List
 
-from .harness import LOAD_CPU, OUT, Process, free_port, pinned
+from .harness import LOAD_CPU, OUT, envserve, free_port, pinned
 
 PATH = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -73,26 +73,11 @@ def run(seconds: float) -> List[str]:
     repo = core._repo(OUT)
     grpc_body = OUT / "grpc-body.bin"
     grpc_body.write_bytes(_grpc_body(bodies["1-row"]))
-    port, grpc_port = free_port(), free_port()
-    with Process(
-        [
-            sys.executable,
-            "-m",
-            "envserve",
-            "serve",
-            str(repo),
-            "--http-port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        "http://127.0.0.1:%d/v2/health/ready" % port,
-        OUT / "envserve-grpc.log",
-        {"ENVSERVE_GRPC_PORT": str(grpc_port)},
-    ):
+    grpc_port = free_port()
+    with envserve(repo, OUT / "envserve-grpc.log", {"ENVSERVE_GRPC_PORT": str(grpc_port)}) as server:
         url = "http://127.0.0.1:%d%s" % (grpc_port, PATH)
         _h2load(url, str(grpc_body), 8, 1, 2)  # warm-up
-        rest = run_wrk("http://127.0.0.1:%d/v2/models/mnist-svm/infer" % port, bodies["1-row"], 8, seconds)
+        rest = run_wrk(server.url + "/v2/models/mnist-svm/infer", bodies["1-row"], 8, seconds)
         grpc8 = _h2load(url, str(grpc_body), 8, 1, seconds)
         streams = _h2load(url, str(grpc_body), 1, 8, seconds)
     lines = [

@@ -51,6 +51,7 @@ class Process:
 
     def __init__(self, argv: List[str], ready_url: str, log: Path, env: Optional[dict] = None) -> None:
         self.log = log
+        self.url = ready_url
         self._log = open(log, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             pinned(SERVER_CPU, argv),
@@ -79,6 +80,29 @@ class Process:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def envserve(repo: Path, log: Path, env: Optional[dict] = None) -> Process:
+    """``envserve serve REPO`` on a free port, pinned to the server CPU; ``.url`` is its base URL."""
+    port = free_port()
+    proc = Process(
+        [
+            sys.executable,
+            "-m",
+            "envserve",
+            "serve",
+            str(repo),
+            "--http-port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        "http://127.0.0.1:%d/v2/health/ready" % port,
+        log,
+        env,
+    )
+    proc.url = "http://127.0.0.1:%d" % port
+    return proc
 
 
 @dataclass
