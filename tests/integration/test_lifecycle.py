@@ -79,3 +79,36 @@ def test_port_in_use_is_a_clear_error(tmp_path, start_server):
         )
     assert proc.returncode == 3
     assert "cannot listen on 127.0.0.1:%d" % port in proc.stderr and "--http-port" in proc.stderr
+
+
+def test_reload_keeps_serving_and_a_failed_reload_keeps_the_old_version(tmp_path, start_server):
+    folder = write_model(tmp_path, "m", {"name": "m", "implementation": "slow_runtime.Slow"})
+    (folder / "slow_runtime.py").write_text(CUSTOM_RUNTIMES["slow_load"])
+    server = start_server(tmp_path)
+    body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}
+    statuses = []
+    stop = threading.Event()
+
+    def hammer():
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            while not stop.is_set():
+                statuses.append(client.post("/v2/models/m/infer", json=body).status_code)
+
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    try:
+        with server.client() as client:
+            r = client.post("/v2/repository/models/m/load")  # reload: the new copy takes 3 s to load
+            assert r.status_code == 200, r.text
+            (folder / "slow_runtime.py").write_text("raise ImportError('the new version is broken')\n")
+            r = client.post("/v2/repository/models/m/load")
+            assert r.status_code == 500
+            assert "reloading model 'm' failed, the loaded version keeps serving" in r.json()["error"]
+            assert "the new version is broken" in r.json()["error"]
+            assert client.post("/v2/models/m/infer", json=body).status_code == 200
+            (row,) = client.post("/v2/repository/index").json()
+            assert row["state"] == "READY"
+    finally:
+        stop.set()
+        thread.join(30)
+    assert len(statuses) > 10 and set(statuses) == {200}, "a request failed during the reload"

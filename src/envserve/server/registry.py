@@ -286,10 +286,30 @@ class ModelRegistry:
             raise ModelNotFound(
                 "no model named %r in repository %s" % (name, self.settings.model_repository), model=name
             )
-        await self.unload_model(name, missing_ok=True)
-        self.models.pop(name, None)
-        await asyncio.gather(*(self._load_entry(e) for e in entries))
-        return list(self.models.get(name, {}).values())
+        previous = self.models.get(name, {})
+        if not any(r.state == ModelState.READY for r in previous.values()):
+            await self.unload_model(name, missing_ok=True)
+            self.models.pop(name, None)
+            await asyncio.gather(*(self._load_entry(e) for e in entries))
+            return list(self.models.get(name, {}).values())
+        # A reload: the new versions load off to the side while the old ones keep serving; they replace
+        # the old ones only when every one of them is READY. A failed reload leaves the old ones in place.
+        problems = ["%s: %s" % (e.path, e.error) for e in entries if e.settings is None]
+        fresh = {e.settings.version: ModelRecord(e.settings) for e in entries if e.settings is not None}
+        await asyncio.gather(*(self.load_record(r) for r in fresh.values()))
+        problems += [r.reason for r in fresh.values() if r.state != ModelState.READY]
+        if problems:
+            await asyncio.gather(*(self._unload_record(r) for r in fresh.values()))
+            raise ModelLoadError(
+                "reloading model %r failed, the loaded version keeps serving: %s"
+                % (name, "; ".join(problems)),
+                model=name,
+            )
+        self.models[name] = fresh
+        # Requests already running keep their handle: a worker finishes what it has queued before "stop".
+        await asyncio.gather(*(self._unload_record(r) for r in previous.values()))
+        logger.info("model %s reloaded", name)
+        return list(fresh.values())
 
     def add_settings(self, settings: ModelSettings) -> ModelRecord:
         versions = self.models.setdefault(settings.name, {})
