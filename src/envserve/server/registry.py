@@ -173,6 +173,7 @@ class ModelRegistry:
             if self._socket_dir is None:
                 self._socket_dir = tempfile.mkdtemp(prefix="envserve-")
             workers = settings.parallel_workers or self.settings.parallel_workers
+            memory = int(settings.parameters.get("worker_memory_limit") or self.settings.worker_memory_limit)
             handle = WorkerPool(
                 settings,
                 source,
@@ -180,6 +181,7 @@ class ModelRegistry:
                 self._socket_dir,
                 workers,
                 self.settings.inference_timeout,
+                memory,
             )
         if settings.max_batch_size > 1:
             observer = self.batch_observer

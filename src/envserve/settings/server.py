@@ -69,6 +69,9 @@ class ServerSettings:
     graceful_timeout: float = 30.0
     #: Default number of worker processes for models that run in their own environment.
     parallel_workers: int = 1
+    #: Resident memory (MiB) above which a worker is recycled once idle; 0 = no limit. A model's
+    #: parameters.worker_memory_limit overrides it.
+    worker_memory_limit: int = 0
     #: Seconds a model may take to answer one request (enforced for models in worker processes).
     inference_timeout: float = 60.0
     log_level: str = "info"

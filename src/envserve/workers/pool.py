@@ -149,6 +149,7 @@ class _Worker:
         self.output: Deque[str] = deque(maxlen=40)
         self.alive = False
         self.dead = False
+        self.recycling = False  # over its memory limit: takes no new calls, restarts once idle
         self.info: Dict[str, Any] = {}
         self.pump: Optional[asyncio.Task[Any]] = None
 
@@ -188,7 +189,10 @@ class WorkerPool:
         socket_dir: str,
         workers: int = 1,
         inference_timeout: float = 60.0,
+        memory_limit_mb: int = 0,
     ) -> None:
+        self.memory_limit_mb = memory_limit_mb
+        self.recycles = 0
         self.settings = settings
         self.source = source
         self.cache = cache
@@ -285,6 +289,7 @@ class WorkerPool:
                 for w in self._workers
             ],
             "restarts": self.restarts,
+            "recycles": self.recycles,
             "queued": len(self._queue),
         }
 
@@ -293,7 +298,12 @@ class WorkerPool:
     def _idle_worker(self) -> Optional[_Worker]:
         best: Optional[_Worker] = None
         for w in self._workers:
-            if w.alive and len(w.inflight) < DEPTH and (best is None or len(w.inflight) < len(best.inflight)):
+            if (
+                w.alive
+                and not w.recycling
+                and len(w.inflight) < DEPTH
+                and (best is None or len(w.inflight) < len(best.inflight))
+            ):
                 best = w
         return best
 
@@ -306,7 +316,7 @@ class WorkerPool:
 
     def _feed(self, worker: _Worker) -> None:
         queue = self._queue
-        while queue and worker.alive and len(worker.inflight) < DEPTH:
+        while queue and worker.alive and not worker.recycling and len(worker.inflight) < DEPTH:
             call = queue.popleft()
             if not call.future.done():
                 self._dispatch(worker, call)
@@ -377,6 +387,8 @@ class WorkerPool:
                         self._settle(call, exc=WorkerUnavailable("bad answer from the worker: %s" % exc))
                 else:
                     self._settle(call, exc=ipc.error_from_wire(header, self.settings.name))
+            if worker.recycling and not worker.inflight:
+                worker.kill()  # its last call is answered: now restart it
             self._feed(worker)
         elif op == "pong":
             worker.ping_sent = None
@@ -523,8 +535,9 @@ class WorkerPool:
         code = await worker.proc.wait() if worker.proc is not None else None
         if self._stopping:
             return
-        self.restarts += 1
-        what = _exit_text(code)
+        what = "was recycled (memory limit)" if worker.recycling else _exit_text(code)
+        if not worker.recycling:
+            self.restarts += 1
         self._fail_inflight(
             worker,
             WorkerUnavailable(
@@ -566,6 +579,23 @@ class WorkerPool:
             await asyncio.sleep(PING_INTERVAL)
             now = time.monotonic()
             for worker in list(self._workers):
+                if self.memory_limit_mb and worker.alive and not worker.recycling:
+                    rss = _rss_mb(worker.pid)
+                    if rss > self.memory_limit_mb:
+                        logger.warning(
+                            "model %s: worker %d (pid %s) uses %.0f MiB, over its limit of %d MiB; "
+                            "recycling it",
+                            self.settings.name,
+                            worker.index,
+                            worker.pid,
+                            rss,
+                            self.memory_limit_mb,
+                        )
+                        worker.recycling = True
+                        self.recycles += 1
+                        if not worker.inflight:
+                            worker.kill()
+                        continue
                 if not worker.alive or worker.link is None or worker.inflight:
                     continue
                 if worker.ping_sent is None:
@@ -580,6 +610,18 @@ class WorkerPool:
                         now - worker.ping_sent,
                     )
                     worker.kill()
+
+
+def _rss_mb(pid: Optional[int]) -> float:
+    """Resident memory of a process in MiB (0 when it cannot be read)."""
+    if pid is None:
+        return 0.0
+    try:
+        with open("/proc/%d/statm" % pid, encoding="ascii") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError, TypeError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _tail(lines: Deque[str]) -> str:

@@ -1,0 +1,139 @@
+"""Faults in worker processes under load: a killed worker, a model that never answers, a leaking model."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, write_model
+
+pytestmark = pytest.mark.slow
+
+BODY = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}
+
+
+def _custom(repo, name, cls, **params):
+    folder = write_model(
+        repo,
+        name,
+        {
+            "name": name,
+            "implementation": "runtimes." + cls,
+            "parameters": {"environment_path": sys.prefix, **params},
+        },
+    )
+    shutil.copy(ROOT / "tests" / "fixtures" / "custom" / "runtimes.py", folder / "runtimes.py")
+
+
+def test_sleeping_model_times_out_with_504_while_others_answer(tmp_path, start_server, digits_model_file):
+    _custom(tmp_path, "sleepy", "Sleepy")
+    write_model(tmp_path, "digits", {"name": "digits", "implementation": "sklearn"}, digits_model_file)
+    server = start_server(
+        tmp_path, "--inference-timeout", "1.5", env={"ENVSERVE_ENV_CACHE": str(tmp_path / "c")}
+    )
+    with server.client() as client:
+        pid = client.get("/envserve/models").json()[1]["workers"][0]["pid"]
+        started = time.monotonic()
+        r = client.post("/v2/models/sleepy/infer", json=BODY)
+        elapsed = time.monotonic() - started
+        assert r.status_code == 504 and "did not answer within 1.5 s" in r.json()["error"]
+        assert 1.4 < elapsed < 5
+        body = {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP64", "data": [[0.0] * 64]}]}
+        assert client.post("/v2/models/digits/infer", json=body).status_code == 200
+        # the stuck worker was recycled: a new process serves (and times out) the next call
+        deadline = time.monotonic() + 10
+        while True:
+            workers = [m for m in client.get("/envserve/models").json() if m["name"] == "sleepy"][0][
+                "workers"
+            ]
+            if workers[0]["alive"] and workers[0]["pid"] != pid:
+                break
+            assert time.monotonic() < deadline, "the stuck worker was not replaced"
+            time.sleep(0.1)
+
+
+def test_leaking_worker_is_recycled_without_failing_requests(tmp_path, start_server):
+    _custom(tmp_path, "leaky", "Leaky", worker_memory_limit=250)
+    server = start_server(tmp_path, env={"ENVSERVE_ENV_CACHE": str(tmp_path / "c")})
+    with server.client() as client:
+        first = client.get("/envserve/models").json()[0]["workers"][0]["pid"]
+        kept = []
+        for _ in range(30):
+            r = client.post("/v2/models/leaky/infer", json=BODY)
+            assert r.status_code == 200, r.text
+            kept.append(r.json()["outputs"][0]["data"][0])
+            time.sleep(0.1)
+        status = client.get("/envserve/models").json()[0]
+    assert status["recycles"] >= 1 and status["restarts"] == 0
+    assert status["workers"][0]["pid"] != first
+    assert min(kept[5:]) < max(kept)  # the count of kept blocks started again in a fresh process
+    assert "over its limit of 250 MiB; recycling it" in server.log
+
+
+def test_sigkill_a_worker_under_load(tmp_path, start_server, digits_model_file, capsys):
+    """8 connections send requests; a worker is SIGKILLed mid-stream. Only its in-flight requests may
+    fail (503), the worker is back within 2 s, nothing hangs past the timeout. Counts are printed."""
+    write_model(
+        tmp_path,
+        "digits",
+        {
+            "name": "digits",
+            "implementation": "sklearn",
+            "parallel_workers": 2,
+            "parameters": {"environment_path": sys.prefix},
+        },
+        digits_model_file,
+    )
+    server = start_server(
+        tmp_path, "--inference-timeout", "10", env={"ENVSERVE_ENV_CACHE": str(tmp_path / "c")}
+    )
+    body = {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP64", "data": [[1.0] * 64]}]}
+    counts = {"sent": 0, "ok": 0, "failed": 0, "hung": 0}
+    failures = []
+
+    async def client_loop(client, stop_at):
+        while time.monotonic() < stop_at:
+            counts["sent"] += 1
+            try:
+                r = await client.post("/v2/models/digits/infer", json=body, timeout=12)
+            except httpx.TimeoutException:
+                counts["hung"] += 1
+                continue
+            if r.status_code == 200:
+                counts["ok"] += 1
+            else:
+                counts["failed"] += 1
+                failures.append((r.status_code, r.json()["error"]))
+
+    async def main():
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            pid = (await client.get("/envserve/models")).json()[0]["workers"][0]["pid"]
+            stop_at = time.monotonic() + 6
+            load = asyncio.gather(*(client_loop(client, stop_at) for _ in range(8)))
+            await asyncio.sleep(2)
+            os.kill(pid, signal.SIGKILL)
+            killed = time.monotonic()
+            while True:
+                workers = (await client.get("/envserve/models")).json()[0]["workers"]
+                if all(w["alive"] for w in workers) and pid not in [w["pid"] for w in workers]:
+                    back = time.monotonic() - killed
+                    break
+                await asyncio.sleep(0.02)
+            await load
+            return back
+
+    back = asyncio.run(main())
+    with capsys.disabled():
+        print("\nworker SIGKILL under load: %s, worker back in %.2f s" % (counts, back))
+    assert back < 2.0
+    assert counts["hung"] == 0
+    assert counts["failed"] <= 2  # at most the calls in flight on the killed worker (DEPTH)
+    assert all(status == 503 and "was killed by SIGKILL" in error for status, error in failures)
+    assert counts["ok"] == counts["sent"] - counts["failed"] and counts["ok"] > 100
