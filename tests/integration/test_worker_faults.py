@@ -50,9 +50,8 @@ def test_sleeping_model_times_out_with_504_while_others_answer(tmp_path, start_s
         # the stuck worker was recycled: a new process serves (and times out) the next call
         deadline = time.monotonic() + 10
         while True:
-            workers = [m for m in client.get("/envserve/models").json() if m["name"] == "sleepy"][0][
-                "workers"
-            ]
+            models = client.get("/envserve/models").json()
+            workers = next(m for m in models if m["name"] == "sleepy")["workers"]
             if workers[0]["alive"] and workers[0]["pid"] != pid:
                 break
             assert time.monotonic() < deadline, "the stuck worker was not replaced"
