@@ -66,7 +66,10 @@ class Server:
         self.registry = ModelRegistry(settings)
         self.metrics = Metrics(self.registry)
         self.dataplane = DataPlane(self.registry, self.metrics)
-        self.app = RestApp(self.dataplane, settings.max_request_size, self.metrics)
+        origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+        self.app = RestApp(
+            self.dataplane, settings.max_request_size, self.metrics, settings.admin_token, origins
+        )
         self._http: Optional[_UvicornServer] = None
         self._metrics_task: Optional[asyncio.Task[None]] = None
         self.http_address: Optional[str] = None
@@ -91,7 +94,9 @@ class Server:
         except ImportError as exc:
             logger.warning("gRPC is off: %s (pip install 'envserve[grpc]')", exc)
             return None
-        server, port = await start_grpc_server(self.dataplane, s.host, s.grpc_port, s.max_request_size)
+        server, port = await start_grpc_server(
+            self.dataplane, s.host, s.grpc_port, s.max_request_size, s.admin_token
+        )
         shown = "[%s]" % s.host if ":" in s.host else s.host
         self.grpc_address = "%s:%d" % (shown, port)
         logger.info("listening on %s (gRPC, inference.GRPCInferenceService)", self.grpc_address)

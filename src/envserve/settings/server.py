@@ -78,6 +78,11 @@ class ServerSettings:
     #: Where model environments are extracted/built and cached ("" = ENVSERVE_ENV_CACHE or
     #: ~/.cache/envserve/environments).
     environments_dir: str = ""
+    #: Token for the repository's load/unload calls (REST ``Authorization: Bearer``, gRPC metadata
+    #: ``authorization``); empty = not required. Inference is never behind it.
+    admin_token: str = ""
+    #: Comma-separated origins allowed to call from a browser (CORS); empty = none, "*" = any.
+    cors_origins: str = ""
     #: A separate port serving only /metrics (0: /metrics is on the HTTP port only).
     metrics_port: int = 0
     #: A model to serve without settings files (models:/..., runs:/..., s3://..., https://..., a path).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 from typing import Any, Optional
 
@@ -25,8 +26,20 @@ def _status(exc: BaseException) -> str:
 
 
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, admin_token: str = "") -> None:
         self.dp = dataplane
+        self.admin_token = admin_token
+
+    async def _check_admin(self, context: Any) -> None:
+        if not self.admin_token:
+            return
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization" and hmac.compare_digest(str(value), "Bearer " + self.admin_token):
+                return
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "this call needs the admin token: send metadata 'authorization: Bearer <token>'",
+        )
 
     async def _fail(self, context: Any, exc: BaseException) -> None:
         if not isinstance(exc, EnvserveError):
@@ -73,6 +86,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return converters.index_to_proto(self.dp.repository_index({"ready": request.ready}))
 
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        await self._check_admin(context)
         try:
             await self.dp.load(request.model_name)
             return pb.RepositoryModelLoadResponse()
@@ -80,6 +94,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             await self._fail(context, exc)
 
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        await self._check_admin(context)
         try:
             await self.dp.unload(request.model_name)
             return pb.RepositoryModelUnloadResponse()
@@ -87,7 +102,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             await self._fail(context, exc)
 
 
-async def start_grpc_server(dataplane: DataPlane, host: str, port: int, max_message: int) -> Any:
+async def start_grpc_server(
+    dataplane: DataPlane, host: str, port: int, max_message: int, admin_token: str = ""
+) -> Any:
     """Start serving; returns (server, bound port). Port 0 picks a free one."""
     options = [
         ("grpc.max_receive_message_length", max_message),
@@ -95,7 +112,7 @@ async def start_grpc_server(dataplane: DataPlane, host: str, port: int, max_mess
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(options=options)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(dataplane), server)  # type: ignore[no-untyped-call]
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(dataplane, admin_token), server)  # type: ignore[no-untyped-call]
     address = "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
     bound: Optional[int] = None
     try:

@@ -8,8 +8,9 @@ logged with their traceback and answered 500 without one.
 
 from __future__ import annotations
 
+import hmac
 import logging
-from typing import Any, Awaitable, Callable, List, MutableMapping, Optional, Tuple
+from typing import Any, Awaitable, Callable, List, MutableMapping, Optional, Sequence, Tuple
 
 import numpy as np
 import orjson
@@ -58,11 +59,38 @@ class HTTPError(Exception):
 
 class RestApp:
     def __init__(
-        self, dataplane: DataPlane, max_request_size: int, metrics: Optional[Metrics] = None
+        self,
+        dataplane: DataPlane,
+        max_request_size: int,
+        metrics: Optional[Metrics] = None,
+        admin_token: str = "",
+        cors_origins: Sequence[str] = (),
     ) -> None:
         self.dataplane = dataplane
         self.max_request_size = max_request_size
         self.metrics = metrics
+        self.admin_token = admin_token.encode() if admin_token else b""
+        self.cors_origins = {o.encode() for o in cors_origins}
+
+    def _cors(self, scope: Scope) -> List[Tuple[bytes, bytes]]:
+        """CORS headers for an allowed Origin; none (so browsers refuse) for any other."""
+        if not self.cors_origins:
+            return []
+        for key, value in scope["headers"]:
+            if key == b"origin":
+                if value in self.cors_origins or b"*" in self.cors_origins:
+                    return [(b"access-control-allow-origin", value), (b"vary", b"Origin")]
+                return []
+        return []
+
+    def _check_admin(self, scope: Scope) -> None:
+        """The repository's state-changing calls need the admin token when one is configured."""
+        if not self.admin_token:
+            return
+        for key, value in scope["headers"]:
+            if key == b"authorization" and hmac.compare_digest(value, b"Bearer " + self.admin_token):
+                return
+        raise HTTPError(401, "this call needs the admin token: send 'Authorization: Bearer <token>'")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -71,6 +99,20 @@ class RestApp:
             return
         if scope["path"] == "/metrics" and self.metrics is not None:
             await metrics_endpoint(self.metrics, scope, send)
+            return
+        cors = self._cors(scope)
+        if scope["method"] == "OPTIONS" and cors:  # a CORS preflight from an allowed origin
+            headers = cors + [
+                (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+                (
+                    b"access-control-allow-headers",
+                    b"content-type, authorization, inference-header-content-length, x-model-name",
+                ),
+                (b"access-control-max-age", b"600"),
+                (b"content-length", b"0"),
+            ]
+            await send({"type": "http.response.start", "status": 204, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
             return
         try:
             result = await self._dispatch(scope, receive)
@@ -94,7 +136,7 @@ class RestApp:
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": headers + [(b"content-length", str(len(body)).encode())],
+                "headers": headers + cors + [(b"content-length", str(len(body)).encode())],
             }
         )
         await send({"type": "http.response.body", "body": body})
@@ -276,6 +318,7 @@ class RestApp:
                 return 200, dumps(dp.repository_index(await self._read_json(scope, receive)))
             if n == 5 and parts[2] == "models" and parts[4] in ("load", "unload"):
                 _expect(method, "POST", scope)
+                self._check_admin(scope)
                 await self._read_json(scope, receive)
                 if parts[4] == "load":
                     await dp.load(parts[3])

@@ -1,0 +1,67 @@
+"""Access control: the admin token guards load/unload (REST and gRPC), never inference; CORS allow-list."""
+
+from __future__ import annotations
+
+import grpc
+import httpx
+import pytest
+
+from tests.conftest import write_model
+
+
+@pytest.fixture
+def server(tmp_path, start_server, digits_model_file):
+    write_model(tmp_path, "digits", {"name": "digits", "implementation": "sklearn"}, digits_model_file)
+    return start_server(
+        tmp_path,
+        env={
+            "ENVSERVE_ADMIN_TOKEN": "s3cr3t-token",
+            "ENVSERVE_CORS_ORIGINS": "https://console.example, http://localhost:3000",
+        },
+    )
+
+
+def test_admin_token_guards_load_and_unload_only(server):
+    body = {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP64", "data": [[0.0] * 64]}]}
+    with server.client() as client:
+        assert client.post("/v2/models/digits/infer", json=body).status_code == 200
+        assert client.post("/v2/repository/index").status_code == 200
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cr3t-token"}):
+            r = client.post("/v2/repository/models/digits/unload", headers=headers)
+            assert r.status_code == 401 and "needs the admin token" in r.json()["error"]
+        assert client.post("/v2/models/digits/infer", json=body).status_code == 200  # still loaded
+        auth = {"Authorization": "Bearer s3cr3t-token"}
+        assert client.post("/v2/repository/models/digits/unload", headers=auth).status_code == 200
+        assert client.post("/v2/repository/models/digits/load", headers=auth).status_code == 200
+    assert "s3cr3t-token" not in server.log
+
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="digits"), timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        stub.RepositoryModelUnload(
+            pb.RepositoryModelUnloadRequest(model_name="digits"),
+            timeout=10,
+            metadata=[("authorization", "Bearer s3cr3t-token")],
+        )
+        assert not stub.ModelReady(pb.ModelReadyRequest(name="digits"), timeout=10).ready
+
+
+def test_cors_allow_list(server):
+    url = server.url + "/v2/health/ready"
+    r = httpx.get(url, headers={"Origin": "https://console.example"})
+    assert r.headers["access-control-allow-origin"] == "https://console.example"
+    r = httpx.get(url, headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in r.headers
+    r = httpx.options(
+        server.url + "/v2/models/digits/infer",
+        headers={"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST"},
+    )
+    assert r.status_code == 204 and "POST" in r.headers["access-control-allow-methods"]
+    assert r.headers["access-control-allow-origin"] == "http://localhost:3000"
+    r = httpx.options(server.url + "/v2/models/digits/infer", headers={"Origin": "https://evil.example"})
+    assert r.status_code == 405 and "access-control-allow-origin" not in r.headers
