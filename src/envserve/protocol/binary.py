@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import InvalidRequest, ShapeMismatch
 from .datatypes import DATATYPES
+from .v2 import check_shape_size
 
 __all__ = ["tensor_bytes", "tensor_from_bytes"]
 
@@ -52,6 +53,7 @@ def tensor_from_bytes(
             "%s: binary_data_size %d is more than the %d bytes left in the body"
             % (where, nbytes, max(view.nbytes - offset, 0))
         )
+    check_shape_size(shape, where)
     expected = _count(shape)
     if datatype == "BYTES":
         items = []

@@ -31,6 +31,10 @@ __all__ = [
 
 NO_INPUTS = "the request must have a non-empty 'inputs' list"
 
+#: Most elements a shape may declare (counting zero-sized dimensions as 1): far beyond any request the
+#: body limit allows, and well inside what numpy can describe without overflowing.
+MAX_ELEMENTS = 2**40
+
 #: Largest number of dimensions accepted in a shape; numpy itself stops at 64.
 MAX_DIMS = 32
 
@@ -259,7 +263,19 @@ def parse_shape(value: Any, where: str) -> List[int]:
         # bool is an int subclass; a shape of [true] is a mistake, not a dimension of 1.
         if type(dim) is not int or dim < 0:
             raise InvalidRequest("%s.shape must be a list of non-negative integers, got %r" % (where, value))
+    check_shape_size(value, where)
     return value
+
+
+def check_shape_size(shape: Sequence[int], where: str) -> None:
+    """Refuse shapes numpy could not even describe (zero dimensions do not make huge ones harmless)."""
+    size = 1
+    for dim in shape:
+        size *= max(dim, 1)
+        if size > MAX_ELEMENTS:
+            raise ShapeMismatch(
+                "%s.shape %r declares more than %d elements" % (where, list(shape), MAX_ELEMENTS)
+            )
 
 
 def _element_count(shape: Sequence[int]) -> int:
