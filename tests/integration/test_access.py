@@ -65,3 +65,34 @@ def test_cors_allow_list(server):
     assert r.headers["access-control-allow-origin"] == "http://localhost:3000"
     r = httpx.options(server.url + "/v2/models/digits/infer", headers={"Origin": "https://evil.example"})
     assert r.status_code == 405 and "access-control-allow-origin" not in r.headers
+
+
+def test_allowed_roots_confine_local_model_paths(tmp_path, start_server, digits_model_file):
+    inside = tmp_path / "models"
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    import shutil
+
+    shutil.copy(digits_model_file, outside / "model.joblib")
+    write_model(inside, "ok", {"name": "ok", "implementation": "sklearn"}, digits_model_file)
+    write_model(
+        inside,
+        "escape",
+        {
+            "name": "escape",
+            "implementation": "sklearn",
+            "parameters": {"uri": "../../elsewhere/model.joblib"},
+        },
+    )
+    (inside / "ok" / "link.joblib").symlink_to(outside / "model.joblib")
+    write_model(
+        inside,
+        "via-link",
+        {"name": "via-link", "implementation": "sklearn", "parameters": {"uri": "../ok/link.joblib"}},
+    )
+    server = start_server(inside, env={"ENVSERVE_ALLOWED_ROOTS": str(inside)})
+    with server.client() as client:
+        rows = {r["name"]: r for r in client.post("/v2/repository/index").json()}
+    assert rows["ok"]["state"] == "READY"
+    for name in ("escape", "via-link"):
+        assert rows[name]["state"] == "UNAVAILABLE" and "outside the allowed roots" in rows[name]["reason"]

@@ -10,7 +10,6 @@ import shutil
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from tests.conftest import ROOT, ServerProcess, write_model
 from tests.unit.protocol.test_fuzz import documents

@@ -341,6 +341,7 @@ class ModelRegistry:
         record.state, record.reason = ModelState.LOADING, ""
         try:
             settings = record.settings
+            self._check_roots(settings)
             if settings.uri is not None and is_remote(settings.uri):
                 loop = asyncio.get_running_loop()
                 downloads = os.path.dirname(self.environments.root)
@@ -357,6 +358,29 @@ class ModelRegistry:
             return
         record.handle, record.state = handle, ModelState.READY
         logger.info("model %s is ready", record.settings.key)
+
+    def _check_roots(self, settings: ModelSettings) -> None:
+        """With ``allowed_roots`` set, local paths a model reads must resolve inside one of them."""
+        if not self.settings.allowed_roots:
+            return
+        roots = [os.path.realpath(r) for r in self.settings.allowed_roots.split(":") if r]
+        paths = []
+        if settings.uri is not None and not is_remote(settings.uri):
+            paths.append(
+                settings.resolve(
+                    settings.uri[len("file://") :] if settings.uri.startswith("file://") else settings.uri
+                )
+            )
+        for key in ("environment_tarball", "environment_path", "environment"):
+            value = settings.parameters.get(key)
+            if isinstance(value, str) and value and value != "server":
+                paths.append(settings.resolve(value))
+        for path in paths:
+            real = os.path.realpath(path)
+            if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
+                raise SettingsError(
+                    "model %r: %s is outside the allowed roots (allowed_roots)" % (settings.name, path)
+                )
 
     async def unload_model(self, name: str, missing_ok: bool = False) -> None:
         versions = self.models.get(name)

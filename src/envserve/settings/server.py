@@ -83,6 +83,9 @@ class ServerSettings:
     admin_token: str = ""
     #: Comma-separated origins allowed to call from a browser (CORS); empty = none, "*" = any.
     cors_origins: str = ""
+    #: Colon-separated directories that local model paths, URIs and environments must stay inside
+    #: (symlinks resolved); empty = no restriction.
+    allowed_roots: str = ""
     #: A separate port serving only /metrics (0: /metrics is on the HTTP port only).
     metrics_port: int = 0
     #: A model to serve without settings files (models:/..., runs:/..., s3://..., https://..., a path).
