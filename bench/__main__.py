@@ -3,6 +3,7 @@
     scripts/bench [--seconds N] [--suite core]
 
 Suites:
+  soak          see bench/soak.py: 10 minutes of mixed traffic, a worker killed every minute (not in "all").
   grpc          see bench/grpc.py: gRPC ModelInfer (h2load) vs REST infer (wrk).
   batching      see bench/batching.py: adaptive batching on vs off.
   environments  see bench/environments.py: worker vs in-process, time to ready, environment build time.
@@ -131,7 +132,14 @@ def grpc(seconds: float) -> List[str]:
     return run(seconds)
 
 
-SUITES = {"core": core, "environments": environments, "batching": batching, "grpc": grpc}
+def soak(seconds: float) -> List[str]:
+    from .soak import run
+
+    return run(seconds, SOAK_SECONDS)
+
+
+SOAK_SECONDS = 600.0
+SUITES = {"core": core, "environments": environments, "batching": batching, "grpc": grpc, "soak": soak}
 
 
 def main() -> None:
@@ -140,10 +148,13 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=5, help="duration of each wrk run")
     parser.add_argument(
-        "--suite", choices=sorted(SUITES), action="append", help="suites to run (default: all)"
+        "--suite", choices=sorted(SUITES), action="append", help="suites to run (default: all but soak)"
     )
+    parser.add_argument("--soak-seconds", type=float, default=600, help="duration of the soak suite")
     args = parser.parse_args()
-    for suite in args.suite or sorted(SUITES):
+    global SOAK_SECONDS
+    SOAK_SECONDS = args.soak_seconds
+    for suite in args.suite or sorted(s for s in SUITES if s != "soak"):
         print("== %s ==" % suite, flush=True)
         for line in SUITES[suite](args.seconds):
             print(line, flush=True)
