@@ -37,7 +37,14 @@ from .source import EnvironmentSource
 from .spec import EnvironmentSpec, read_spec
 from .tarball import safe_extract
 
-__all__ = ["Environment", "EnvironmentCache", "default_cache_root", "find_python", "runtime_env"]
+__all__ = [
+    "Environment",
+    "EnvironmentCache",
+    "default_cache_root",
+    "file_digest",
+    "find_python",
+    "runtime_env",
+]
 
 logger = logging.getLogger("envserve.environments")
 
@@ -92,6 +99,15 @@ def find_python(root: str) -> Optional[str]:
         if os.path.lexists(path):  # a dangling link is found here and reported when it cannot start
             return path
     return None
+
+
+def file_digest(path: str) -> str:
+    """SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _dir_size(path: str) -> int:
@@ -173,11 +189,7 @@ class EnvironmentCache:
         digest = memo.get(key)
         if digest:
             return str(digest)
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        digest = h.hexdigest()
+        digest = file_digest(path)
         memo[key] = digest
         self._write_json(memo_path, memo)
         return digest
