@@ -8,7 +8,7 @@ import json
 import shutil
 import subprocess
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..errors import EnvserveError
 
@@ -128,7 +128,9 @@ def run_scanner(image: str, scanner: Optional[str] = None) -> List[Finding]:
     return parse_trivy(doc) if name == "trivy" else parse_grype(doc)
 
 
-def pending_security_updates(image: str, runtime: str = "podman") -> List[str]:
+def pending_security_updates(
+    image: str, runtime: str = "podman", env: Optional[Mapping[str, str]] = None
+) -> List[str]:
     """Packages ``apt-get upgrade`` would update from the security suite, inside a throwaway container."""
     script = (
         "apt-get update -qq >/dev/null 2>&1 || { echo 'APT-UPDATE-FAILED'; exit 0; }; "
@@ -139,6 +141,7 @@ def pending_security_updates(image: str, runtime: str = "podman") -> List[str]:
         capture_output=True,
         text=True,
         timeout=600,
+        env=None if env is None else dict(env),
     )
     if proc.returncode != 0:
         raise EnvserveError("the OS check could not run the image: %s" % proc.stderr.strip()[-2000:])

@@ -1,0 +1,334 @@
+"""A real image for the example repository: built with buildah from a debootstrapped Debian base and a
+host-side wheelhouse (no network in the build), run with podman, queried over V2 REST, SBOM'd with syft,
+and checked for pending Debian security updates.
+
+Everything expensive is cached per machine in $ENVSERVE_TEST_CACHE (default ~/.cache/envserve-tests):
+the base image tarball (per week), the wheelhouse (per lock file). The tests skip, saying why, only when
+podman/buildah cannot run at all here.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from examples import old_sklearn
+from tests.conftest import EXAMPLES, ROOT
+
+pytestmark = pytest.mark.slow
+
+BASE = "localhost/envserve-base:bookworm"
+IMAGE = "localhost/envserve-models:test"
+
+
+def _run(argv, env=None, timeout=900, check=True):
+    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, env=env, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            "%s failed (%d):\n%s\n%s" % (argv[:4], proc.returncode, proc.stdout[-4000:], proc.stderr[-4000:])
+        )
+    return proc
+
+
+@pytest.fixture(scope="session")
+def containers(tmp_path_factory):
+    """Environment for podman/buildah that works on these machines (see shared notes on containers)."""
+    for tool in ("podman", "buildah", "debootstrap"):
+        if shutil.which(tool) is None:
+            pytest.skip(
+                "%s is not installed and scripts/setup could not install it (needs root + apt-get)" % tool
+            )
+    root = old_sklearn.cache_root() / "containers"
+    root.mkdir(parents=True, exist_ok=True)
+    hard_nofile = int(
+        subprocess.run(["sh", "-c", "ulimit -Hn"], capture_output=True, text=True).stdout.strip()
+    )
+    (root / "storage.conf").write_text(
+        '[storage]\ndriver = "overlay"\ngraphroot = "%s"\nrunroot = "%s"\n'
+        % (root / "storage", root / "runroot")
+    )
+    (root / "containers.conf").write_text(
+        '[containers]\ndefault_ulimits = ["nofile=%d:%d", "nproc=4096:4096"]\n'
+        '[engine]\nruntime = "runc"\n' % (hard_nofile, hard_nofile)
+    )
+    env = dict(
+        os.environ,
+        CONTAINERS_STORAGE_CONF=str(root / "storage.conf"),
+        CONTAINERS_CONF=str(root / "containers.conf"),
+    )
+    probe = subprocess.run(["podman", "info"], capture_output=True, text=True, env=env)
+    if probe.returncode != 0:
+        pytest.skip("podman cannot run on this machine: %s" % probe.stderr.strip()[-500:])
+    return env
+
+
+def _base_image(env) -> None:
+    """A Debian bookworm minbase with python3 and its security updates, imported as BASE (cached weekly)."""
+    cache = old_sklearn.cache_root()
+    week = time.strftime("%G-W%V")
+    tarball = cache / ("debian-python-bookworm-%s.tar" % week)
+    with open(cache / "base.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not tarball.exists():
+            mirror = "http://deb.debian.org/debian"
+            sources = Path("/etc/apt/sources.list.d/debian.sources")
+            if sources.exists():
+                for line in sources.read_text().splitlines():
+                    if line.startswith("URIs:"):
+                        mirror = line.split()[1]
+                        break
+            rootfs = cache / "rootfs-build"
+            shutil.rmtree(rootfs, ignore_errors=True)
+            _run(
+                [
+                    "debootstrap",
+                    "--variant=minbase",
+                    "--include=python3,python3-venv,ca-certificates",
+                    "bookworm",
+                    rootfs,
+                    mirror,
+                ],
+                timeout=1200,
+            )
+            security = mirror.rsplit("/debian", 1)[0] + "/debian-security"
+            (rootfs / "etc/apt/sources.list").write_text(
+                "deb %s bookworm main\ndeb %s bookworm-updates main\ndeb %s bookworm-security main\n"
+                % (mirror, mirror, security)
+            )
+            _run(
+                [
+                    "chroot",
+                    rootfs,
+                    "sh",
+                    "-c",
+                    "apt-get update -qq && DEBIAN_FRONTEND=noninteractive "
+                    "apt-get -y -qq upgrade && apt-get clean",
+                ],
+                timeout=1200,
+            )
+            shutil.rmtree(rootfs / "var/lib/apt/lists", ignore_errors=True)
+            (rootfs / "var/lib/apt/lists/partial").mkdir(parents=True)
+            _run(["tar", "-C", rootfs, "--numeric-owner", "-cf", str(tarball) + ".part", "."])
+            os.replace(str(tarball) + ".part", tarball)
+            shutil.rmtree(rootfs, ignore_errors=True)
+        tag = "%s-%s" % (BASE, week)
+        if _run(["podman", "image", "exists", tag], env=env, check=False).returncode != 0:
+            with open(tarball, "rb") as data:
+                subprocess.run(
+                    ["podman", "import", "--change", "ENV LANG=C.UTF-8", "-", tag],
+                    stdin=data,
+                    env=env,
+                    check=True,
+                    capture_output=True,
+                )
+        _run(["podman", "tag", tag, BASE], env=env)
+
+
+def _wheelhouse() -> Path:
+    """envserve and its [sklearn] dependencies as cp311 manylinux wheels, fetched on the host."""
+    lock = (ROOT / "requirements" / "lock.txt").read_bytes()
+    key = hashlib.sha256(lock + (ROOT / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    house = old_sklearn.cache_root() / ("wheelhouse-%s" % key)
+    with open(old_sklearn.cache_root() / "wheelhouse.lock", "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        if not (house / ".complete").exists():
+            shutil.rmtree(house, ignore_errors=True)
+            house.mkdir(parents=True)
+            needed = {
+                "numpy",
+                "orjson",
+                "uvicorn",
+                "httptools",
+                "uvloop",
+                "click",
+                "pyyaml",
+                "uv",
+                "jinja2",
+                "markupsafe",
+                "prometheus-client",
+                "h11",
+                "scikit-learn",
+                "joblib",
+                "scipy",
+                "threadpoolctl",
+                "typing-extensions",
+            }
+            pins = [
+                line.split()[0]
+                for line in lock.decode().splitlines()
+                if line and not line.startswith((" ", "#")) and line.split("==")[0].lower() in needed
+            ]
+            _run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--quiet",
+                    "--only-binary=:all:",
+                    "--no-deps",
+                    "--platform",
+                    "manylinux_2_28_x86_64",
+                    "--platform",
+                    "manylinux2014_x86_64",
+                    "--python-version",
+                    "3.11",
+                    "--implementation",
+                    "cp",
+                    "--abi",
+                    "cp311",
+                    "--abi",
+                    "abi3",
+                    "--abi",
+                    "none",
+                    "-d",
+                    house,
+                    *pins,
+                ],
+                timeout=1200,
+            )
+            _run(
+                [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", house, ROOT], timeout=600
+            )
+            (house / ".complete").write_text("ok")
+    return house
+
+
+@pytest.fixture(scope="session")
+def built_image(containers, tmp_path_factory):
+    _base_image(containers)
+    house = _wheelhouse()
+    old_sklearn.write_model_folder(EXAMPLES / "models" / "mnist-svm-py38")  # what scripts/setup makes
+    log = tmp_path_factory.mktemp("image") / "build.log"
+    with open(log, "w") as out:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "envserve",
+                "image",
+                "build",
+                str(EXAMPLES / "models"),
+                "--base",
+                BASE,
+                "--wheelhouse",
+                str(house),
+                "--builder",
+                "buildah",
+                "-t",
+                IMAGE,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=containers,
+            timeout=1800,
+        )
+    assert proc.returncode == 0, log.read_text()[-6000:]
+    return IMAGE
+
+
+def test_image_metadata(built_image, containers):
+    info = json.loads(_run(["podman", "image", "inspect", built_image], env=containers).stdout)[0]
+    config = info["Config"]
+    assert config["User"] == "8888:8888"
+    assert config["Cmd"] == ["/opt/envserve/venv/bin/envserve", "serve", "/models"]
+    assert set(config["ExposedPorts"]) == {"8080/tcp", "8081/tcp"}
+    assert "ENVSERVE_HOST=0.0.0.0" in config["Env"]
+    from envserve.environments.cache import file_digest
+
+    digest = file_digest(str(EXAMPLES / "models" / "mnist-svm-py38" / "old-sklearn.tar.gz"))
+    assert info["Labels"]["io.envserve.environments"] == digest
+    assert info["Size"] < 2_000_000_000
+
+
+def test_image_runs_as_8888_and_serves_the_python38_model_quickly(built_image, containers):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    name = "envserve-test-%d" % os.getpid()
+    started = time.monotonic()
+    _run(
+        [
+            "podman",
+            "run",
+            "-d",
+            "--init",
+            "--pull",
+            "never",
+            "--name",
+            name,
+            "-p",
+            "127.0.0.1:%d:8080" % port,
+            built_image,
+        ],
+        env=containers,
+    )
+    try:
+        url = "http://127.0.0.1:%d" % port
+        ready_after = None
+        while time.monotonic() - started < 60:
+            try:
+                if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
+                    ready_after = time.monotonic() - started
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        logs = _run(["podman", "logs", name], env=containers, check=False)
+        assert ready_after is not None, logs.stdout + logs.stderr
+        print("\nimage start-to-ready: %.2f s (includes podman run)" % ready_after)
+        expected = old_sklearn.expected(old_sklearn.old_sklearn())
+        r = httpx.post(
+            url + "/v2/models/mnist-svm-py38/infer",
+            timeout=30,
+            json={
+                "inputs": [
+                    {"name": "predict", "shape": [10, 64], "datatype": "FP32", "data": expected["rows"][:10]}
+                ]
+            },
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["outputs"][0]["data"] == expected["predictions"][:10]
+        status = httpx.get(url + "/envserve/models", timeout=10).json()
+        py38 = next(m for m in status if m["name"] == "mnist-svm-py38")
+        assert py38["environment"]["python"].startswith("3.8.")
+        assert "extracting" not in (logs.stdout + logs.stderr)  # prepared at build time
+        uid = _run(["podman", "exec", name, "id", "-u"], env=containers).stdout.strip()
+        assert uid == "8888"
+        assert ready_after <= 3.0, "start-to-ready %.2f s is over the 3 s target" % ready_after
+    finally:
+        _run(["podman", "rm", "-f", name], env=containers, check=False)
+
+
+def test_sbom_lists_old_scikit_learn_and_debian_packages(built_image, containers, tmp_path):
+    archive = tmp_path / "image.oci.tar"
+    _run(["podman", "save", "--format", "oci-archive", "-o", archive, built_image], env=containers)
+    sbom = tmp_path / "sbom.cdx.json"
+    _run([sys.executable, "-m", "envserve", "image", "sbom", "oci-archive:%s" % archive, "-o", sbom])
+    text = sbom.read_text()
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    doc = json.loads(text)
+    version = {"1.6": SchemaVersion.V1_6, "1.5": SchemaVersion.V1_5}[doc["specVersion"]]
+    assert JsonStrictValidator(version).validate_str(text) is None
+    components = {(c.get("name"), c.get("version")) for c in doc.get("components", [])}
+    assert ("scikit-learn", "0.24.2") in components
+    assert any(name == "python3.11" for name, _ in components)
+
+
+def test_no_pending_debian_security_updates(built_image, containers):
+    from envserve.image.scan import pending_security_updates
+
+    assert pending_security_updates(built_image, env=containers) == []
