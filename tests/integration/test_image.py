@@ -145,30 +145,10 @@ def _wheelhouse() -> Path:
         if not (house / ".complete").exists():
             shutil.rmtree(house, ignore_errors=True)
             house.mkdir(parents=True)
-            needed = {
-                "numpy",
-                "orjson",
-                "uvicorn",
-                "httptools",
-                "uvloop",
-                "click",
-                "pyyaml",
-                "uv",
-                "jinja2",
-                "markupsafe",
-                "prometheus-client",
-                "h11",
-                "scikit-learn",
-                "joblib",
-                "scipy",
-                "threadpoolctl",
-                "typing-extensions",
-            }
-            pins = [
-                line.split()[0]
-                for line in lock.decode().splitlines()
-                if line and not line.startswith((" ", "#")) and line.split("==")[0].lower() in needed
-            ]
+            _run(
+                [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", house, ROOT], timeout=600
+            )
+            # pip resolves envserve[sklearn]'s dependencies for the image's Python, pinned by the lock file
             _run(
                 [
                     sys.executable,
@@ -177,7 +157,6 @@ def _wheelhouse() -> Path:
                     "download",
                     "--quiet",
                     "--only-binary=:all:",
-                    "--no-deps",
                     "--platform",
                     "manylinux_2_28_x86_64",
                     "--platform",
@@ -192,14 +171,15 @@ def _wheelhouse() -> Path:
                     "abi3",
                     "--abi",
                     "none",
+                    "--find-links",
+                    house,
+                    "-c",
+                    ROOT / "requirements" / "lock.txt",
                     "-d",
                     house,
-                    *pins,
+                    "envserve[sklearn]",
                 ],
                 timeout=1200,
-            )
-            _run(
-                [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", house, ROOT], timeout=600
             )
             (house / ".complete").write_text("ok")
     return house
