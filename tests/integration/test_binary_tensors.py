@@ -91,7 +91,7 @@ def test_malformed_binary_requests_get_400(server):
     assert r.status_code == 400 and "needs 12 bytes but binary_data_size is 8" in r.json()["error"]
     huge = head.replace(b'"shape":[2]', b'"shape":[100000000000,100000000000]')
     r = post(len(huge), huge + b"\x00" * 8)
-    assert r.status_code == 400 and "binary_data_size is 8" in r.json()["error"]
+    assert r.status_code == 400 and "declares more than" in r.json()["error"]
     strings = b'{"inputs":[{"name":"s","shape":[2],"datatype":"BYTES","parameters":{"binary_data_size":9}}]}'
     r = post(len(strings), strings + b"\x05\x00\x00\x00hello")
     assert r.status_code == 400 and "needs 2 elements but the binary data has 1" in r.json()["error"]
