@@ -64,6 +64,12 @@ def cli() -> None:
     "--parallel-workers", type=int, help="Default worker processes per model with its own environment."
 )
 @click.option(
+    "--console", "console", flag_value=True, default=None, help="Serve the web console at /console/."
+)
+@click.option(
+    "--worker-memory-limit", type=int, help="MiB of resident memory above which a worker is recycled."
+)
+@click.option(
     "--inference-timeout", type=float, help="Seconds one inference may take in a worker [default: 60]."
 )
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="[default: info]")

@@ -67,8 +67,14 @@ class Server:
         self.metrics = Metrics(self.registry)
         self.dataplane = DataPlane(self.registry, self.metrics)
         origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+        console = None
+        if settings.console:
+            from .console import ConsoleAPI, check_console_settings
+
+            check_console_settings(settings.host, settings.admin_token)
+            console = ConsoleAPI(self.dataplane, self.metrics)
         self.app = RestApp(
-            self.dataplane, settings.max_request_size, self.metrics, settings.admin_token, origins
+            self.dataplane, settings.max_request_size, self.metrics, settings.admin_token, origins, console
         )
         self._http: Optional[_UvicornServer] = None
         self._metrics_task: Optional[asyncio.Task[None]] = None
@@ -142,6 +148,8 @@ class Server:
             serving.result()
             return
         logger.info("listening on %s (REST, Open Inference Protocol V2)", self.http_address)
+        if s.console:
+            logger.info("console on %s/console/", self.http_address)
         extra = []
         grpc_server = await self._start_grpc()
         if s.metrics_port:

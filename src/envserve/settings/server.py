@@ -83,6 +83,8 @@ class ServerSettings:
     admin_token: str = ""
     #: Comma-separated origins allowed to call from a browser (CORS); empty = none, "*" = any.
     cors_origins: str = ""
+    #: Serve the web console at /console/ (off by default; beyond loopback it needs admin_token).
+    console: bool = False
     #: Colon-separated directories that local model paths, URIs and environments must stay inside
     #: (symlinks resolved); empty = no restriction.
     allowed_roots: str = ""
@@ -170,7 +172,18 @@ def _read_file(path: str) -> Dict[str, Any]:
 
 
 def _coerce(name: str, raw: Any, annotation: Any, where: str) -> Any:
-    kind = {"int": int, "float": float, "str": str}.get(str(annotation).replace("typing.", ""), str)
+    kind = {"int": int, "float": float, "str": str, "bool": bool}.get(
+        str(annotation).replace("typing.", ""), str
+    )
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise SettingsError("%s must be true or false, got %r" % (where, raw))
     if isinstance(raw, kind) and not isinstance(raw, bool):
         return raw
     try:

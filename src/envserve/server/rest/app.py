@@ -65,7 +65,9 @@ class RestApp:
         metrics: Optional[Metrics] = None,
         admin_token: str = "",
         cors_origins: Sequence[str] = (),
+        console: Optional[Any] = None,
     ) -> None:
+        self.console = console  # a ConsoleAPI when the console is on
         self.dataplane = dataplane
         self.max_request_size = max_request_size
         self.metrics = metrics
@@ -83,6 +85,55 @@ class RestApp:
                 return []
         return []
 
+    async def _console_page(self, scope: Scope, send: Send) -> None:
+        from ..console import static_file
+
+        if scope["path"] == "/console":
+            status, headers, body = 308, [(b"location", b"/console/")], b""
+        else:
+            found = static_file(scope["path"])
+            if found is None:
+                status, headers, body = 404, list(_JSON_HEADERS), dumps({"error": "no such console page"})
+            else:
+                body, ctype = found
+                status, headers = (
+                    200,
+                    [
+                        (b"content-type", ctype.encode()),
+                        (b"cache-control", b"no-cache"),
+                        (b"x-content-type-options", b"nosniff"),
+                        (b"content-security-policy", b"default-src 'self'; frame-ancestors 'none'"),
+                    ],
+                )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": headers + [(b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    def _check_origin(self, scope: Scope) -> None:
+        """CSRF: a browser's state-changing call must come from this server's pages or an allowed origin."""
+        origin = host = None
+        for key, value in scope["headers"]:
+            if key == b"origin":
+                origin = value
+            elif key == b"host":
+                host = value
+        if origin is None:  # not a browser's cross-site call
+            return
+        if host is not None and origin in (b"http://" + host, b"https://" + host):
+            return
+        if origin in self.cors_origins or b"*" in self.cors_origins:
+            return
+        raise HTTPError(
+            403,
+            "cross-site request refused: origin %s may not change this server"
+            % (origin or b"?").decode("latin-1"),
+        )
+
     def _check_admin(self, scope: Scope) -> None:
         """The repository's state-changing calls need the admin token when one is configured."""
         if not self.admin_token:
@@ -99,6 +150,11 @@ class RestApp:
             return
         if scope["path"] == "/metrics" and self.metrics is not None:
             await metrics_endpoint(self.metrics, scope, send)
+            return
+        if self.console is not None and (
+            scope["path"] == "/console" or scope["path"].startswith("/console/")
+        ):
+            await self._console_page(scope, send)
             return
         cors = self._cors(scope)
         if scope["method"] == "OPTIONS" and cors:  # a CORS preflight from an allowed origin
@@ -165,6 +221,37 @@ class RestApp:
         return await self.dataplane.infer(
             name, version, doc, binary, protocol=protocol, status_of=_http_status
         )
+
+    async def _envserve_api(self, scope: Scope, receive: Receive, parts: List[str]) -> Any:
+        """envserve's own API: model status always; the console's calls when the console is on."""
+        method, console = scope["method"], self.console
+        route = "/".join(parts)
+        if route == "models":  # runtimes, environments, workers (and traffic when the console is on)
+            _expect(method, "GET", scope)
+            return 200, dumps(console.models() if console is not None else self.dataplane.model_status())
+        if console is None:
+            raise HTTPError(
+                404, "no route for %s; start the server with --console for the console API" % route
+            )
+        self._check_admin(scope)
+        reads = {
+            "environments": console.environments,
+            "registry/models": console.registry_models,
+            "platform": console.platform,
+        }
+        if route in reads:
+            _expect(method, "GET", scope)
+            return 200, dumps(reads[route]())
+        if route in ("environments/prune", "deploy/render", "platform/image"):
+            _expect(method, "POST", scope)
+            self._check_origin(scope)
+            doc = await self._read_json(scope, receive)
+            if route == "environments/prune":
+                return 200, dumps(await console.prune())
+            if route == "deploy/render":
+                return 200, dumps(console.render(doc))
+            return 200, dumps(console.set_image(doc))
+        raise HTTPError(404, "no route for %s %s" % (method, scope["path"]))
 
     async def _compat(self, scope: Scope, receive: Receive, parts: List[str]) -> Tuple[int, bytes]:
         """MLflow's scoring-server endpoints and Seldon Core v1's protocol, over the same data plane."""
@@ -262,9 +349,8 @@ class RestApp:
         dp = self.dataplane
         if parts[0] in _COMPAT_ROOTS:
             return await self._compat(scope, receive, parts)
-        if parts == ["envserve", "models"]:  # envserve's own view: runtimes, environments, workers
-            _expect(method, "GET", scope)
-            return 200, dumps(dp.model_status())
+        if parts[0] == "envserve":
+            return await self._envserve_api(scope, receive, parts[1:])
         if not parts or parts[0] != "v2":
             raise HTTPError(404, "no route for %s; the API is under /v2" % scope["path"])
         n = len(parts)
@@ -318,6 +404,7 @@ class RestApp:
                 return 200, dumps(dp.repository_index(await self._read_json(scope, receive)))
             if n == 5 and parts[2] == "models" and parts[4] in ("load", "unload"):
                 _expect(method, "POST", scope)
+                self._check_origin(scope)
                 self._check_admin(scope)
                 await self._read_json(scope, receive)
                 if parts[4] == "load":
