@@ -26,8 +26,9 @@ const notice = (message) => { $("#notice").textContent = message || ""; };
 // -- tabs -------------------------------------------------------------------------------------------------
 const tabs = document.querySelectorAll("nav button");
 function show(name) {
-  for (const b of tabs) b.toggleAttribute("aria-current", b.dataset.tab === name) || b.removeAttribute("aria-current");
-  for (const b of tabs) if (b.dataset.tab === name) b.setAttribute("aria-current", "page");
+  for (const b of tabs) {
+    if (b.dataset.tab === name) b.setAttribute("aria-current", "page"); else b.removeAttribute("aria-current");
+  }
   for (const s of document.querySelectorAll(".tab")) s.hidden = s.id !== name;
   ({try: loadTry, environments: loadEnvironments, deploy: loadDeploy, settings: loadPlatform}[name] || (() => {}))();
 }
@@ -75,6 +76,8 @@ async function loadTry() {
 async function buildInputs() {
   const name = $("#try-model").value;
   const box = $("#try-inputs");
+  if (box.dataset.model === name) return;  // already built for this model: keep what was typed
+  box.dataset.model = name;
   box.replaceChildren();
   if (!name) return;
   const meta = await api(`/v2/models/${encodeURIComponent(name)}`);
