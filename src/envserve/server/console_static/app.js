@@ -149,14 +149,21 @@ function setUri() {
 let pending;
 $("#deploy-form").addEventListener("input", () => { clearTimeout(pending); pending = setTimeout(render, 200); });
 $("#deploy-form").addEventListener("change", () => { clearTimeout(pending); pending = setTimeout(render, 50); });
+const imageInput = $("#dep-image");
+imageInput.addEventListener("input", () => { delete imageInput.dataset.auto; });
 async function render() {
   const fields = Object.fromEntries(new FormData($("#deploy-form")));
+  if (imageInput.dataset.auto) fields.image = "";  // the pre-filled platform default is not an override
   let result;
   try { result = await api("/envserve/deploy/render", {method: "POST", body: JSON.stringify(fields)}); }
   catch (e) { result = {manifest: "", errors: [e.message]}; }
   $("#dep-errors").replaceChildren(...result.errors.map((m) => el("li", {}, m)));
   $("#dep-manifest").textContent = result.manifest;
   $("#dep-image-reason").textContent = result.image ? `${result.image.image} — ${result.image.reason}` : "";
+  if (result.image && (imageInput.dataset.auto || !imageInput.value)) {  // pre-fill the platform default
+    imageInput.value = result.image.image;
+    imageInput.dataset.auto = "1";
+  }
   const link = $("#dep-download");
   link.hidden = !result.manifest || result.errors.length > 0;
   if (!link.hidden) link.href = URL.createObjectURL(new Blob([result.manifest], {type: "application/yaml"}));
