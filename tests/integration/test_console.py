@@ -102,9 +102,8 @@ def test_console_end_to_end(tmp_path, start_server, browser, registered_digits, 
     page.select_option('#deploy-form [name="server_type"]', "ENVSERVE")
     page.select_option('#deploy-form [name="protocol"]', "v2")
     # the image field is pre-filled with the platform default, which is not an override
-    page.wait_for_function(
-        "document.querySelector('#dep-image').value === 'docker.io/envserve/envserve:0.1.0'"
-    )
+    page.wait_for_selector('#dep-image[data-auto="1"]', state="attached")
+    assert page.input_value("#dep-image") == "docker.io/envserve/envserve:0.1.0"
     page.fill('#deploy-form [name="name"]', "Bad_Name")
     page.wait_for_selector('#dep-errors li:has-text("not a DNS-1123 label")')  # inline validation
     page.fill('#deploy-form [name="name"]', "digits-prod")
