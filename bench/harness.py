@@ -157,6 +157,11 @@ def run_wrk(url: str, body_file: Path, connections: int, seconds: float) -> WrkR
         ],
     )
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    return parse_wrk(out)
+
+
+def parse_wrk(out: str) -> WrkResult:
+    """Throughput, latency percentiles, request and error counts from wrk's report (with --latency)."""
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))

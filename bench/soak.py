@@ -21,7 +21,7 @@ import time
 import urllib.request
 from typing import Dict, List
 
-from .harness import LOAD_CPU, OUT, ROOT, envserve, pinned, require_wrk
+from .harness import LOAD_CPU, OUT, ROOT, envserve, parse_wrk, pinned, require_wrk
 
 
 def _rss_mb(pid: int) -> float:
@@ -44,7 +44,6 @@ def _memory(server_pid: int, url: str) -> Dict[str, float]:
 
 def run(seconds: float, soak_seconds: float = 600, kill_every: float = 60) -> List[str]:
     from . import __main__ as core
-    from .harness import _ms
 
     OUT.mkdir(parents=True, exist_ok=True)
     body = core._bodies(OUT)["1-row"]
@@ -115,25 +114,14 @@ def run(seconds: float, soak_seconds: float = 600, kill_every: float = 60) -> Li
         time.sleep(2)
         end_memory = _memory(server.proc.pid, url)
         status = {m["name"]: m for m in _status(url)}
-    import re
-
     lines = [
         "",
         "soak: %.0f s, %d workers killed" % (soak_seconds, kills),
         "  model    req/s    requests  errors   p99",
     ]
     for name, out in outputs.items():
-        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-        total = int(re.search(r"(\d+) requests in", out).group(1))
-        errors = 0
-        m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-        if m:
-            errors += int(m.group(1))
-        m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-        if m:
-            errors += sum(int(g) for g in m.groups())
-        p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))
-        lines.append("  %-7s %7.0f  %9d  %6d  %6.1f ms" % (name, rps, total, errors, p99))
+        r = parse_wrk(out)
+        lines.append("  %-7s %7.0f  %9d  %6d  %6.1f ms" % (name, r.rps, r.requests, r.errors, r.p99_ms))
     restarts = {n: status[n].get("restarts", 0) for n in ("worker", "py38")}
     lines.append("  worker restarts: %s" % restarts)
     lines.append(
