@@ -33,7 +33,8 @@ __all__ = ["BatchingHandle"]
 #: loses cache locality (the digits SVC gets slower per row above ~1000 rows; bench/RESULTS.md).
 MAX_BATCH_ROWS = int(os.environ.get("ENVSERVE_MAX_BATCH_ROWS", "1024"))
 
-_Item = Tuple[InferenceRequest, "asyncio.Future[InferenceResponse]"]
+# (request, its future, its batching signature computed once when it is queued)
+_Item = Tuple[InferenceRequest, "asyncio.Future[InferenceResponse]", Optional[Tuple[Any, ...]]]
 
 
 def _signature(request: InferenceRequest) -> Optional[Tuple[Any, ...]]:
@@ -92,7 +93,7 @@ class BatchingHandle:
 
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
         future: asyncio.Future[InferenceResponse] = asyncio.get_running_loop().create_future()
-        self._queue.append((request, future))
+        self._queue.append((request, future, _signature(request)))
         if self._worker is None or self._worker.done():
             self._worker = asyncio.ensure_future(self._run())
         return await future
@@ -116,7 +117,7 @@ class BatchingHandle:
     async def _gather(self) -> List[_Item]:
         """The next batch: the oldest request and the compatible ones behind it."""
         first = self._queue.popleft()
-        key = _signature(first[0])
+        key = first[2]
         batch = [first]
         if key is None:
             return batch
@@ -141,7 +142,7 @@ class BatchingHandle:
         while self._queue and len(batch) < self.max_batch_size:
             item = self._queue.popleft()
             n = item[0].inputs[0].data.shape[0] if item[0].inputs and item[0].inputs[0].data.ndim else 0
-            if not item[1].done() and rows + n <= MAX_BATCH_ROWS and _signature(item[0]) == key:
+            if not item[1].done() and rows + n <= MAX_BATCH_ROWS and item[2] == key:
                 batch.append(item)
                 rows += n
                 taken += 1
@@ -162,7 +163,7 @@ class BatchingHandle:
                 await self._one(batch[0])
                 continue
             try:
-                merged, sizes = _merge([r for r, _ in batch])
+                merged, sizes = _merge([item[0] for item in batch])
                 response = await self._call(merged)
                 parts = _split(response, sizes)
             except Exception:
@@ -171,7 +172,7 @@ class BatchingHandle:
                 for item in batch:
                     await self._one(item)
                 continue
-            for (request, future), part in zip(batch, parts):
+            for (request, future, _), part in zip(batch, parts):
                 part.id = request.id
                 if not future.done():
                     future.set_result(part)
@@ -184,7 +185,7 @@ class BatchingHandle:
         return result
 
     async def _one(self, item: _Item) -> None:
-        request, future = item
+        request, future, _ = item
         try:
             response = await self._call(request)
         except EnvserveError as exc:
