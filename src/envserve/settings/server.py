@@ -26,7 +26,7 @@ SERVER_SETTINGS_FILE = "settings.json"
 logger = logging.getLogger("envserve.settings")
 
 # MLServer's settings.json spells some fields differently; map them onto ours.
-_MLSERVER_ALIASES = {"model_repository_root": "model_repository", "debug": None, "server_name": "server_name"}
+_MLSERVER_ALIASES = {"model_repository_root": "model_repository"}
 # MLServer keys that have no meaning for envserve yet; accepted so MLServer repositories load unchanged.
 _MLSERVER_IGNORED = {
     "cors_settings",
@@ -158,7 +158,7 @@ def _read_file(path: str) -> Dict[str, Any]:
     values: Dict[str, Any] = {}
     for key, value in doc.items():
         target = _MLSERVER_ALIASES.get(key, key)
-        if key in _MLSERVER_IGNORED or target is None:
+        if key in _MLSERVER_IGNORED:
             logger.info("%s: ignoring MLServer setting %r (not used by envserve)", path, key)
             continue
         if target not in known:
