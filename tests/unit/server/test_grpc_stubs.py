@@ -19,21 +19,13 @@ def test_generated_stubs_match_the_proto(tmp_path):
             "-I",
             str(ROOT / "proto"),
             "--python_out=%s" % tmp_path,
-            "--grpc_python_out=%s" % tmp_path,
             "--pyi_out=%s" % tmp_path,
             str(ROOT / "proto" / "inference.proto"),
         ],
         check=True,
         capture_output=True,
     )
-    fresh_grpc = (
-        (tmp_path / "inference_pb2_grpc.py")
-        .read_text()
-        .replace("import inference_pb2 as inference__pb2", "from . import inference_pb2 as inference__pb2")
-    )
-    assert fresh_grpc == (GENERATED / "inference_pb2_grpc.py").read_text(), (
-        "stubs drifted: run scripts/gen-grpc"
-    )
+    assert not (GENERATED / "inference_pb2_grpc.py").exists(), "the service is ours; no grpcio stubs"
     for name in ("inference_pb2.py", "inference_pb2.pyi"):
         assert (tmp_path / name).read_text() == (GENERATED / name).read_text(), (
             "stubs drifted: run scripts/gen-grpc"

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import List, Tuple, Type
 
-import grpc
-
 from ...errors import (
     EnvserveError,
     InferenceError,
@@ -18,25 +16,26 @@ from ...errors import (
     SettingsError,
     WorkerUnavailable,
 )
+from .h2 import StatusCode
 
 __all__ = ["code_for"]
 
 # Most specific first; the first isinstance match wins.
-STATUS_CODES: List[Tuple[Type[EnvserveError], grpc.StatusCode]] = [
-    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
-    (ModelNotFound, grpc.StatusCode.NOT_FOUND),
-    (PayloadTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (InferenceError, grpc.StatusCode.INTERNAL),
-    (ModelLoadError, grpc.StatusCode.INTERNAL),
-    (SettingsError, grpc.StatusCode.INTERNAL),
-    (ModelNotReady, grpc.StatusCode.UNAVAILABLE),
-    (WorkerUnavailable, grpc.StatusCode.UNAVAILABLE),
-    (InferenceTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
+STATUS_CODES: List[Tuple[Type[EnvserveError], int]] = [
+    (InvalidRequest, StatusCode.INVALID_ARGUMENT),
+    (ModelNotFound, StatusCode.NOT_FOUND),
+    (PayloadTooLarge, StatusCode.RESOURCE_EXHAUSTED),
+    (InferenceError, StatusCode.INTERNAL),
+    (ModelLoadError, StatusCode.INTERNAL),
+    (SettingsError, StatusCode.INTERNAL),
+    (ModelNotReady, StatusCode.UNAVAILABLE),
+    (WorkerUnavailable, StatusCode.UNAVAILABLE),
+    (InferenceTimeout, StatusCode.DEADLINE_EXCEEDED),
 ]
 
 
-def code_for(exc: BaseException) -> grpc.StatusCode:
+def code_for(exc: BaseException) -> int:
     for cls, code in STATUS_CODES:
         if isinstance(exc, cls):
             return code
-    return grpc.StatusCode.INTERNAL
+    return StatusCode.INTERNAL

@@ -1,12 +1,12 @@
-"""The gRPC service over the data plane, and its server (grpc.aio in the server's event loop)."""
+"""The gRPC service over the data plane, served by envserve's own HTTP/2 transport (``h2.py``)."""
 
 from __future__ import annotations
 
 import hmac
 import logging
-from typing import Any, Optional
+from typing import Any, Awaitable, Callable, Dict, Tuple
 
-import grpc
+from google.protobuf.message import DecodeError
 
 from ... import __version__
 from ...errors import EnvserveError
@@ -14,114 +14,124 @@ from ..dataplane import DataPlane
 from . import converters
 from .errors import code_for
 from .generated import inference_pb2 as pb
-from .generated import inference_pb2_grpc as pb_grpc
+from .h2 import GrpcError, H2GrpcServer, Handler, Metadata, StatusCode
 
 __all__ = ["InferenceService", "start_grpc_server"]
 
 logger = logging.getLogger("envserve.grpc")
 
+SERVICE = "inference.GRPCInferenceService"
+METHODS = (
+    "ServerLive",
+    "ServerReady",
+    "ModelReady",
+    "ServerMetadata",
+    "ModelMetadata",
+    "ModelInfer",
+    "RepositoryIndex",
+    "RepositoryModelLoad",
+    "RepositoryModelUnload",
+)
+
 
 def _status(exc: BaseException) -> str:
-    return str(code_for(exc).name)
+    return StatusCode.NAMES[code_for(exc)]
 
 
-class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
+class InferenceService:
+    """One coroutine per RPC: (request message, metadata) -> response message; errors raise."""
+
     def __init__(self, dataplane: DataPlane, admin_token: str = "") -> None:
         self.dp = dataplane
         self.admin_token = admin_token
 
-    async def _check_admin(self, context: Any) -> None:
+    def handlers(self) -> Dict[str, Handler]:
+        table = {}
+        for name in METHODS:
+            request_type = getattr(pb, name + "Request")
+            table["/%s/%s" % (SERVICE, name)] = _unary(name, request_type, getattr(self, name))
+        return table
+
+    def _check_admin(self, metadata: Metadata) -> None:
         if not self.admin_token:
             return
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization" and hmac.compare_digest(str(value), "Bearer " + self.admin_token):
+        for key, value in metadata:
+            if key == "authorization" and hmac.compare_digest(value, "Bearer " + self.admin_token):
                 return
-        await context.abort(
-            grpc.StatusCode.UNAUTHENTICATED,
+        raise GrpcError(
+            StatusCode.UNAUTHENTICATED,
             "this call needs the admin token: send metadata 'authorization: Bearer <token>'",
         )
 
-    async def _fail(self, context: Any, exc: BaseException) -> None:
-        if not isinstance(exc, EnvserveError):
-            logger.exception("unexpected error in a gRPC call")
-            await context.abort(grpc.StatusCode.INTERNAL, "internal server error; see the server log")
-        await context.abort(code_for(exc), str(exc))
-
-    async def ServerLive(self, request: Any, context: Any) -> Any:
+    async def ServerLive(self, request: Any, metadata: Metadata) -> Any:
         return pb.ServerLiveResponse(live=self.dp.live())
 
-    async def ServerReady(self, request: Any, context: Any) -> Any:
+    async def ServerReady(self, request: Any, metadata: Metadata) -> Any:
         return pb.ServerReadyResponse(ready=self.dp.ready())
 
-    async def ModelReady(self, request: Any, context: Any) -> Any:
-        try:
-            return pb.ModelReadyResponse(ready=self.dp.model_ready(request.name, request.version or None))
-        except Exception as exc:
-            await self._fail(context, exc)
+    async def ModelReady(self, request: Any, metadata: Metadata) -> Any:
+        return pb.ModelReadyResponse(ready=self.dp.model_ready(request.name, request.version or None))
 
-    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+    async def ServerMetadata(self, request: Any, metadata: Metadata) -> Any:
         meta = self.dp.server_metadata()
         return pb.ServerMetadataResponse(
             name=meta["name"], version=__version__, extensions=meta["extensions"]
         )
 
-    async def ModelMetadata(self, request: Any, context: Any) -> Any:
-        try:
-            return converters.metadata_to_proto(self.dp.model_metadata(request.name, request.version or None))
-        except Exception as exc:
-            await self._fail(context, exc)
+    async def ModelMetadata(self, request: Any, metadata: Metadata) -> Any:
+        return converters.metadata_to_proto(self.dp.model_metadata(request.name, request.version or None))
 
-    async def ModelInfer(self, request: Any, context: Any) -> Any:
-        try:
-            v2 = converters.request_from_proto(request)
-            response = await self.dp.infer(
-                request.model_name, request.model_version or None, v2, protocol="grpc", status_of=_status
-            )
-            raw = v2.parameters.get("raw_output", True) is not False
-            return converters.response_to_proto(response, raw)
-        except Exception as exc:
-            await self._fail(context, exc)
+    async def ModelInfer(self, request: Any, metadata: Metadata) -> Any:
+        v2 = converters.request_from_proto(request)
+        response = await self.dp.infer(
+            request.model_name, request.model_version or None, v2, protocol="grpc", status_of=_status
+        )
+        raw = v2.parameters.get("raw_output", True) is not False
+        return converters.response_to_proto(response, raw)
 
-    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+    async def RepositoryIndex(self, request: Any, metadata: Metadata) -> Any:
         return converters.index_to_proto(self.dp.repository_index({"ready": request.ready}))
 
-    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        await self._check_admin(context)
-        try:
-            await self.dp.load(request.model_name)
-            return pb.RepositoryModelLoadResponse()
-        except Exception as exc:
-            await self._fail(context, exc)
+    async def RepositoryModelLoad(self, request: Any, metadata: Metadata) -> Any:
+        self._check_admin(metadata)
+        await self.dp.load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
 
-    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
-        await self._check_admin(context)
+    async def RepositoryModelUnload(self, request: Any, metadata: Metadata) -> Any:
+        self._check_admin(metadata)
+        await self.dp.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+
+def _unary(name: str, request_type: Any, method: Callable[[Any, Metadata], Awaitable[Any]]) -> Handler:
+    parse = request_type.FromString
+
+    async def handle(data: bytes, metadata: Metadata) -> bytes:
         try:
-            await self.dp.unload(request.model_name)
-            return pb.RepositoryModelUnloadResponse()
-        except Exception as exc:
-            await self._fail(context, exc)
+            request = parse(data)
+        except DecodeError as exc:
+            raise GrpcError(StatusCode.INVALID_ARGUMENT, "cannot parse %sRequest: %s" % (name, exc)) from None
+        try:
+            reply = await method(request, metadata)
+        except EnvserveError as exc:
+            raise GrpcError(code_for(exc), str(exc)) from None
+        return reply.SerializeToString()  # type: ignore[no-any-return]
+
+    return handle
 
 
 async def start_grpc_server(
     dataplane: DataPlane, host: str, port: int, max_message: int, admin_token: str = ""
-) -> Any:
+) -> Tuple[H2GrpcServer, int]:
     """Start serving; returns (server, bound port). Port 0 picks a free one."""
-    options = [
-        ("grpc.max_receive_message_length", max_message),
-        ("grpc.max_send_message_length", max_message),
-        ("grpc.so_reuseport", 0),
-    ]
-    server = grpc.aio.server(options=options)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(dataplane, admin_token), server)  # type: ignore[no-untyped-call]
-    address = "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
-    bound: Optional[int] = None
+    server = H2GrpcServer(InferenceService(dataplane, admin_token).handlers(), max_message)
     try:
-        bound = server.add_insecure_port(address)
-    except RuntimeError as exc:
-        raise EnvserveError("cannot listen for gRPC on %s: %s" % (address, exc)) from None
-    if not bound:
+        bound = await server.start(host, port)
+    except OSError as exc:
         from ...errors import SettingsError
 
-        raise SettingsError("cannot listen for gRPC on %s; choose another port with --grpc-port" % address)
-    await server.start()
+        raise SettingsError(
+            "cannot listen for gRPC on %s:%d (%s); choose another port with --grpc-port"
+            % (host, port, exc.strerror or exc)
+        ) from None
     return server, bound
