@@ -22,7 +22,9 @@ async def _echo(message, metadata):
 
 
 async def _meta(message, metadata):
-    return ";".join("%s=%s" % kv for kv in metadata if not kv[0].startswith(("grpc-", "user-agent", "te"))).encode()
+    return ";".join(
+        "%s=%s" % kv for kv in metadata if not kv[0].startswith(("grpc-", "user-agent", "te"))
+    ).encode()
 
 
 async def _slow(message, metadata):
@@ -38,7 +40,13 @@ async def _crash(message, metadata):
     raise RuntimeError("boom")
 
 
-HANDLERS = {"/t.T/Echo": _echo, "/t.T/Meta": _meta, "/t.T/Slow": _slow, "/t.T/Fail": _fail, "/t.T/Crash": _crash}
+HANDLERS = {
+    "/t.T/Echo": _echo,
+    "/t.T/Meta": _meta,
+    "/t.T/Slow": _slow,
+    "/t.T/Fail": _fail,
+    "/t.T/Crash": _crash,
+}
 
 
 class Running:
@@ -100,7 +108,9 @@ def test_many_concurrent_calls_on_one_connection(channel):
 
 
 def test_metadata_reaches_the_handler(channel):
-    got = _unary(channel, "/t.T/Meta")(b"", metadata=[("authorization", "Bearer x"), ("x-id", "7")], timeout=10)
+    got = _unary(channel, "/t.T/Meta")(
+        b"", metadata=[("authorization", "Bearer x"), ("x-id", "7")], timeout=10
+    )
     assert got.decode() == "authorization=Bearer x;x-id=7"
 
 
@@ -161,7 +171,11 @@ def test_graceful_stop_finishes_in_flight_calls_and_refuses_new_ones():
 
 def test_parse_timeout():
     assert parse_timeout("100m") == pytest.approx(0.1)
-    assert parse_timeout("2S") == 2 and parse_timeout("1H") == 3600 and parse_timeout("5n") == pytest.approx(5e-9)
+    assert (
+        parse_timeout("2S") == 2
+        and parse_timeout("1H") == 3600
+        and parse_timeout("5n") == pytest.approx(5e-9)
+    )
     assert parse_timeout("") is None and parse_timeout("10") is None and parse_timeout("123456789S") is None
     assert parse_timeout("-1S") is None and parse_timeout("1x") is None
 
@@ -320,7 +334,10 @@ def test_deadline_from_grpc_timeout_header(server):
     assert time.monotonic() - started < 1.5
     client.call(3, "/t.T/Slow", b"0", extra=[("grpc-timeout", "soon")])
     _headers, _data, trailers = client.response(3)
-    assert trailers["grpc-status"] == str(StatusCode.INVALID_ARGUMENT) and "grpc-timeout" in trailers["grpc-message"]
+    assert (
+        trailers["grpc-status"] == str(StatusCode.INVALID_ARGUMENT)
+        and "grpc-timeout" in trailers["grpc-message"]
+    )
 
 
 def test_ping_is_acknowledged(server):
