@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -30,13 +30,14 @@ __all__ = [
     "encode_response",
     "error_from_wire",
     "error_to_wire",
+    "json_default",
     "split_prefix",
 ]
 
 PREFIX = struct.Struct("<IQ")
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
@@ -46,9 +47,17 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
-def encode_frame(header: Dict[str, Any], buffers: Sequence[Any] = ()) -> List[Any]:
-    """The frame as a list of bytes-like pieces (write them in order; no concatenation needed)."""
-    head = json.dumps(header, separators=(",", ":"), default=_json_default).encode("utf-8")
+def _dumps(header: Dict[str, Any]) -> bytes:
+    return json.dumps(header, separators=(",", ":"), default=json_default).encode("utf-8")
+
+
+def encode_frame(
+    header: Dict[str, Any], buffers: Sequence[Any] = (), dumps: Callable[[Dict[str, Any]], bytes] = _dumps
+) -> List[Any]:
+    """The frame as a list of bytes-like pieces (write them in order; no concatenation needed).
+    ``dumps`` serialises the header: the standard library's json here (the worker side has nothing
+    else); the server passes a faster one (orjson) producing the same JSON."""
+    head = dumps(header)
     body_len = sum(memoryview(b).nbytes for b in buffers)
     return [PREFIX.pack(len(head), body_len), head, *buffers]
 
@@ -84,7 +93,9 @@ def _pack_tensors(tensors: Sequence[Any]) -> Tuple[List[Dict[str, Any]], List[An
 # -- requests and responses ---------------------------------------------------------------------------------
 
 
-def encode_request(call_id: int, request: InferenceRequest) -> List[Any]:
+def encode_request(
+    call_id: int, request: InferenceRequest, dumps: Callable[[Dict[str, Any]], bytes] = _dumps
+) -> List[Any]:
     inputs, buffers = _pack_tensors(request.inputs)
     header = {
         "op": "infer",
@@ -96,7 +107,7 @@ def encode_request(call_id: int, request: InferenceRequest) -> List[Any]:
             "inputs": inputs,
         },
     }
-    return encode_frame(header, buffers)
+    return encode_frame(header, buffers, dumps)
 
 
 def _unpack_tensors(described: List[Dict[str, Any]], body: Any, cls: Any) -> List[Any]:

@@ -5,9 +5,10 @@ A :class:`WorkerPool` is the registry's handle for a model that runs in its own 
 - ``load()`` prepares the environment through the cache (extract/build once), starts
   ``parallel_workers`` processes with the environment's interpreter and waits until each has loaded the
   model (or reports why it could not);
-- ``infer()`` hands the call to the least busy worker with room (at most ``DEPTH`` calls in flight each,
-  one running and one waiting in its socket), or queues it; a worker takes the next queued call as soon
-  as it answers one. Frames are parsed in an :class:`asyncio.Protocol`, with no task per call;
+- ``infer()`` hands the call to the least busy worker with room (at most ``DEPTH`` calls in flight each:
+  one running, the others waiting in its socket), or queues it; a worker takes the next queued call as
+  soon as it answers one. Frames are parsed in an :class:`asyncio.Protocol`, with no task per call, and
+  one timer sweeps expired calls instead of one timer per call;
 - a worker that exits is restarted with exponential backoff; the calls it had in flight fail at once with
   :class:`~envserve.errors.WorkerUnavailable` (503); queued calls wait for the next worker, up to the
   inference timeout;
@@ -26,13 +27,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import os
 import signal
 import time
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Set
+
+import orjson
 
 from ..environments import Environment, EnvironmentCache, EnvironmentSource, runtime_env
 from ..errors import EnvserveError, InferenceTimeout, ModelLoadError, ModelNotReady, WorkerUnavailable
@@ -44,8 +46,11 @@ __all__ = ["WorkerPool", "worker_code_dir"]
 
 logger = logging.getLogger("envserve.workers")
 
-#: Calls one worker may have in flight (one running, one waiting in its socket buffer).
-DEPTH = 2
+#: Calls one worker may have in flight (one running, the others waiting in its socket buffer). Pipelining
+#: several lets the worker answer a run of calls per wake-up, which is what matters when it shares a core
+#: with the server (measured: 2 -> 0.60x, 4 -> 0.70x, 8 -> 0.78x of in-process at 8 connections); the
+#: price is that a worker that dies fails up to this many calls (503) instead of fewer.
+DEPTH = 8
 PING_INTERVAL = 1.0
 PING_TIMEOUT = 10.0
 STOP_GRACE = 5.0
@@ -76,14 +81,21 @@ _BOOTSTRAP = "import sys; sys.path.insert(0, %r); from envserve.workers.entry im
 
 
 class _Call:
-    __slots__ = ("future", "id", "payload", "timer", "worker")
+    __slots__ = ("deadline", "future", "id", "payload", "worker")
 
-    def __init__(self, call_id: int, payload: bytes, future: asyncio.Future[InferenceResponse]) -> None:
+    def __init__(
+        self, call_id: int, payload: bytes, future: asyncio.Future[InferenceResponse], deadline: float
+    ) -> None:
         self.id = call_id
         self.payload = payload
         self.future = future
+        self.deadline = deadline
         self.worker: Optional[_Worker] = None
-        self.timer: Optional[asyncio.TimerHandle] = None
+
+
+def _orjson_dumps(header: Dict[str, Any]) -> bytes:
+    options = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+    return orjson.dumps(header, default=ipc.json_default, option=options)
 
 
 class _FrameProtocol(asyncio.Protocol):
@@ -109,7 +121,7 @@ class _FrameProtocol(asyncio.Protocol):
             if len(buf) < end:
                 return
             try:
-                header = json.loads(buf[prefix : prefix + head_len])
+                header = orjson.loads(buf[prefix : prefix + head_len])
             except ValueError:
                 logger.error("model %s: unreadable frame from a worker; closing it", self.pool.settings.name)
                 assert self.transport is not None
@@ -203,6 +215,10 @@ class WorkerPool:
         self.restarts = 0
         self._workers: List[_Worker] = []
         self._queue: Deque[_Call] = deque()
+        # Every call in creation order, for the deadline sweep (one timeout for all, so deadlines are in
+        # the same order); answered calls are dropped from the front as new calls come in.
+        self._deadlines: Deque[_Call] = deque()
+        self._sweeper: Optional[asyncio.TimerHandle] = None
         self._ids = itertools.count(1)
         self._server: Optional[asyncio.AbstractServer] = None
         self._socket = os.path.join(socket_dir, "%s-%x.sock" % (settings.name[:40], id(self) & 0xFFFFFF))
@@ -239,6 +255,10 @@ class WorkerPool:
         gone = ModelNotReady("model %r was unloaded" % self.settings.name, model=self.settings.name)
         while self._queue:
             self._settle(self._queue.popleft(), exc=gone)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self._deadlines.clear()
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -255,8 +275,18 @@ class WorkerPool:
             raise ModelNotReady("model %r is unloading" % self.settings.name, model=self.settings.name)
         loop = asyncio.get_running_loop()
         call_id = next(self._ids)
-        call = _Call(call_id, _frame_bytes(ipc.encode_request(call_id, request)), loop.create_future())
-        call.timer = loop.call_later(self.inference_timeout, self._expire, call)
+        call = _Call(
+            call_id,
+            _frame_bytes(ipc.encode_request(call_id, request, _orjson_dumps)),
+            loop.create_future(),
+            loop.time() + self.inference_timeout,
+        )
+        deadlines = self._deadlines
+        while deadlines and deadlines[0].future.done():
+            deadlines.popleft()
+        deadlines.append(call)
+        if self._sweeper is None:
+            self._sweeper = loop.call_at(deadlines[0].deadline, self._sweep)
         worker = self._idle_worker()
         if worker is not None:
             self._dispatch(worker, call)
@@ -321,10 +351,21 @@ class WorkerPool:
             if not call.future.done():
                 self._dispatch(worker, call)
 
+    def _sweep(self) -> None:
+        """Expire every call past its deadline, then sleep until the oldest unanswered one's."""
+        self._sweeper = None
+        deadlines = self._deadlines
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while deadlines and (deadlines[0].future.done() or deadlines[0].deadline <= now):
+            call = deadlines.popleft()
+            if not call.future.done():
+                self._expire(call)
+        if deadlines:
+            self._sweeper = loop.call_at(deadlines[0].deadline, self._sweep)
+
     @staticmethod
     def _settle(call: _Call, result: Any = None, exc: Optional[BaseException] = None) -> None:
-        if call.timer is not None:
-            call.timer.cancel()
         if call.future.done():
             return
         if exc is not None:
