@@ -6,6 +6,7 @@ import asyncio
 import os
 import shutil
 import signal
+import threading
 import sys
 import time
 
@@ -57,6 +58,25 @@ def test_sleeping_model_times_out_with_504_while_others_answer(tmp_path, start_s
                 break
             assert time.monotonic() < deadline, "the stuck worker was not replaced"
             time.sleep(0.1)
+        # calls started at different times each expire at their own deadline (one sweep serves all)
+        results = {}
+
+        def call(key):
+            with server.client() as own:
+                began = time.monotonic()
+                response = own.post("/v2/models/sleepy/infer", json=BODY)
+                results[key] = (response.status_code, time.monotonic() - began)
+
+        first = threading.Thread(target=call, args=("first",))
+        second = threading.Thread(target=call, args=("second",))
+        first.start()
+        time.sleep(0.7)
+        second.start()
+        first.join(10)
+        second.join(10)
+        for key in ("first", "second"):
+            status, took = results[key]
+            assert status == 504 and 1.4 < took < 3.0, (key, results)
 
 
 def test_leaking_worker_is_recycled_without_failing_requests(tmp_path, start_server):

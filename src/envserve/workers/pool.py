@@ -162,8 +162,13 @@ class _Worker:
         self.alive = False
         self.dead = False
         self.recycling = False  # over its memory limit: takes no new calls, restarts once idle
+        self.stuck = False  # killed for exceeding the inference timeout: takes no new calls
         self.info: Dict[str, Any] = {}
         self.pump: Optional[asyncio.Task[Any]] = None
+
+    @property
+    def takes_calls(self) -> bool:
+        return self.alive and not self.recycling and not self.stuck
 
     @property
     def pid(self) -> Optional[int]:
@@ -329,8 +334,7 @@ class WorkerPool:
         best: Optional[_Worker] = None
         for w in self._workers:
             if (
-                w.alive
-                and not w.recycling
+                w.takes_calls
                 and len(w.inflight) < DEPTH
                 and (best is None or len(w.inflight) < len(best.inflight))
             ):
@@ -346,7 +350,9 @@ class WorkerPool:
 
     def _feed(self, worker: _Worker) -> None:
         queue = self._queue
-        while queue and worker.alive and not worker.recycling and len(worker.inflight) < DEPTH:
+        while (
+            queue and worker.alive and not (worker.recycling or worker.stuck) and len(worker.inflight) < DEPTH
+        ):
             call = queue.popleft()
             if not call.future.done():
                 self._dispatch(worker, call)
@@ -399,7 +405,18 @@ class WorkerPool:
                 worker.pid,
             )
             worker.inflight.pop(call.id, None)
+            # A worker runs its calls in the order it received them, so the ones sent after the stuck call
+            # have not started: they go back to the front of the queue for the next worker instead of
+            # failing with the recycled one.
+            behind = sorted((c for c in worker.inflight.values() if c.id > call.id), key=lambda c: c.id)
+            for waiting in reversed(behind):
+                del worker.inflight[waiting.id]
+                waiting.worker = None
+                self._queue.appendleft(waiting)
+            worker.stuck = True  # takes nothing more; its exit is seen and it is restarted
             worker.kill()
+            for other in self._workers:
+                self._feed(other)
 
     def _on_frame(self, link: _FrameProtocol, header: Dict[str, Any], body: bytes) -> None:
         worker = link.worker
