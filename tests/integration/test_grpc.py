@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -68,6 +70,12 @@ def server(tmp_path_factory, digits_model_file):
         repo,
         "mnist-svm",
         {"name": "mnist-svm", "implementation": "sklearn", "parameters": {"version": "1"}},
+        digits_model_file,
+    )
+    write_model(  # the same model in a worker process: calls that suspend on the transport's eager path
+        repo,
+        "mnist-worker",
+        {"name": "mnist-worker", "implementation": "sklearn", "parameters": {"environment_path": sys.prefix}},
         digits_model_file,
     )
     for name, cls in (("echo", "Echo"), ("fails", "Fails"), ("broken-load", "BrokenLoad")):
@@ -164,6 +172,27 @@ def test_tritonclient_grpc(server, digits, digits_model_file):
         assert client.is_model_ready("echo")
         with pytest.raises(Exception, match="not found"):
             client.get_model_metadata("nope")
+    finally:
+        client.close()
+
+
+def test_worker_model_over_grpc_with_concurrent_calls(server, digits, digits_model_file):
+    import joblib
+
+    x, _ = digits
+    expected = joblib.load(digits_model_file).predict(x[:40].astype(np.float32))
+    client = tritongrpc.InferenceServerClient(url=server.grpc_address)
+
+    def one(i):
+        row = x[i : i + 1].astype(np.float32)
+        inp = tritongrpc.InferInput("predict", list(row.shape), "FP32")
+        inp.set_data_from_numpy(row)
+        return int(client.infer("mnist-worker", [inp]).as_numpy("predict")[0])
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(one, range(40)))
+        assert got == expected.tolist()
     finally:
         client.close()
 
