@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 import threading
@@ -11,6 +12,8 @@ import time
 import grpc
 import pytest
 from hpack import Decoder, Encoder
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from envserve.server.grpc.h2 import GrpcError, H2GrpcServer, StatusCode, parse_timeout
 
@@ -411,3 +414,49 @@ def test_memoised_header_blocks_follow_the_dynamic_table():
     assert conn._decode(b"\x20") == []  # table size update to 0 evicts everything
     with pytest.raises(Exception, match="HPACK"):
         conn._decode(newest)
+
+
+def test_connection_without_preface_is_dropped(server, monkeypatch):
+    from envserve.server.grpc import h2
+
+    monkeypatch.setattr(h2, "PREFACE_TIMEOUT", 0.3)
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    OPEN.append(sock)
+    sock.sendall(PREFACE[:10])  # a valid start, then silence
+    started = time.monotonic()
+    received = b""
+    with contextlib.suppress(ConnectionResetError):
+        while True:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            received += chunk
+    assert time.monotonic() - started < 3
+    assert received.startswith(b"\x00\x00\x18\x04")  # only our SETTINGS frame was ever sent
+
+
+_frames = st.tuples(
+    st.integers(0, 10),  # type, including unknown 10
+    st.sampled_from([0, 0x1, 0x4, 0x5, 0x8, 0x20, 0x2D]),  # flag combinations
+    st.sampled_from([0, 1, 2, 3, 5, 2**31 - 1]),  # stream ids
+    st.binary(max_size=40),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(_frames, min_size=1, max_size=8))
+def test_random_frames_never_break_the_server(server, frames):
+    problems = []
+    server.loop.set_exception_handler(lambda loop, context: problems.append(context))
+    client = RawClient(server.port)
+    client.send(b"".join(frame(*f) for f in frames))
+    client.sock.settimeout(0.05)
+    with contextlib.suppress(OSError):
+        while client.sock.recv(65536):
+            pass
+    client.sock.close()
+    assert not problems, problems
+    fresh = RawClient(server.port)
+    fresh.call(1, "/t.T/Echo", b"alive")
+    assert fresh.response(1)[1][5:] == b"alive"
+    fresh.sock.close()

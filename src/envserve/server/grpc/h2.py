@@ -111,6 +111,7 @@ CONNECTION_WINDOW = 1 << 24
 MAX_CONCURRENT_STREAMS = 128
 MAX_HEADER_LIST_SIZE = 16384
 MAX_HEADER_BLOCK = 65536
+PREFACE_TIMEOUT = 10.0  # seconds a new connection has to send the HTTP/2 connection preface
 LINGER_SECONDS = 2.0  # after our FIN, how long a client may take to close before the socket is aborted
 MAX_PENDING_CONTROL = 1000  # PING/SETTINGS answered while the peer is not reading: then we stop reading
 
@@ -221,6 +222,8 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.server.connections.add(self)
         transport.set_write_buffer_limits(high=1 << 20)  # type: ignore[attr-defined]
+        # A connection that never completes the HTTP/2 preface holds a socket for nothing: drop it.
+        self._linger = asyncio.get_running_loop().call_later(PREFACE_TIMEOUT, self._preface_timeout)
         settings = struct.pack(
             ">HIHIHIHI",
             0x3,  # MAX_CONCURRENT_STREAMS
@@ -278,6 +281,9 @@ class _Connection(asyncio.Protocol):
                 return
             data = data[24:]
             self.preface_done = True
+            if self._linger is not None:
+                self._linger.cancel()
+                self._linger = None
         # Frames are parsed from an immutable bytes object, so payload views may outlive this call.
         view = memoryview(data)
         pos = 0
@@ -707,7 +713,13 @@ class _Connection(asyncio.Protocol):
         except (OSError, NotImplementedError, RuntimeError):
             self._abort()  # the peer is already gone
         else:
+            if self._linger is not None:
+                self._linger.cancel()
             self._linger = asyncio.get_running_loop().call_later(LINGER_SECONDS, self._abort)
+
+    def _preface_timeout(self) -> None:
+        if not self.preface_done:
+            self._abort()
 
     def _abort(self) -> None:
         self.closed = True
