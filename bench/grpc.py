@@ -3,6 +3,7 @@
 Load from h2load (Debian's nghttp2-client, a C HTTP/2 load generator) posting a framed
 ``inference.ModelInferRequest`` with raw_input_contents; 8 connections with one stream each, and one
 connection with 8 concurrent streams. REST from wrk at 8 connections. Target: gRPC >= REST in process.
+Also an echo model over both, which leaves only the cost of each transport.
 """
 
 from __future__ import annotations
@@ -15,19 +16,19 @@ import subprocess
 import sys
 from typing import List
 
-from .harness import LOAD_CPU, OUT, envserve, free_port, pinned
+from .harness import LOAD_CPU, OUT, ROOT, envserve, free_port, pinned
 
 PATH = "/inference.GRPCInferenceService/ModelInfer"
 
 
-def _grpc_body(body_file) -> bytes:  # type: ignore[no-untyped-def]
+def _grpc_body(body_file, model: str = "mnist-svm") -> bytes:  # type: ignore[no-untyped-def]
     import numpy as np
 
     sys.path.insert(0, str(OUT.parent.parent / "src"))
     from envserve.server.grpc.generated import inference_pb2 as pb
 
     inp = json.loads(body_file.read_text())["inputs"][0]
-    request = pb.ModelInferRequest(model_name="mnist-svm")
+    request = pb.ModelInferRequest(model_name=model)
     request.inputs.add(name="predict", datatype="FP32", shape=inp["shape"])
     request.raw_input_contents.append(np.asarray(inp["data"], dtype=np.float32).tobytes())
     data = request.SerializeToString()
@@ -70,9 +71,18 @@ def run(seconds: float) -> List[str]:
 
     OUT.mkdir(parents=True, exist_ok=True)
     bodies = core._bodies(OUT)
-    repo = core._repo(OUT)
+    repo = OUT / "repo-grpc"
+    shutil.rmtree(repo, ignore_errors=True)
+    shutil.copytree(core._repo(OUT), repo)
+    # A model that does nothing (returns its input): what remains is the cost of each transport.
+    echo = repo / "echo"
+    echo.mkdir()
+    shutil.copy(ROOT / "tests" / "fixtures" / "custom" / "runtimes.py", echo / "runtimes.py")
+    (echo / "model-settings.json").write_text(json.dumps({"name": "echo", "implementation": "runtimes.Echo"}))
     grpc_body = OUT / "grpc-body.bin"
     grpc_body.write_bytes(_grpc_body(bodies["1-row"]))
+    echo_body = OUT / "grpc-echo-body.bin"
+    echo_body.write_bytes(_grpc_body(bodies["1-row"], "echo"))
     grpc_port = free_port()
     with envserve(repo, OUT / "envserve-grpc.log", {"ENVSERVE_GRPC_PORT": str(grpc_port)}) as server:
         url = "http://127.0.0.1:%d%s" % (grpc_port, PATH)
@@ -80,11 +90,15 @@ def run(seconds: float) -> List[str]:
         rest = run_wrk(server.url + "/v2/models/mnist-svm/infer", bodies["1-row"], 8, seconds)
         grpc8 = _h2load(url, str(grpc_body), 8, 1, seconds)
         streams = _h2load(url, str(grpc_body), 1, 8, seconds)
+        rest_echo = run_wrk(server.url + "/v2/models/echo/infer", bodies["1-row"], 8, seconds)
+        grpc_echo = _h2load(url, str(echo_body), 8, 1, seconds)
     lines = [
         "",
         "REST single-row @8 connections:        %7.0f req/s" % rest.rps,
         "gRPC single-row @8 connections:        %7.0f req/s  (%.2fx REST)" % (grpc8, grpc8 / rest.rps),
         "gRPC single-row @1 connection, 8 streams: %4.0f req/s  (%.2fx REST)" % (streams, streams / rest.rps),
+        "echo model (transport cost only): REST %.0f req/s, gRPC %.0f req/s (%.2fx REST)"
+        % (rest_echo.rps, grpc_echo, grpc_echo / rest_echo.rps),
         "target gRPC >= REST in process: %.2fx %s"
         % (grpc8 / rest.rps, "PASS" if grpc8 >= rest.rps else "FAIL"),
     ]
