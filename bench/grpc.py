@@ -16,7 +16,7 @@ import subprocess
 import sys
 from typing import List
 
-from .harness import LOAD_CPU, OUT, ROOT, envserve, free_port, pinned
+from .harness import LOAD_CPU, OUT, ROOT, ROUNDS, envserve, free_port, paired, pinned
 
 PATH = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -92,6 +92,12 @@ def run(seconds: float) -> List[str]:
         streams = _h2load(url, str(grpc_body), 1, 8, seconds)
         rest_echo = run_wrk(server.url + "/v2/models/echo/infer", bodies["1-row"], 8, seconds)
         grpc_echo = _h2load(url, str(echo_body), 8, 1, seconds)
+        print("target point, interleaved:", flush=True)
+        target = paired(
+            "single-row @8 req/s REST vs gRPC",
+            lambda: run_wrk(server.url + "/v2/models/mnist-svm/infer", bodies["1-row"], 8, seconds).rps,
+            lambda: _h2load(url, str(grpc_body), 8, 1, seconds),
+        )
     lines = [
         "",
         "REST single-row @8 connections:        %7.0f req/s" % rest.rps,
@@ -99,7 +105,7 @@ def run(seconds: float) -> List[str]:
         "gRPC single-row @1 connection, 8 streams: %4.0f req/s  (%.2fx REST)" % (streams, streams / rest.rps),
         "echo model (transport cost only): REST %.0f req/s, gRPC %.0f req/s (%.2fx REST)"
         % (rest_echo.rps, grpc_echo, grpc_echo / rest_echo.rps),
-        "target gRPC >= REST in process: %.2fx %s"
-        % (grpc8 / rest.rps, "PASS" if grpc8 >= rest.rps else "FAIL"),
+        "target gRPC >= REST in process (median of %d interleaved pairs): %.2fx %s"
+        % (ROUNDS, target, "PASS" if target >= 1.0 else "FAIL"),
     ]
     return lines

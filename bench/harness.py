@@ -12,7 +12,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -174,3 +174,20 @@ def parse_wrk(out: str) -> WrkResult:
     if m:
         errors += sum(int(g) for g in m.groups())
     return WrkResult(rps, p50, p99, requests, errors)
+
+
+ROUNDS = 3
+
+
+def paired(
+    label: str, measure_a: Callable[[], float], measure_b: Callable[[], float], rounds: int = ROUNDS
+) -> float:
+    """The median of ``rounds`` ratios b/a, each from a pair of measurements taken back to back
+    (a, b, a, b, ...): drift of the machine during a suite then hits both sides of a pair alike, where
+    a ratio of two measurements taken minutes apart carries all of it. Prints every pair."""
+    ratios = []
+    for i in range(rounds):
+        a, b = measure_a(), measure_b()
+        ratios.append(b / a)
+        print("  %s, pair %d: %.1f vs %.1f -> %.3fx" % (label, i + 1, a, b, b / a), flush=True)
+    return sorted(ratios)[len(ratios) // 2]
