@@ -136,20 +136,31 @@ class BatchingHandle:
         return batch
 
     def _take(self, key: Tuple[Any, ...], batch: List[_Item]) -> int:
+        """Move the compatible requests at the front of the queue into ``batch``.
+
+        Stops at the first compatible request that would take the batch past MAX_BATCH_ROWS, and after
+        ``max_batch_size`` incompatible ones: under load the queue is long, and this runs on every pass of
+        the gather loop, so its cost must not grow with the queue. Requests passed over keep their order.
+        """
+        queue = self._queue
         taken = 0
         rows = sum(item[0].inputs[0].data.shape[0] for item in batch)
-        rest: Deque[_Item] = deque()
-        while self._queue and len(batch) < self.max_batch_size:
-            item = self._queue.popleft()
-            n = item[0].inputs[0].data.shape[0] if item[0].inputs and item[0].inputs[0].data.ndim else 0
-            if not item[1].done() and rows + n <= MAX_BATCH_ROWS and item[2] == key:
-                batch.append(item)
-                rows += n
-                taken += 1
-            else:
-                rest.append(item)
-        rest.extend(self._queue)
-        self._queue = rest
+        skipped: List[_Item] = []
+        while queue and len(batch) < self.max_batch_size and len(skipped) < self.max_batch_size:
+            item = queue[0]
+            if item[1].done():  # its caller has gone
+                queue.popleft()
+                continue
+            if item[2] != key:
+                skipped.append(queue.popleft())
+                continue
+            n = item[0].inputs[0].data.shape[0]
+            if rows + n > MAX_BATCH_ROWS:
+                break
+            batch.append(queue.popleft())
+            rows += n
+            taken += 1
+        queue.extendleft(reversed(skipped))
         return taken
 
     async def _run(self) -> None:
