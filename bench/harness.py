@@ -177,6 +177,10 @@ def parse_wrk(out: str) -> WrkResult:
 
 
 ROUNDS = 3
+#: Pause after each measurement: when wrk stops, the server still owes answers to the requests it had read
+#: (up to 64 x 2.3 ms for 100-row bodies, seconds for the unluckiest without batching); that backlog must
+#: not be charged to the next measurement.
+SETTLE = 1.0
 
 
 def paired(
@@ -187,7 +191,10 @@ def paired(
     a ratio of two measurements taken minutes apart carries all of it. Prints every pair."""
     ratios = []
     for i in range(rounds):
-        a, b = measure_a(), measure_b()
+        a = measure_a()
+        time.sleep(SETTLE)
+        b = measure_b()
+        time.sleep(SETTLE)
         ratios.append(b / a)
         print("  %s, pair %d: %.1f vs %.1f -> %.3fx" % (label, i + 1, a, b, b / a), flush=True)
     return sorted(ratios)[len(ratios) // 2]
