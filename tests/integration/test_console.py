@@ -101,14 +101,21 @@ def test_console_end_to_end(tmp_path, start_server, browser, registered_digits, 
     page.select_option('#deploy-form [name="target"]', "k8s")
     page.select_option('#deploy-form [name="server_type"]', "ENVSERVE")
     page.select_option('#deploy-form [name="protocol"]', "v2")
-    # the image field is pre-filled with the platform default, which is not an override
-    page.wait_for_selector('#dep-image[data-auto="1"]', state="attached")
+    # the image field is pre-filled with the platform default, which is not an override. The field is
+    # refilled after each render answer, so wait for the one for ENVSERVE (an earlier answer, for the
+    # default server type, may already have set data-auto with another image).
+    page.wait_for_function(
+        """() => { const i = document.querySelector('#dep-image');
+                   return i.dataset.auto === '1' && i.value === 'docker.io/envserve/envserve:0.1.0'; }"""
+    )
     assert page.input_value("#dep-image") == "docker.io/envserve/envserve:0.1.0"
     page.fill('#deploy-form [name="name"]', "Bad_Name")
     page.wait_for_selector('#dep-errors li:has-text("not a DNS-1123 label")')  # inline validation
     page.fill('#deploy-form [name="name"]', "digits-prod")
     page.fill('#deploy-form [name="replicas"]', "2")
     page.wait_for_selector('#deploy-form[data-valid="true"]')
+    # data-valid may still be from the render before the last edit: wait for the one with 2 replicas
+    page.wait_for_function("() => document.querySelector('#dep-manifest').innerText.includes('replicas: 2')")
     manifest = page.inner_text("#dep-manifest")
     docs = list(yaml.safe_load_all(manifest))
     assert validate_documents(docs) == []
