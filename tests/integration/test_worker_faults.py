@@ -6,8 +6,8 @@ import asyncio
 import os
 import shutil
 import signal
-import threading
 import sys
+import threading
 import time
 
 import httpx
