@@ -350,9 +350,7 @@ class WorkerPool:
 
     def _feed(self, worker: _Worker) -> None:
         queue = self._queue
-        while (
-            queue and worker.alive and not (worker.recycling or worker.stuck) and len(worker.inflight) < DEPTH
-        ):
+        while queue and worker.takes_calls and len(worker.inflight) < DEPTH:
             call = queue.popleft()
             if not call.future.done():
                 self._dispatch(worker, call)
