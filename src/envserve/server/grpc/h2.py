@@ -193,6 +193,12 @@ class _Stream:
         self.pending: Optional[Tuple[memoryview, bytes]] = None  # (DATA payload not yet sent, trailer block)
         self.closed = False
 
+    def cancel(self) -> None:
+        """Nothing more is sent on this stream; a call still running for it is cancelled."""
+        self.closed = True
+        if self.task is not None:
+            self.task.cancel()
+
 
 class _Connection(asyncio.Protocol):
     def __init__(self, server: H2GrpcServer) -> None:
@@ -246,8 +252,7 @@ class _Connection(asyncio.Protocol):
             self._linger.cancel()
         self.server.connections.discard(self)
         for stream in self.streams.values():
-            if stream.task is not None:
-                stream.task.cancel()
+            stream.cancel()
         self.streams.clear()
         self.server._connection_closed()
 
@@ -335,11 +340,7 @@ class _Connection(asyncio.Protocol):
         elif kind == RST_STREAM:
             if sid == 0 or len(payload) != 4:
                 raise _ConnectionError(PROTOCOL_ERROR, "bad RST_STREAM")
-            stream = self.streams.pop(sid, None)
-            if stream is not None:
-                stream.closed = True
-                if stream.task is not None:
-                    stream.task.cancel()
+            self._drop(sid)
         elif kind == PRIORITY:
             if sid == 0 or len(payload) != 5:
                 raise _ConnectionError(PROTOCOL_ERROR, "bad PRIORITY")
@@ -518,12 +519,13 @@ class _Connection(asyncio.Protocol):
                 self._control(_frame(WINDOW_UPDATE, 0, sid, struct.pack(">I", stream.recv_unacked)))
                 stream.recv_unacked = 0
 
-    def _reset(self, sid: int, code: int) -> None:
+    def _drop(self, sid: int) -> None:
         stream = self.streams.pop(sid, None)
         if stream is not None:
-            stream.closed = True
-            if stream.task is not None:
-                stream.task.cancel()
+            stream.cancel()
+
+    def _reset(self, sid: int, code: int) -> None:
+        self._drop(sid)
         self._control(_frame(RST_STREAM, 0, sid, struct.pack(">I", code)))
 
     # requests ----------------------------------------------------------------------------------------
@@ -694,9 +696,7 @@ class _Connection(asyncio.Protocol):
         self.goaway_sent = True
         if code != NO_ERROR:
             for stream in self.streams.values():
-                stream.closed = True
-                if stream.task is not None:
-                    stream.task.cancel()
+                stream.cancel()
             self.streams.clear()
         self._maybe_close()
 
