@@ -97,12 +97,12 @@ class Server:
             return None
         try:
             from .grpc.service import start_grpc_server
+            from .grpc.transport import Limits
         except ImportError as exc:
             logger.warning("gRPC is off: %s (pip install 'envserve[grpc]')", exc)
             return None
-        server, port = await start_grpc_server(
-            self.dataplane, s.host, s.grpc_port, s.max_request_size, s.admin_token
-        )
+        limits = Limits(max_message=s.max_request_size)
+        server, port = await start_grpc_server(self.dataplane, s.host, s.grpc_port, limits, s.admin_token)
         shown = "[%s]" % s.host if ":" in s.host else s.host
         self.grpc_address = "%s:%d" % (shown, port)
         logger.info("listening on %s (gRPC, inference.GRPCInferenceService)", self.grpc_address)

@@ -16,7 +16,7 @@ from ...errors import (
     SettingsError,
     WorkerUnavailable,
 )
-from .h2 import StatusCode
+from .transport import StatusCode
 
 __all__ = ["code_for"]
 

@@ -1,4 +1,4 @@
-"""The gRPC service over the data plane, served by envserve's own HTTP/2 transport (``h2.py``)."""
+"""The gRPC service over the data plane, served over HTTP/2 by ``transport.py`` (python-hyper's h2)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from ..dataplane import DataPlane
 from . import converters
 from .errors import code_for
 from .generated import inference_pb2 as pb
-from .h2 import GrpcError, H2GrpcServer, Handler, Metadata, StatusCode
+from .transport import GrpcError, GrpcServer, Handler, Limits, Metadata, StatusCode
 
 __all__ = ["InferenceService", "start_grpc_server"]
 
@@ -121,10 +121,10 @@ def _unary(name: str, request_type: Any, method: Callable[[Any, Metadata], Await
 
 
 async def start_grpc_server(
-    dataplane: DataPlane, host: str, port: int, max_message: int, admin_token: str = ""
-) -> Tuple[H2GrpcServer, int]:
+    dataplane: DataPlane, host: str, port: int, limits: Limits, admin_token: str = ""
+) -> Tuple[GrpcServer, int]:
     """Start serving; returns (server, bound port). Port 0 picks a free one."""
-    server = H2GrpcServer(InferenceService(dataplane, admin_token).handlers(), max_message)
+    server = GrpcServer(InferenceService(dataplane, admin_token).handlers(), limits)
     try:
         bound = await server.start(host, port)
     except OSError as exc:
