@@ -3,8 +3,10 @@
     scripts/bench [--seconds N] [--suite core]
 
 Suites:
+  ab            see bench/ab.py: this tree vs an earlier commit (--against REV), single-row in process.
   soak          see bench/soak.py: 10 minutes of mixed traffic, a worker killed every minute (not in "all").
   grpc          see bench/grpc.py: gRPC ModelInfer (h2load) vs REST infer (wrk).
+  overload      see bench/overload.py: probe latency while models compute, shedding at twice the capacity.
   batching      see bench/batching.py: adaptive batching on vs off.
   environments  see bench/environments.py: worker vs in-process, time to ready, environment build time.
   core   single-row and 100-row infer of the digits model at 1, 8 and 64 connections, envserve (in
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -141,6 +144,18 @@ def grpc(seconds: float) -> List[str]:
     return run(seconds)
 
 
+def ab(seconds: float) -> List[str]:
+    from .ab import run
+
+    return run(seconds)
+
+
+def overload(seconds: float) -> List[str]:
+    from .overload import run
+
+    return run(seconds)
+
+
 def soak(seconds: float) -> List[str]:
     from .soak import run
 
@@ -148,7 +163,15 @@ def soak(seconds: float) -> List[str]:
 
 
 SOAK_SECONDS = 600.0
-SUITES = {"core": core, "environments": environments, "batching": batching, "grpc": grpc, "soak": soak}
+SUITES = {
+    "ab": ab,
+    "core": core,
+    "environments": environments,
+    "batching": batching,
+    "grpc": grpc,
+    "overload": overload,
+    "soak": soak,
+}
 
 
 def main() -> None:
@@ -160,10 +183,13 @@ def main() -> None:
         "--suite", choices=sorted(SUITES), action="append", help="suites to run (default: all but soak)"
     )
     parser.add_argument("--soak-seconds", type=float, default=600, help="duration of the soak suite")
+    parser.add_argument("--against", help="the commit the ab suite compares this tree with [HEAD~1]")
     args = parser.parse_args()
     global SOAK_SECONDS
     SOAK_SECONDS = args.soak_seconds
-    for suite in args.suite or sorted(s for s in SUITES if s != "soak"):
+    if args.against:
+        os.environ["ENVSERVE_BENCH_AGAINST"] = args.against
+    for suite in args.suite or sorted(s for s in SUITES if s not in ("soak", "ab")):
         print("== %s ==" % suite, flush=True)
         for line in SUITES[suite](args.seconds):
             print(line, flush=True)

@@ -15,6 +15,7 @@ import closure, so it uses the standard library only and stays Python 3.8-compat
     ├── ModelLoadError                 the model could not be loaded (the reason becomes its state)
     ├── InferenceError                 the model raised while predicting (its message is kept)
     ├── WorkerUnavailable              the worker serving the request died or is restarting
+    ├── Overloaded                     the model's queue is full: shed, retry later
     ├── InferenceTimeout               the model did not answer within the configured time
     ├── SettingsError                  server or model settings are invalid
     └── EnvironmentSetupError          a model's environment cannot be prepared or cannot start
@@ -36,6 +37,7 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFound",
     "ModelNotReady",
+    "Overloaded",
     "PayloadTooLarge",
     "SettingsError",
     "ShapeMismatch",
@@ -100,6 +102,10 @@ class InferenceError(EnvserveError):
 
 class WorkerUnavailable(EnvserveError):
     """The worker process serving the model died or is restarting."""
+
+
+class Overloaded(EnvserveError):
+    """The model already has as many requests waiting as it may (``max_queue_size``); nothing was run."""
 
 
 class InferenceTimeout(EnvserveError):

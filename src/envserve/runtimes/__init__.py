@@ -78,7 +78,8 @@ def resolve_runtime(settings: ModelSettings) -> Type[Runtime]:
     target = BUILTIN_RUNTIMES.get(name)
     if target is not None:
         try:
-            return _import_from_string(target)  # type: ignore[no-any-return]
+            cls: Type[Runtime] = _import_from_string(target)
+            return cls
         except ImportError as exc:
             raise ModelLoadError(
                 "model %r needs the %s runtime, whose library is not installed here (%s); install it in the "

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import EnvserveError
 from ..protocol.v2 import InferenceRequest, InferenceResponse, RequestInput, ResponseOutput
+from ..workers.admission import ClientGone, admit, drop_when_client_leaves
 
 __all__ = ["BatchingHandle"]
 
@@ -61,20 +62,20 @@ def _canon(doc: Dict[str, Any]) -> str:
 class BatchingHandle:
     """Wraps a model handle (in process or worker pool) with adaptive batching."""
 
-    inline = False
-
     def __init__(
         self,
         inner: Any,
         max_batch_size: int,
         max_batch_time: float,
         on_batch: Optional[Callable[[int], None]] = None,
+        max_queue: int = 0,
     ) -> None:
         self.inner = inner
         self.settings = inner.settings
         self.max_batch_size = max(1, max_batch_size)
         self.max_batch_time = max(0.0, max_batch_time)
         self.on_batch = on_batch
+        self.max_queue = max_queue
         self._queue: Deque[_Item] = deque()
         self._worker: Optional[asyncio.Task[None]] = None
 
@@ -88,14 +89,20 @@ class BatchingHandle:
             self._worker.cancel()
         await self.inner.unload()
 
+    def inline_ok(self, request: InferenceRequest) -> bool:
+        return False
+
     def infer_inline(self, request: InferenceRequest) -> InferenceResponse:
         raise RuntimeError("batched models are called with infer()")
 
-    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+    async def infer(self, request: InferenceRequest, gone: Optional[ClientGone] = None) -> InferenceResponse:
+        admit(len(self._queue), self.max_queue, self.settings.name)
         future: asyncio.Future[InferenceResponse] = asyncio.get_running_loop().create_future()
         self._queue.append((request, future, _signature(request)))
         if self._worker is None or self._worker.done():
             self._worker = asyncio.ensure_future(self._run())
+        elif len(self._queue) > 1:  # it waits for a batch: drop it if its client leaves meanwhile
+            drop_when_client_leaves(future, gone)
         return await future
 
     def metadata(self) -> Dict[str, Any]:
@@ -189,7 +196,7 @@ class BatchingHandle:
                     future.set_result(part)
 
     async def _call(self, request: InferenceRequest) -> InferenceResponse:
-        if self.inner.inline:
+        if self.inner.inline_ok(request):
             result: InferenceResponse = self.inner.infer_inline(request)
             return result
         result = await self.inner.infer(request)

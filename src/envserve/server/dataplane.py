@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List, Optional
 from .. import __version__
 from ..errors import EnvserveError, InvalidRequest, ModelLoadError, ModelNotFound
 from ..protocol.v2 import InferenceRequest, InferenceResponse, parse_inference_request
+from ..workers.admission import ClientGone
 from .registry import ModelRegistry, ModelState
 
 __all__ = ["DataPlane"]
@@ -68,17 +69,19 @@ class DataPlane:
         binary: Any = None,
         protocol: str = "rest",
         status_of: Callable[[BaseException], str] = lambda exc: type(exc).__name__,
+        gone: Optional[ClientGone] = None,
     ) -> InferenceResponse:
         """Run one inference. ``payload`` is a decoded V2 JSON document (with ``binary`` for the binary
         tensor extension) or an already built :class:`InferenceRequest` (gRPC). Counted in the metrics
-        under ``protocol`` with the transport's own status (``status_of`` maps errors to it)."""
+        under ``protocol`` with the transport's own status (``status_of`` maps errors to it). ``gone``
+        completes when the client disconnects: a call still waiting in a queue then never runs."""
         metrics = self.metrics
         if metrics is None:
-            return await self._infer(name, version, payload, binary)
+            return await self._infer(name, version, payload, binary, gone)
         started = time.perf_counter()
         status = "OK" if protocol == "grpc" else "200"
         try:
-            response = await self._infer(name, version, payload, binary)
+            response = await self._infer(name, version, payload, binary, gone)
             version = response.model_version  # the version that answered, also when none was asked for
             return response
         except BaseException as exc:
@@ -92,16 +95,18 @@ class DataPlane:
         finally:
             metrics.observe(name, version, protocol, status, time.perf_counter() - started)
 
-    async def _infer(self, name: str, version: Optional[str], payload: Any, binary: Any) -> InferenceResponse:
+    async def _infer(
+        self, name: str, version: Optional[str], payload: Any, binary: Any, gone: Optional[ClientGone]
+    ) -> InferenceResponse:
         handle = self.registry.ready_handle(name, version)
         if isinstance(payload, InferenceRequest):
             request = payload
         else:
             request = parse_inference_request(payload, binary)
             _release_json_data(payload)
-        if handle.inline:
+        if handle.inline_ok(request):
             return handle.infer_inline(request)
-        return await handle.infer(request)
+        return await handle.infer(request, gone)
 
     def pick_model(self, name: Optional[str]) -> str:
         """The model a protocol without model names in its paths (MLflow scoring, Seldon v1) talks to."""

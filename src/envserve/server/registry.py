@@ -20,20 +20,20 @@ from typing import Any, Callable, Dict, List, Optional, Protocol
 from ..environments import EnvironmentCache, environment_source
 from ..errors import (
     EnvserveError,
-    InferenceError,
     ModelLoadError,
     ModelNotFound,
     ModelNotReady,
     SettingsError,
 )
 from ..protocol.v2 import InferenceRequest, InferenceResponse
-from ..runtimes import Runtime, create_runtime
 from ..settings import ModelSettings, RepositoryEntry, ServerSettings, scan_repository
 from ..storage import fetch, is_remote, name_from_uri, redact
+from ..workers.admission import ClientGone
 from ..workers.pool import WorkerPool
 from .batching import BatchingHandle
+from .inprocess import InProcessModel
 
-__all__ = ["InProcessModel", "ModelHandle", "ModelRecord", "ModelRegistry", "ModelState"]
+__all__ = ["ModelHandle", "ModelRecord", "ModelRegistry", "ModelState"]
 
 logger = logging.getLogger("envserve.registry")
 
@@ -49,80 +49,25 @@ class ModelHandle(Protocol):
     """What the registry needs from a loaded model, wherever it runs (in process or in workers)."""
 
     settings: ModelSettings
-    #: True when ``infer`` may be called on the event loop thread without awaiting (in-process models).
-    inline: bool
 
     async def load(self) -> None: ...
 
     async def unload(self) -> None: ...
 
+    def inline_ok(self, request: InferenceRequest) -> bool:
+        """True when ``infer_inline`` may serve this request now, on the event loop thread."""
+
     def infer_inline(self, request: InferenceRequest) -> InferenceResponse: ...
 
-    async def infer(self, request: InferenceRequest) -> InferenceResponse: ...
+    async def infer(self, request: InferenceRequest, gone: Optional[ClientGone] = None) -> InferenceResponse:
+        """Serve the request; ``gone`` completes when its client disconnects (the call may then be dropped
+        while it waits). Raises :class:`~envserve.errors.Overloaded` when the model's queue is full."""
 
     def metadata(self) -> Dict[str, Any]: ...
 
     def describe(self) -> Dict[str, Any]: ...
 
     def problem(self) -> Optional[str]: ...
-
-
-class InProcessModel:
-    """A runtime living in the server process. ``predict`` runs on the event loop thread (as in the
-    minimal ASGI floor): the lowest latency, at the price that a slow model delays other requests."""
-
-    inline = True
-
-    def __init__(self, settings: ModelSettings) -> None:
-        self.settings = settings
-        self.runtime: Optional[Runtime] = None
-
-    async def load(self) -> None:
-        runtime = create_runtime(self.settings)
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(None, runtime.load)
-        except EnvserveError:
-            raise
-        except Exception as exc:
-            raise ModelLoadError(
-                "%s.load() failed: %s: %s" % (type(runtime).__name__, type(exc).__name__, exc),
-                model=self.settings.name,
-            ) from exc
-        self.runtime = runtime
-
-    async def unload(self) -> None:
-        runtime, self.runtime = self.runtime, None
-        if runtime is not None:
-            runtime.unload()
-
-    def infer_inline(self, request: InferenceRequest) -> InferenceResponse:
-        runtime = self.runtime
-        if runtime is None:
-            raise ModelNotReady("model %r is not loaded" % self.settings.name, model=self.settings.name)
-        try:
-            return runtime.infer(request)
-        except EnvserveError:
-            raise
-        except Exception as exc:
-            raise InferenceError(
-                "model %r raised %s: %s" % (self.settings.name, type(exc).__name__, exc),
-                model=self.settings.name,
-                version=self.settings.version,
-            ) from exc
-
-    async def infer(self, request: InferenceRequest) -> InferenceResponse:
-        return self.infer_inline(request)
-
-    def metadata(self) -> Dict[str, Any]:
-        assert self.runtime is not None
-        return self.runtime.metadata()
-
-    def describe(self) -> Dict[str, Any]:
-        return {"runtime": type(self.runtime).__name__ if self.runtime else None, "environment": None}
-
-    def problem(self) -> Optional[str]:
-        return None
 
 
 @dataclass
@@ -166,9 +111,10 @@ class ModelRegistry:
     def _handle_for(self, settings: ModelSettings) -> ModelHandle:
         """In process, unless the model names an environment (or the server has a default one)."""
         source = environment_source(settings)
+        max_queue = int(settings.parameters.get("max_queue_size") or self.settings.max_queue_size)
         handle: ModelHandle
         if source is None:
-            handle = InProcessModel(settings)
+            handle = InProcessModel(settings, max_queue)
         else:
             if self._socket_dir is None:
                 self._socket_dir = tempfile.mkdtemp(prefix="envserve-")
@@ -182,11 +128,14 @@ class ModelRegistry:
                 workers,
                 self.settings.inference_timeout,
                 memory,
+                max_queue,
             )
         if settings.max_batch_size > 1:
             observer = self.batch_observer
             on_batch = None if observer is None else (lambda n: observer(settings, n))
-            handle = BatchingHandle(handle, settings.max_batch_size, settings.max_batch_time, on_batch)
+            handle = BatchingHandle(
+                handle, settings.max_batch_size, settings.max_batch_time, on_batch, max_queue
+            )
         return handle
 
     # -- lookups ------------------------------------------------------------------------------------------

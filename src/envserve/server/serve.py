@@ -74,7 +74,13 @@ class Server:
             check_console_settings(settings.host, settings.admin_token)
             console = ConsoleAPI(self.dataplane, self.metrics)
         self.app = RestApp(
-            self.dataplane, settings.max_request_size, self.metrics, settings.admin_token, origins, console
+            self.dataplane,
+            settings.max_request_size,
+            self.metrics,
+            settings.admin_token,
+            origins,
+            console,
+            settings.max_connections,
         )
         self._http: Optional[_UvicornServer] = None
         self._metrics_task: Optional[asyncio.Task[None]] = None
@@ -101,7 +107,11 @@ class Server:
         except ImportError as exc:
             logger.warning("gRPC is off: %s (pip install 'envserve[grpc]')", exc)
             return None
-        limits = Limits(max_message=s.max_request_size)
+        limits = Limits(
+            max_message=s.max_request_size,
+            max_connections=s.max_connections or 2**31,
+            idle_timeout=s.grpc_idle_timeout,
+        )
         server, port = await start_grpc_server(self.dataplane, s.host, s.grpc_port, limits, s.admin_token)
         shown = "[%s]" % s.host if ":" in s.host else s.host
         self.grpc_address = "%s:%d" % (shown, port)
@@ -139,6 +149,9 @@ class Server:
             server_header=False,
             timeout_graceful_shutdown=int(s.graceful_timeout) if s.graceful_timeout else None,
             timeout_keep_alive=30,
+            # the app sheds requests beyond max_connections with 503 + Retry-After; uvicorn's own cap (a
+            # plain 503) stays as a backstop for connections that idle between requests
+            limit_concurrency=2 * s.max_connections if s.max_connections else None,
             # envserve reads no client address (no access log, no per-client rules), so uvicorn's
             # X-Forwarded-* rewriting would be pure per-request cost (~1-2% of single-row throughput)
             proxy_headers=False,

@@ -74,6 +74,14 @@ class ServerSettings:
     worker_memory_limit: int = 0
     #: Seconds a model may take to answer one request (enforced for models in worker processes).
     inference_timeout: float = 60.0
+    #: Requests one model may hold waiting for it (its parameters.max_queue_size overrides); beyond it a
+    #: request is answered 503 with Retry-After (gRPC UNAVAILABLE) at once. 0 = no bound.
+    max_queue_size: int = 256
+    #: REST requests in flight, and gRPC connections, each edge serves at once; beyond it REST answers 503
+    #: with Retry-After and gRPC refuses the connection (GOAWAY). 0 = no bound.
+    max_connections: int = 1024
+    #: Seconds a gRPC connection without calls is kept open (0 = until the client closes it).
+    grpc_idle_timeout: float = 300.0
     log_level: str = "info"
     #: Where model environments are extracted/built and cached ("" = ENVSERVE_ENV_CACHE or
     #: ~/.cache/envserve/environments).
@@ -139,6 +147,9 @@ class ServerSettings:
             raise SettingsError("parallel_workers must be at least 1")
         if self.graceful_timeout < 0 or self.inference_timeout <= 0:
             raise SettingsError("graceful_timeout must be >= 0 and inference_timeout > 0")
+        for name in ("max_queue_size", "max_connections", "grpc_idle_timeout"):
+            if getattr(self, name) < 0:
+                raise SettingsError("%s must be >= 0 (0 = no bound)" % name)
 
     def to_dict(self) -> Dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

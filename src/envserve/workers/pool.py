@@ -41,6 +41,7 @@ from ..errors import EnvserveError, InferenceTimeout, ModelLoadError, ModelNotRe
 from ..protocol.v2 import InferenceRequest, InferenceResponse
 from ..settings.model import ModelSettings
 from . import ipc
+from .admission import ClientGone, admit, drop_when_client_leaves
 
 __all__ = ["WorkerPool", "worker_code_dir"]
 
@@ -196,8 +197,6 @@ def _frame_bytes(pieces: List[Any]) -> bytes:
 
 
 class WorkerPool:
-    inline = False
-
     def __init__(
         self,
         settings: ModelSettings,
@@ -207,8 +206,10 @@ class WorkerPool:
         workers: int = 1,
         inference_timeout: float = 60.0,
         memory_limit_mb: int = 0,
+        max_queue: int = 0,
     ) -> None:
         self.memory_limit_mb = memory_limit_mb
+        self.max_queue = max_queue
         self.recycles = 0
         self.settings = settings
         self.source = source
@@ -272,12 +273,18 @@ class WorkerPool:
         if self.environment is not None:
             self.environment.release()
 
+    def inline_ok(self, request: InferenceRequest) -> bool:
+        return False
+
     def infer_inline(self, request: InferenceRequest) -> InferenceResponse:
         raise RuntimeError("models in worker processes are called with infer()")
 
-    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+    async def infer(self, request: InferenceRequest, gone: Optional[ClientGone] = None) -> InferenceResponse:
         if self._stopping:
             raise ModelNotReady("model %r is unloading" % self.settings.name, model=self.settings.name)
+        worker = self._idle_worker()
+        if worker is None:
+            admit(len(self._queue), self.max_queue, self.settings.name)
         loop = asyncio.get_running_loop()
         call_id = next(self._ids)
         call = _Call(
@@ -292,11 +299,11 @@ class WorkerPool:
         deadlines.append(call)
         if self._sweeper is None:
             self._sweeper = loop.call_at(deadlines[0].deadline, self._sweep)
-        worker = self._idle_worker()
         if worker is not None:
             self._dispatch(worker, call)
         else:
             self._queue.append(call)
+            drop_when_client_leaves(call.future, gone)  # it waits for a worker: drop it if its client leaves
         return await call.future
 
     def metadata(self) -> Dict[str, Any]:

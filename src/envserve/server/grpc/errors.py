@@ -12,6 +12,7 @@ from ...errors import (
     ModelLoadError,
     ModelNotFound,
     ModelNotReady,
+    Overloaded,
     PayloadTooLarge,
     SettingsError,
     WorkerUnavailable,
@@ -30,6 +31,7 @@ STATUS_CODES: List[Tuple[Type[EnvserveError], int]] = [
     (SettingsError, StatusCode.INTERNAL),
     (ModelNotReady, StatusCode.UNAVAILABLE),
     (WorkerUnavailable, StatusCode.UNAVAILABLE),
+    (Overloaded, StatusCode.UNAVAILABLE),
     (InferenceTimeout, StatusCode.DEADLINE_EXCEEDED),
 ]
 

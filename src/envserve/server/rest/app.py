@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 
 from ... import __version__
-from ...errors import EnvserveError, InvalidRequest, PayloadTooLarge
+from ...errors import EnvserveError, InvalidRequest, Overloaded, PayloadTooLarge
 from ..dataplane import DataPlane
 from ..metrics import CONTENT_TYPE, Metrics
 from .errors import status_for
@@ -30,6 +30,10 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+#: 503 says "try again shortly": the model is loading, its worker restarting, or its queue full.
+_RETRY_HEADERS = _JSON_HEADERS + [(b"retry-after", b"1")]
+#: Health probes are never shed: a pod under load must not look dead to its orchestrator.
+_PROBES = frozenset(("/v2/health/live", "/v2/health/ready", "/health/ping", "/health/status", "/ping"))
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -66,8 +70,11 @@ class RestApp:
         admin_token: str = "",
         cors_origins: Sequence[str] = (),
         console: Optional[Any] = None,
+        max_requests: int = 0,
     ) -> None:
         self.console = console  # a ConsoleAPI when the console is on
+        self.max_requests = max_requests  # requests in flight beyond which 503 is answered (0: no bound)
+        self.active = 0
         self.dataplane = dataplane
         self.max_request_size = max_request_size
         self.metrics = metrics
@@ -170,13 +177,21 @@ class RestApp:
             await send({"type": "http.response.start", "status": 204, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
             return
+        self.active += 1
         try:
+            if self.max_requests and self.active > self.max_requests and scope["path"] not in _PROBES:
+                raise Overloaded(
+                    "the server is serving %d requests, its limit (max_connections); retry shortly"
+                    % self.max_requests
+                )
             result = await self._dispatch(scope, receive)
             status, body = result[0], result[1]
             headers = result[2] if len(result) == 3 else _JSON_HEADERS
         except EnvserveError as exc:
             status, body, headers = status_for(exc), dumps({"error": exc.message}), _JSON_HEADERS
-            if status >= 500:
+            if status == 503:
+                headers = _RETRY_HEADERS
+            elif status >= 500:
                 logger.warning("%s %s -> %d: %s", scope["method"], scope["path"], status, exc.message)
         except HTTPError as exc:
             status, body = exc.status, dumps({"error": exc.message})
@@ -188,6 +203,8 @@ class RestApp:
                 dumps({"error": "internal server error; see the server log"}),
                 _JSON_HEADERS,
             )
+        finally:
+            self.active -= 1
         await send(
             {
                 "type": "http.response.start",
@@ -216,10 +233,20 @@ class RestApp:
         )
 
     async def _infer(
-        self, name: str, version: Optional[str], doc: Any, protocol: str, binary: Any = None
+        self,
+        receive: Receive,
+        name: str,
+        version: Optional[str],
+        doc: Any,
+        protocol: str,
+        binary: Any = None,
     ) -> Any:
+        async def gone() -> None:  # once the body is read, the next message is the disconnect
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
         return await self.dataplane.infer(
-            name, version, doc, binary, protocol=protocol, status_of=_http_status
+            name, version, doc, binary, protocol=protocol, status_of=_http_status, gone=gone
         )
 
     async def _envserve_api(self, scope: Scope, receive: Receive, parts: List[str]) -> Any:
@@ -277,14 +304,15 @@ class RestApp:
             else:
                 doc = mlflow_scoring.from_json(await self._read_json(scope, receive))
             name = dp.pick_model(_model_hint(scope))
-            return 200, dumps(mlflow_scoring.to_predictions(await self._infer(name, None, doc, "mlflow")))
+            response = await self._infer(receive, name, None, doc, "mlflow")
+            return 200, dumps(mlflow_scoring.to_predictions(response))
         # Seldon Core v1: errors in Seldon's own body
         try:
             if route == "api/v1.0/predictions":
                 _expect(method, "POST", scope)
                 doc, kind, _ = seldon.to_v2_request(await self._read_json(scope, receive))
                 name = dp.pick_model(_model_hint(scope))
-                response = await self._infer(name, None, doc, "seldon")
+                response = await self._infer(receive, name, None, doc, "seldon")
                 return 200, dumps(seldon.to_seldon_response(response, kind))
             if route == "health/ping":
                 return 200, dumps("pong")
@@ -367,7 +395,7 @@ class RestApp:
                 header_length = _header_length(scope)
                 if header_length is None:
                     doc = await self._read_json(scope, receive)
-                    response = await self._infer(name, version, doc, "rest")
+                    response = await self._infer(receive, name, version, doc, "rest")
                     return self._binary_response(response, doc)  # plain JSON unless binary outputs were asked
                 # binary tensor extension: a JSON header, then the inputs' raw bytes
                 body = await self._read_body(scope, receive)
@@ -378,7 +406,7 @@ class RestApp:
                     )
                 doc = _loads(body[:header_length])
                 binary_part = memoryview(body)[header_length:]
-                response = await self._infer(name, version, doc, "rest", binary_part)
+                response = await self._infer(receive, name, version, doc, "rest", binary_part)
                 return self._binary_response(response, doc)
             if not rest:
                 _expect(method, "GET", scope)

@@ -12,6 +12,7 @@ from ...errors import (
     ModelLoadError,
     ModelNotFound,
     ModelNotReady,
+    Overloaded,
     PayloadTooLarge,
     SettingsError,
     WorkerUnavailable,
@@ -29,6 +30,7 @@ STATUS_CODES: List[Tuple[Type[EnvserveError], int]] = [
     (SettingsError, 500),
     (ModelNotReady, 503),
     (WorkerUnavailable, 503),
+    (Overloaded, 503),
     (InferenceTimeout, 504),
 ]
 

@@ -1,0 +1,167 @@
+"""A model whose runtime lives in the server process.
+
+Where a call runs is decided per call, from what the model's calls have cost so far:
+
+- **on the event loop** (``infer_inline``), when the model is idle and the call is predicted to take less
+  than :data:`INLINE_BUDGET`: no thread hand-off, the lowest latency (what the bench floor does);
+- **on the model's own thread** otherwise (the first calls, slow models, unusually large requests): the
+  event loop keeps answering health probes and other models while it computes. Calls of one model run
+  one at a time, in order, as they would inline; the ones waiting are bounded by ``max_queue_size``.
+
+The prediction scales the model's typical call time by the request's rows against its typical rows, so a
+model that answers one row in 0.3 ms still sends a 100,000-row request to its thread. A model whose time
+varies without a visible cause (a rare slow call of the same size) can still hold the loop once before
+the average moves; docs/lifecycle.md says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Dict, Optional
+
+from ..errors import EnvserveError, InferenceError, ModelLoadError, ModelNotReady
+from ..protocol.v2 import InferenceRequest, InferenceResponse
+from ..runtimes import Runtime, create_runtime
+from ..settings import ModelSettings
+from ..workers.admission import ClientGone, admit, drop_when_client_leaves
+
+__all__ = ["INLINE_BUDGET", "CallCost", "InProcessModel"]
+
+#: Longest predicted call (seconds) that may run on the event loop itself.
+INLINE_BUDGET = 0.002
+#: Weight of the newest call in the running averages.
+_SMOOTHING = 0.2
+
+
+class CallCost:
+    """Running averages of one model's call time and rows, and the time they predict for a request."""
+
+    __slots__ = ("rows", "seconds")
+
+    def __init__(self) -> None:
+        self.seconds: Optional[float] = None
+        self.rows = 1.0
+
+    def predict(self, rows: int) -> Optional[float]:
+        """Predicted seconds for a call of ``rows`` rows; None before the first call."""
+        if self.seconds is None:
+            return None
+        return self.seconds * max(1.0, rows / self.rows)
+
+    def observe(self, seconds: float, rows: int) -> None:
+        rows = max(rows, 1)
+        if self.seconds is None:
+            self.seconds, self.rows = seconds, float(rows)
+        else:
+            self.seconds += _SMOOTHING * (seconds - self.seconds)
+            self.rows += _SMOOTHING * (rows - self.rows)
+
+
+def _rows(request: InferenceRequest) -> int:
+    data = request.inputs[0].data if request.inputs else None
+    return int(data.shape[0]) if data is not None and data.ndim else 1
+
+
+class InProcessModel:
+    def __init__(self, settings: ModelSettings, max_queue: int = 0) -> None:
+        self.settings = settings
+        self.max_queue = max_queue
+        self.runtime: Optional[Runtime] = None
+        self.cost = CallCost()
+        self._pending = 0  # calls submitted to the model's thread and not yet answered
+        self._executor: Optional[ThreadPoolExecutor] = None
+
+    async def load(self) -> None:
+        runtime = create_runtime(self.settings)
+        loop = asyncio.get_running_loop()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="envserve-%s" % self.settings.name[:20])
+        try:
+            await loop.run_in_executor(self._executor, runtime.load)
+        except EnvserveError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(
+                "%s.load() failed: %s: %s" % (type(runtime).__name__, type(exc).__name__, exc),
+                model=self.settings.name,
+            ) from exc
+        self.runtime = runtime
+
+    async def unload(self) -> None:
+        runtime, self.runtime = self.runtime, None
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        if runtime is not None:  # after the calls already queued on its thread
+            await asyncio.wrap_future(executor.submit(runtime.unload))
+        executor.shutdown(wait=False)
+
+    # -- calls ----------------------------------------------------------------------------------------
+
+    def inline_ok(self, request: InferenceRequest) -> bool:
+        """True when this call may run on the event loop now: the model is idle and the call is fast."""
+        if self._pending:
+            return False
+        predicted = self.cost.predict(_rows(request))
+        return predicted is not None and predicted <= INLINE_BUDGET
+
+    def infer_inline(self, request: InferenceRequest) -> InferenceResponse:
+        started = time.perf_counter()
+        response = self._call(request)
+        self.cost.observe(time.perf_counter() - started, _rows(request))
+        return response
+
+    async def infer(self, request: InferenceRequest, gone: Optional[ClientGone] = None) -> InferenceResponse:
+        executor = self._executor
+        if executor is None or self.runtime is None:
+            raise ModelNotReady("model %r is not loaded" % self.settings.name, model=self.settings.name)
+        admit(self._pending - 1, self.max_queue, self.settings.name)  # one call runs, the rest wait
+        self._pending += 1
+        try:
+            future = asyncio.get_running_loop().run_in_executor(executor, self._timed_call, request)
+            if self._pending > 1:  # it waits behind others: drop it if its client leaves meanwhile
+                drop_when_client_leaves(future, gone)
+            return await future
+        finally:
+            self._pending -= 1
+
+    def _timed_call(self, request: InferenceRequest) -> InferenceResponse:
+        started = time.perf_counter()
+        try:
+            return self._call(request)
+        finally:
+            self.cost.observe(time.perf_counter() - started, _rows(request))
+
+    def _call(self, request: InferenceRequest) -> InferenceResponse:
+        runtime = self.runtime
+        if runtime is None:
+            raise ModelNotReady("model %r is not loaded" % self.settings.name, model=self.settings.name)
+        try:
+            return runtime.infer(request)
+        except EnvserveError:
+            raise
+        except Exception as exc:
+            raise InferenceError(
+                "model %r raised %s: %s" % (self.settings.name, type(exc).__name__, exc),
+                model=self.settings.name,
+                version=self.settings.version,
+            ) from exc
+
+    # -- description ----------------------------------------------------------------------------------
+
+    def metadata(self) -> Dict[str, Any]:
+        assert self.runtime is not None
+        return self.runtime.metadata()
+
+    def describe(self) -> Dict[str, Any]:
+        predicted = self.cost.predict(1)
+        return {
+            "runtime": type(self.runtime).__name__ if self.runtime else None,
+            "environment": None,
+            "queued": max(self._pending - 1, 0),
+            "call_seconds": None if predicted is None else round(predicted, 6),
+        }
+
+    def problem(self) -> Optional[str]:
+        return None
