@@ -1,7 +1,9 @@
 """envserve's domain errors: one root, no transport codes.
 
 Each edge of the product maps these to its own codes in exactly one table (REST status codes in
-``envserve.server.rest.errors``, CLI exit codes in ``envserve.cli``). This module is part of the worker's
+``envserve.server.rest.errors``, gRPC codes in ``envserve.server.grpc.errors``, CLI exit codes in
+``envserve.cli``). Messages name what went wrong and what to change, never a transport's route or
+status: the same error reaches REST, gRPC and CLI users. This module is part of the worker's
 import closure, so it uses the standard library only and stays Python 3.8-compatible.
 
     EnvserveError
@@ -13,14 +15,20 @@ import closure, so it uses the standard library only and stays Python 3.8-compat
     ├── ModelNotFound                  no model (or version) of that name
     ├── ModelNotReady                  known, but not READY (loading, unloading, failed, unloaded)
     ├── ModelLoadError                 the model could not be loaded (the reason becomes its state)
+    │   └── StorageError               its URI cannot be fetched (named without credentials)
     ├── InferenceError                 the model raised while predicting (its message is kept)
     ├── WorkerUnavailable              the worker serving the request died or is restarting
     ├── Overloaded                     the model's queue is full: shed, retry later
     ├── InferenceTimeout               the model did not answer within the configured time
     ├── SettingsError                  server or model settings are invalid
-    └── EnvironmentSetupError          a model's environment cannot be prepared or cannot start
-        ├── SpecError                  the environment spec cannot be read or built as written
-        └── UnsafeArchive              the tarball is corrupt, or a member would escape the target
+    ├── EnvironmentSetupError          a model's environment cannot be prepared or cannot start
+    │   ├── SpecError                  the environment spec cannot be read or built as written
+    │   └── UnsafeArchive              the tarball is corrupt, or a member would escape the target
+    ├── InvalidManifest                a generated or given Kubernetes manifest fails validation
+    ├── ImageBuildError                a container image could not be built
+    ├── NoScanner                      no vulnerability scanner is installed: nothing was scanned
+    ├── VulnerabilitiesFound           a scan found vulnerabilities at or above the chosen severity
+    └── Cancelled                      the user stopped an interactive command; nothing was written
 """
 
 from __future__ import annotations
@@ -28,22 +36,28 @@ from __future__ import annotations
 from typing import Optional
 
 __all__ = [
+    "Cancelled",
     "DatatypeMismatch",
     "EnvironmentSetupError",
     "EnvserveError",
+    "ImageBuildError",
     "InferenceError",
     "InferenceTimeout",
+    "InvalidManifest",
     "InvalidRequest",
     "ModelLoadError",
     "ModelNotFound",
     "ModelNotReady",
+    "NoScanner",
     "Overloaded",
     "PayloadTooLarge",
     "SettingsError",
     "ShapeMismatch",
     "SpecError",
+    "StorageError",
     "UnknownContentType",
     "UnsafeArchive",
+    "VulnerabilitiesFound",
     "WorkerUnavailable",
 ]
 
@@ -96,6 +110,10 @@ class ModelLoadError(EnvserveError):
     """Loading the model failed; the message becomes the model's UNAVAILABLE reason."""
 
 
+class StorageError(ModelLoadError):
+    """A model URI cannot be fetched (the message names the URI, never credentials)."""
+
+
 class InferenceError(EnvserveError):
     """The model raised while predicting."""
 
@@ -126,3 +144,23 @@ class SpecError(EnvironmentSetupError):
 
 class UnsafeArchive(EnvironmentSetupError):
     """The tarball is corrupt or truncated, or holds a member that would escape or abuse the target."""
+
+
+class InvalidManifest(EnvserveError):
+    """A Kubernetes manifest fails offline validation; the message names each document and field."""
+
+
+class ImageBuildError(EnvserveError):
+    """The image could not be built (the builder's own output is in the log)."""
+
+
+class NoScanner(EnvserveError):
+    """Neither trivy nor grype is installed: nothing was scanned."""
+
+
+class VulnerabilitiesFound(EnvserveError):
+    """A scan found vulnerabilities at or above the severity the caller fails on."""
+
+
+class Cancelled(EnvserveError):
+    """The user stopped an interactive command before it wrote anything."""

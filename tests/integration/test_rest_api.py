@@ -345,7 +345,7 @@ def test_unload_and_load(client, digits):
     x, _ = digits
     assert client.post("/v2/repository/models/digits-guessed/unload").status_code == 200
     r = client.post("/v2/models/digits-guessed/infer", json=digits_body(x[:1]))
-    assert r.status_code == 503 and "unloaded" in r.json()["error"] and "/load" in r.json()["error"]
+    assert r.status_code == 503 and "unloaded" in r.json()["error"] and "load it again" in r.json()["error"]
     rows = {r["name"]: r for r in client.post("/v2/repository/index").json()}
     assert rows["digits-guessed"]["state"] == "UNAVAILABLE" and rows["digits-guessed"]["reason"] == "unloaded"
     assert client.post("/v2/repository/models/digits-guessed/load").status_code == 200

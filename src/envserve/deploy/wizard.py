@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 import click
 
-from ..errors import SettingsError
+from ..errors import Cancelled, SettingsError
 from .manifest import (
     SERVER_TYPES,
     TARGETS,
@@ -282,7 +282,7 @@ def run_wizard(
         echo("  %-12s %s" % (label, value))
     confirm = ask("confirm", "Write it?", default="yes", choices=("yes", "no"))
     if confirm != "yes":
-        raise SettingsError("cancelled; nothing written")
+        raise Cancelled("cancelled; nothing written")
     return WizardResult(spec, output, manifest, chosen.reason)
 
 

@@ -10,16 +10,12 @@ import sys
 import tempfile
 from typing import IO, List, Optional, Sequence
 
-from ..errors import EnvserveError
+from ..errors import ImageBuildError
 from .dockerfile import DEFAULT_BASE, render_dockerfile
 
 __all__ = ["BUILDERS", "ImageBuildError", "build_image", "find_builder", "prepare_context"]
 
 BUILDERS = ("podman", "buildah", "docker")
-
-
-class ImageBuildError(EnvserveError):
-    """The image could not be built (the builder's own output is in the log)."""
 
 
 def find_builder(preferred: Optional[str] = None) -> str:

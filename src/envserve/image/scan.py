@@ -10,10 +10,9 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from ..errors import EnvserveError
+from ..errors import EnvserveError, NoScanner
 
 __all__ = [
-    "NO_SCANNER_EXIT",
     "SEVERITIES",
     "Finding",
     "NoScanner",
@@ -26,12 +25,6 @@ __all__ = [
 ]
 
 SEVERITIES = ("UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL")
-#: Exit code of ``envserve image scan`` when no scanner is installed (distinct from "found" = 1).
-NO_SCANNER_EXIT = 5
-
-
-class NoScanner(EnvserveError):
-    """Neither trivy nor grype is installed: nothing was scanned."""
 
 
 @dataclass(frozen=True)

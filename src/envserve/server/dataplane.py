@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from .. import __version__
 from ..errors import EnvserveError, InvalidRequest, ModelLoadError, ModelNotFound
@@ -67,25 +67,24 @@ class DataPlane:
         version: Optional[str],
         payload: Any,
         binary: Any = None,
-        protocol: str = "rest",
-        status_of: Callable[[BaseException], str] = lambda exc: type(exc).__name__,
+        protocol: str = "",
         gone: Optional[ClientGone] = None,
     ) -> InferenceResponse:
         """Run one inference. ``payload`` is a decoded V2 JSON document (with ``binary`` for the binary
-        tensor extension) or an already built :class:`InferenceRequest` (gRPC). Counted in the metrics
-        under ``protocol`` with the transport's own status (``status_of`` maps errors to it). ``gone``
+        tensor extension) or an already built :class:`InferenceRequest`. Counted in the metrics under the
+        edge's ``protocol`` label, with the outcome (the edge's own table names its status). ``gone``
         completes when the client disconnects: a call still waiting in a queue then never runs."""
         metrics = self.metrics
         if metrics is None:
             return await self._infer(name, version, payload, binary, gone)
         started = time.perf_counter()
-        status = "OK" if protocol == "grpc" else "200"
+        outcome: Optional[BaseException] = None
         try:
             response = await self._infer(name, version, payload, binary, gone)
             version = response.model_version  # the version that answered, also when none was asked for
             return response
         except BaseException as exc:
-            status = status_of(exc)
+            outcome = exc
             if isinstance(exc, ModelNotFound):
                 name, version = "", None  # names from requests are not labels: they would grow without bound
             else:
@@ -93,7 +92,7 @@ class DataPlane:
                     version = self.registry.get(name, version).version
             raise
         finally:
-            metrics.observe(name, version, protocol, status, time.perf_counter() - started)
+            metrics.observe(name, version, protocol, outcome, time.perf_counter() - started)
 
     async def _infer(
         self, name: str, version: Optional[str], payload: Any, binary: Any, gone: Optional[ClientGone]

@@ -18,7 +18,7 @@ Each :class:`Metrics` has its own registry, so several servers in one process do
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -85,6 +85,10 @@ class _StateCollector:
         yield from (ready, queue, restarts, cache, builds, builds_n)
 
 
+def _default_status(outcome: Optional[BaseException]) -> str:
+    return "ok" if outcome is None else type(outcome).__name__
+
+
 class Metrics:
     def __init__(self, registry: Optional[ModelRegistry] = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
@@ -112,8 +116,26 @@ class Metrics:
             self.registry.register(_StateCollector(registry))
             registry.batch_observer = self.observe_batch
         self._children: dict = {}  # type: ignore[type-arg]
+        #: protocol label -> how that edge names an outcome (None: success, else the error raised)
+        self._status: Dict[str, Callable[[Optional[BaseException]], str]] = {}
 
-    def observe(self, model: str, version: Optional[str], protocol: str, status: str, seconds: float) -> None:
+    def name_statuses(
+        self, protocols: Iterable[str], status: Callable[[Optional[BaseException]], str]
+    ) -> None:
+        """An edge says how its protocols name outcomes in the ``status`` label (REST: 200, 503, ...)."""
+        for protocol in protocols:
+            self._status[protocol] = status
+
+    def observe(
+        self,
+        model: str,
+        version: Optional[str],
+        protocol: str,
+        outcome: Optional[BaseException],
+        seconds: float,
+    ) -> None:
+        namer = self._status.get(protocol, _default_status)
+        status = namer(outcome)
         key = (model, version, protocol, status)
         children = self._children.get(key)
         if children is None:  # label look-ups cached: the request path pays two updates, not four

@@ -146,7 +146,7 @@ class ModelRegistry:
             if name in self.broken:
                 raise ModelNotReady("model %r is unavailable: %s" % (name, self.broken[name]), model=name)
             raise ModelNotFound(
-                "model %r not found; see POST /v2/repository/index for the models served" % name, model=name
+                "model %r not found; the repository index lists the models served" % name, model=name
             )
         if version is None:
             record = versions[max(versions, key=_version_key)]
@@ -168,7 +168,7 @@ class ModelRegistry:
             detail = ": %s" % record.reason if record.reason else ""
             hint = ""
             if record.reason == "unloaded":
-                hint = "; load it with POST /v2/repository/models/%s/load" % name
+                hint = "; load it again through the repository API (load %s)" % name
             raise ModelNotReady(
                 "model %r is %s%s%s" % (name, record.state, detail, hint), model=name, version=record.version
             )

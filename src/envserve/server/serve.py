@@ -73,6 +73,9 @@ class Server:
 
             check_console_settings(settings.host, settings.admin_token)
             console = ConsoleAPI(self.dataplane, self.metrics)
+        from .rest.errors import status_label
+
+        self.metrics.name_statuses(("rest", "mlflow", "seldon"), status_label)
         self.app = RestApp(
             self.dataplane,
             settings.max_request_size,
@@ -112,6 +115,9 @@ class Server:
             max_connections=s.max_connections or 2**31,
             idle_timeout=s.grpc_idle_timeout,
         )
+        from .grpc.errors import status_label
+
+        self.metrics.name_statuses(("grpc",), status_label)
         server, port = await start_grpc_server(self.dataplane, s.host, s.grpc_port, limits, s.admin_token)
         shown = "[%s]" % s.host if ":" in s.host else s.host
         self.grpc_address = "%s:%d" % (shown, port)

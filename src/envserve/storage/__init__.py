@@ -32,7 +32,7 @@ import tempfile
 import time
 from typing import Any, Callable, Dict, Mapping, Optional
 
-from ..errors import ModelLoadError
+from ..errors import StorageError
 
 __all__ = ["SCHEMES", "StorageError", "fetch", "is_remote", "name_from_uri", "redact", "secret_environment"]
 
@@ -46,10 +46,6 @@ SCHEMES: Dict[str, str] = {
     "http": "envserve.storage.http:fetch_http",
     "https": "envserve.storage.http:fetch_http",
 }
-
-
-class StorageError(ModelLoadError):
-    """A model URI cannot be fetched (the message names the URI, never credentials)."""
 
 
 def redact(uri: str) -> str:

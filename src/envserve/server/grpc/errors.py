@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, Tuple, Type
+from typing import List, Optional, Tuple, Type
 
 from ...errors import (
     EnvserveError,
@@ -19,7 +19,7 @@ from ...errors import (
 )
 from .transport import StatusCode
 
-__all__ = ["code_for"]
+__all__ = ["code_for", "status_label"]
 
 # Most specific first; the first isinstance match wins.
 STATUS_CODES: List[Tuple[Type[EnvserveError], int]] = [
@@ -34,6 +34,11 @@ STATUS_CODES: List[Tuple[Type[EnvserveError], int]] = [
     (Overloaded, StatusCode.UNAVAILABLE),
     (InferenceTimeout, StatusCode.DEADLINE_EXCEEDED),
 ]
+
+
+def status_label(outcome: Optional[BaseException]) -> str:
+    """The ``status`` label of a gRPC call in the metrics."""
+    return "OK" if outcome is None else StatusCode.NAMES[code_for(outcome)]
 
 
 def code_for(exc: BaseException) -> int:

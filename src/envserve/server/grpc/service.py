@@ -34,10 +34,6 @@ METHODS = (
 )
 
 
-def _status(exc: BaseException) -> str:
-    return StatusCode.NAMES[code_for(exc)]
-
-
 class InferenceService:
     """One coroutine per RPC: (request message, metadata) -> response message; errors raise."""
 
@@ -83,9 +79,7 @@ class InferenceService:
 
     async def ModelInfer(self, request: Any, metadata: Metadata) -> Any:
         v2 = converters.request_from_proto(request)
-        response = await self.dp.infer(
-            request.model_name, request.model_version or None, v2, protocol="grpc", status_of=_status
-        )
+        response = await self.dp.infer(request.model_name, request.model_version or None, v2, protocol="grpc")
         raw = v2.parameters.get("raw_output", True) is not False
         return converters.response_to_proto(response, raw)
 

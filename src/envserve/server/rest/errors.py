@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, Tuple, Type
+from typing import List, Optional, Tuple, Type
 
 from ...errors import (
     EnvserveError,
@@ -18,7 +18,7 @@ from ...errors import (
     WorkerUnavailable,
 )
 
-__all__ = ["status_for"]
+__all__ = ["status_for", "status_label"]
 
 # Most specific first; the first isinstance match wins.
 STATUS_CODES: List[Tuple[Type[EnvserveError], int]] = [
@@ -33,6 +33,13 @@ STATUS_CODES: List[Tuple[Type[EnvserveError], int]] = [
     (Overloaded, 503),
     (InferenceTimeout, 504),
 ]
+
+
+def status_label(outcome: Optional[BaseException]) -> str:
+    """The ``status`` label of a REST request in the metrics."""
+    if outcome is None:
+        return "200"
+    return str(status_for(outcome) if isinstance(outcome, EnvserveError) else 500)
 
 
 def status_for(exc: EnvserveError) -> int:

@@ -1,0 +1,120 @@
+"""``envserve env ...``: the environment cache, packing, preparing a repository's environments."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import click
+
+from ..errors import EnvironmentSetupError, EnvserveError
+from .options import cache_option, size
+
+__all__ = ["env"]
+
+
+@click.group()
+def env() -> None:
+    """Model environments: list and prune the cache, pack a venv, prepare a repository's environments."""
+
+
+@env.command("list")
+@cache_option
+@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
+def env_list(cache_dir: Optional[str], as_json: bool) -> None:
+    """List cached environments: hash, kind, Python, size, last used, models, source."""
+    import json
+    import time
+
+    from ..environments import EnvironmentCache
+
+    rows = EnvironmentCache(cache_dir).list()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, sort_keys=True))
+        return
+    if not rows:
+        click.echo("no cached environments")
+        return
+    click.echo(
+        "%-12s  %-7s  %-8s  %9s  %-16s  %-20s  %s"
+        % ("HASH", "KIND", "PYTHON", "SIZE", "LAST USED", "MODELS", "SOURCE")
+    )
+    for r in rows:
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.get("last_used", r.get("created", 0))))
+        click.echo(
+            "%-12s  %-7s  %-8s  %9s  %-16s  %-20s  %s"
+            % (
+                r["hash"][:12],
+                r.get("kind", "?"),
+                r.get("python_version", "?"),
+                size(r.get("size")),
+                used,
+                ",".join(r.get("models", [])) or "-",
+                r.get("source", ""),
+            )
+        )
+
+
+@env.command("prune")
+@cache_option
+@click.option(
+    "--older-than", type=float, default=30.0, show_default=True, help="Remove environments unused for DAYS."
+)
+@click.option("--all", "everything", is_flag=True, help="Remove every environment no running server uses.")
+def env_prune(cache_dir: Optional[str], older_than: float, everything: bool) -> None:
+    """Remove cached environments (never one a running server holds)."""
+    from ..environments import EnvironmentCache
+
+    removed = EnvironmentCache(cache_dir).prune(older_than * 86400, everything)
+    for r in removed:
+        click.echo("removed %s (%s, %s)" % (r["hash"][:12], r.get("source", ""), size(r.get("size"))))
+    click.echo("%d environment(s) removed" % len(removed))
+
+
+@env.command("pack")
+@click.argument("environment", type=click.Path(exists=True))
+@click.option(
+    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Tarball to write (.tar.gz)."
+)
+def env_pack(environment: str, output: str) -> None:
+    """Pack a venv, with its interpreter, into a tarball that runs on machines without that Python."""
+    from ..environments.pack import pack_environment
+
+    manifest = pack_environment(environment, output)
+    click.echo(
+        "packed Python %s from %s into %s (%s)"
+        % (manifest["python"], environment, output, size(manifest["size"]))
+    )
+
+
+@env.command("prepare")
+@click.argument("model_repository", required=False, type=click.Path(file_okay=False, exists=True))
+@cache_option
+def env_prepare(model_repository: Optional[str], cache_dir: Optional[str]) -> None:
+    """Extract or build the environment of every model in MODEL_REPOSITORY into the cache (as at start-up)."""
+    from ..environments import EnvironmentCache, environment_source
+    from ..settings import scan_repository
+    from . import configure_logging
+
+    configure_logging("info")
+    cache = EnvironmentCache(cache_dir)
+    failed = []
+    for entry in scan_repository(model_repository or "."):
+        if entry.settings is None:
+            continue
+        try:
+            source = environment_source(entry.settings)
+            if source is None:
+                continue
+            prepared = cache.prepare(source, entry.settings.name)
+            prepared.release()
+            click.echo(
+                "%s: %s (Python %s) %s"
+                % (entry.settings.name, (prepared.digest or "")[:12], prepared.python_version, prepared.root)
+            )
+        except EnvserveError as exc:  # every model is tried; the failures are summed up at the end
+            failed.append(entry.settings.name)
+            click.echo("%s: error: %s" % (entry.settings.name, exc), err=True)
+    if failed:
+        raise EnvironmentSetupError(
+            "%d environment(s) could not be prepared: %s" % (len(failed), ", ".join(failed))
+        )

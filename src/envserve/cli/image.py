@@ -1,0 +1,155 @@
+"""``envserve image ...``: container images with environments prepared at build time; SBOMs, scans."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import click
+
+from ..errors import VulnerabilitiesFound
+from .options import with_options
+
+__all__ = ["image"]
+
+
+@click.group()
+def image() -> None:
+    """Container images with the model environments prepared at build time; SBOMs and scans."""
+
+
+_IMAGE_OPTIONS = [
+    click.option("--base", default=None, help="Base image [default: python:3.11-slim-bookworm]."),
+    click.option(
+        "--wheelhouse",
+        type=click.Path(file_okay=False, exists=True),
+        help="Install envserve from this folder of wheels, offline.",
+    ),
+    click.option(
+        "--no-models",
+        "copy_models",
+        flag_value=False,
+        default=True,
+        help="Leave models to a volume or a URI instead of copying them in.",
+    ),
+    click.option("--uid", type=int, default=8888, show_default=True, help="User the server runs as."),
+    click.option("--extras", default="sklearn", show_default=True, help="envserve extras to install."),
+]
+
+
+@image.command("dockerfile")
+@click.argument(
+    "model_repository", required=False, default=".", type=click.Path(file_okay=False, exists=True)
+)
+@with_options(_IMAGE_OPTIONS)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE instead of stdout.")
+def image_dockerfile(
+    model_repository: str,
+    base: Optional[str],
+    wheelhouse: Optional[str],
+    copy_models: bool,
+    uid: int,
+    extras: str,
+    output: Optional[str],
+) -> None:
+    """Write the Dockerfile for MODEL_REPOSITORY (from the template in envserve/image/templates)."""
+    from ..image.dockerfile import DEFAULT_BASE, render_dockerfile
+
+    text = render_dockerfile(
+        model_repository, base or DEFAULT_BASE, bool(wheelhouse), copy_models, uid, extras
+    )
+    if output:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text)
+        click.echo("wrote %s" % output, err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@image.command("build")
+@click.argument(
+    "model_repository", required=False, default=".", type=click.Path(file_okay=False, exists=True)
+)
+@with_options(_IMAGE_OPTIONS)
+@click.option("-t", "--tag", required=True, help="Image reference to tag, e.g. localhost/models:1.")
+@click.option(
+    "--builder", type=click.Choice(["podman", "buildah", "docker"]), help="[default: the first found]"
+)
+def image_build(
+    model_repository: str,
+    base: Optional[str],
+    wheelhouse: Optional[str],
+    copy_models: bool,
+    uid: int,
+    extras: str,
+    tag: str,
+    builder: Optional[str],
+) -> None:
+    """Build the image with docker, podman or buildah (the build log is streamed); print its reference."""
+    from ..image.build import build_image
+    from ..image.dockerfile import DEFAULT_BASE
+
+    click.echo(
+        build_image(
+            model_repository, tag, base or DEFAULT_BASE, wheelhouse, builder, copy_models, uid, extras
+        )
+    )
+
+
+@image.command("sbom")
+@click.argument("source")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--environment",
+    "is_environment",
+    is_flag=True,
+    help="SOURCE is an environment directory (cyclonedx-py), not an image (syft).",
+)
+def image_sbom(source: str, output: str, is_environment: bool) -> None:
+    """CycloneDX SBOM of an image (SOURCE as syft takes it, e.g. oci-archive:img.tar) or of an environment."""
+    from ..image.sbom import environment_sbom
+    from ..image.sbom import image_sbom as sbom_of_image
+
+    click.echo(environment_sbom(source, output) if is_environment else sbom_of_image(source, output))
+
+
+@image.command("scan")
+@click.argument("image_ref")
+@click.option(
+    "--fail-on", type=click.Choice(["LOW", "MEDIUM", "HIGH", "CRITICAL"]), default="HIGH", show_default=True
+)
+@click.option(
+    "--report",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Summarise an existing trivy/grype JSON report instead of running a scanner.",
+)
+@click.option("--os-updates", is_flag=True, help="Also list pending Debian security updates in the image.")
+def image_scan(image_ref: str, fail_on: str, report: Optional[str], os_updates: bool) -> None:
+    """Scan IMAGE_REF with trivy or grype: exit 1 at or above --fail-on, 5 when no scanner is installed."""
+    import json
+
+    from ..image import scan
+
+    if report:
+        with open(report, encoding="utf-8") as f:
+            doc = json.load(f)
+        findings = (
+            scan.parse_trivy(doc) if "Results" in doc or "SchemaVersion" in doc else scan.parse_grype(doc)
+        )
+    else:
+        findings = scan.run_scanner(image_ref)
+    table, failed = scan.summarise(findings, fail_on)
+    click.echo(table)
+    pending = []
+    if os_updates:
+        pending = scan.pending_security_updates(image_ref)
+        click.echo("%d pending Debian security updates%s" % (len(pending), ":" if pending else ""))
+        for line in pending:
+            click.echo("  " + line)
+    if failed or pending:
+        raise VulnerabilitiesFound(
+            "%s%s"
+            % (
+                "vulnerabilities at or above %s" % fail_on if failed else "",
+                ("; " if failed else "") + "%d pending security updates" % len(pending) if pending else "",
+            )
+        )

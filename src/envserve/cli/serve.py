@@ -1,0 +1,68 @@
+"""``envserve serve``."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import click
+
+__all__ = ["serve"]
+
+
+@click.command()
+@click.argument("model_repository", required=False, type=click.Path(file_okay=False))
+@click.option("--host", help="Address to listen on [default: 127.0.0.1; ENVSERVE_HOST].")
+@click.option(
+    "--http-port", type=int, help="REST port; 0 picks a free one [default: 8080; ENVSERVE_HTTP_PORT]."
+)
+@click.option("--grpc-port", type=int, help="gRPC port [default: 8081; ENVSERVE_GRPC_PORT].")
+@click.option(
+    "--metrics-port",
+    type=int,
+    help="Separate port for /metrics [default: none; /metrics is on the HTTP port].",
+)
+@click.option("--max-request-size", type=int, help="Largest request body in bytes [default: 100 MiB].")
+@click.option(
+    "--graceful-timeout", type=float, help="Seconds to drain in-flight requests on SIGTERM [default: 30]."
+)
+@click.option(
+    "--parallel-workers", type=int, help="Default worker processes per model with its own environment."
+)
+@click.option(
+    "--console", "console", flag_value=True, default=None, help="Serve the web console at /console/."
+)
+@click.option(
+    "--worker-memory-limit", type=int, help="MiB of resident memory above which a worker is recycled."
+)
+@click.option(
+    "--inference-timeout", type=float, help="Seconds one inference may take in a worker [default: 60]."
+)
+@click.option(
+    "--max-queue-size", type=int, help="Requests one model may hold waiting; 503 beyond [default: 256]."
+)
+@click.option(
+    "--max-connections", type=int, help="REST requests in flight / gRPC connections [default: 1024]."
+)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="[default: info]")
+@click.option(
+    "--model-uri",
+    help="Serve this model without a settings file: models:/name/version, models:/name@alias, "
+    "runs:/<run>/<path>, s3://bucket/prefix, https://.../model.tar.gz or a path.",
+)
+@click.option("--model-name", help="Name for --model-uri [default: from the URI].")
+def serve(model_repository: Optional[str], **flags: Any) -> None:
+    """Serve every model found under MODEL_REPOSITORY (default: the current directory).
+
+    Settings come from, highest precedence first: these flags, ENVSERVE_* environment variables,
+    MODEL_REPOSITORY/settings.json, built-in defaults.
+    """
+    from ..server.serve import serve as run
+    from ..settings import ServerSettings
+    from . import configure_logging
+
+    overrides: Dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
+    if flags.get("model_uri") and model_repository is None:
+        overrides["model_repository"] = ""  # only the --model-uri model, no repository scan
+    settings = ServerSettings.from_sources(model_repository or ".", overrides)
+    configure_logging(settings.log_level)
+    run(settings)

@@ -1,0 +1,45 @@
+"""envserve's own API under ``/envserve/``: model status always; the console's calls when it is on."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from ..dataplane import DataPlane
+from .routing import HTTPError, Request, Response, json_response
+
+__all__ = ["EnvserveAPI"]
+
+
+class EnvserveAPI:
+    def __init__(self, dataplane: DataPlane, console: Optional[Any]) -> None:
+        self.dp = dataplane
+        self.console: Any = console  # a ConsoleAPI when the console is on
+
+    async def models(self, request: Request) -> Response:
+        """Runtimes, environments, workers (and traffic when the console is on)."""
+        return json_response(self.console.models() if self.console is not None else self.dp.model_status())
+
+    async def console_off(self, request: Request) -> Response:
+        raise HTTPError(
+            404, "no route for %s; start the server with --console for the console API" % request.path
+        )
+
+    # the console's calls (routed only when it is on)
+    async def environments(self, request: Request) -> Response:
+        return json_response(self.console.environments())
+
+    async def registry_models(self, request: Request) -> Response:
+        return json_response(self.console.registry_models())
+
+    async def platform(self, request: Request) -> Response:
+        return json_response(self.console.platform())
+
+    async def prune(self, request: Request) -> Response:
+        await request.json()
+        return json_response(await self.console.prune())
+
+    async def render(self, request: Request) -> Response:
+        return json_response(self.console.render(await request.json()))
+
+    async def set_image(self, request: Request) -> Response:
+        return json_response(self.console.set_image(await request.json()))

@@ -1,0 +1,94 @@
+"""Open Inference Protocol V2 over REST: health, metadata, inference (JSON and binary tensors), repository."""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional, Tuple
+
+from ...errors import InvalidRequest
+from ..dataplane import DataPlane
+from .routing import Request, Response, dumps, json_response, loads
+
+__all__ = ["V2Handlers"]
+
+
+class V2Handlers:
+    def __init__(self, dataplane: DataPlane, protocol: str = "rest") -> None:  # the metrics' label
+        self.dp = dataplane
+        self.protocol = protocol
+
+    async def server_metadata(self, request: Request) -> Response:
+        return json_response(self.dp.server_metadata())
+
+    async def live(self, request: Request) -> Response:
+        live = self.dp.live()
+        return json_response({"live": live}, 200 if live else 400)
+
+    async def ready(self, request: Request) -> Response:
+        ready = self.dp.ready()
+        return json_response({"ready": ready}, 200 if ready else 400)
+
+    async def model_metadata(self, request: Request) -> Response:
+        return json_response(self.dp.model_metadata(request.params["name"], request.params.get("version")))
+
+    async def model_ready(self, request: Request) -> Response:
+        name = request.params["name"]
+        ready = self.dp.model_ready(name, request.params.get("version"))
+        return json_response({"name": name, "ready": ready}, 200 if ready else 400)
+
+    async def infer(self, request: Request) -> Response:
+        name, version = request.params["name"], request.params.get("version")
+        header_length = _header_length(request)
+        if header_length is None:
+            doc = await request.json()
+            binary = None
+        else:  # binary tensor extension: a JSON header, then the inputs' raw bytes
+            body = await request.body()
+            if header_length > len(body):
+                raise InvalidRequest(
+                    "Inference-Header-Content-Length %d is more than the %d-byte body"
+                    % (header_length, len(body))
+                )
+            doc = loads(body[:header_length])
+            binary = memoryview(body)[header_length:]
+        response = await self.dp.infer(name, version, doc, binary, protocol=self.protocol, gone=request.gone)
+        return _binary_response(response, doc)  # plain JSON unless binary outputs were asked for
+
+    async def repository_index(self, request: Request) -> Response:
+        return json_response(self.dp.repository_index(await request.json()))
+
+    async def load(self, request: Request) -> Response:
+        await request.json()
+        await self.dp.load(request.params["name"])
+        return Response(200, b"{}")
+
+    async def unload(self, request: Request) -> Response:
+        await request.json()
+        await self.dp.unload(request.params["name"])
+        return Response(200, b"{}")
+
+
+def _header_length(request: Request) -> Optional[int]:
+    value = request.header(b"inference-header-content-length")
+    if value is None:
+        return None
+    try:
+        length = int(value)
+    except ValueError:
+        raise InvalidRequest("Inference-Header-Content-Length is not a number") from None
+    if length < 0:
+        raise InvalidRequest("Inference-Header-Content-Length must not be negative")
+    return length
+
+
+def _binary_response(response: Any, doc: Any) -> Response:
+    params = doc.get("parameters") if isinstance(doc, dict) else None
+    binary_all = bool(isinstance(params, dict) and params.get("binary_data_output"))
+    buffers: List[Any] = []
+    head = dumps(response.to_dict(binary=buffers, binary_all=binary_all))
+    if not buffers:
+        return Response(200, head)
+    headers: List[Tuple[bytes, bytes]] = [
+        (b"content-type", b"application/octet-stream"),
+        (b"inference-header-content-length", str(len(head)).encode()),
+    ]
+    return Response(200, b"".join([head, *buffers]), headers)
