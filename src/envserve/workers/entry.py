@@ -19,17 +19,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import signal
 import socket
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from ..errors import EnvserveError
 from . import ipc
+from .link import FrameReader, encode_frame
 
 
 def _die_with_parent() -> None:
@@ -64,7 +64,8 @@ class Connection:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.buffer = bytearray()
+        self.reader = FrameReader()
+        self.pending: Iterator[Tuple[Dict[str, Any], Any]] = iter(())
         self.outgoing: List[Any] = []
 
     def send(self, pieces: List[Any]) -> None:
@@ -81,23 +82,9 @@ class Connection:
             if views and sent:
                 views[0] = views[0][sent:]
 
-    def _frame(self) -> Optional[Tuple[Dict[str, Any], Any]]:
-        buf = self.buffer
-        prefix = ipc.PREFIX.size
-        if len(buf) < prefix:
-            return None
-        head_len, body_len = ipc.PREFIX.unpack_from(buf)
-        end = prefix + head_len + body_len
-        if len(buf) < end:
-            return None
-        header = json.loads(bytes(buf[prefix : prefix + head_len]).decode("utf-8"))
-        body = buf[prefix + head_len : end]
-        del buf[:end]
-        return header, body
-
     def receive(self) -> Tuple[Dict[str, Any], Any]:
         while True:
-            frame = self._frame()
+            frame = next(self.pending, None)
             if frame is not None:
                 return frame
             if self.outgoing:
@@ -105,7 +92,8 @@ class Connection:
             data = self.sock.recv(1 << 16)
             if not data:
                 raise EOFError("server closed the connection")
-            self.buffer += data
+            self.reader.feed(data)
+            self.pending = self.reader.frames()
 
 
 def _load(header: Dict[str, Any]) -> Any:
@@ -132,7 +120,7 @@ def _model_error(exc: BaseException, runtime: Any) -> Dict[str, Any]:
 
 def serve(conn: Connection, worker: int) -> int:
     conn.send(
-        ipc.encode_frame(
+        encode_frame(
             {
                 "op": "hello",
                 "pid": os.getpid(),
@@ -150,11 +138,11 @@ def serve(conn: Connection, worker: int) -> int:
     try:
         runtime = _load(header)
     except BaseException as exc:
-        conn.send(ipc.encode_frame(dict({"op": "loaded", "ok": False}, **ipc.error_to_wire(exc))))
+        conn.send(encode_frame(dict({"op": "loaded", "ok": False}, **ipc.error_to_wire(exc))))
         conn.flush()
         return 1
     conn.send(
-        ipc.encode_frame(
+        encode_frame(
             {"op": "loaded", "ok": True, "metadata": runtime.metadata(), "runtime": type(runtime).__name__}
         )
     )
@@ -172,10 +160,10 @@ def serve(conn: Connection, worker: int) -> int:
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as exc:
-                frame = ipc.encode_frame(dict({"op": "error", "id": call_id}, **_model_error(exc, runtime)))
+                frame = encode_frame(dict({"op": "error", "id": call_id}, **_model_error(exc, runtime)))
             conn.send(frame)
         elif op == "ping":
-            conn.send(ipc.encode_frame({"op": "pong", "id": header.get("id")}))
+            conn.send(encode_frame({"op": "pong", "id": header.get("id")}))
         elif op == "stop":
             break
     conn.flush()

@@ -1,9 +1,9 @@
-"""The wire format between the server and its worker processes (both sides; worker closure, py3.8+).
+"""The messages between the server and its worker processes (both sides; worker closure, py3.8+).
 
-A frame is ``<u32 header length><u64 body length><header><body>``: the header is a small JSON object
-(the operation and the tensors' names, datatypes, shapes and where their bytes are), the body the
-tensors' raw bytes, concatenated. numpy buffers travel as they are (no JSON, no base64): numeric tensors
-in native C order, BYTES tensors as ``<u32 length><bytes>`` per element.
+Each message is one frame of :mod:`.link`: the header holds the operation and the tensors' names,
+datatypes, shapes and where their bytes are; the body the tensors' raw bytes, concatenated. numpy buffers
+travel as they are (no JSON, no base64): numeric tensors in native C order, BYTES tensors as
+``<u32 length><bytes>`` per element.
 
 Operations: ``hello``/``load``/``loaded`` at start, ``infer``/``result``/``error``, ``ping``/``pong``,
 ``stop``.
@@ -11,61 +11,21 @@ Operations: ``hello``/``load``/``loaded`` at start, ``infer``/``result``/``error
 
 from __future__ import annotations
 
-import json
-import struct
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
-
-import numpy as np
 
 from .. import errors as _errors
 from ..protocol.binary import tensor_bytes, tensor_from_bytes
 from ..protocol.v2 import InferenceRequest, InferenceResponse, RequestInput, RequestOutput, ResponseOutput
+from .link import _dumps, encode_frame
 
 __all__ = [
-    "PREFIX",
     "decode_request",
     "decode_response",
-    "encode_frame",
     "encode_request",
     "encode_response",
     "error_from_wire",
     "error_to_wire",
-    "json_default",
-    "split_prefix",
 ]
-
-PREFIX = struct.Struct("<IQ")
-
-
-def json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, bytes):
-        return obj.decode("utf-8", "replace")
-    return str(obj)
-
-
-def _dumps(header: Dict[str, Any]) -> bytes:
-    return json.dumps(header, separators=(",", ":"), default=json_default).encode("utf-8")
-
-
-def encode_frame(
-    header: Dict[str, Any], buffers: Sequence[Any] = (), dumps: Callable[[Dict[str, Any]], bytes] = _dumps
-) -> List[Any]:
-    """The frame as a list of bytes-like pieces (write them in order; no concatenation needed).
-    ``dumps`` serialises the header: the standard library's json here (the worker side has nothing
-    else); the server passes a faster one (orjson) producing the same JSON."""
-    head = dumps(header)
-    body_len = sum(memoryview(b).nbytes for b in buffers)
-    return [PREFIX.pack(len(head), body_len), head, *buffers]
-
-
-def split_prefix(prefix: bytes) -> Tuple[int, int]:
-    head_len, body_len = PREFIX.unpack(prefix)
-    return head_len, body_len
-
 
 # -- tensors ------------------------------------------------------------------------------------------------
 

@@ -1,0 +1,200 @@
+"""Calls of one model across its workers: which worker gets a call, the bounded queue, the deadlines.
+
+A call goes to the least busy worker with room (at most :data:`DEPTH` in flight each: one running, the
+others waiting in its socket), else into the queue, bounded by ``max_queue_size`` (beyond it: 503). A
+worker takes the next queued call as soon as it answers one. All calls share one timeout, so their
+deadlines are in creation order and one timer sweeps the expired ones instead of a timer per call. A call
+past its deadline fails with 504; if it was running, its worker is killed (a stuck ``predict`` cannot be
+interrupted otherwise) and the calls pipelined behind it, which had not started, go back to the front of
+the queue for the next worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional
+
+from ..errors import EnvserveError, InferenceTimeout, WorkerUnavailable
+from ..protocol.v2 import InferenceRequest, InferenceResponse
+from . import ipc
+from .admission import ClientGone, admit, drop_when_client_leaves
+from .process import WorkerProcess, WorkerState, server_dumps
+
+__all__ = ["DEPTH", "Call", "Dispatcher"]
+
+logger = logging.getLogger("envserve.workers")
+
+#: Calls one worker may have in flight (one running, the others waiting in its socket buffer). Pipelining
+#: several lets the worker answer a run of calls per wake-up, which is what matters when it shares a core
+#: with the server (bench/RESULTS.md has the measurements per depth); the price is that a worker that dies
+#: fails up to this many calls (503) instead of fewer.
+DEPTH = 8
+
+
+class Call:
+    __slots__ = ("deadline", "future", "id", "payload", "worker")
+
+    def __init__(
+        self, call_id: int, payload: bytes, future: asyncio.Future[InferenceResponse], deadline: float
+    ) -> None:
+        self.id = call_id
+        self.payload = payload
+        self.future = future
+        self.deadline = deadline
+        self.worker: Optional[WorkerProcess] = None
+
+
+def settle(call: Call, result: Any = None, exc: Optional[BaseException] = None) -> None:
+    if call.future.done():
+        return
+    if exc is not None:
+        call.future.set_exception(exc)
+    else:
+        call.future.set_result(result)
+
+
+class Dispatcher:
+    def __init__(
+        self, model: str, timeout: float, max_queue: int, workers: Callable[[], List[WorkerProcess]]
+    ) -> None:
+        self.model = model
+        self.timeout = timeout
+        self.max_queue = max_queue
+        self.workers = workers  # the pool's current workers
+        self.queue: Deque[Call] = deque()
+        # Every call in creation order, for the deadline sweep; answered calls are dropped from the front
+        # as new calls come in.
+        self._deadlines: Deque[Call] = deque()
+        self._sweeper: Optional[asyncio.TimerHandle] = None
+        self._ids = itertools.count(1)
+
+    def submit(
+        self, request: InferenceRequest, gone: Optional[ClientGone]
+    ) -> asyncio.Future[InferenceResponse]:
+        worker = self._idle_worker()
+        if worker is None:
+            admit(len(self.queue), self.max_queue, self.model)
+        loop = asyncio.get_running_loop()
+        call_id = next(self._ids)
+        call = Call(
+            call_id,
+            b"".join(ipc.encode_request(call_id, request, server_dumps)),
+            loop.create_future(),
+            loop.time() + self.timeout,
+        )
+        deadlines = self._deadlines
+        while deadlines and deadlines[0].future.done():
+            deadlines.popleft()
+        deadlines.append(call)
+        if self._sweeper is None:
+            self._sweeper = loop.call_at(deadlines[0].deadline, self._sweep)
+        if worker is not None:
+            self._dispatch(worker, call)
+        else:
+            self.queue.append(call)
+            drop_when_client_leaves(call.future, gone)  # it waits for a worker: drop it if its client leaves
+        return call.future
+
+    def _idle_worker(self) -> Optional[WorkerProcess]:
+        best: Optional[WorkerProcess] = None
+        for w in self.workers():
+            if (
+                w.takes_calls
+                and len(w.inflight) < DEPTH
+                and (best is None or len(w.inflight) < len(best.inflight))
+            ):
+                best = w
+        return best
+
+    def _dispatch(self, worker: WorkerProcess, call: Call) -> None:
+        assert worker.link is not None
+        call.worker = worker
+        worker.inflight[call.id] = call
+        worker.ping_sent = None  # busy: liveness is the inference timeout's job now
+        worker.link.send(call.payload)
+
+    def feed(self, worker: WorkerProcess) -> None:
+        """Give ``worker`` queued calls while it has room."""
+        queue = self.queue
+        while queue and worker.takes_calls and len(worker.inflight) < DEPTH:
+            call = queue.popleft()
+            if not call.future.done():
+                self._dispatch(worker, call)
+
+    def answered(self, worker: WorkerProcess, header: Dict[str, Any], body: bytes) -> None:
+        """A ``result`` or ``error`` frame from ``worker``."""
+        call = worker.inflight.pop(header.get("id"), None)  # type: ignore[arg-type]
+        if call is None:
+            return
+        if header.get("op") == "result":
+            try:
+                settle(call, ipc.decode_response(header, body))
+            except Exception as exc:  # a malformed frame is a worker bug, not the caller's
+                settle(call, exc=WorkerUnavailable("bad answer from the worker: %s" % exc))
+        else:
+            settle(call, exc=ipc.error_from_wire(header, self.model))
+
+    def fail_inflight(self, worker: WorkerProcess, exc: EnvserveError) -> None:
+        calls, worker.inflight = worker.inflight, {}
+        for call in calls.values():
+            settle(call, exc=exc)
+
+    def close(self, exc: EnvserveError) -> None:
+        """Fail every queued call and stop the sweep."""
+        while self.queue:
+            settle(self.queue.popleft(), exc=exc)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self._deadlines.clear()
+
+    def _sweep(self) -> None:
+        """Expire every call past its deadline, then sleep until the oldest unanswered one's."""
+        self._sweeper = None
+        deadlines = self._deadlines
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while deadlines and (deadlines[0].future.done() or deadlines[0].deadline <= now):
+            call = deadlines.popleft()
+            if not call.future.done():
+                self._expire(call)
+        if deadlines:
+            self._sweeper = loop.call_at(deadlines[0].deadline, self._sweep)
+
+    def _expire(self, call: Call) -> None:
+        worker = call.worker
+        running = worker is not None and call.id in worker.inflight
+        settle(
+            call,
+            exc=InferenceTimeout(
+                "model %r did not answer within %g s (inference_timeout)%s"
+                % (self.model, self.timeout, "; its worker is being restarted" if running else ""),
+                model=self.model,
+            ),
+        )
+        if not running:
+            return
+        assert worker is not None
+        logger.warning(
+            "model %s: call %d exceeded %g s; recycling worker %d (pid %s)",
+            self.model,
+            call.id,
+            self.timeout,
+            worker.index,
+            worker.pid,
+        )
+        worker.inflight.pop(call.id, None)
+        # A worker runs its calls in the order it received them, so the ones sent after the stuck call have
+        # not started: they go back to the front of the queue for the next worker instead of failing with it.
+        behind = sorted((c for c in worker.inflight.values() if c.id > call.id), key=lambda c: c.id)
+        for waiting in reversed(behind):
+            del worker.inflight[waiting.id]
+            waiting.worker = None
+            self.queue.appendleft(waiting)
+        worker.state = WorkerState.STUCK  # takes nothing more; its exit is seen and it is restarted
+        worker.kill()
+        for other in self.workers():
+            self.feed(other)
