@@ -92,17 +92,18 @@ def env_pack(environment: str, output: str) -> None:
 def env_prepare(model_repository: Optional[str], cache_dir: Optional[str]) -> None:
     """Extract or build the environment of every model in MODEL_REPOSITORY into the cache (as at start-up)."""
     from ..environments import EnvironmentCache, environment_source
-    from ..settings import scan_repository
+    from ..settings import ServerSettings, scan_repository
     from . import configure_logging
 
     configure_logging("info")
+    default_tarball = ServerSettings.from_sources(model_repository or ".").env_tarball or None
     cache = EnvironmentCache(cache_dir)
     failed = []
     for entry in scan_repository(model_repository or "."):
         if entry.settings is None:
             continue
         try:
-            source = environment_source(entry.settings)
+            source = environment_source(entry.settings, default_tarball)
             if source is None:
                 continue
             prepared = cache.prepare(source, entry.settings.name)

@@ -1,4 +1,4 @@
-"""A small client of the MLflow model registry's REST API (no mlflow package needed).
+"""The MLflow model registry as the deployment wizard and console browse it (no mlflow package needed).
 
 Used by the deployment wizard to browse registered models, their versions and aliases, and to find
 where a version's artifacts live (the ``modelUri`` a Seldon or KServe server downloads).
@@ -6,14 +6,11 @@ where a version's artifacts live (the ``modelUri`` a Seldon or KServe server dow
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 from ..errors import SettingsError
+from ..mlflow_rest import MlflowClient
 
 __all__ = ["MlflowRegistry", "ModelVersion"]
 
@@ -29,33 +26,14 @@ class ModelVersion:
 
 
 class MlflowRegistry:
+    """The registry's models, versions and aliases, through :class:`~envserve.mlflow_rest.MlflowClient`."""
+
     def __init__(self, tracking_uri: str, timeout: float = 10.0) -> None:
-        if not tracking_uri.startswith(("http://", "https://")):
-            raise SettingsError(
-                "MLFLOW_TRACKING_URI must be an http(s) URL of a tracking server, got %r" % tracking_uri
-            )
-        self.base = tracking_uri.rstrip("/")
-        self.timeout = timeout
+        self.client = MlflowClient(tracking_uri, error=SettingsError, timeout=timeout)
+        self.base = self.client.base
 
     def _get(self, path: str, **params: Any) -> Dict[str, Any]:
-        url = "%s/api/2.0/mlflow/%s?%s" % (self.base, path, urllib.parse.urlencode(params))
-        try:
-            with urllib.request.urlopen(url, timeout=self.timeout) as r:
-                doc: Dict[str, Any] = json.loads(r.read().decode("utf-8"))
-                return doc
-        except urllib.error.HTTPError as exc:
-            try:
-                message = json.loads(exc.read().decode("utf-8")).get("message", "")
-            except ValueError:
-                message = ""
-            raise SettingsError(
-                "MLflow at %s answered %d for %s: %s" % (self.base, exc.code, path, message)
-            ) from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise SettingsError(
-                "cannot reach the MLflow tracking server at %s: %s" % (self.base, reason)
-            ) from None
+        return self.client.call(path, params)
 
     def models(self) -> List[str]:
         names: List[str] = []

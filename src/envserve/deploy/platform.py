@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .. import __version__
 from ..errors import SettingsError
+from ..settings.paths import default_platform_path
 
 __all__ = [
     "BUILTIN_SERVERS",
@@ -75,12 +76,6 @@ BUILTIN_SERVERS: Dict[str, Dict[str, Any]] = {
         }
     },
 }
-
-
-def default_platform_path() -> str:
-    return os.environ.get("ENVSERVE_PLATFORM") or os.path.join(
-        os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "envserve", "platform.json"
-    )
 
 
 def split_image(ref: str) -> Tuple[str, str]:

@@ -3,7 +3,8 @@
 Server side only (never imported by workers): the worker runs *inside* the environments made here.
 """
 
-from .cache import Environment, EnvironmentCache, default_cache_root, find_python, runtime_env
+from ..settings.paths import default_cache_root
+from .cache import Environment, EnvironmentCache, find_python, runtime_env
 from .source import EnvironmentSource, environment_source
 from .spec import EnvironmentSpec, read_spec
 

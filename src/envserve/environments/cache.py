@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Dict, List, Optional
 
 from ..errors import EnvironmentSetupError
+from ..settings.paths import default_cache_root
 from .builder import build_environment
 from .interpreters import probe_python
 from .source import EnvironmentSource
@@ -47,15 +48,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("envserve.environments")
-
-#: Counters for the server's metrics (read when /metrics is scraped).
-CACHE_STATS: Dict[str, float] = {"hits": 0, "misses": 0, "builds": 0, "build_seconds": 0.0}
-
-
-def default_cache_root() -> str:
-    return os.environ.get("ENVSERVE_ENV_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "envserve", "environments"
-    )
 
 
 @dataclass
@@ -122,6 +114,8 @@ def _dir_size(path: str) -> int:
 class EnvironmentCache:
     def __init__(self, root: Optional[str] = None) -> None:
         self.root = os.path.abspath(root or default_cache_root())
+        #: What this cache did, for the server's metrics (read when /metrics is scraped).
+        self.stats: Dict[str, float] = {"hits": 0, "misses": 0, "builds": 0, "build_seconds": 0.0}
         self.envs = os.path.join(self.root, "envs")
         self.tmp = os.path.join(self.root, "tmp")
 
@@ -250,16 +244,16 @@ class EnvironmentCache:
                 fcntl.flock(lock, fcntl.LOCK_EX)  # another server may be making it right now: wait for it
                 record = self._read_record(digest)
                 if record is None:
-                    CACHE_STATS["misses"] += 1
+                    self.stats["misses"] += 1
                     record = self._make(digest, source, final, make, spec)
-                    CACHE_STATS["builds"] += 1
-                    CACHE_STATS["build_seconds"] += float(record.get("build_seconds", 0.0))
+                    self.stats["builds"] += 1
+                    self.stats["build_seconds"] += float(record.get("build_seconds", 0.0))
                 else:
-                    CACHE_STATS["hits"] += 1
+                    self.stats["hits"] += 1
             finally:
                 lock.close()
         else:
-            CACHE_STATS["hits"] += 1
+            self.stats["hits"] += 1
             logger.info("environment %s (%s) found in the cache", digest[:12], source.describe())
         lock = self._open_lock(digest)
         fcntl.flock(lock, fcntl.LOCK_SH)

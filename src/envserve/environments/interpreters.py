@@ -15,6 +15,7 @@ import subprocess
 from typing import Dict, List, Mapping, Optional
 
 from ..errors import EnvironmentSetupError, SpecError
+from ..settings.paths import python_override
 
 __all__ = ["find_interpreter", "interpreter_version", "known_interpreters", "probe_python"]
 
@@ -91,7 +92,7 @@ def _uv_candidate(version: str, uv: Optional[str]) -> Optional[str]:
 def find_interpreter(version: str, uv: Optional[str] = None) -> str:
     """Path of a working interpreter for ``version`` ("3.8"); SpecError listing what was found if none."""
     candidates: List[str] = []
-    explicit = os.environ.get("ENVSERVE_PYTHON_" + version.replace(".", "_"))
+    explicit = python_override(version)
     if explicit:
         candidates.append(explicit)
     candidates += _pyenv_candidates(version)

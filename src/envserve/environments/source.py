@@ -8,8 +8,8 @@
 - ``environment``: a spec file (requirements.txt, MLflow python_env.yaml, conda.yaml), built by envserve;
   ``environment_python`` may give the Python version for a plain requirements file;
 - an MLflow model folder (``MLmodel``): its own python_env.yaml / requirements.txt / conda.yaml;
-- otherwise the server-wide default tarball, ``ENVSERVE_ENV_TARBALL`` (or MLServer's
-  ``MLSERVER_ENV_TARBALL``); ``"environment": "server"`` opts a model out of both.
+- otherwise the server-wide default tarball (the server setting ``env_tarball``: ``ENVSERVE_ENV_TARBALL``
+  or MLServer's ``MLSERVER_ENV_TARBALL``); ``"environment": "server"`` opts a model out of both.
 
 No source means the model runs in the server's own process.
 """
@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Optional
 
 from ..errors import SettingsError
 from ..settings.model import ModelSettings
 
 __all__ = ["EnvironmentSource", "environment_source"]
-
-DEFAULT_TARBALL_VARIABLES = ("ENVSERVE_ENV_TARBALL", "MLSERVER_ENV_TARBALL")
 
 
 @dataclass(frozen=True)
@@ -57,9 +55,9 @@ def mlflow_environment(settings: ModelSettings) -> Optional[EnvironmentSource]:
 
 
 def environment_source(
-    settings: ModelSettings, environ: Optional[Mapping[str, str]] = None
+    settings: ModelSettings, default_tarball: Optional[str] = None
 ) -> Optional[EnvironmentSource]:
-    environ = os.environ if environ is None else environ
+    """Where the model's environment comes from; ``default_tarball`` is the server's ``env_tarball``."""
     params = settings.parameters
     for key, kind in (
         ("environment_tarball", "tarball"),
@@ -78,8 +76,6 @@ def environment_source(
     spec = mlflow_environment(settings)
     if spec is not None:
         return spec
-    for variable in DEFAULT_TARBALL_VARIABLES:
-        value = environ.get(variable)
-        if value:
-            return EnvironmentSource("tarball", os.path.abspath(os.path.expanduser(value)))
+    if default_tarball:
+        return EnvironmentSource("tarball", os.path.abspath(os.path.expanduser(default_tarball)))
     return None

@@ -25,7 +25,7 @@ def environment_hashes(repository: str) -> List[str]:
         if entry.settings is None:
             continue
         try:
-            source = environment_source(entry.settings, environ={})
+            source = environment_source(entry.settings)
         except EnvserveError:
             continue
         if source is None:

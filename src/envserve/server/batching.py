@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
@@ -30,9 +29,6 @@ from ..workers.admission import ClientGone, admit, drop_when_client_leaves
 
 __all__ = ["BatchingHandle"]
 
-#: Rows one merged call may hold: past this, a bigger batch saves no per-call overhead worth having and
-#: loses cache locality (the digits SVC gets slower per row above ~1000 rows; bench/RESULTS.md).
-MAX_BATCH_ROWS = int(os.environ.get("ENVSERVE_MAX_BATCH_ROWS", "1024"))
 
 # (request, its future, its batching signature computed once when it is queued)
 _Item = Tuple[InferenceRequest, "asyncio.Future[InferenceResponse]", Optional[Tuple[Any, ...]]]
@@ -69,7 +65,11 @@ class BatchingHandle:
         max_batch_time: float,
         on_batch: Optional[Callable[[int], None]] = None,
         max_queue: int = 0,
+        max_rows: int = 1024,
     ) -> None:
+        #: Rows one merged call may hold (``max_batch_rows``): past this, a bigger batch saves no per-call
+        #: overhead worth having and loses cache locality (bench/RESULTS.md).
+        self.max_rows = max_rows
         self.inner = inner
         self.settings = inner.settings
         self.max_batch_size = max(1, max_batch_size)
@@ -145,7 +145,7 @@ class BatchingHandle:
     def _take(self, key: Tuple[Any, ...], batch: List[_Item]) -> int:
         """Move the compatible requests at the front of the queue into ``batch``.
 
-        Stops at the first compatible request that would take the batch past MAX_BATCH_ROWS, and after
+        Stops at the first compatible request that would take the batch past ``max_rows``, and after
         ``max_batch_size`` incompatible ones: under load the queue is long, and this runs on every pass of
         the gather loop, so its cost must not grow with the queue. Requests passed over keep their order.
         """
@@ -162,7 +162,7 @@ class BatchingHandle:
                 skipped.append(queue.popleft())
                 continue
             n = item[0].inputs[0].data.shape[0]
-            if rows + n > MAX_BATCH_ROWS:
+            if rows + n > self.max_rows:
                 break
             batch.append(queue.popleft())
             rows += n

@@ -23,7 +23,6 @@ from typing import Any, Callable, Dict, Iterable, Iterator, Optional
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from ..environments.cache import CACHE_STATS
 from .registry import ModelRegistry, ModelState
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
@@ -74,14 +73,15 @@ class _StateCollector:
         cache = CounterMetricFamily(
             "envserve_environment_cache", "Environment cache look-ups", labels=["result"]
         )
-        cache.add_metric(["hit"], float(CACHE_STATS["hits"]))
-        cache.add_metric(["miss"], float(CACHE_STATS["misses"]))
+        stats = self.registry.environments.stats
+        cache.add_metric(["hit"], float(stats["hits"]))
+        cache.add_metric(["miss"], float(stats["misses"]))
         builds = CounterMetricFamily(
             "envserve_environment_build_seconds", "Seconds spent extracting or building environments"
         )
-        builds.add_metric([], float(CACHE_STATS["build_seconds"]))
+        builds.add_metric([], float(stats["build_seconds"]))
         builds_n = CounterMetricFamily("envserve_environment_builds", "Environments extracted or built")
-        builds_n.add_metric([], float(CACHE_STATS["builds"]))
+        builds_n.add_metric([], float(stats["builds"]))
         yield from (ready, queue, restarts, cache, builds, builds_n)
 
 

@@ -110,7 +110,7 @@ class ModelRegistry:
 
     def _handle_for(self, settings: ModelSettings) -> ModelHandle:
         """In process, unless the model names an environment (or the server has a default one)."""
-        source = environment_source(settings)
+        source = environment_source(settings, self.settings.env_tarball or None)
         max_queue = int(settings.parameters.get("max_queue_size") or self.settings.max_queue_size)
         handle: ModelHandle
         if source is None:
@@ -134,7 +134,12 @@ class ModelRegistry:
             observer = self.batch_observer
             on_batch = None if observer is None else (lambda n: observer(settings, n))
             handle = BatchingHandle(
-                handle, settings.max_batch_size, settings.max_batch_time, on_batch, max_queue
+                handle,
+                settings.max_batch_size,
+                settings.max_batch_time,
+                on_batch,
+                max_queue,
+                self.settings.max_batch_rows,
             )
         return handle
 

@@ -4,8 +4,9 @@ Precedence, highest first (documented in docs/settings.md):
 
 1. CLI flags (``envserve serve --http-port 9000``), passed here as ``overrides``;
 2. environment variables ``ENVSERVE_<FIELD>`` (e.g. ``ENVSERVE_HTTP_PORT=9000``);
-3. ``settings.json`` in the model repository (MLServer's file; its keys are accepted);
-4. the defaults below.
+3. MLServer's variables for the same setting (``MLSERVER_ENV_TARBALL``);
+4. ``settings.json`` in the model repository (MLServer's file; its keys are accepted);
+5. the defaults below.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ SERVER_SETTINGS_FILE = "settings.json"
 
 logger = logging.getLogger("envserve.settings")
 
+# MLServer's variables that mean one of our settings (ENVSERVE_* wins over them).
+_MLSERVER_VARIABLES = {"MLSERVER_ENV_TARBALL": "env_tarball"}
 # MLServer's settings.json spells some fields differently; map them onto ours.
 _MLSERVER_ALIASES = {"model_repository_root": "model_repository"}
 # MLServer keys that have no meaning for envserve yet; accepted so MLServer repositories load unchanged.
@@ -82,6 +85,10 @@ class ServerSettings:
     max_connections: int = 1024
     #: Seconds a gRPC connection without calls is kept open (0 = until the client closes it).
     grpc_idle_timeout: float = 300.0
+    #: Rows one merged call of adaptive batching may hold.
+    max_batch_rows: int = 1024
+    #: An environment tarball for every model that names none (MLServer's MLSERVER_ENV_TARBALL is read too).
+    env_tarball: str = ""
     log_level: str = "info"
     #: Where model environments are extracted/built and cached ("" = ENVSERVE_ENV_CACHE or
     #: ~/.cache/envserve/environments).
@@ -122,6 +129,11 @@ class ServerSettings:
         if repo is not None:
             values["model_repository"] = repo
             values.update(_read_file(os.path.join(repo, SERVER_SETTINGS_FILE)))
+        known_fields = {f.name: f for f in fields(cls)}
+        for variable, name in _MLSERVER_VARIABLES.items():  # below envserve's own variables
+            raw = environ.get(variable)
+            if raw is not None:
+                values[name] = _coerce(name, raw, known_fields[name].type, variable)
         for f in fields(cls):
             raw = environ.get(ENV_PREFIX + f.name.upper())
             if raw is not None:

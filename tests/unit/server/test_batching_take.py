@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from envserve.server import batching
 from envserve.server.batching import BatchingHandle
 
 
@@ -20,11 +19,12 @@ def _item(rows, key, loop, done=False):
     return (request, future, key)
 
 
-def test_take_fills_by_rows_skips_other_signatures_and_keeps_order(monkeypatch):
-    monkeypatch.setattr(batching, "MAX_BATCH_ROWS", 10)
+def test_take_fills_by_rows_skips_other_signatures_and_keeps_order():
     loop = asyncio.new_event_loop()
     try:
-        handle = BatchingHandle(SimpleNamespace(settings=None), max_batch_size=8, max_batch_time=0.01)
+        handle = BatchingHandle(
+            SimpleNamespace(settings=None), max_batch_size=8, max_batch_time=0.01, max_rows=10
+        )
         queue = [
             _item(3, "a", loop),
             _item(1, "b", loop),
@@ -43,11 +43,12 @@ def test_take_fills_by_rows_skips_other_signatures_and_keeps_order(monkeypatch):
         loop.close()
 
 
-def test_take_looks_past_at_most_max_batch_size_other_requests(monkeypatch):
-    monkeypatch.setattr(batching, "MAX_BATCH_ROWS", 100)
+def test_take_looks_past_at_most_max_batch_size_other_requests():
     loop = asyncio.new_event_loop()
     try:
-        handle = BatchingHandle(SimpleNamespace(settings=None), max_batch_size=3, max_batch_time=0.01)
+        handle = BatchingHandle(
+            SimpleNamespace(settings=None), max_batch_size=3, max_batch_time=0.01, max_rows=100
+        )
         others = [_item(1, "b", loop) for _ in range(5)]
         handle._queue = deque([*others, _item(1, "a", loop)])
         batch = [_item(1, "a", loop)]
