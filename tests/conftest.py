@@ -20,27 +20,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
-#: Small custom runtimes written into model folders by the tests.
-CUSTOM_RUNTIMES = {
-    "slow": (
-        "import time\n"
-        "from envserve import Runtime\n\n"
-        "class Slow(Runtime):\n"
-        "    def predict(self, request):\n"
-        "        seconds = self.settings.extra['seconds']\n"
-        "        time.sleep(seconds)\n"
-        "        return {'slept': [float(seconds)]}\n"
-    ),
-    "slow_load": (
-        "import time\n"
-        "from envserve import Runtime\n\n"
-        "class Slow(Runtime):\n"
-        "    def load(self):\n"
-        "        time.sleep(3)\n\n"
-        "    def predict(self, request):\n"
-        "        return {'ok': [1]}\n"
-    ),
-}
+#: The test runtimes (envserve custom runtimes), copied into a model folder as ``runtimes.py``.
+CUSTOM = ROOT / "tests" / "fixtures" / "custom" / "runtimes.py"
 
 
 @pytest.fixture(scope="session")
@@ -69,6 +50,18 @@ def write_model(repo: Path, folder: str, settings: dict, artifact: Optional[Path
     if artifact is not None:
         shutil.copy(artifact, path / artifact.name)
     return path
+
+
+def custom_model(repo: Path, name: str, cls: str, settings: Optional[dict] = None, **parameters) -> Path:
+    """A model folder served by the test runtime ``cls`` of tests/fixtures/custom/runtimes.py: every test
+    that needs a model of its own behaviour makes it here. ``parameters`` go to ``parameters`` (``extra``
+    among them), ``settings`` adds top-level fields (``max_batch_size``, ...)."""
+    doc = {"name": name, "implementation": "runtimes." + cls, **(settings or {})}
+    if parameters:
+        doc["parameters"] = parameters
+    folder = write_model(repo, name, doc)
+    shutil.copy(CUSTOM, folder / "runtimes.py")
+    return folder
 
 
 class ServerProcess:

@@ -4,28 +4,17 @@ to their own request, unbatchable requests alone; in process and through a worke
 from __future__ import annotations
 
 import asyncio
-import shutil
 import sys
 
 import httpx
 import pytest
 
-from tests.conftest import ROOT, write_model
+from tests.conftest import custom_model
 
 
 def _model(repo, name, max_batch_time=0.05, **params):
-    folder = write_model(
-        repo,
-        name,
-        {
-            "name": name,
-            "implementation": "runtimes.RowEcho",
-            "max_batch_size": 16,
-            "max_batch_time": max_batch_time,
-            "parameters": params,
-        },
-    )
-    shutil.copy(ROOT / "tests" / "fixtures" / "custom" / "runtimes.py", folder / "runtimes.py")
+    settings = {"max_batch_size": 16, "max_batch_time": max_batch_time}
+    custom_model(repo, name, "RowEcho", settings, **params)
 
 
 def _body(i, rows=1, width=3, id_=None):

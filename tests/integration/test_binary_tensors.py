@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
-
 import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, write_model
+from tests.conftest import custom_model, write_model
 
 tritonhttp = pytest.importorskip(
     "tritonclient.http", reason="tritonclient[http] is a dev dependency: scripts/setup"
@@ -18,8 +16,7 @@ tritonhttp = pytest.importorskip(
 @pytest.fixture
 def server(tmp_path, start_server, digits_model_file):
     write_model(tmp_path, "digits", {"name": "digits", "implementation": "sklearn"}, digits_model_file)
-    folder = write_model(tmp_path, "echo", {"name": "echo", "implementation": "runtimes.Echo"})
-    shutil.copy(ROOT / "tests" / "fixtures" / "custom" / "runtimes.py", folder / "runtimes.py")
+    custom_model(tmp_path, "echo", "Echo")
     return start_server(tmp_path)
 
 

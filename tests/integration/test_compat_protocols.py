@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import ROOT, write_model
+from tests.conftest import custom_model, write_model
 from tests.integration.test_mlflow_models import mlflow_models  # noqa: F401 - shared fixture
 
 
@@ -23,8 +23,7 @@ def served(tmp_path_factory, mlflow_models, digits_model_file):  # noqa: F811
         json.dumps({"name": "iris", "parameters": {"environment": "server"}})
     )
     write_model(repo, "digits", {"name": "digits", "implementation": "sklearn"}, digits_model_file)
-    folder = write_model(repo, "echo", {"name": "echo", "implementation": "runtimes.Echo"})
-    shutil.copy(ROOT / "tests" / "fixtures" / "custom" / "runtimes.py", folder / "runtimes.py")
+    custom_model(repo, "echo", "Echo")
     server = ServerProcess(repo, [])
     try:
         yield server.wait_ready()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,7 +10,7 @@ import grpc
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, ServerProcess, write_model
+from tests.conftest import ROOT, ServerProcess, custom_model, write_model
 
 tritongrpc = pytest.importorskip(
     "tritonclient.grpc", reason="tritonclient[grpc] is a dev dependency: scripts/setup"
@@ -79,8 +78,7 @@ def server(tmp_path_factory, digits_model_file):
         digits_model_file,
     )
     for name, cls in (("echo", "Echo"), ("fails", "Fails"), ("broken-load", "BrokenLoad")):
-        folder = write_model(repo, name, {"name": name, "implementation": "runtimes." + cls})
-        shutil.copy(ROOT / "tests" / "fixtures" / "custom" / "runtimes.py", folder / "runtimes.py")
+        custom_model(repo, name, cls)
     proc = ServerProcess(repo, [])
     try:
         yield proc.wait_ready()

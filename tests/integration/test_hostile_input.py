@@ -5,21 +5,19 @@ crash, and the server's memory stays bounded."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from tests.conftest import ROOT, ServerProcess, write_model
+from tests.conftest import ServerProcess, custom_model
 from tests.unit.protocol.test_fuzz import documents
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     repo = tmp_path_factory.mktemp("hostile")
-    folder = write_model(repo, "echo", {"name": "echo", "implementation": "runtimes.Echo"})
-    shutil.copy(ROOT / "tests" / "fixtures" / "custom" / "runtimes.py", folder / "runtimes.py")
+    custom_model(repo, "echo", "Echo")
     proc = ServerProcess(repo, ["--max-request-size", str(4 * 1024 * 1024)])
     try:
         yield proc.wait_ready()

@@ -8,24 +8,11 @@ import time
 
 import httpx
 
-from tests.conftest import CUSTOM_RUNTIMES, write_model
-
-
-def _slow_model(repo, seconds):
-    folder = write_model(
-        repo,
-        "slow",
-        {
-            "name": "slow",
-            "implementation": "slow_runtime.Slow",
-            "parameters": {"extra": {"seconds": seconds}},
-        },
-    )
-    (folder / "slow_runtime.py").write_text(CUSTOM_RUNTIMES["slow"])
+from tests.conftest import custom_model
 
 
 def test_sigterm_finishes_in_flight_requests_and_exits_zero(tmp_path, start_server):
-    _slow_model(tmp_path, 1.5)
+    custom_model(tmp_path, "slow", "Slow", extra={"seconds": 1.5})
     server = start_server(tmp_path)
     result = {}
 
@@ -48,8 +35,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(tmp_path, start_serv
 
 
 def test_readiness_is_false_while_models_load(tmp_path, start_server):
-    _slow_model(tmp_path, 0)
-    (tmp_path / "slow" / "slow_runtime.py").write_text(CUSTOM_RUNTIMES["slow_load"])
+    custom_model(tmp_path, "slow", "SlowLoad", extra={"load_seconds": 8})
     server = start_server(tmp_path, wait=False)
     assert server._listening.wait(30) and server.url, server.log
     live = httpx.get(server.url + "/v2/health/live", timeout=5)
@@ -82,8 +68,7 @@ def test_port_in_use_is_a_clear_error(tmp_path, start_server):
 
 
 def test_reload_keeps_serving_and_a_failed_reload_keeps_the_old_version(tmp_path, start_server):
-    folder = write_model(tmp_path, "m", {"name": "m", "implementation": "slow_runtime.Slow"})
-    (folder / "slow_runtime.py").write_text(CUSTOM_RUNTIMES["slow_load"])
+    folder = custom_model(tmp_path, "m", "SlowLoad")
     server = start_server(tmp_path)
     body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}
     statuses = []
@@ -100,7 +85,7 @@ def test_reload_keeps_serving_and_a_failed_reload_keeps_the_old_version(tmp_path
         with server.client() as client:
             r = client.post("/v2/repository/models/m/load")  # reload: the new copy takes 3 s to load
             assert r.status_code == 200, r.text
-            (folder / "slow_runtime.py").write_text("raise ImportError('the new version is broken')\n")
+            (folder / "runtimes.py").write_text("raise ImportError('the new version is broken')\n")
             r = client.post("/v2/repository/models/m/load")
             assert r.status_code == 500
             assert "reloading model 'm' failed, the loaded version keeps serving" in r.json()["error"]

@@ -9,7 +9,6 @@ computes" from "answered after it" (seconds apart), never a latency target. The 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
 import sys
 import threading
@@ -18,7 +17,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import ROOT, write_model
+from tests.conftest import custom_model
 
 BODY = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}
 
@@ -29,10 +28,7 @@ def _custom(repo, name, cls, worker=False, max_queue_size=None, **extra):
         params["environment_path"] = sys.prefix
     if max_queue_size is not None:
         params["max_queue_size"] = max_queue_size
-    folder = write_model(
-        repo, name, {"name": name, "implementation": "runtimes." + cls, "parameters": params}
-    )
-    shutil.copy(ROOT / "tests" / "fixtures" / "custom" / "runtimes.py", folder / "runtimes.py")
+    custom_model(repo, name, cls, **params)
 
 
 def _rows(n):

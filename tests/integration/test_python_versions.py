@@ -6,11 +6,9 @@ holding only numpy. Every datatype goes through the IPC framing and back.
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
-from tests.conftest import ROOT, write_model
+from tests.conftest import custom_model
 
 pytestmark = pytest.mark.slow
 
@@ -31,17 +29,10 @@ CASES = [
 
 def test_worker_runs_on_every_supported_python(tmp_path, start_server):
     for version in VERSIONS:
-        folder = write_model(
-            tmp_path,
-            "echo-" + version,
-            {
-                "name": "echo-" + version,
-                "implementation": "runtimes.Echo",
-                "parameters": {"environment": "requirements.txt", "environment_python": version},
-            },
+        folder = custom_model(
+            tmp_path, "echo-" + version, "Echo", environment="requirements.txt", environment_python=version
         )
         (folder / "requirements.txt").write_text("numpy\n")
-        shutil.copy(ROOT / "tests" / "fixtures" / "custom" / "runtimes.py", folder / "runtimes.py")
     server = start_server(tmp_path, env={"ENVSERVE_ENV_CACHE": str(tmp_path / "cache")})
     with server.client() as client:
         status = {m["name"]: m for m in client.get("/envserve/models").json()}

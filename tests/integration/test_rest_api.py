@@ -4,23 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, ServerProcess, write_model
+from tests.conftest import ROOT, ServerProcess, custom_model, write_model
 
 VECTORS = json.loads((ROOT / "tests" / "vectors" / "v2_requests.json").read_text())
-CUSTOM = ROOT / "tests" / "fixtures" / "custom" / "runtimes.py"
-
-
-def _custom(repo: Path, name: str, cls: str, **params) -> None:
-    folder = write_model(
-        repo, name, {"name": name, "implementation": "runtimes." + cls, "parameters": params}
-    )
-    shutil.copy(CUSTOM, folder / "runtimes.py")
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +35,11 @@ def repo(tmp_path_factory, digits_model_file, digits) -> Path:
         digits_model_file,
     )
     write_model(repo, "digits-guessed", {"name": "digits-guessed"}, digits_model_file)
-    _custom(repo, "echo", "Echo")
-    _custom(repo, "frame", "Frame")
-    _custom(repo, "frame-default", "Frame", content_type="pd")
-    _custom(repo, "fails", "Fails")
-    _custom(repo, "broken-load", "BrokenLoad")
+    custom_model(repo, "echo", "Echo")
+    custom_model(repo, "frame", "Frame")
+    custom_model(repo, "frame-default", "Frame", content_type="pd")
+    custom_model(repo, "fails", "Fails")
+    custom_model(repo, "broken-load", "BrokenLoad")
     write_model(repo, "no-artifact", {"name": "no-artifact", "implementation": "sklearn"})
     (repo / "bad-json").mkdir()
     (repo / "bad-json" / "model-settings.json").write_text("{not json")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -14,24 +13,15 @@ import httpx
 import pytest
 
 from envserve.workers.pool import DEPTH
-from tests.conftest import ROOT, write_model
+from tests.conftest import custom_model, write_model
 
 pytestmark = pytest.mark.slow
 
 BODY = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}
 
 
-def _custom(repo, name, cls, **params):
-    folder = write_model(
-        repo,
-        name,
-        {
-            "name": name,
-            "implementation": "runtimes." + cls,
-            "parameters": {"environment_path": sys.prefix, **params},
-        },
-    )
-    shutil.copy(ROOT / "tests" / "fixtures" / "custom" / "runtimes.py", folder / "runtimes.py")
+def _custom(repo, name, cls, **params):  # a test runtime in a worker process (the server's own venv)
+    custom_model(repo, name, cls, environment_path=sys.prefix, **params)
 
 
 def test_sleeping_model_times_out_with_504_while_others_answer(tmp_path, start_server, digits_model_file):
