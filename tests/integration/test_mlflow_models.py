@@ -11,6 +11,8 @@ import pytest
 
 from tests.conftest import write_model
 
+pytestmark = pytest.mark.slow  # builds the models' own environments
+
 
 @pytest.fixture(scope="module")
 def mlflow_models(tmp_path_factory):

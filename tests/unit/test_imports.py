@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import envserve
 
@@ -24,17 +26,37 @@ SERVER_ONLY = (
     "envserve.server",
     "envserve.cli",
 )
-WORKER_CLOSURE = (
-    "envserve",
-    "envserve.errors",
-    "envserve.protocol",
-    "envserve.codecs",
-    "envserve.settings",
-    "envserve.runtimes",
-    "envserve.runtimes.sklearn",
-    "envserve.runtimes.xgboost",
-    "envserve.runtimes.lightgbm",
+SRC = Path(__file__).resolve().parents[2] / "src" / "envserve"
+
+#: Every module that runs inside a model's environment: the worker entry point and all it can import.
+WORKER_SIDE = (
+    ["envserve", "envserve.errors", "envserve.settings", "envserve.settings.model", "envserve.settings.paths"]
+    + ["envserve.protocol." + p.stem for p in sorted((SRC / "protocol").glob("*.py")) if p.stem != "__init__"]
+    + ["envserve.codecs." + p.stem for p in sorted((SRC / "codecs").glob("*.py")) if p.stem != "__init__"]
+    + ["envserve.runtimes." + p.stem for p in sorted((SRC / "runtimes").glob("*.py")) if p.stem != "__init__"]
+    + ["envserve.protocol", "envserve.codecs", "envserve.runtimes"]
+    + ["envserve.workers.entry", "envserve.workers.ipc", "envserve.workers.link"]
 )
+WORKER_CLOSURE = tuple(WORKER_SIDE)
+
+#: The layers (STYLE.md): a module may import its own layer or lower ones, never higher.
+LAYERS = {
+    "errors": 0,
+    "protocol": 0,
+    "codecs": 1,
+    "settings": 1,
+    "mlflow_rest": 1,
+    "runtimes": 2,
+    "environments": 2,
+    "storage": 2,
+    "workers": 2,
+    "server": 3,
+    "cli": 4,
+    # the side packages see settings, errors and what is below them, never the server or workers
+    "deploy": 2.5,
+    "image": 2.5,
+}
+SIDE_FORBIDDEN = {"deploy": ("server", "workers"), "image": ("server", "workers")}
 
 
 def _loaded_after(imports: str) -> set:
@@ -49,7 +71,7 @@ def _forbidden(loaded: set, names) -> list:
 
 def test_worker_closure_imports_no_server_dependency():
     loaded = _loaded_after("\n".join("import %s" % m for m in WORKER_CLOSURE))
-    assert "envserve.runtimes" in loaded  # the check really imported them
+    assert {"envserve.runtimes.mlflow", "envserve.workers.entry", "envserve.workers.link"} <= loaded
     assert _forbidden(loaded, SERVER_ONLY) == []
     # frameworks are imported when a model loads, not when the runtime module is imported
     assert _forbidden(loaded, ("sklearn", "xgboost", "lightgbm", "pandas")) == []
@@ -82,3 +104,52 @@ def test_public_api_is_curated():
     # submodules become attributes of the package once imported; nothing else may leak
     assert public - set(envserve.__all__) == {"annotations"}
     assert callable(envserve.serve)
+
+
+def _imports(path: Path, package: str):
+    """The envserve modules a file imports (relative imports resolved), at any depth of the file."""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+                names = [module] + [module + "." + a.name for a in node.names]
+            else:
+                names = [node.module or ""]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        for name in names:
+            if name.startswith("envserve."):
+                yield name
+
+
+def _layer_of(module: str):
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def test_no_module_imports_a_higher_layer():
+    violations = []
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC.parent).with_suffix("")
+        module = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        package = module if rel.name == "__init__" else module.rsplit(".", 1)[0]
+        own = _layer_of(module)
+        if own not in LAYERS:
+            continue
+        for target in _imports(path, package):
+            other = _layer_of(target)
+            if other not in LAYERS or other == own:
+                continue
+            if LAYERS[other] > LAYERS[own] or other in SIDE_FORBIDDEN.get(own, ()):
+                violations.append("%s imports %s" % (module, target))
+    assert violations == []
+
+
+def test_every_module_has_a_layer():
+    tops = {p.stem if p.is_file() else p.name for p in SRC.iterdir() if not p.name.startswith("__")}
+    tops -= {"py", "console_static"}
+    assert tops - set(LAYERS) == set(), "give the new module a layer in LAYERS (STYLE.md)"

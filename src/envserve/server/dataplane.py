@@ -25,9 +25,9 @@ def _release_json_data(doc: Any) -> None:
     """Drop a parsed document's ``data`` lists (their values now live in numpy arrays).
 
     The caller's frames keep the document alive while the call waits (for a batch, for a worker), and
-    nested lists are what the cyclic garbage collector spends its time on: at 64 connections with 100-row
-    bodies, the waiting documents made each gen-1 pass cost ~3 ms and batching lose 5% (measured with the
-    collector's callbacks; with them released, batching gains). Nothing reads the data after parsing.
+    nested lists are what the cyclic garbage collector spends its time on: with many waiting requests its
+    passes grew long enough to cost batching its gain (bench/RESULTS.md, batching). Nothing reads the data
+    after parsing.
     """
     if isinstance(doc, dict):
         for inp in doc.get("inputs") or ():

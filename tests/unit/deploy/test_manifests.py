@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import functools
 import os
 from pathlib import Path
 
@@ -78,10 +79,11 @@ def test_golden_manifests(case):
     assert text == golden.read_text()
 
 
+@functools.lru_cache(maxsize=None)
 def _upstream_schema(crd_file: str, version: str) -> dict:
     path = SEPARATE / crd_file
     assert path.exists(), "reference CRD %s missing (../shared/reference/crds)" % path
-    crd = yaml.safe_load(path.read_text())
+    crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # 1 MB files
     (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
     return served["schema"]["openAPIV3Schema"]
 

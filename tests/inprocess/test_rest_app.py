@@ -1,0 +1,103 @@
+"""The REST app in process: routes, answers, errors and shedding, through its ASGI interface."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from envserve.server.rest.routing import HTTPError, Route, Router
+from tests.conftest import custom_model, write_model
+from tests.inprocess.conftest import client, served
+
+
+def _body(rows):
+    return {"inputs": [{"name": "x", "shape": [len(rows), len(rows[0])], "datatype": "FP64", "data": rows}]}
+
+
+async def _noop(request):
+    return None
+
+
+def test_router_matches_patterns_decodes_parameters_and_says_405_or_404():
+    router = Router(
+        [
+            Route("POST", "/v2/models/{name}/infer", _noop),
+            Route("GET", "/v2/models/{name}", _noop),
+            Route("GET", "/v2/health/live", _noop),
+        ]
+    )
+    handler, params = router.find("POST", "/v2/models/my%20model/infer")
+    assert handler is _noop and params == {"name": "my model"}
+    assert router.find("HEAD", "/v2/models/m")[1] == {"name": "m"}  # HEAD is served by GET routes
+    with pytest.raises(HTTPError) as info:
+        router.find("GET", "/v2/models/m/infer")
+    assert info.value.status == 405 and info.value.allow == "POST"
+    with pytest.raises(HTTPError) as info:
+        router.find("GET", "/v3/nothing")
+    assert info.value.status == 404 and "no route for GET /v3/nothing" in info.value.message
+
+
+def test_infer_metadata_health_and_errors(tmp_path, digits_model_file, digits, arun):
+    import joblib
+
+    write_model(tmp_path, "digits", {"name": "digits", "implementation": "sklearn"}, digits_model_file)
+    custom_model(tmp_path, "fails", "Fails")
+    x, _ = digits
+
+    async def scenario():
+        async with served(tmp_path) as server, client(server) as c:
+            assert (await c.get("/v2/health/ready")).json() == {"ready": True}
+            r = await c.post("/v2/models/digits/infer", json=_body(x[:5].tolist()))
+            assert r.status_code == 200
+            assert r.json()["outputs"][0]["data"] == joblib.load(digits_model_file).predict(x[:5]).tolist()
+            meta = (await c.get("/v2/models/digits")).json()
+            assert meta["name"] == "digits" and meta["platform"] == "sklearn"
+            r = await c.post("/v2/models/digits/infer", content=b"{not json")
+            assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+            r = await c.post("/v2/models/nope/infer", json=_body([[1.0]]))
+            assert r.status_code == 404 and "model 'nope' not found" in r.json()["error"]
+            r = await c.post("/v2/models/fails/infer", json=_body([[1.0]]))
+            assert r.status_code == 500 and "boom: feature 3 is out of range" in r.json()["error"]
+            r = await c.get("/v2/models/digits/infer")
+            assert r.status_code == 405 and r.headers["allow"] == "POST"
+            metrics = (await c.get("/metrics")).text
+            assert 'protocol="rest",status="200"' in metrics and 'status="500"' in metrics
+
+    arun(scenario())
+
+
+def test_a_full_queue_answers_503_with_retry_after(tmp_path, arun):
+    custom_model(tmp_path, "slow", "Slow", extra={"seconds": 0.5}, max_queue_size=1)
+
+    async def scenario():
+        async with served(tmp_path) as server, client(server) as c:
+            body = _body([[1.0]])
+            calls = [asyncio.ensure_future(c.post("/v2/models/slow/infer", json=body)) for _ in range(4)]
+            answers = await asyncio.gather(*calls)
+            statuses = sorted(r.status_code for r in answers)
+            assert statuses == [200, 200, 503, 503]  # one running, one waiting, the rest shed
+            shed = [r for r in answers if r.status_code == 503]
+            assert all(
+                r.headers["retry-after"] == "1" and "max_queue_size" in r.json()["error"] for r in shed
+            )
+
+    arun(scenario())
+
+
+def test_admin_token_and_same_origin_guard_the_repository_calls(tmp_path, arun):
+    custom_model(tmp_path, "echo", "Echo")
+
+    async def scenario():
+        async with served(tmp_path, admin_token="s3cret") as server, client(server) as c:
+            r = await c.post("/v2/repository/models/echo/unload")
+            assert r.status_code == 401 and "admin token" in r.json()["error"]
+            auth = {"Authorization": "Bearer s3cret"}
+            r = await c.post("/v2/repository/models/echo/unload", headers={**auth, "Origin": "https://evil"})
+            assert r.status_code == 403 and "cross-site" in r.json()["error"]
+            assert (await c.post("/v2/repository/models/echo/unload", headers=auth)).status_code == 200
+            assert (await c.post("/v2/repository/models/echo/load", headers=auth)).status_code == 200
+            body = {"inputs": [{"name": "x", "shape": [1], "datatype": "INT64", "data": [7]}]}
+            assert (await c.post("/v2/models/echo/infer", json=body)).json()["outputs"][0]["data"] == [7]
+
+    arun(scenario())
