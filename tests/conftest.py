@@ -249,3 +249,90 @@ def registered_digits(mlflow_server, digits):
         client.set_registered_model_alias("digits", "champion", "1")
     del os.environ["MLFLOW_TRACKING_URI"]
     return mlflow_server
+
+
+def reference_venv(name: str) -> Path:
+    """The venv of a reference server (requirements/ref-<name>.txt: Seldon's wrapper, MLServer), built once
+    per machine in $ENVSERVE_TEST_CACHE (their pins clash with envserve's, so they get their own)."""
+    import fcntl
+    import hashlib
+
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import old_sklearn
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    lock = ROOT / "requirements" / ("ref-%s.txt" % name)
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest()[:12]
+    root = old_sklearn.cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    venv = root / ("ref-%s-%s" % (name, digest))
+    uv = Path(sys.executable).parent / "uv"
+    with open(root / ("ref-%s.lock" % name), "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        if not (venv / ".complete").exists():
+            shutil.rmtree(venv, ignore_errors=True)
+            python = "/root/.pyenv/versions/3.11.7/bin/python3.11"
+            if not os.path.exists(python):
+                python = shutil.which("python3.11") or sys.executable
+            for argv in (
+                [str(uv), "venv", "-q", "--python", python, str(venv)],
+                [str(uv), "pip", "install", "-q", "--python", str(venv / "bin" / "python"), "-r", str(lock)],
+            ):
+                proc = subprocess.run(argv, capture_output=True, text=True)
+                assert proc.returncode == 0, "building the %s reference venv failed (needs PyPI):\n%s" % (
+                    name,
+                    proc.stderr[-3000:],
+                )
+            (venv / ".complete").write_text("ok")
+    return venv
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Reference:
+    """A reference server (MLflow's, Seldon's wrapper, MLServer) in a subprocess, stopped with its group."""
+
+    def __init__(
+        self, argv: List[str], url: str, ready_path: str, log: Path, env: Optional[dict] = None, cwd=None
+    ):
+        self.url = url
+        self.ready_path = ready_path
+        self.log_path = log
+        self._log = open(log, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+        )
+
+    def wait(self, timeout: float = 240) -> Reference:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "reference server exited:\n" + self.log_path.read_text()[-3000:]
+            try:
+                if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("reference server not ready:\n" + self.log_path.read_text()[-3000:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()

@@ -10,7 +10,8 @@ import closure, so it uses the standard library only and stays Python 3.8-compat
     ├── InvalidRequest                 the request is malformed; the caller must change it
     │   ├── ShapeMismatch              declared shape does not match the number of elements
     │   ├── DatatypeMismatch           data cannot be represented in the declared datatype
-    │   └── UnknownContentType         no codec of that name
+    │   ├── UnknownContentType         no codec of that name
+    │   └── UnsupportedMediaType       the body's media type is not one the protocol takes
     ├── PayloadTooLarge                the body is over the configured limit
     ├── ModelNotFound                  no model (or version) of that name
     ├── ModelNotReady                  known, but not READY (loading, unloading, failed, unloaded)
@@ -57,6 +58,7 @@ __all__ = [
     "StorageError",
     "UnknownContentType",
     "UnsafeArchive",
+    "UnsupportedMediaType",
     "VulnerabilitiesFound",
     "WorkerUnavailable",
 ]
@@ -92,6 +94,10 @@ class DatatypeMismatch(InvalidRequest):
 
 class UnknownContentType(InvalidRequest):
     """No codec is registered under the requested content type."""
+
+
+class UnsupportedMediaType(InvalidRequest):
+    """The request body's media type (or its charset) is not one the protocol accepts."""
 
 
 class PayloadTooLarge(EnvserveError):

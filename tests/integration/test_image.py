@@ -133,6 +133,33 @@ def _base_image(env) -> None:
                     capture_output=True,
                 )
         _run(["podman", "tag", tag, BASE], env=env)
+        # Debian publishes security updates any day of the week: bring the cached base up to date
+        from envserve.image.scan import pending_security_updates
+
+        if pending_security_updates(BASE, env=env):
+            name = "envserve-base-upgrade-%d" % os.getpid()
+            _run(
+                [
+                    "podman",
+                    "run",
+                    "--name",
+                    name,
+                    "--user",
+                    "0",
+                    "--pull",
+                    "never",
+                    BASE,
+                    "sh",
+                    "-c",
+                    "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get -y -qq upgrade "
+                    "&& apt-get clean && rm -rf /var/lib/apt/lists/* && mkdir -p /var/lib/apt/lists/partial",
+                ],
+                env=env,
+                timeout=1200,
+            )
+            _run(["podman", "commit", "--change", "ENV LANG=C.UTF-8", name, tag], env=env)
+            _run(["podman", "rm", "-f", name], env=env)
+            _run(["podman", "tag", tag, BASE], env=env)
 
 
 def _wheelhouse() -> Path:

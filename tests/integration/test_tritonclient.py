@@ -42,7 +42,9 @@ def test_tritonclient_metadata_and_infer(tmp_path, start_server, digits_model_fi
             outputs=[tritonhttp.InferRequestedOutput("predict", binary_data=False)],
         )
         expected = joblib.load(digits_model_file).predict(rows)
-        np.testing.assert_array_equal(result.as_numpy("predict"), expected)
+        np.testing.assert_array_equal(
+            result.as_numpy("predict"), expected.reshape(-1, 1)
+        )  # MLServer's [N, 1]
         assert result.get_response()["id"] == "triton-1"
 
         client.unload_model("mnist-svm")

@@ -22,12 +22,19 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
+import numpy as np
+
 from ..codecs import decode_input, decode_request, encode_outputs, input_content_types
 from ..errors import InvalidRequest, ModelLoadError
-from ..protocol.v2 import InferenceRequest, InferenceResponse, MetadataTensor, RequestInput
+from ..protocol.v2 import InferenceRequest, InferenceResponse, MetadataTensor, RequestInput, ResponseOutput
 from ..settings.model import ModelSettings
 
-__all__ = ["Runtime"]
+__all__ = ["MLFLOW_SCORING", "Runtime"]
+
+#: A request parameter marking an MLflow ``/invocations`` body passed through as it arrived (its value is
+#: the body's media type; the body is the single BYTES element of the first input). The runtime parses it
+#: as MLflow's scoring server would (with the model's signature when it has one) and answers MLflow's JSON.
+MLFLOW_SCORING = "envserve_mlflow_scoring"
 
 
 class Runtime:
@@ -122,7 +129,51 @@ class Runtime:
 
     # -- the protocol wrapper (not for overriding) -------------------------------------------------------
 
+    def score_mlflow(self, body: bytes, mime: str) -> bytes:
+        """Answer an MLflow ``/invocations`` body with MLflow's JSON. Runtimes without a signature: the
+        body becomes a V2 request (DataFrame formats as ``pd`` columns, tensors as one input), as MLflow
+        feeds a pyfunc without a signature."""
+        from ..codecs.mlflow import predictions
+        from ..protocol.mlflow_scoring import from_csv, from_json
+        from ..protocol.v2 import parse_inference_request
+
+        if mime == "text/csv":
+            try:
+                doc = from_csv(body.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise InvalidRequest(
+                    "Ensure that input is a valid UTF-8 encoded string. Error: %s" % exc
+                ) from None
+        elif mime == "application/json":
+            import json
+
+            try:
+                parsed = json.loads(body.decode("utf-8"))
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise InvalidRequest(
+                    "Ensure that input is a valid JSON formatted string. Error: %s" % exc
+                ) from None
+            doc = from_json(parsed)
+        else:
+            raise InvalidRequest("model %r takes JSON or CSV bodies, not %s" % (self.settings.name, mime))
+        response = self._infer(parse_inference_request(doc))
+        values = [o.data.reshape(o.shape) for o in response.outputs]
+        if len(values) == 1:
+            return predictions(values[0])
+        return predictions({o.name: v for o, v in zip(response.outputs, values)})
+
     def infer(self, request: InferenceRequest) -> InferenceResponse:
+        mime = request.parameters.get(MLFLOW_SCORING)
+        if mime is not None:
+            body = request.inputs[0].data.ravel()[0]
+            answer = self.score_mlflow(bytes(body), str(mime))
+            s = self.settings
+            data = np.empty(1, dtype=object)
+            data[0] = answer
+            return InferenceResponse(s.name, [ResponseOutput("predictions", [1], "BYTES", data)], s.version)
+        return self._infer(request)
+
+    def _infer(self, request: InferenceRequest) -> InferenceResponse:
         result = self.predict(request)
         s = self.settings
         if isinstance(result, InferenceResponse):

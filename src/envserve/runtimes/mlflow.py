@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from ..codecs.mlflow import Signature, enforce_schema, parse_invocation, predictions
 from ..errors import InvalidRequest, ModelLoadError
 from ..protocol.v2 import InferenceRequest, MetadataTensor
 from .base import Runtime
@@ -114,6 +115,8 @@ class MLflowRuntime(Runtime):
         self._inputs = _signature_part(self._mlmodel, "inputs")
         self._outputs = _signature_part(self._mlmodel, "outputs")
         self._columns = bool(self._inputs) and all(i.get("type") != "tensor" for i in self._inputs or [])
+        self._signature = Signature.from_mlmodel(self._mlmodel)
+        self._pyfunc = False
         self._model = self._load_native() or self._load_pyfunc()
 
     def _load_native(self) -> Any:
@@ -159,7 +162,9 @@ class MLflowRuntime(Runtime):
                 % self.settings.name
             ) from None
         try:
-            return mlflow.pyfunc.load_model(self._folder)
+            model = mlflow.pyfunc.load_model(self._folder)
+            self._pyfunc = True
+            return model
         except Exception as exc:
             raise ModelLoadError(
                 "model %r: mlflow.pyfunc.load_model failed: %s: %s"
@@ -266,8 +271,33 @@ class MLflowRuntime(Runtime):
                     ) from None
         return frame
 
+    def score_mlflow(self, body: bytes, mime: str) -> bytes:
+        """As ``mlflow models serve`` answers: parsed and enforced by the signature, MLflow's JSON back."""
+        data, params = parse_invocation(body, mime, self._signature)
+        if self._pyfunc:  # mlflow's own pyfunc enforces the schema itself (and knows params)
+            try:
+                raw = self._model.predict(data, params=params) if params else self._model.predict(data)
+            except Exception as exc:
+                raise _input_error(exc) from None
+        else:
+            data = enforce_schema(data, self._signature)
+            try:
+                raw = self._model.predict(data)
+            except Exception as exc:
+                raise _input_error(exc) from None
+        return predictions(raw)
+
     def predict(self, request: InferenceRequest) -> Any:
         result = self._model.predict(self.decode_mlflow(request))
         if hasattr(result, "to_numpy") and getattr(result, "ndim", 2) == 1:  # a pandas Series
             result = result.to_numpy()
         return result
+
+
+def _input_error(exc: Exception) -> InvalidRequest:
+    """MLflow's scoring server answers 400 for any error the model raises on an input."""
+    message = getattr(exc, "message", None) or str(exc)
+    return InvalidRequest(
+        "Encountered an unexpected error while evaluating the model. Verify that the serialized input "
+        "Dataframe is compatible with the model for inference. %s: %s" % (type(exc).__name__, message)
+    )

@@ -36,6 +36,8 @@ _Item = Tuple[InferenceRequest, "asyncio.Future[InferenceResponse]", Optional[Tu
 
 def _signature(request: InferenceRequest) -> Optional[Tuple[Any, ...]]:
     """What must match for two requests to share a batch; None when the request cannot be batched."""
+    if any(key.startswith("envserve_") for key in request.parameters):
+        return None  # a protocol body passed through as it arrived (MLflow's /invocations): alone
     rows = None
     parts: List[Any] = []
     for inp in request.inputs:

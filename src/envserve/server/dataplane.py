@@ -69,18 +69,21 @@ class DataPlane:
         binary: Any = None,
         protocol: str = "",
         gone: Optional[ClientGone] = None,
+        mlserver_shapes: bool = False,
     ) -> InferenceResponse:
         """Run one inference. ``payload`` is a decoded V2 JSON document (with ``binary`` for the binary
         tensor extension) or an already built :class:`InferenceRequest`. Counted in the metrics under the
         edge's ``protocol`` label, with the outcome (the edge's own table names its status). ``gone``
-        completes when the client disconnects: a call still waiting in a queue then never runs."""
+        completes when the client disconnects: a call still waiting in a queue then never runs. With
+        ``mlserver_shapes`` (the V2 edges), models that name an MLServer runtime answer one-dimensional
+        outputs as [N, 1], as MLServer does (``ModelSettings.mlserver_shapes``)."""
         metrics = self.metrics
         if metrics is None:
-            return await self._infer(name, version, payload, binary, gone)
+            return await self._infer(name, version, payload, binary, gone, mlserver_shapes)
         started = time.perf_counter()
         outcome: Optional[BaseException] = None
         try:
-            response = await self._infer(name, version, payload, binary, gone)
+            response = await self._infer(name, version, payload, binary, gone, mlserver_shapes)
             version = response.model_version  # the version that answered, also when none was asked for
             return response
         except BaseException as exc:
@@ -95,7 +98,13 @@ class DataPlane:
             metrics.observe(name, version, protocol, outcome, time.perf_counter() - started)
 
     async def _infer(
-        self, name: str, version: Optional[str], payload: Any, binary: Any, gone: Optional[ClientGone]
+        self,
+        name: str,
+        version: Optional[str],
+        payload: Any,
+        binary: Any,
+        gone: Optional[ClientGone],
+        mlserver_shapes: bool,
     ) -> InferenceResponse:
         handle = self.registry.ready_handle(name, version)
         if isinstance(payload, InferenceRequest):
@@ -104,8 +113,15 @@ class DataPlane:
             request = parse_inference_request(payload, binary)
             _release_json_data(payload)
         if handle.inline_ok(request):
-            return handle.infer_inline(request)
-        return await handle.infer(request, gone)
+            response = handle.infer_inline(request)
+        else:
+            response = await handle.infer(request, gone)
+        if mlserver_shapes and handle.settings.mlserver_shapes:
+            for out in response.outputs:
+                if len(out.shape) == 1:
+                    out.shape = [out.shape[0], 1]
+                    out.data = out.data.reshape(out.shape)
+        return response
 
     def pick_model(self, name: Optional[str]) -> str:
         """The model a protocol without model names in its paths (MLflow scoring, Seldon v1) talks to."""

@@ -41,6 +41,15 @@ class ModelSettings:
     source: Optional[str] = None  # the settings file this came from, for messages
 
     @property
+    def mlserver_shapes(self) -> bool:
+        """Whether V2 answers use MLServer's shapes: a model that names an MLServer runtime
+        (``mlserver_sklearn.SKLearnModel``, ...) answers as MLServer 1.x does, a one-dimensional output of N
+        values with shape [N, 1] (its NumpyCodec's), so clients written against MLServer keep working.
+        ``parameters.plain_shapes: true`` (also read from ``parameters.extra``) keeps numpy's shapes."""
+        plain = self.parameters.get("plain_shapes", self.extra.get("plain_shapes", False))
+        return bool((self.implementation or "").startswith("mlserver_") and not plain)
+
+    @property
     def key(self) -> str:
         return self.name if self.version is None else "%s@%s" % (self.name, self.version)
 

@@ -79,7 +79,9 @@ class InferenceService:
 
     async def ModelInfer(self, request: Any, metadata: Metadata) -> Any:
         v2 = converters.request_from_proto(request)
-        response = await self.dp.infer(request.model_name, request.model_version or None, v2, protocol="grpc")
+        response = await self.dp.infer(
+            request.model_name, request.model_version or None, v2, protocol="grpc", mlserver_shapes=True
+        )
         raw = v2.parameters.get("raw_output", True) is not False
         return converters.response_to_proto(response, raw)
 

@@ -17,7 +17,7 @@ from ..metrics import CONTENT_TYPE, Metrics
 from .envserve_api import EnvserveAPI
 from .errors import status_for
 from .guards import admin_only, cors_headers, same_origin
-from .mlflow import MLflowHandlers
+from .mlflow import MLflowHandlers, mlflow_errors
 from .routing import JSON, HTTPError, Request, Route, Router, dumps
 from .seldon import SeldonHandlers, seldon_errors
 from .v2 import V2Handlers
@@ -93,7 +93,7 @@ class RestApp:
             Route("POST", "/v2/repository/models/{name}/load", changes(v2.load)),
             Route("POST", "/v2/repository/models/{name}/unload", changes(v2.unload)),
             # MLflow's scoring server
-            Route("POST", "/invocations", mlflow.invocations),
+            Route("POST", "/invocations", mlflow_errors(mlflow.invocations)),
             Route("GET", "/ping", mlflow.ping),
             Route("GET", "/health", mlflow.ping),
             Route("GET", "/version", mlflow.version),

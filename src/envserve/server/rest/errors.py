@@ -15,6 +15,7 @@ from ...errors import (
     Overloaded,
     PayloadTooLarge,
     SettingsError,
+    UnsupportedMediaType,
     WorkerUnavailable,
 )
 
@@ -22,6 +23,7 @@ __all__ = ["status_for", "status_label"]
 
 # Most specific first; the first isinstance match wins.
 STATUS_CODES: List[Tuple[Type[EnvserveError], int]] = [
+    (UnsupportedMediaType, 415),
     (InvalidRequest, 400),
     (ModelNotFound, 404),
     (PayloadTooLarge, 413),

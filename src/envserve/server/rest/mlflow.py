@@ -3,13 +3,32 @@
 
 from __future__ import annotations
 
-from ... import __version__
-from ...errors import InvalidRequest
-from ...protocol import mlflow_scoring
-from ..dataplane import DataPlane
-from .routing import Request, Response, json_response
+from typing import Awaitable, Callable, Dict
 
-__all__ = ["MLflowHandlers", "model_hint"]
+import numpy as np
+
+from ... import __version__
+from ...errors import EnvserveError, UnsupportedMediaType
+from ...protocol import mlflow_scoring
+from ...protocol.v2 import InferenceRequest, RequestInput
+from ...runtimes.base import MLFLOW_SCORING
+from ..dataplane import DataPlane
+from .errors import status_for
+from .routing import JSON, Handler, Request, Response, dumps, json_response
+
+__all__ = ["MLflowHandlers", "mlflow_errors", "model_hint"]
+
+#: The media types MLflow's scoring server takes
+MEDIA_TYPES = ("text/csv", "application/json", "application/vnd.apache.parquet")
+#: MLflow's error_code for our statuses (its error body has error_code and message; ours adds error)
+_ERROR_CODES = {
+    400: "BAD_REQUEST",
+    404: "RESOURCE_DOES_NOT_EXIST",
+    413: "BAD_REQUEST",
+    415: "BAD_REQUEST",
+    503: "TEMPORARILY_UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
 
 
 def model_hint(request: Request) -> str | None:
@@ -18,6 +37,48 @@ def model_hint(request: Request) -> str | None:
     if value:
         return value.decode("latin-1")
     return request.query("model") or None
+
+
+def mlflow_errors(handler: Callable[[Request], Awaitable[Response]]) -> Handler:
+    """Errors in MLflow's body (``error_code``, ``message``) with envserve's ``error`` beside them."""
+
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except EnvserveError as exc:
+            status = status_for(exc)
+            doc = {
+                "error_code": _ERROR_CODES.get(status, "INTERNAL_ERROR"),
+                "message": exc.message,
+                "error": exc.message,
+            }
+            headers = JSON + [(b"retry-after", b"1")] if status == 503 else JSON
+            return Response(status, dumps(doc), headers)
+
+    return wrapped
+
+
+def media_type(request: Request) -> str:
+    """The body's media type, checked as MLflow checks it (UTF-8 only, no parameter but charset)."""
+    raw = request.header(b"content-type")
+    text = raw.decode("latin-1") if raw else ""
+    parts = [p.strip() for p in text.split(";")]
+    mime = parts[0].lower()
+    params: Dict[str, str] = {}
+    for part in parts[1:]:
+        key, _, value = part.partition("=")
+        params[key.strip().lower()] = value.strip().strip('"')
+    if params.get("charset", "utf-8").lower() != "utf-8":
+        raise UnsupportedMediaType("The scoring server only supports UTF-8 (Content-Type: %s)" % text)
+    unexpected = sorted(set(params) - {"charset"})
+    if unexpected:
+        raise UnsupportedMediaType("Unrecognized content type parameters: %s" % ", ".join(unexpected))
+    if mime not in MEDIA_TYPES:
+        raise UnsupportedMediaType(
+            "This predictor only supports the following content types: %s. Got %r."
+            % (", ".join(MEDIA_TYPES), text)
+        )
+    return mime
 
 
 class MLflowHandlers:
@@ -32,14 +93,18 @@ class MLflowHandlers:
         return json_response(__version__)
 
     async def invocations(self, request: Request) -> Response:
-        if request.content_type == "text/csv":
-            raw = await request.body()
-            try:
-                doc = mlflow_scoring.from_csv(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                raise InvalidRequest("the CSV body is not UTF-8") from None
-        else:
-            doc = mlflow_scoring.from_json(await request.json())
+        """The body goes to the model as it arrived: its runtime parses it as MLflow would (with the
+        model's signature) and answers MLflow's JSON."""
+        mime = media_type(request)
+        body = await request.body()
         name = self.dp.pick_model(model_hint(request))
-        response = await self.dp.infer(name, None, doc, protocol="mlflow", gone=request.gone)
-        return json_response(mlflow_scoring.to_predictions(response))
+        data = np.empty(1, dtype=object)
+        data[0] = body
+        raw = InferenceRequest([RequestInput("body", [1], "BYTES", data)], parameters={MLFLOW_SCORING: mime})
+        response = await self.dp.infer(name, None, raw, protocol="mlflow", gone=request.gone)
+        out = response.outputs[0] if response.outputs else None
+        if out is not None and out.name == "predictions" and out.datatype == "BYTES":
+            return Response(200, bytes(out.data.ravel()[0]))
+        return json_response(
+            mlflow_scoring.to_predictions(response)
+        )  # pragma: no cover - every runtime answers

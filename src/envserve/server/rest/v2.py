@@ -50,7 +50,9 @@ class V2Handlers:
                 )
             doc = loads(body[:header_length])
             binary = memoryview(body)[header_length:]
-        response = await self.dp.infer(name, version, doc, binary, protocol=self.protocol, gone=request.gone)
+        response = await self.dp.infer(
+            name, version, doc, binary, protocol=self.protocol, gone=request.gone, mlserver_shapes=True
+        )
         return _binary_response(response, doc)  # plain JSON unless binary outputs were asked for
 
     async def repository_index(self, request: Request) -> Response:
