@@ -220,9 +220,15 @@ def _cases(digits):
     )
 
 
-#: Client mistakes MLServer answers with 500 (an unhandled exception in its codec); envserve answers 400
-#: naming the field (docs/compat.md).
-MLSERVER_500 = {"shape and data disagree", "strings for floats"}
+#: Client mistakes MLServer answers with 500 (an unhandled exception in its codec or in scikit-learn);
+#: envserve answers 400 with an error naming the problem (docs/compat.md) -- case: text in our error.
+MLSERVER_500 = {
+    "shape and data disagree": "shape",
+    "strings for floats": "predict",
+    "wrong number of features": "expects 64 features per row; input 'predict' has 3",
+    "one row as 1-D": "takes a two-dimensional input",
+    "rank 0": "takes a two-dimensional input",
+}
 
 
 def test_every_case_answers_as_mlserver_does(servers, digits):
@@ -236,6 +242,7 @@ def test_every_case_answers_as_mlserver_does(servers, digits):
                     ours.text,
                     theirs.status_code,
                 )
+                assert MLSERVER_500[case] in ours.json()["error"], (case, ours.text)
                 continue
             _same(ours, theirs, case)
         except AssertionError as exc:

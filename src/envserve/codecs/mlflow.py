@@ -18,15 +18,16 @@ Worker import closure: standard library, numpy, pandas (imported when used); Pyt
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
 import numpy as np
 
 from ..errors import InvalidRequest
 
-__all__ = ["Signature", "enforce_schema", "parse_invocation", "predictions"]
+__all__ = ["Signature", "enforce_schema", "from_v2", "parse_invocation", "predictions"]
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 REQUIRED_INPUT_FORMAT = (
@@ -335,6 +336,83 @@ def _instances(value: Any, signature: Optional[Signature]) -> Any:
     return data
 
 
+# -- V2 requests -------------------------------------------------------------------------------------------
+
+
+def from_v2(request: Any, signature: Signature, decode: Callable[[Any], Any], model: str) -> Any:
+    """A V2 request as the model's input. Column signatures: a DataFrame, from one input per column, or
+    from one ``[N, k]`` input whose k columns are the signature's, in order. Tensor signatures: arrays of
+    the declared dtypes (one, or a dict by input name). ``decode`` applies an input's content type."""
+    if signature.is_tensor:
+        arrays = [_v2_tensor(inp, spec, decode) for inp, spec in zip(request.inputs, signature.inputs)]
+        if len(signature.inputs) == 1 and len(request.inputs) == 1:
+            return arrays[0]
+        return {inp.name: arr for inp, arr in zip(request.inputs, arrays)}
+    return _v2_frame(request, signature, decode, model)
+
+
+def _v2_tensor(inp: Any, spec: Spec, decode: Callable[[Any], Any]) -> np.ndarray:
+    data = decode(inp)
+    dtype = spec.dtype if spec.dtype is not None and spec.dtype.kind not in "OU" else None
+    try:
+        return np.asarray(data, dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest("input %r cannot be converted to %s: %s" % (inp.name, spec.dtype, exc)) from None
+
+
+def _v2_frame(request: Any, signature: Signature, decode: Callable[[Any], Any], model: str) -> Any:
+    pd = _pandas()
+    names = [str(s.name) for s in signature.inputs]
+    by_name = {i.name: i for i in request.inputs}
+    columns: Dict[str, Any] = {}
+    if len(request.inputs) == 1 and request.inputs[0].name not in names and request.inputs[0].data.ndim == 2:
+        matrix = request.inputs[0].data
+        if matrix.shape[1] != len(names):
+            raise InvalidRequest(
+                "model %r expects %d columns (%s); input %r has %d"
+                % (model, len(names), ", ".join(names), request.inputs[0].name, matrix.shape[1])
+            )
+        for j, name in enumerate(names):
+            columns[name] = matrix[:, j]
+    else:
+        required = [str(s.name) for s in signature.inputs if s.required]
+        missing = [n for n in required if n not in by_name]
+        if missing:
+            raise InvalidRequest(
+                "model %r is missing input column(s) %s; it expects %s"
+                % (model, ", ".join(repr(m) for m in missing), ", ".join(names))
+            )
+        for spec in signature.inputs:
+            inp = by_name.get(spec.name)
+            if inp is None:
+                continue
+            value = decode(inp)
+            if isinstance(value, np.ndarray):
+                value = value.reshape(value.shape[0], -1)[:, 0] if value.ndim > 1 else value
+                if value.dtype == object:
+                    value = value.tolist()
+            if isinstance(value, list) and value and isinstance(value[0], bytes) and spec.type == "string":
+                with contextlib.suppress(UnicodeDecodeError):
+                    value = [v.decode("utf-8") for v in value]
+            columns[str(spec.name)] = value
+    frame = pd.DataFrame(columns)
+    for spec in signature.inputs:
+        name = str(spec.name)
+        if name not in frame or spec.type in ("string", "binary"):
+            continue
+        try:
+            frame[name] = (
+                _to_datetime(frame[name], name)
+                if spec.type == "datetime"
+                else frame[name].astype(_NUMPY[spec.type])
+            )
+        except InvalidRequest:
+            raise
+        except (TypeError, ValueError, KeyError) as exc:
+            raise InvalidRequest("column %r cannot be converted to %s: %s" % (name, spec.type, exc)) from None
+    return frame
+
+
 # -- schema enforcement ------------------------------------------------------------------------------------
 
 
@@ -447,10 +525,10 @@ def _enforce_tensor(values: Any, spec: Spec, name: Optional[str]) -> np.ndarray:
     expected, dtype = spec.shape, spec.dtype
     assert dtype is not None
     if len(expected) == 1 and expected[0] == -1 and dtype == np.dtype("O"):
-        return values  # type: ignore[no-any-return]
+        return cast(np.ndarray, values)
     actual = values.shape
     if len(expected) > 1 and -1 in expected[1:] and len(actual) == 1 and values.dtype == np.dtype("O"):
-        return values  # type: ignore[no-any-return]
+        return cast(np.ndarray, values)
     what = "input %r" % name if name else "the input"
     if len(expected) != len(actual) or any(e != -1 and e != a for e, a in zip(expected, actual)):
         raise InvalidRequest(
@@ -458,7 +536,7 @@ def _enforce_tensor(values: Any, spec: Spec, name: Optional[str]) -> np.ndarray:
         )
     if values.dtype != dtype:
         raise InvalidRequest("dtype of %s %s does not match expected dtype %s" % (what, values.dtype, dtype))
-    return values  # type: ignore[no-any-return]
+    return cast(np.ndarray, values)
 
 
 def _column_to_tensor(name: Optional[str], series: Any, spec: Spec) -> np.ndarray:

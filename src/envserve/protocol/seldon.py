@@ -22,7 +22,7 @@ from ..errors import InvalidRequest
 from .datatypes import datatype_of
 from .v2 import InferenceResponse
 
-__all__ = ["error_body", "to_seldon_response", "to_v2_request"]
+__all__ = ["error_body", "response_meta", "to_seldon_response", "to_v2_request"]
 
 
 def _tensor_input(arr: np.ndarray) -> Dict[str, Any]:
@@ -138,15 +138,26 @@ def _array(out: Any) -> np.ndarray:
     return np.asarray(data).reshape(out.shape)
 
 
-def to_seldon_response(response: InferenceResponse, kind: str, model_version: str = "") -> Dict[str, Any]:
+def response_meta(request_meta: Any, request_path: Dict[str, str]) -> Dict[str, Any]:
+    """The ``meta`` of an answer, as Seldon's wrapper makes it: the request's ``puid`` and ``tags``
+    passed through, and ``requestPath`` (this unit's name -> its image)."""
+    meta: Dict[str, Any] = {}
+    if isinstance(request_meta, dict):
+        tags = request_meta.get("tags")
+        if isinstance(tags, dict) and tags:
+            meta["tags"] = tags
+        puid = request_meta.get("puid")
+        if isinstance(puid, str) and puid:
+            meta["puid"] = puid
+    if request_path:
+        meta["requestPath"] = dict(request_path)
+    return meta
+
+
+def to_seldon_response(response: InferenceResponse, kind: str, meta: Dict[str, Any]) -> Dict[str, Any]:
     outputs = response.outputs
     if not outputs:
         raise InvalidRequest("the model produced no output")
-    meta: Dict[str, Any] = {
-        "requestPath": {response.model_name: model_version or response.model_version or ""}
-    }
-    if response.id:
-        meta["puid"] = response.id
     first = _array(outputs[0])
     if kind in ("strData", "binData"):
         raw = outputs[0].data.ravel().tolist()

@@ -86,6 +86,25 @@ class Runtime:
                 )
         return names
 
+    def check_features(self, features: Any, expected: Optional[int], request: InferenceRequest) -> None:
+        """A client's mistake found before the model runs (a 400 naming the input, never the model's 500):
+        the framework takes rows of ``expected`` features, so the input must be two-dimensional with that
+        many columns. ``expected`` None: the model does not say how many."""
+        shape = getattr(features, "shape", None)
+        if shape is None:
+            return
+        where = "input %r" % request.inputs[0].name if len(request.inputs) == 1 else "the request's columns"
+        if len(shape) != 2:
+            raise InvalidRequest(
+                "model %r takes a two-dimensional input (rows of %s features); %s has shape %s"
+                % (self.settings.name, expected if expected is not None else "its", where, list(shape))
+            )
+        if expected is not None and shape[1] != expected:
+            raise InvalidRequest(
+                "model %r expects %d features per row; %s has %d (shape %s)"
+                % (self.settings.name, expected, where, shape[1], list(shape))
+            )
+
     def find_artifact(self, candidates: Sequence[str]) -> str:
         """The model file: ``parameters.uri`` when it names a file, else the first candidate in the folder."""
         path = self.settings.model_path

@@ -43,7 +43,13 @@ class LightGBMRuntime(Runtime):
 
     def predict(self, request: InferenceRequest) -> Dict[str, Any]:
         features = self.decode_request(request)
-        raw = np.asarray(self._booster.predict(features))
+        self.check_features(features, self._booster.num_feature() or None, request)
+        try:
+            raw = np.asarray(self._booster.predict(features))
+        except (ValueError, TypeError) as exc:
+            raise InvalidRequest(
+                "model %r (LightGBM) refused the input: %s" % (self.settings.name, exc)
+            ) from None
         classifier = self._objective in _CLASSIFIERS
         result = {}
         for name in self.requested_outputs(request):

@@ -14,15 +14,12 @@ scikit-learn when a model is loaded; Python 3.8+.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pickle
 from typing import Any, Dict, List, Optional
 
-import numpy as np
-
-from ..codecs.mlflow import Signature, enforce_schema, parse_invocation, predictions
+from ..codecs.mlflow import Signature, enforce_schema, from_v2, parse_invocation, predictions
 from ..errors import InvalidRequest, ModelLoadError
 from ..protocol.v2 import InferenceRequest, MetadataTensor
 from .base import Runtime
@@ -56,10 +53,6 @@ _TENSOR_TYPES = {
     "object": "BYTES",
     "str": "BYTES",
 }
-
-
-def _pandas_dtype(column: Dict[str, Any]) -> str:
-    return _COLUMN_TYPES.get(str(column.get("type")), ("BYTES", "object"))[1]
 
 
 def read_mlmodel(folder: str) -> Dict[str, Any]:
@@ -183,93 +176,11 @@ class MLflowRuntime(Runtime):
     # -- decoding by signature ---------------------------------------------------------------------------
 
     def decode_mlflow(self, request: InferenceRequest) -> Any:
-        if self._columns:
-            return self._dataframe(request)
-        if self._inputs:
-            arrays = [self._tensor(inp, spec) for inp, spec in zip(request.inputs, self._inputs)]
-            if len(self._inputs) == 1 and len(request.inputs) == 1:
-                return arrays[0]
-            return {inp.name: arr for inp, arr in zip(request.inputs, arrays)}
-        return self.decode_request(request)
-
-    def _tensor(self, inp: Any, spec: Dict[str, Any]) -> np.ndarray:
-        dtype = spec.get("tensor-spec", {}).get("dtype")
-        data = self.decode_input(inp, InferenceRequest([inp]))
-        try:
-            return (
-                np.asarray(data, dtype=dtype)
-                if dtype and dtype not in ("object", "str")
-                else np.asarray(data)
-            )
-        except (TypeError, ValueError) as exc:
-            raise InvalidRequest("input %r cannot be converted to %s: %s" % (inp.name, dtype, exc)) from None
-
-    def _dataframe(self, request: InferenceRequest) -> Any:
-        import pandas as pd
-
-        assert self._inputs is not None
-        names = [str(c.get("name")) for c in self._inputs]
-        types = {str(c.get("name")): _pandas_dtype(c) for c in self._inputs}
-        by_name = {i.name: i for i in request.inputs}
-        columns: Dict[str, Any] = {}
-        if (
-            len(request.inputs) == 1
-            and request.inputs[0].name not in names
-            and request.inputs[0].data.ndim == 2
-        ):
-            matrix = request.inputs[0].data
-            if matrix.shape[1] != len(names):
-                raise InvalidRequest(
-                    "model %r expects %d columns (%s); input %r has %d"
-                    % (
-                        self.settings.name,
-                        len(names),
-                        ", ".join(map(str, names)),
-                        request.inputs[0].name,
-                        matrix.shape[1],
-                    )
-                )
-            for j, name in enumerate(names):
-                columns[name] = matrix[:, j]
-        else:
-            missing = [n for n in names if n not in by_name]
-            required = [c.get("name") for c in self._inputs if c.get("required", True)]
-            if any(m in required for m in missing):
-                raise InvalidRequest(
-                    "model %r is missing input column(s) %s; it expects %s"
-                    % (
-                        self.settings.name,
-                        ", ".join(repr(m) for m in missing if m in required),
-                        ", ".join(map(str, names)),
-                    )
-                )
-            for name in names:
-                if name in by_name:
-                    inp = by_name[name]
-                    value = self.decode_input(inp, request)
-                    if isinstance(value, np.ndarray):
-                        value = value.reshape(value.shape[0], -1)[:, 0] if value.ndim > 1 else value
-                        if value.dtype == object:
-                            value = value.tolist()
-                    if (
-                        isinstance(value, list)
-                        and value
-                        and isinstance(value[0], bytes)
-                        and types[name] == "object"
-                    ):
-                        with contextlib.suppress(UnicodeDecodeError):
-                            value = [v.decode("utf-8") for v in value]
-                    columns[name] = value
-        frame = pd.DataFrame(columns)
-        for name, dtype in types.items():
-            if name in frame and dtype != "object":
-                try:
-                    frame[name] = frame[name].astype(dtype)
-                except (TypeError, ValueError) as exc:
-                    raise InvalidRequest(
-                        "column %r cannot be converted to %s: %s" % (name, dtype, exc)
-                    ) from None
-        return frame
+        if self._signature is None:
+            return self.decode_request(request)
+        return from_v2(
+            request, self._signature, lambda inp: self.decode_input(inp, request), self.settings.name
+        )
 
     def score_mlflow(self, body: bytes, mime: str) -> bytes:
         """As ``mlflow models serve`` answers: parsed and enforced by the signature, MLflow's JSON back."""
@@ -288,7 +199,19 @@ class MLflowRuntime(Runtime):
         return predictions(raw)
 
     def predict(self, request: InferenceRequest) -> Any:
-        result = self._model.predict(self.decode_mlflow(request))
+        data = self.decode_mlflow(request)
+        if not self._pyfunc:  # mlflow's pyfunc enforces the schema itself
+            data = enforce_schema(data, self._signature)
+        try:
+            result = self._model.predict(data)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise InvalidRequest("model %r refused the input: %s" % (self.settings.name, exc)) from None
+        except Exception as exc:
+            if type(exc).__name__ == "MlflowException":  # mlflow's schema enforcement
+                raise InvalidRequest(
+                    "model %r: %s" % (self.settings.name, getattr(exc, "message", exc))
+                ) from None
+            raise
         if hasattr(result, "to_numpy") and getattr(result, "ndim", 2) == 1:  # a pandas Series
             result = result.to_numpy()
         return result

@@ -46,6 +46,7 @@ class SKLearnRuntime(Runtime):
 
     def predict(self, request: InferenceRequest) -> Dict[str, Any]:
         features = self.decode_request(request)
+        self.check_features(features, getattr(self._model, "n_features_in_", None), request)
         result = {}
         for name in self.requested_outputs(request):
             method = getattr(self._model, name, None)
@@ -54,5 +55,12 @@ class SKLearnRuntime(Runtime):
                     "model %r (%s) has no %s(); ask for one of its outputs instead"
                     % (self.settings.name, type(self._model).__name__, name)
                 )
-            result[name] = method(features)
+            try:
+                result[name] = method(features)
+            except (ValueError, TypeError, KeyError) as exc:
+                # scikit-learn validates its input and says what is wrong with it: the client's mistake
+                raise InvalidRequest(
+                    "model %r (%s.%s) refused the input: %s"
+                    % (self.settings.name, type(self._model).__name__, name, exc)
+                ) from None
         return result

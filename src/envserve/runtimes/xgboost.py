@@ -45,7 +45,13 @@ class XGBoostRuntime(Runtime):
 
     def predict(self, request: InferenceRequest) -> Dict[str, Any]:
         features = self.decode_request(request)
-        raw = self._booster.predict(self._xgb.DMatrix(features))
+        self.check_features(features, self._booster.num_features() or None, request)
+        try:
+            raw = self._booster.predict(self._xgb.DMatrix(features))
+        except (ValueError, TypeError, self._xgb.core.XGBoostError) as exc:
+            raise InvalidRequest(
+                "model %r (XGBoost) refused the input: %s" % (self.settings.name, exc)
+            ) from None
         result = {}
         for name in self.requested_outputs(request):
             if name == "predict":

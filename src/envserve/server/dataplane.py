@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional
 from .. import __version__
 from ..errors import EnvserveError, InvalidRequest, ModelLoadError, ModelNotFound
 from ..protocol.v2 import InferenceRequest, InferenceResponse, parse_inference_request
+from ..settings import ModelSettings
 from ..workers.admission import ClientGone
 from .registry import ModelRegistry, ModelState
 
@@ -55,6 +56,9 @@ class DataPlane:
 
     def model_metadata(self, name: str, version: Optional[str] = None) -> Dict[str, Any]:
         return self.registry.ready_handle(name, version).metadata()
+
+    def model_settings(self, name: str, version: Optional[str] = None) -> ModelSettings:
+        return self.registry.get(name, version).settings
 
     def model_ready(self, name: str, version: Optional[str] = None) -> bool:
         return self.registry.get(name, version).state == ModelState.READY

@@ -27,7 +27,11 @@ SERVER_SETTINGS_FILE = "settings.json"
 logger = logging.getLogger("envserve.settings")
 
 # MLServer's variables that mean one of our settings (ENVSERVE_* wins over them).
-_MLSERVER_VARIABLES = {"MLSERVER_ENV_TARBALL": "env_tarball"}
+_MLSERVER_VARIABLES = {
+    "MLSERVER_ENV_TARBALL": "env_tarball",
+    "PREDICTIVE_UNIT_ID": "predictive_unit_id",
+    "PREDICTIVE_UNIT_IMAGE": "predictive_unit_image",
+}
 # MLServer's settings.json spells some fields differently; map them onto ours.
 _MLSERVER_ALIASES = {"model_repository_root": "model_repository"}
 # MLServer keys that have no meaning for envserve yet; accepted so MLServer repositories load unchanged.
@@ -89,6 +93,10 @@ class ServerSettings:
     max_batch_rows: int = 1024
     #: An environment tarball for every model that names none (MLServer's MLSERVER_ENV_TARBALL is read too).
     env_tarball: str = ""
+    #: Seldon Core v1: this unit's name and image, for ``meta.requestPath`` of Seldon answers (the operator
+    #: sets PREDICTIVE_UNIT_ID and PREDICTIVE_UNIT_IMAGE, read too).
+    predictive_unit_id: str = ""
+    predictive_unit_image: str = ""
     log_level: str = "info"
     #: Where model environments are extracted/built and cached ("" = ENVSERVE_ENV_CACHE or
     #: ~/.cache/envserve/environments).

@@ -33,7 +33,16 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 #: 503 says "try again shortly": the model is loading, its worker restarting, or its queue full.
 _RETRY = JSON + [(b"retry-after", b"1")]
 #: Health probes are never shed: a pod under load must not look dead to its orchestrator.
-_PROBES = frozenset(("/v2/health/live", "/v2/health/ready", "/health/ping", "/health/status", "/ping"))
+_PROBES = frozenset(
+    (
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/health/ping",
+        "/health/status",
+        "/api/v1.0/health/status",
+        "/ping",
+    )
+)
 _PREFLIGHT = [
     (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
     (
@@ -97,11 +106,18 @@ class RestApp:
             Route("GET", "/ping", mlflow.ping),
             Route("GET", "/health", mlflow.ping),
             Route("GET", "/version", mlflow.version),
-            # Seldon Core v1 (errors in Seldon's body)
+            # Seldon Core v1, the routes of its Python wrapper (errors in Seldon's body)
             Route("POST", "/api/v1.0/predictions", seldon_errors(seldon.predictions)),
+            Route("POST", "/api/v0.1/predictions", seldon_errors(seldon.predictions)),
+            Route("POST", "/predict", seldon_errors(seldon.predictions)),
+            Route("GET", "/predict", seldon_errors(seldon.predictions)),
+            Route("POST", "/send-feedback", seldon_errors(seldon.feedback)),
+            Route("POST", "/api/v1.0/feedback", seldon_errors(seldon.feedback)),
             Route("GET", "/health/ping", seldon_errors(seldon.ping)),
             Route("GET", "/health/status", seldon_errors(seldon.status)),
+            Route("GET", "/api/v1.0/health/status", seldon_errors(seldon.status)),
             Route("GET", "/metadata", seldon_errors(seldon.metadata)),
+            Route("GET", "/api/v1.0/metadata", seldon_errors(seldon.metadata)),
             # envserve's own API
             Route("GET", "/envserve/models", own.models),
         ]

@@ -3,14 +3,19 @@ Seldon's own body."""
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable
+import base64
+import email.parser
+import email.policy
+import json
+import urllib.parse
+from typing import Any, Awaitable, Callable, Dict
 
-from ...errors import EnvserveError
+from ...errors import EnvserveError, InvalidRequest
 from ...protocol import seldon
 from ..dataplane import DataPlane
 from .errors import status_for
 from .mlflow import model_hint
-from .routing import Handler, Request, Response, dumps, json_response
+from .routing import Handler, Request, Response, dumps, json_response, loads
 
 __all__ = ["SeldonHandlers"]
 
@@ -26,18 +31,79 @@ def seldon_errors(handler: Callable[[Request], Awaitable[Response]]) -> Handler:
     return wrapped
 
 
+async def seldon_message(request: Request) -> Any:
+    """The SeldonMessage of a request, from any body Seldon's wrapper takes: JSON; a form field or query
+    parameter ``json``; multipart/form-data (``strData`` as text or file, ``binData`` as a file, every
+    other key a JSON value)."""
+    ctype = request.content_type
+    if ctype == "multipart/form-data":
+        return _multipart(request.header(b"content-type") or b"", await request.body())
+    if ctype == "application/x-www-form-urlencoded":
+        fields = urllib.parse.parse_qs((await request.body()).decode("utf-8", "replace"))
+        if "json" not in fields:
+            raise InvalidRequest("the form has no 'json' field holding the SeldonMessage")
+        return loads(fields["json"][0])
+    query = request.query("json")
+    if query is not None:
+        return loads(query)
+    return await request.json()
+
+
+def _multipart(content_type: bytes, body: bytes) -> Dict[str, Any]:
+    parser = email.parser.BytesParser(policy=email.policy.HTTP)
+    message = parser.parsebytes(b"Content-Type: " + content_type + b"\r\n\r\n" + body)
+    if not message.is_multipart():
+        raise InvalidRequest("the multipart/form-data body cannot be read (no parts, or no boundary)")
+    doc: Dict[str, Any] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str):
+            continue
+        payload = part.get_payload(decode=True)
+        raw = payload if isinstance(payload, bytes) else b""
+        if name == "binData":
+            doc[name] = base64.b64encode(raw).decode("ascii")
+        elif name == "strData":
+            doc[name] = raw.decode("utf-8", "replace")
+        else:
+            try:
+                doc[name] = json.loads(raw.decode("utf-8"))
+            except (ValueError, UnicodeDecodeError):
+                raise InvalidRequest("multipart field %r is not JSON" % name) from None
+    return doc
+
+
 class SeldonHandlers:
     def __init__(self, dataplane: DataPlane) -> None:
         self.dp = dataplane
 
+    def _request_path(self, name: str) -> Dict[str, str]:
+        settings = self.dp.registry.settings
+        return {settings.predictive_unit_id or name: settings.predictive_unit_image}
+
     async def predictions(self, request: Request) -> Response:
-        doc, kind, _ = seldon.to_v2_request(await request.json())
+        message = await seldon_message(request)
+        doc, kind, _ = seldon.to_v2_request(message)
         name = self.dp.pick_model(model_hint(request))
+        method = self.dp.model_settings(name).extra.get("method")  # SKLEARN_SERVER's parameter
+        if isinstance(method, str) and method:
+            doc["outputs"] = [{"name": method}]
         response = await self.dp.infer(name, None, doc, protocol="seldon", gone=request.gone)
-        return json_response(seldon.to_seldon_response(response, kind))
+        meta = seldon.response_meta(message.get("meta"), self._request_path(name))
+        return json_response(seldon.to_seldon_response(response, kind, meta))
+
+    async def feedback(self, request: Request) -> Response:
+        """A model without its own send_feedback answers an empty SeldonMessage, as Seldon's wrapper does."""
+        message = await seldon_message(request)
+        if not isinstance(message, dict):
+            raise InvalidRequest("feedback must be a JSON object (a Seldon Feedback message)")
+        name = self.dp.pick_model(model_hint(request))
+        return json_response(
+            {"data": {"names": [], "ndarray": []}, "meta": {"requestPath": self._request_path(name)}}
+        )
 
     async def ping(self, request: Request) -> Response:
-        return json_response("pong")
+        return Response(200, b"pong", [(b"content-type", b"text/html; charset=utf-8")])
 
     async def status(self, request: Request) -> Response:
         ready = self.dp.ready()
