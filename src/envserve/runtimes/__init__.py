@@ -5,7 +5,11 @@
 - one of our short names (``sklearn``, ``xgboost``, ``lightgbm``);
 - MLServer's name for the same runtime (``mlserver_sklearn.SKLearnModel``, ...);
 - ``module.Class`` of a custom runtime: ``module.py`` (or a package ``module/``) in the model folder, or
-  an importable module;
+  an importable module; a Seldon Core v1 model class there (``predict(X, features_names)``) is served
+  with Seldon's wrapper's behaviour (:mod:`.seldon_model`);
+- ``seldon``: a Seldon model class named as Seldon names it, ``parameters.extra.model_name`` (``MyModel``
+  for class ``MyModel`` in ``MyModel.py``, or ``module.Class``), constructed with
+  ``parameters.extra.parameters`` (Seldon's ``[{"name", "value", "type"}]`` list, or an object);
 - absent: the runtime is guessed from the artifact in the model folder.
 
 Worker import closure: standard library only at import time, Python 3.8+.
@@ -74,7 +78,17 @@ def runtime_name(settings: ModelSettings) -> str:
 
 
 def resolve_runtime(settings: ModelSettings) -> Type[Runtime]:
+    """The runtime class for ``settings``; for a Seldon model, the user's class (see create_runtime)."""
     name = runtime_name(settings)
+    if name == "seldon":
+        model_name = settings.extra.get("model_name")
+        if not isinstance(model_name, str) or not model_name:
+            raise ModelLoadError(
+                "model %r: implementation 'seldon' needs parameters.extra.model_name, the Seldon model class "
+                "('MyModel' for class MyModel in MyModel.py, or 'module.Class')" % settings.name,
+                model=settings.name,
+            )
+        return _load_custom(settings, model_name if "." in model_name else "%s.%s" % (model_name, model_name))
     target = BUILTIN_RUNTIMES.get(name)
     if target is not None:
         try:
@@ -111,7 +125,10 @@ def _load_custom(settings: ModelSettings, implementation: str) -> Type[Runtime]:
             "model %r: module %s has no class %r" % (settings.name, module.__name__, class_name),
             model=settings.name,
         )
-    if not (isinstance(cls, type) and callable(getattr(cls, "predict", None))):
+    if not (
+        isinstance(cls, type)
+        and (callable(getattr(cls, "predict", None)) or callable(getattr(cls, "predict_raw", None)))
+    ):
         raise ModelLoadError(
             "model %r: %s must be a class with load() and predict(request); see docs/runtimes.md"
             % (settings.name, implementation),
@@ -150,7 +167,11 @@ def _import_custom_module(settings: ModelSettings, module_name: str) -> Any:
 
 def create_runtime(settings: ModelSettings) -> Runtime:
     """Instantiate (not load) the runtime for ``settings``."""
+    from .seldon_model import SeldonModelRuntime, is_seldon_class
+
     cls = resolve_runtime(settings)
+    if runtime_name(settings) == "seldon" or is_seldon_class(cls):
+        return SeldonModelRuntime(settings, cls)
     try:
         return cls(settings)
     except Exception as exc:

@@ -29,12 +29,20 @@ from ..errors import InvalidRequest, ModelLoadError
 from ..protocol.v2 import InferenceRequest, InferenceResponse, MetadataTensor, RequestInput, ResponseOutput
 from ..settings.model import ModelSettings
 
-__all__ = ["MLFLOW_SCORING", "Runtime"]
+__all__ = ["CUSTOM_METRICS", "MLFLOW_SCORING", "SELDON_CALL", "SELDON_PATH", "Runtime"]
 
 #: A request parameter marking an MLflow ``/invocations`` body passed through as it arrived (its value is
 #: the body's media type; the body is the single BYTES element of the first input). The runtime parses it
 #: as MLflow's scoring server would (with the model's signature when it has one) and answers MLflow's JSON.
 MLFLOW_SCORING = "envserve_mlflow_scoring"
+#: A request parameter marking a Seldon v1 call passed through (``predict``, ``feedback`` or ``metadata``):
+#: the SeldonMessage's JSON is the single BYTES element of the first input; the runtime answers the
+#: response message's JSON (one BYTES output). ``SELDON_PATH`` carries the unit's ``requestPath`` entry.
+SELDON_CALL = "envserve_seldon"
+SELDON_PATH = "envserve_seldon_path"
+#: A response parameter: the custom metrics a model reported with this call (Seldon's ``metrics()``
+#: format: ``[{"type": "COUNTER"|"GAUGE"|"TIMER", "key", "value", "tags"}]``), for the server's /metrics.
+CUSTOM_METRICS = "envserve_custom_metrics"
 
 
 class Runtime:
@@ -181,16 +189,62 @@ class Runtime:
             return predictions(values[0])
         return predictions({o.name: v for o, v in zip(response.outputs, values)})
 
+    def score_seldon(
+        self, message: Dict[str, Any], call: str, request_path: Dict[str, str]
+    ) -> Dict[str, Any]:
+        """Answer a Seldon v1 call with the response SeldonMessage (a JSON-able dict). Built-in runtimes:
+        the message becomes a V2 request (``parameters.extra.method`` names the output to answer, as
+        Seldon's SKLEARN_SERVER), and the answer has the request's kind and ``meta``."""
+        from ..protocol import seldon
+        from ..protocol.v2 import parse_inference_request
+
+        if call == "feedback":
+            return {"data": {"names": [], "ndarray": []}, "meta": {"requestPath": request_path}}
+        if call == "metadata":
+            meta = self.metadata()
+            return {k: meta.get(k, []) for k in ("name", "versions", "platform", "inputs", "outputs")}
+        doc, kind, _ = seldon.to_v2_request(message)
+        method = self.settings.extra.get("method")
+        if isinstance(method, str) and method:
+            doc["outputs"] = [{"name": method}]
+        response = self._infer(parse_inference_request(doc))
+        meta = seldon.response_meta(message.get("meta"), request_path)
+        return seldon.to_seldon_response(response, kind, meta)
+
     def infer(self, request: InferenceRequest) -> InferenceResponse:
-        mime = request.parameters.get(MLFLOW_SCORING)
+        params = request.parameters
+        mime = params.get(MLFLOW_SCORING)
         if mime is not None:
             body = request.inputs[0].data.ravel()[0]
-            answer = self.score_mlflow(bytes(body), str(mime))
-            s = self.settings
-            data = np.empty(1, dtype=object)
-            data[0] = answer
-            return InferenceResponse(s.name, [ResponseOutput("predictions", [1], "BYTES", data)], s.version)
-        return self._infer(request)
+            return self._raw_answer("predictions", self.score_mlflow(bytes(body), str(mime)))
+        call = params.get(SELDON_CALL)
+        if call is not None:
+            import json
+
+            message = json.loads(bytes(request.inputs[0].data.ravel()[0]).decode("utf-8"))
+            path = params.get(SELDON_PATH)
+            answer = self.score_seldon(message, str(call), path if isinstance(path, dict) else {})
+            response = self._raw_answer("seldon", json.dumps(answer, default=_json_default).encode("utf-8"))
+            self.report_metrics(response)
+            return response
+        response = self._infer(request)
+        self.report_metrics(response)
+        return response
+
+    def custom_metrics(self) -> List[Dict[str, Any]]:
+        """Metrics the model reports after each call (Seldon's ``metrics()`` format); none by default."""
+        return []
+
+    def report_metrics(self, response: InferenceResponse) -> None:
+        metrics = self.custom_metrics()
+        if metrics:
+            response.parameters[CUSTOM_METRICS] = metrics
+
+    def _raw_answer(self, name: str, answer: bytes) -> InferenceResponse:
+        s = self.settings
+        data = np.empty(1, dtype=object)
+        data[0] = answer
+        return InferenceResponse(s.name, [ResponseOutput(name, [1], "BYTES", data)], s.version)
 
     def _infer(self, request: InferenceRequest) -> InferenceResponse:
         result = self.predict(request)
@@ -218,3 +272,14 @@ class Runtime:
                 if params:
                     out.parameters = dict(out.parameters, **params)
         return response
+
+
+def _json_default(value: Any) -> Any:
+    """numpy scalars and arrays inside a model's JSON answer (Seldon models return them in jsonData)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    raise TypeError("%s is not JSON serialisable" % type(value).__name__)

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import EnvserveError
 from ..protocol.v2 import InferenceRequest, InferenceResponse, RequestInput, ResponseOutput
+from ..runtimes.base import CUSTOM_METRICS
 from ..workers.admission import ClientGone, admit, drop_when_client_leaves
 
 __all__ = ["BatchingHandle"]
@@ -238,8 +239,10 @@ def _split(response: InferenceResponse, sizes: List[int]) -> Optional[List[Infer
     for out in response.outputs:
         if not out.shape or out.shape[0] != total:
             return None
-    parts = []
+    parts: List[InferenceResponse] = []
     start = 0
+    # The model's custom metrics describe the one call: reported once, with the first part.
+    rest = {k: v for k, v in response.parameters.items() if k != CUSTOM_METRICS}
     for n in sizes:
         outputs = [
             ResponseOutput(
@@ -248,7 +251,13 @@ def _split(response: InferenceResponse, sizes: List[int]) -> Optional[List[Infer
             for o in response.outputs
         ]
         parts.append(
-            InferenceResponse(response.model_name, outputs, response.model_version, None, response.parameters)
+            InferenceResponse(
+                response.model_name,
+                outputs,
+                response.model_version,
+                None,
+                dict(response.parameters if not parts else rest),
+            )
         )
         start += n
     return parts

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional
 from .. import __version__
 from ..errors import EnvserveError, InvalidRequest, ModelLoadError, ModelNotFound
 from ..protocol.v2 import InferenceRequest, InferenceResponse, parse_inference_request
+from ..runtimes.base import CUSTOM_METRICS
 from ..settings import ModelSettings
 from ..workers.admission import ClientGone
 from .registry import ModelRegistry, ModelState
@@ -120,6 +121,9 @@ class DataPlane:
             response = handle.infer_inline(request)
         else:
             response = await handle.infer(request, gone)
+        custom = response.parameters.pop(CUSTOM_METRICS, None)
+        if custom and self.metrics is not None:
+            self.metrics.custom(handle.settings, custom)
         if mlserver_shapes and handle.settings.mlserver_shapes:
             for out in response.outputs:
                 if len(out.shape) == 1:

@@ -13,15 +13,21 @@ Collected when scraped, from the state the lower layers keep:
 - ``envserve_environment_cache_total{result="hit"|"miss"}``,
   ``envserve_environment_build_seconds_sum/_count`` (the environment cache)
 
+Models' own metrics (a Seldon model's ``metrics()``), under their own keys as Seldon's wrapper exposes
+them: COUNTER as ``<key>_total``, GAUGE as ``<key>``, TIMER (milliseconds) as the histogram ``<key>`` in
+seconds; labelled ``model``, ``version`` and the metric's ``tags``.
+
 Each :class:`Metrics` has its own registry, so several servers in one process do not mix.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, Iterator, Optional
+import re
+import threading
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from .registry import ModelRegistry, ModelState
 
@@ -85,6 +91,78 @@ class _StateCollector:
         yield from (ready, queue, restarts, cache, builds, builds_n)
 
 
+_METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_Labels = Tuple[Tuple[str, str], ...]
+
+
+class _CustomCollector:
+    """The metrics models report with their answers (Seldon's ``metrics()`` format)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        #: (type, key) -> labels -> value (COUNTER/GAUGE: a float; TIMER: [bucket counts], sum)
+        self._values: Dict[Tuple[str, str], Dict[_Labels, Any]] = {}
+
+    def update(self, model: str, version: str, items: List[Any]) -> None:
+        with self._lock:
+            for item in items:
+                if not isinstance(item, dict):
+                    continue
+                kind, key, value = item.get("type", "COUNTER"), item.get("key"), item.get("value")
+                tags = item.get("tags") or {}
+                if not (isinstance(key, str) and _METRIC_NAME.match(key) and isinstance(value, (int, float))):
+                    continue
+                if not isinstance(tags, dict) or not all(
+                    isinstance(k, str) and _LABEL_NAME.match(k) for k in tags
+                ):
+                    continue
+                labels = (("model", model), ("version", version)) + tuple(
+                    sorted((k, str(v)) for k, v in tags.items() if k not in ("model", "version"))
+                )
+                series = self._values.setdefault((str(kind), key), {})
+                if kind == "COUNTER":
+                    series[labels] = series.get(labels, 0.0) + float(value)
+                elif kind == "GAUGE":
+                    series[labels] = float(value)
+                elif kind == "TIMER":
+                    counts, total = series.get(labels, ([0] * (len(_LATENCY_BUCKETS) + 1), 0.0))
+                    seconds = float(value) / 1000.0
+                    index = next(
+                        (i for i, b in enumerate(_LATENCY_BUCKETS) if seconds <= b), len(_LATENCY_BUCKETS)
+                    )
+                    counts[index] += 1
+                    series[labels] = (counts, total + seconds)
+
+    def collect(self) -> Iterator[Any]:
+        with self._lock:
+            snapshot = {k: dict(v) for k, v in self._values.items()}
+        for (kind, key), series in sorted(snapshot.items()):
+            names = sorted(
+                {n for labels in series for n, _ in labels}, key=lambda n: (n not in ("model", "version"), n)
+            )
+            family: Any
+            if kind == "COUNTER":
+                family = CounterMetricFamily(key, "A model's own counter", labels=names)
+            elif kind == "GAUGE":
+                family = GaugeMetricFamily(key, "A model's own gauge", labels=names)
+            else:
+                family = HistogramMetricFamily(key, "A model's own timer (seconds)", labels=names)
+            for labels, value in series.items():
+                have = dict(labels)
+                values = [have.get(n, "") for n in names]
+                if kind == "TIMER":
+                    counts, total = value
+                    cumulative, buckets = 0, []
+                    for bound, count in zip(list(_LATENCY_BUCKETS) + [float("inf")], counts):
+                        cumulative += count
+                        buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+                    family.add_metric(values, buckets, sum_value=total)
+                else:
+                    family.add_metric(values, value)
+            yield family
+
+
 def _default_status(outcome: Optional[BaseException]) -> str:
     return "ok" if outcome is None else type(outcome).__name__
 
@@ -112,6 +190,8 @@ class Metrics:
             buckets=_BATCH_BUCKETS,
             registry=self.registry,
         )
+        self._custom = _CustomCollector()
+        self.registry.register(self._custom)
         if registry is not None:
             self.registry.register(_StateCollector(registry))
             registry.batch_observer = self.observe_batch
@@ -146,6 +226,12 @@ class Metrics:
             )
         children[0].inc()
         children[1].observe(seconds)
+
+    def custom(self, settings: Any, items: Any) -> None:
+        """A model's own metrics reported with an answer (malformed entries are left out; the runtime that
+        produced them already refused them to the model's author)."""
+        if isinstance(items, list):
+            self._custom.update(settings.name, settings.version or "", items)
 
     def observe_batch(self, settings: Any, size: int) -> None:
         self.batch_size.labels(settings.name, settings.version or "").observe(size)

@@ -10,8 +10,12 @@ import json
 import urllib.parse
 from typing import Any, Awaitable, Callable, Dict
 
+import numpy as np
+
 from ...errors import EnvserveError, InvalidRequest
 from ...protocol import seldon
+from ...protocol.v2 import InferenceRequest, RequestInput
+from ...runtimes.base import SELDON_CALL, SELDON_PATH
 from ..dataplane import DataPlane
 from .errors import status_for
 from .mlflow import model_hint
@@ -81,26 +85,33 @@ class SeldonHandlers:
         settings = self.dp.registry.settings
         return {settings.predictive_unit_id or name: settings.predictive_unit_image}
 
+    async def _call(self, request: Request, call: str, message: Any) -> Response:
+        """One Seldon call, passed to the model's runtime as it arrived (the runtime answers Seldon's JSON:
+        built-in runtimes through V2, Seldon model classes as Seldon's wrapper does)."""
+        name = self.dp.pick_model(model_hint(request))
+        data = np.empty(1, dtype=object)
+        data[0] = dumps(message)
+        raw = InferenceRequest(
+            [RequestInput("message", [1], "BYTES", data)],
+            parameters={SELDON_CALL: call, SELDON_PATH: self._request_path(name)},
+        )
+        response = await self.dp.infer(name, None, raw, protocol="seldon", gone=request.gone)
+        return Response(200, bytes(response.outputs[0].data.ravel()[0]))
+
     async def predictions(self, request: Request) -> Response:
         message = await seldon_message(request)
-        doc, kind, _ = seldon.to_v2_request(message)
-        name = self.dp.pick_model(model_hint(request))
-        method = self.dp.model_settings(name).extra.get("method")  # SKLEARN_SERVER's parameter
-        if isinstance(method, str) and method:
-            doc["outputs"] = [{"name": method}]
-        response = await self.dp.infer(name, None, doc, protocol="seldon", gone=request.gone)
-        meta = seldon.response_meta(message.get("meta"), self._request_path(name))
-        return json_response(seldon.to_seldon_response(response, kind, meta))
+        if not isinstance(message, dict):
+            raise InvalidRequest(
+                "the Seldon request must be a JSON object with 'data', 'strData', 'jsonData' or 'binData'"
+            )
+        return await self._call(request, "predict", message)
 
     async def feedback(self, request: Request) -> Response:
         """A model without its own send_feedback answers an empty SeldonMessage, as Seldon's wrapper does."""
         message = await seldon_message(request)
         if not isinstance(message, dict):
             raise InvalidRequest("feedback must be a JSON object (a Seldon Feedback message)")
-        name = self.dp.pick_model(model_hint(request))
-        return json_response(
-            {"data": {"names": [], "ndarray": []}, "meta": {"requestPath": self._request_path(name)}}
-        )
+        return await self._call(request, "feedback", message)
 
     async def ping(self, request: Request) -> Response:
         return Response(200, b"pong", [(b"content-type", b"text/html; charset=utf-8")])
@@ -110,13 +121,4 @@ class SeldonHandlers:
         return json_response({"status": "ok" if ready else "not ready"}, 200 if ready else 503)
 
     async def metadata(self, request: Request) -> Response:
-        meta = self.dp.model_metadata(self.dp.pick_model(model_hint(request)))
-        return json_response(
-            {
-                "name": meta["name"],
-                "versions": meta.get("versions", []),
-                "platform": meta.get("platform", ""),
-                "inputs": meta.get("inputs", []),
-                "outputs": meta.get("outputs", []),
-            }
-        )
+        return await self._call(request, "metadata", {})
