@@ -237,26 +237,7 @@ class EnvironmentCache:
         spec: Optional[EnvironmentSpec] = None,
     ) -> Environment:
         final = os.path.join(self.envs, digest)
-        record = self._read_record(digest)
-        if record is None:
-            lock = self._open_lock(digest)
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX)  # another server may be making it right now: wait for it
-                record = self._read_record(digest)
-                if record is None:
-                    self.stats["misses"] += 1
-                    record = self._make(digest, source, final, make, spec)
-                    self.stats["builds"] += 1
-                    self.stats["build_seconds"] += float(record.get("build_seconds", 0.0))
-                else:
-                    self.stats["hits"] += 1
-            finally:
-                lock.close()
-        else:
-            self.stats["hits"] += 1
-            logger.info("environment %s (%s) found in the cache", digest[:12], source.describe())
-        lock = self._open_lock(digest)
-        fcntl.flock(lock, fcntl.LOCK_SH)
+        lock, record = self._acquire(digest, source, final, make, spec)
         python = find_python(final)
         if python is None:
             lock.close()
@@ -272,6 +253,43 @@ class EnvironmentCache:
         return Environment(
             final, python, record["python_version"], digest, record["kind"], record["source"], record, lock
         )
+
+    def _acquire(
+        self, digest: str, source: EnvironmentSource, final: str, make: Any, spec: Optional[EnvironmentSpec]
+    ) -> Any:
+        """(shared lock, record) of the environment, making it first when nobody has.
+
+        A shared lock is held for as long as a server uses the environment, so nobody may wait for an
+        exclusive lock while holding it or behind it: the maker takes the exclusive lock without waiting,
+        and everyone else waits for a shared one (granted once the maker is done) and reads the record.
+        """
+        made = False
+        while True:
+            lock = self._open_lock(digest)
+            fcntl.flock(lock, fcntl.LOCK_SH)  # waits while someone (this or another server) makes it
+            record = self._read_record(digest)
+            if record is not None:
+                if not made:
+                    self.stats["hits"] += 1
+                    logger.info("environment %s (%s) found in the cache", digest[:12], source.describe())
+                return lock, record
+            lock.close()
+            lock = self._open_lock(digest)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # someone else is about to make it: wait for them above
+                lock.close()
+                time.sleep(0.05)
+                continue
+            try:
+                if self._read_record(digest) is None:
+                    self.stats["misses"] += 1
+                    record = self._make(digest, source, final, make, spec)
+                    self.stats["builds"] += 1
+                    self.stats["build_seconds"] += float(record.get("build_seconds", 0.0))
+                    made = True
+            finally:
+                lock.close()
 
     def _make(
         self, digest: str, source: EnvironmentSource, final: str, make: Any, spec: Optional[EnvironmentSpec]

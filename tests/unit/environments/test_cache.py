@@ -146,3 +146,52 @@ def test_env_cli_list_and_prune(tmp_path):
     assert "0 environment(s) removed" in cli("prune")  # used just now: younger than 30 days
     assert "1 environment(s) removed" in cli("prune", "--all")
     assert cli("list").strip() == "no cached environments"
+
+
+class _SlowCache(EnvironmentCache):
+    """Extraction waits for the test's go-ahead, so other loads arrive while it is being made."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        import threading
+
+        self.extracting, self.go = threading.Event(), threading.Event()
+
+    def _extract(self, tarball, target):
+        self.extracting.set()
+        assert self.go.wait(60)
+        super()._extract(tarball, target)
+
+
+def test_models_sharing_an_environment_being_made_all_get_it(tmp_path):
+    """Regression: the maker took its shared lock (held while the environment is in use) as soon as it was
+    done, and loads waiting for the exclusive lock behind it waited forever."""
+    import shutil
+    import threading
+
+    cache = _SlowCache(str(tmp_path / "cache"))
+    first = _tiny_env_tarball(tmp_path / "env.tar.gz")
+    copies = []
+    for i in range(3):  # the same tarball in three model folders
+        shutil.copy(first, tmp_path / ("copy%d.tar.gz" % i))
+        copies.append(str(tmp_path / ("copy%d.tar.gz" % i)))
+    results = {}
+
+    def load(name, path):
+        results[name] = cache.prepare(EnvironmentSource("tarball", path), name)
+
+    maker = threading.Thread(target=load, args=("maker", first))
+    maker.start()
+    assert cache.extracting.wait(60)
+    waiters = [threading.Thread(target=load, args=("m%d" % i, p)) for i, p in enumerate(copies)]
+    for t in waiters:
+        t.start()
+    time.sleep(0.2)  # let them reach the lock
+    cache.go.set()
+    for t in [maker, *waiters]:
+        t.join(60)
+        assert not t.is_alive(), "a load waiting for the environment never finished (deadlock)"
+    assert {env.digest for env in results.values()} == {results["maker"].digest}
+    assert cache.stats["builds"] == 1 and cache.stats["hits"] == 3
+    for env in results.values():
+        env.release()
