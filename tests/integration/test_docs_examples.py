@@ -41,7 +41,10 @@ def _blocks(section: str):
 
 @pytest.mark.parametrize(
     "doc, title, extra",
-    [("runtimes.md", "Bring your Seldon model", {"weights.npy": np.array([[1.0, 0.0], [0.0, 1.0]])})],
+    [
+        ("runtimes.md", "Bring your Seldon model", {"weights.npy": np.array([[1.0, 0.0], [0.0, 1.0]])}),
+        ("runtimes.md", "Bring your MLServer runtime", {"weights.npy": np.array([[1.0, 0.0], [0.0, 1.0]])}),
+    ],
 )
 def test_worked_example_runs_as_written(tmp_path, start_server, doc, title, extra):
     files, exchanges = _blocks(_section(doc, title))
@@ -53,7 +56,8 @@ def test_worked_example_runs_as_written(tmp_path, start_server, doc, title, extr
     for name, array in extra.items():
         np.save(folder / name, array)
     server = start_server(tmp_path / "repo")
-    for path, request, response in exchanges:
-        answer = server.client().post(path, json=request)
-        assert answer.status_code == 200, answer.text
-        assert answer.json() == response
+    with server.client() as client:
+        for path, request, response in exchanges:
+            answer = client.post(path, json=request)
+            assert answer.status_code == 200, answer.text
+            assert answer.json() == response

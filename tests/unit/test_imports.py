@@ -42,6 +42,7 @@ WORKER_CLOSURE = tuple(WORKER_SIDE)
 #: The layers (STYLE.md): a module may import its own layer or lower ones, never higher.
 LAYERS = {
     "errors": 0,
+    "compat": 0,  # the stand-in packages (mlserver) import nothing of envserve
     "protocol": 0,
     "codecs": 1,
     "settings": 1,
@@ -75,6 +76,23 @@ def test_worker_closure_imports_no_server_dependency():
     assert _forbidden(loaded, SERVER_ONLY) == []
     # frameworks are imported when a model loads, not when the runtime module is imported
     assert _forbidden(loaded, ("sklearn", "xgboost", "lightgbm", "pandas")) == []
+
+
+def test_mlserver_stand_in_is_standalone():
+    """envserve's ``mlserver`` runs in model environments without MLServer: standard library and numpy
+    (pandas only when present), no pydantic, nothing of the server; a real MLServer on the path wins."""
+    from envserve.compat import PATH
+
+    code = (
+        "import sys; sys.path.append(%r)\nimport mlserver, mlserver.codecs, mlserver.types, mlserver.errors"
+        % PATH
+    )
+    code += (
+        "\nimport mlserver.utils, mlserver.settings, mlserver.handlers\nassert mlserver.__envserve_compat__"
+    )
+    loaded = _loaded_after(code)
+    assert "mlserver.codecs.decorator" in loaded
+    assert _forbidden(loaded, (*SERVER_ONLY, "pydantic", "envserve.server", "envserve.workers")) == []
 
 
 def test_cli_help_imports_nothing_heavy():

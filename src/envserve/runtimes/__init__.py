@@ -10,6 +10,9 @@
 - ``seldon``: a Seldon model class named as Seldon names it, ``parameters.extra.model_name`` (``MyModel``
   for class ``MyModel`` in ``MyModel.py``, or ``module.Class``), constructed with
   ``parameters.extra.parameters`` (Seldon's ``[{"name", "value", "type"}]`` list, or an object);
+- ``module.Class`` of an MLServer custom runtime (deriving from ``mlserver.MLModel``): driven as MLServer
+  drives it (:mod:`.mlserver_model`); ``import mlserver`` finds the environment's own MLServer, else
+  envserve's stand-in (:mod:`envserve.compat.mlserver`, appended to ``sys.path``);
 - absent: the runtime is guessed from the artifact in the model folder.
 
 Worker import closure: standard library only at import time, Python 3.8+.
@@ -138,6 +141,10 @@ def _load_custom(settings: ModelSettings, implementation: str) -> Type[Runtime]:
 
 
 def _import_custom_module(settings: ModelSettings, module_name: str) -> Any:
+    from ..compat import PATH as compat_path
+
+    if compat_path not in sys.path:  # after site-packages: an installed MLServer wins over the stand-in
+        sys.path.append(compat_path)
     folder = settings.folder
     top = module_name.split(".")[0]
     local = folder is not None and (
@@ -167,9 +174,12 @@ def _import_custom_module(settings: ModelSettings, module_name: str) -> Any:
 
 def create_runtime(settings: ModelSettings) -> Runtime:
     """Instantiate (not load) the runtime for ``settings``."""
+    from .mlserver_model import MLServerModelRuntime, is_mlserver_class
     from .seldon_model import SeldonModelRuntime, is_seldon_class
 
     cls = resolve_runtime(settings)
+    if is_mlserver_class(cls):
+        return MLServerModelRuntime(settings, cls)
     if runtime_name(settings) == "seldon" or is_seldon_class(cls):
         return SeldonModelRuntime(settings, cls)
     try:

@@ -52,6 +52,9 @@ class Runtime:
     default_output = "predict"
     #: Names of outputs this runtime can produce; empty means "whatever predict returns".
     output_names: Sequence[str] = ()
+    #: Whether an in-process model may run a fast call on the server's event loop (False for runtimes
+    #: that run an event loop of their own).
+    inline_safe = True
 
     def __init__(self, settings: ModelSettings) -> None:
         self.settings = settings

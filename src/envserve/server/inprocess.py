@@ -17,6 +17,7 @@ the average moves; docs/lifecycle.md says so.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Optional
@@ -64,6 +65,9 @@ def _rows(request: InferenceRequest) -> int:
     return int(data.shape[0]) if data is not None and data.ndim else 1
 
 
+_LOAD_LOCK = threading.Lock()
+
+
 class InProcessModel:
     def __init__(self, settings: ModelSettings, max_queue: int = 0) -> None:
         self.settings = settings
@@ -74,19 +78,28 @@ class InProcessModel:
         self._executor: Optional[ThreadPoolExecutor] = None
 
     async def load(self) -> None:
-        runtime = create_runtime(self.settings)
         loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="envserve-%s" % self.settings.name[:20])
-        try:
-            await loop.run_in_executor(self._executor, runtime.load)
-        except EnvserveError:
-            raise
-        except Exception as exc:
-            raise ModelLoadError(
-                "%s.load() failed: %s: %s" % (type(runtime).__name__, type(exc).__name__, exc),
-                model=self.settings.name,
-            ) from exc
+        runtime = await loop.run_in_executor(self._executor, self._create_and_load)
         self.runtime = runtime
+
+    def _create_and_load(self) -> Runtime:
+        """Import the runtime and load the model, one in-process model at a time: frameworks import their
+        submodules lazily while loading (joblib, narwhals, ...), and CPython's imports of one package from
+        two threads at once have failed with KeyError for a module mid-import. Loads in worker processes
+        still run in parallel."""
+        with _LOAD_LOCK:
+            runtime = create_runtime(self.settings)
+            try:
+                runtime.load()
+            except EnvserveError:
+                raise
+            except Exception as exc:
+                raise ModelLoadError(
+                    "%s.load() failed: %s: %s" % (type(runtime).__name__, type(exc).__name__, exc),
+                    model=self.settings.name,
+                ) from exc
+        return runtime
 
     async def unload(self) -> None:
         runtime, self.runtime = self.runtime, None
@@ -101,7 +114,7 @@ class InProcessModel:
 
     def inline_ok(self, request: InferenceRequest) -> bool:
         """True when this call may run on the event loop now: the model is idle and the call is fast."""
-        if self._pending:
+        if self._pending or not getattr(self.runtime, "inline_safe", True):
             return False
         predicted = self.cost.predict(_rows(request))
         return predicted is not None and predicted <= INLINE_BUDGET

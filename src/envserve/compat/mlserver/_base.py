@@ -1,0 +1,114 @@
+"""A small stand-in for the pydantic models MLServer's types are: keyword construction with defaults,
+attribute access, ``dict()``/``model_dump()``, ``json()``, ``parse_obj``/``model_validate``, ``copy``.
+Worker closure: standard library only, Python 3.8+."""
+
+import copy as _copy
+import json
+from enum import Enum
+from typing import Any, Dict, List, Tuple
+
+
+class BaseModel:
+    #: field name -> (default, nested type or None, is a list of it)
+    _fields: Dict[str, Tuple[Any, Any, bool]] = {}
+    _extra_allowed = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        for name, (default, kind, many) in self._fields.items():
+            if name in kwargs:
+                value = kwargs.pop(name)
+            elif default is ...:
+                raise TypeError("%s: field %r is required" % (type(self).__name__, name))
+            else:
+                value = _copy.copy(default)
+            object.__setattr__(self, name, _coerce(value, kind, many))
+        if kwargs:
+            if not self._extra_allowed:
+                raise TypeError("%s has no field(s) %s" % (type(self).__name__, ", ".join(sorted(kwargs))))
+            for name, value in kwargs.items():
+                object.__setattr__(self, name, value)
+
+    def _names(self) -> List[str]:
+        return list(self._fields) + [k for k in vars(self) if k not in self._fields]
+
+    def model_dump(self, exclude_none: bool = False, **_: Any) -> Dict[str, Any]:
+        out = {}
+        for name in self._names():
+            value = _dump(getattr(self, name), exclude_none)
+            if exclude_none and value is None:
+                continue
+            out[name] = value
+        return out
+
+    dict = model_dump
+
+    def model_dump_json(self, exclude_none: bool = False, **_: Any) -> str:
+        return json.dumps(self.model_dump(exclude_none=exclude_none), default=_json_default)
+
+    json = model_dump_json
+
+    @classmethod
+    def model_validate(cls, obj: Any) -> Any:
+        if isinstance(obj, cls):
+            return obj
+        if not isinstance(obj, dict):
+            raise TypeError("%s.model_validate needs a dict, not %s" % (cls.__name__, type(obj).__name__))
+        return cls(**obj)
+
+    parse_obj = model_validate
+
+    @classmethod
+    def model_validate_json(cls, text: Any) -> Any:
+        return cls.model_validate(json.loads(text))
+
+    parse_raw = model_validate_json
+
+    def model_copy(self, deep: bool = False, update: Any = None) -> Any:
+        new = _copy.deepcopy(self) if deep else _copy.copy(self)
+        for name, value in (update or {}).items():
+            setattr(new, name, value)
+        return new
+
+    copy = model_copy
+
+    def __eq__(self, other: Any) -> bool:
+        return type(other) is type(self) and self.model_dump() == other.model_dump()
+
+    def __repr__(self) -> str:
+        return "%s(%s)" % (
+            type(self).__name__,
+            ", ".join("%s=%r" % (n, getattr(self, n)) for n in self._names()),
+        )
+
+
+def _coerce(value: Any, kind: Any, many: bool) -> Any:
+    if value is None or kind is None:
+        return value
+    if many:
+        return [_coerce(v, kind, False) for v in value]
+    if isinstance(value, dict) and isinstance(kind, type) and issubclass(kind, BaseModel):
+        return kind(**value)
+    if callable(kind) and not isinstance(value, kind if isinstance(kind, type) else object):
+        return kind(value)
+    return value
+
+
+def _dump(value: Any, exclude_none: bool) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(exclude_none=exclude_none)
+    if isinstance(value, list):
+        return [_dump(v, exclude_none) for v in value]
+    if isinstance(value, dict):
+        return {k: _dump(v, exclude_none) for k, v in value.items()}
+    if isinstance(value, Enum):
+        return value.value
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist):
+        return tolist()
+    raise TypeError("%s is not JSON serialisable" % type(value).__name__)

@@ -1,0 +1,224 @@
+"""MLServer custom runtimes, unchanged (tests/fixtures/mlserver): the same classes served by MLServer 1.7
+itself and by envserve three ways -- in process and in a Python 3.8 environment, both without MLServer
+(envserve's stand-in package), and in environments that have MLServer 1.7 and, as the seed pins it,
+MLServer 1.1.0 on Python 3.8 with pydantic 1 (the real classes of that version) -- and
+answering the same requests alike: outputs' names, shapes, datatypes, values and parameters, and the
+status of errors. A runtime that fails to load fails alone, naming its class.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from examples import old_sklearn
+from tests.conftest import Reference, ServerProcess, free_port, reference_venv, write_model
+
+pytestmark = pytest.mark.slow  # builds MLServer's venv and the Python 3.8 environment once per machine
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "mlserver"
+WEIGHTS = np.array([[1.0, 0.0], [0.5, 2.0], [-1.0, 1.0]])
+
+#: base name -> (implementation, parameters, the variants that serve it)
+ALL = ("", "-py38", "-real", "-mls11")
+MODELS = {
+    "sum": (
+        "numpy_runtimes.SumModel",
+        {"extra": {"offset": 1.5}},
+        ("", "-py38", "-real"),
+    ),  # decode_args: 1.2+
+    "echo": ("runtimes.EchoModel", {}, ALL),
+    "manual": ("runtimes.ManualModel", {}, ALL),
+    "refuses": ("runtimes.Refuses", {}, ALL),
+    "total": ("pandas_runtimes.TotalModel", {}, ("", "-real")),  # the Python 3.8 environments lack pandas
+}
+
+
+def _model(repo: Path, name: str, implementation: str, parameters: dict) -> Path:
+    folder = write_model(
+        repo, name, {"name": name, "implementation": implementation, "parameters": parameters}
+    )
+    for fixture in [*FIXTURES.glob("*.py"), *FIXTURES.glob("*.txt")]:
+        shutil.copy(fixture, folder / fixture.name)
+    np.save(folder / "weights.npy", WEIGHTS)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlserver-runtimes")
+    venv = reference_venv("mlserver")
+    tarball = old_sklearn.old_sklearn()["tarball"]  # Python 3.8 + numpy, no MLServer, no pandas
+    reference_repo, repo = root / "reference", root / "repo"
+    for base, (implementation, parameters, variants) in MODELS.items():
+        _model(reference_repo, base, implementation, parameters)
+        _model(repo, base, implementation, parameters)  # in process, no MLServer installed
+        real = dict(parameters, environment_path=str(venv / "bin" / "python"))
+        _model(repo, base + "-real", implementation, real)  # MLServer 1.7's own classes
+        if "-py38" in variants:  # Python 3.8, no MLServer
+            py38 = dict(parameters, environment_tarball="./env.tar.gz")
+            shutil.copy(tarball, _model(repo, base + "-py38", implementation, py38) / "env.tar.gz")
+        if "-mls11" in variants:  # the seed's pins: MLServer 1.1.0 (pydantic 1) on Python 3.8, built here
+            spec = dict(parameters, environment="requirements-mls11.txt", environment_python="3.8")
+            _model(repo, base + "-mls11", implementation, spec)
+    _model(repo, "fails-to-load", "runtimes.FailsToLoad", {})
+    old_repo = root / "reference-1.1"
+    for base, (implementation, parameters, variants) in MODELS.items():
+        if "-mls11" in variants:
+            _model(old_repo, base, implementation, parameters)
+    shutil.copy(FIXTURES / "runtimes.py", old_repo)  # MLServer 1.1 imports runtimes from where it starts
+    mlserver = _mlserver([str(venv / "bin" / "mlserver")], reference_repo, root / "mlserver.log")
+    envserve = ServerProcess(repo, [], env={"ENVSERVE_ENV_CACHE": str(root / "env-cache")})
+    old = None
+    try:
+        mlserver.wait()
+        envserve.wait_ready(300)
+        # MLServer 1.1 itself, from the environment envserve built for the -mls11 models
+        (old_python,) = (root / "env-cache" / "envs").glob("*/lib/python3.8/site-packages/mlserver")
+        python = old_python.parents[3] / "bin" / "python"
+        old = _mlserver(
+            [str(python), "-c", "from mlserver.cli.main import main; main()"],
+            old_repo,
+            root / "mlserver-1.1.log",
+        )
+        old.wait()
+        yield {"": mlserver, "1.1": old}, envserve
+    finally:
+        for server in (mlserver, old):
+            if server is not None:
+                server.stop()
+        envserve.stop()
+
+
+def _mlserver(cli: list, repo: Path, log: Path, cwd=None) -> Reference:
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    return Reference(
+        [*cli, "start", str(repo)],
+        "http://127.0.0.1:%d" % http,
+        "/v2/health/ready",
+        log,
+        env={
+            "MLSERVER_HTTP_PORT": str(http),
+            "MLSERVER_GRPC_PORT": str(grpc),
+            "MLSERVER_METRICS_PORT": str(metrics),
+            "MLSERVER_HOST": "127.0.0.1",
+            "MLSERVER_PARALLEL_WORKERS": "0",
+        },
+        cwd=cwd,
+    )
+
+
+def _cases():
+    yield (
+        "sum",
+        {
+            "inputs": [
+                {"name": "features", "shape": [2, 3], "datatype": "FP64", "data": [1, 2, 3, 4, 5, 6]},
+                {"name": "tags", "shape": [2], "datatype": "BYTES", "data": ["a", "b"]},
+            ]
+        },
+    )
+    yield (
+        "echo",
+        {
+            "id": "req-1",
+            "inputs": [
+                {
+                    "name": "docs",
+                    "shape": [2],
+                    "datatype": "BYTES",
+                    "data": [json.dumps({"b": 1, "a": 2}), json.dumps({"z": [1]})],
+                    "parameters": {"content_type": "str"},
+                }
+            ],
+        },
+    )
+    yield "manual", {"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    yield "refuses", {"inputs": [{"name": "x", "shape": [1], "datatype": "INT64", "data": [-1]}]}
+    yield "refuses", {"inputs": [{"name": "x", "shape": [1], "datatype": "INT64", "data": [1]}]}
+    yield (
+        "total",
+        {
+            "parameters": {"content_type": "pd"},
+            "inputs": [
+                {"name": "a", "shape": [2], "datatype": "INT64", "data": [1, 2]},
+                {"name": "b", "shape": [2], "datatype": "FP64", "data": [0.5, 0.25]},
+                {"name": "name", "shape": [2], "datatype": "BYTES", "data": ["x", "y"]},
+            ],
+        },
+    )
+
+
+def _infer(url: str, model: str, body: dict) -> httpx.Response:
+    return httpx.post(url + "/v2/models/%s/infer" % model, json=body, timeout=120)
+
+
+def _comparable(doc: dict) -> dict:
+    outputs = {
+        o["name"]: (o["shape"], o["datatype"], o["data"], (o.get("parameters") or {}).get("content_type"))
+        for o in doc["outputs"]
+    }
+    return {
+        "outputs": outputs,
+        "id": doc.get("id"),
+        "content_type": (doc.get("parameters") or {}).get("content_type"),
+    }
+
+
+@pytest.mark.parametrize("variant", ALL)
+def test_runtimes_answer_as_mlserver_does(servers, variant):
+    references, envserve = servers
+    mlserver = references["1.1" if variant == "-mls11" else ""]  # each MLServer version answers its way
+    for base, body in _cases():
+        if variant not in MODELS[base][2]:
+            continue
+        theirs, ours = _infer(mlserver.url, base, body), _infer(envserve.url, base + variant, body)
+        assert ours.status_code // 100 == theirs.status_code // 100, (base, ours.text, theirs.text)
+        if theirs.status_code != 200:
+            continue
+        a, b = _comparable(ours.json()), _comparable(theirs.json())
+        if "id" not in body:  # MLServer makes up a UUID; envserve answers none
+            a["id"] = b["id"] = None
+        assert a == b, (base, ours.text, theirs.text)
+
+
+def test_values_and_settings_reach_the_runtime(servers):
+    _, envserve = servers
+    body = next(b for name, b in _cases() if name == "sum")
+    expected = (np.array([[1, 2, 3], [4, 5, 6]]) @ WEIGHTS + 1.5 + 2).ravel().tolist()
+    for model in ("sum", "sum-py38", "sum-real"):
+        answer = _infer(envserve.url, model, body)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["outputs"][0]["data"] == pytest.approx(expected), model
+
+
+def test_errors_name_the_runtime_and_keep_their_status(servers):
+    _, envserve = servers
+    for model in ("refuses", "refuses-py38", "refuses-real", "refuses-mls11"):
+        client_mistake = _infer(
+            envserve.url, model, {"inputs": [{"name": "x", "shape": [1], "datatype": "INT64", "data": [-1]}]}
+        )
+        assert client_mistake.status_code == 400, client_mistake.text
+        assert (
+            "Refuses.predict raised MLServerError: negative values are not allowed"
+            in client_mistake.json()["error"]
+        )
+        bug = _infer(
+            envserve.url, model, {"inputs": [{"name": "x", "shape": [1], "datatype": "INT64", "data": [1]}]}
+        )
+        assert bug.status_code == 500, bug.text
+        assert (
+            "Refuses.predict raised ZeroDivisionError: division by zero in the model" in bug.json()["error"]
+        )
+    index = {m["name"]: m for m in httpx.post(envserve.url + "/v2/repository/index", json={}).json()}
+    assert index["fails-to-load"]["state"] == "UNAVAILABLE"
+    assert (
+        "FailsToLoad.load() raised FileNotFoundError: weights.bin is missing"
+        in index["fails-to-load"]["reason"]
+    )
+    assert all(index[m]["state"] == "READY" for m in index if m != "fails-to-load"), index
