@@ -27,6 +27,23 @@ RECIPE = {
     "python": "3.8",
     "requirements": ["numpy==1.19.5", "scipy==1.5.4", "scikit-learn==0.24.2", "joblib==0.17.0"],
     "version": 3,
+    "venv_pack": True,
+}
+#: Seldon-era environments (2019-2021), for the tests of the worker side on Python 3.6 and 3.7
+RECIPES = {
+    "3.8": RECIPE,
+    "3.7": {
+        "python": "3.7",
+        "requirements": ["numpy==1.19.5", "scipy==1.5.4", "scikit-learn==0.23.2", "joblib==0.17.0"],
+        "version": 1,
+        "venv_pack": False,
+    },
+    "3.6": {
+        "python": "3.6",
+        "requirements": ["numpy==1.18.5", "scipy==1.4.1", "scikit-learn==0.22.2.post1", "joblib==0.14.1"],
+        "version": 1,
+        "venv_pack": False,
+    },
 }
 
 _PREDICT = """
@@ -62,24 +79,27 @@ def _base_prefix(python: str) -> Path:
     return Path(_run([python, "-c", "import sys; print(sys.base_prefix)"]).strip())
 
 
-def old_sklearn() -> Dict[str, Path]:
-    """Paths of the scenario artifacts: ``tarball``, ``model``, ``expected`` (JSON), ``venv_pack``."""
+def old_sklearn(recipe: Dict = RECIPE) -> Dict[str, Path]:
+    """Paths of the scenario artifacts: ``tarball``, ``model``, ``expected`` (JSON), ``venv_pack`` (for
+    recipes that make one), for the default Python 3.8 recipe or one of ``RECIPES``."""
     from envserve.environments.interpreters import find_interpreter
 
-    key = "py38-sklearn-0.24.2-r%d" % RECIPE["version"]
+    sklearn = next(r.split("==")[1] for r in recipe["requirements"] if r.startswith("scikit-learn=="))
+    key = "py%s-sklearn-%s-r%d" % (recipe["python"].replace(".", ""), sklearn, recipe["version"])
     root = cache_root() / key
     out = {
         "tarball": root / "old-sklearn.tar.gz",
         "model": root / "model.joblib",
         "expected": root / "expected.json",
-        "venv_pack": root / "venv-pack.tar.gz",
     }
+    if recipe["venv_pack"]:
+        out["venv_pack"] = root / "venv-pack.tar.gz"
     root.mkdir(parents=True, exist_ok=True)
     with open(root.parent / (key + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if all(p.exists() for p in out.values()):
             return out
-        python = find_interpreter(RECIPE["python"])  # a clear error naming what to install when missing
+        python = find_interpreter(recipe["python"])  # a clear error naming what to install when missing
         work = root / "work"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir()
@@ -95,18 +115,20 @@ def old_sklearn() -> Dict[str, Path]:
         )
         venv = work / "venv"
         uv = _uv()
-        _run([uv, "venv", "--quiet", "--python", copy / "bin" / "python3.8", venv])
-        _run([uv, "pip", "install", "--quiet", "--python", venv / "bin" / "python", *RECIPE["requirements"]])
+        _run([uv, "venv", "--quiet", "--python", copy / "bin" / ("python" + recipe["python"]), venv])
+        _run([uv, "pip", "install", "--quiet", "--python", venv / "bin" / "python", *recipe["requirements"]])
         _run([venv / "bin" / "python", EXAMPLES / "train_digits.py", work])
         (work / "expected.json").write_text(
             _run([venv / "bin" / "python", "-c", _PREDICT, work / "model.joblib"])
         )
         _run([sys.executable, "-m", "envserve", "env", "pack", venv, "-o", work / "old-sklearn.tar.gz"])
-        # venv-pack's format: a venv from the machine's own 3.8 (venv-pack never includes the interpreter)
-        venv2 = work / "venv2"
-        _run([uv, "venv", "--quiet", "--python", python, venv2])
-        _run([uv, "pip", "install", "--quiet", "--python", venv2 / "bin" / "python", *RECIPE["requirements"]])
-        _run([Path(sys.executable).parent / "venv-pack", "-p", venv2, "-o", work / "venv-pack.tar.gz"])
+        if recipe["venv_pack"]:
+            # venv-pack's format: a venv from the machine's own Python (venv-pack never includes it)
+            venv2 = work / "venv2"
+            _run([uv, "venv", "--quiet", "--python", python, venv2])
+            python2 = venv2 / "bin" / "python"
+            _run([uv, "pip", "install", "--quiet", "--python", python2, *recipe["requirements"]])
+            _run([Path(sys.executable).parent / "venv-pack", "-p", venv2, "-o", work / "venv-pack.tar.gz"])
         shutil.rmtree(copy)
         for path in out.values():
             os.replace(work / path.name, path)

@@ -5,9 +5,8 @@ The public names are few and re-exported here, lazily: ``import envserve`` stays
 ``envserve.runtimes`` and friends without any server dependency.
 """
 
-from __future__ import annotations
-
 import importlib as _importlib
+import sys as _sys
 from typing import Any as _Any
 
 from .errors import EnvserveError
@@ -30,9 +29,15 @@ _LAZY = {
     "InferenceResponse": "envserve.protocol.v2",
     "ModelSettings": "envserve.settings",
     "Runtime": "envserve.runtimes.base",
-    "ServerSettings": "envserve.settings",
+    "ServerSettings": "envserve.settings.server",
     "serve": "envserve.server.serve",
 }
+
+
+if _sys.version_info < (3, 7):  # noqa: UP036 - Python 3.6 model environments: no module __getattr__
+    from .protocol.v2 import InferenceRequest, InferenceResponse
+    from .runtimes.base import Runtime
+    from .settings.model import ModelSettings
 
 
 def __getattr__(name: str) -> _Any:

@@ -4,7 +4,7 @@ Each edge of the product maps these to its own codes in exactly one table (REST 
 ``envserve.server.rest.errors``, gRPC codes in ``envserve.server.grpc.errors``, CLI exit codes in
 ``envserve.cli``). Messages name what went wrong and what to change, never a transport's route or
 status: the same error reaches REST, gRPC and CLI users. This module is part of the worker's
-import closure, so it uses the standard library only and stays Python 3.8-compatible.
+import closure, so it uses the standard library only and stays Python 3.6-compatible.
 
     EnvserveError
     ├── InvalidRequest                 the request is malformed; the caller must change it
@@ -31,8 +31,6 @@ import closure, so it uses the standard library only and stays Python 3.8-compat
     ├── VulnerabilitiesFound           a scan found vulnerabilities at or above the chosen severity
     └── Cancelled                      the user stopped an interactive command; nothing was written
 """
-
-from __future__ import annotations
 
 from typing import Optional
 

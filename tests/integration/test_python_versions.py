@@ -12,7 +12,7 @@ from tests.conftest import custom_model
 
 pytestmark = pytest.mark.slow
 
-VERSIONS = ("3.8", "3.9", "3.10", "3.12", "3.13")
+VERSIONS = ("3.6", "3.7", "3.8", "3.9", "3.10", "3.12", "3.13")
 
 CASES = [
     ("BOOL", [True, False]),

@@ -78,6 +78,17 @@ def test_worker_closure_imports_no_server_dependency():
     assert _forbidden(loaded, ("sklearn", "xgboost", "lightgbm", "pandas")) == []
 
 
+def test_worker_side_has_no_syntax_newer_than_python_36():
+    """Model environments go back to Python 3.6 (docs/environments.md): the worker side must not postpone
+    annotations (a SyntaxError there) -- caught here in a second, and on real 3.6/3.7 environments by
+    tests/integration/test_old_pythons.py."""
+    files = [SRC.parent / (m.replace(".", "/") + ".py") for m in WORKER_SIDE]
+    files = [f if f.exists() else f.with_suffix("") / "__init__.py" for f in files]
+    files += sorted((SRC / "compat").rglob("*.py"))
+    offenders = [str(f) for f in files if "from __future__ import annotations" in f.read_text()]
+    assert offenders == []
+
+
 def test_mlserver_stand_in_is_standalone():
     """envserve's ``mlserver`` runs in model environments without MLServer: standard library and numpy
     (pandas only when present), no pydantic, nothing of the server; a real MLServer on the path wins."""
@@ -120,7 +131,7 @@ def test_public_api_is_curated():
         n for n, v in vars(envserve).items() if not n.startswith("_") and not isinstance(v, types.ModuleType)
     }
     # submodules become attributes of the package once imported; nothing else may leak
-    assert public - set(envserve.__all__) == {"annotations"}
+    assert public - set(envserve.__all__) == set()
     assert callable(envserve.serve)
 
 

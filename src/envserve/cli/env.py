@@ -92,7 +92,8 @@ def env_pack(environment: str, output: str) -> None:
 def env_prepare(model_repository: Optional[str], cache_dir: Optional[str]) -> None:
     """Extract or build the environment of every model in MODEL_REPOSITORY into the cache (as at start-up)."""
     from ..environments import EnvironmentCache, environment_source
-    from ..settings import ServerSettings, scan_repository
+    from ..settings.repository import scan_repository
+    from ..settings.server import ServerSettings
     from . import configure_logging
 
     configure_logging("info")

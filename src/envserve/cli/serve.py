@@ -57,7 +57,7 @@ def serve(model_repository: Optional[str], **flags: Any) -> None:
     MODEL_REPOSITORY/settings.json, built-in defaults.
     """
     from ..server.serve import serve as run
-    from ..settings import ServerSettings
+    from ..settings.server import ServerSettings
     from . import configure_logging
 
     overrides: Dict[str, Any] = {k: v for k, v in flags.items() if v is not None}

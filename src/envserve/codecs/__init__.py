@@ -5,10 +5,8 @@ request. The content type of an input comes from, in order: the input's own ``pa
 the model's input metadata, the request's ``parameters.content_type`` (when it names an input codec), the
 model's default ``parameters.content_type``.
 
-Worker import closure: standard library and numpy (pandas lazily), Python 3.8+.
+Worker import closure: standard library and numpy (pandas lazily), Python 3.6+.
 """
-
-from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Mapping, Optional
 

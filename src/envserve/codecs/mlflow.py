@@ -12,10 +12,8 @@
 
 The rules follow MLflow 2.x/3.x (``mlflow.pyfunc.scoring_server``, ``mlflow.models.utils``); the
 differential tests (tests/integration/test_reference_mlflow.py) compare envserve with the real server.
-Worker import closure: standard library, numpy, pandas (imported when used); Python 3.8+.
+Worker import closure: standard library, numpy, pandas (imported when used); Python 3.6+.
 """
-
-from __future__ import annotations
 
 import base64
 import contextlib
@@ -85,7 +83,7 @@ class Signature:
         self.params = params or []
 
     @classmethod
-    def from_mlmodel(cls, doc: Dict[str, Any]) -> Optional[Signature]:
+    def from_mlmodel(cls, doc: Dict[str, Any]) -> "Optional[Signature]":
         signature = doc.get("signature") or {}
         raw = signature.get("inputs")
         if not raw:

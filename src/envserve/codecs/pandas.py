@@ -1,10 +1,8 @@
 """The ``pd`` request codec: several inputs become the columns of one DataFrame, and back.
 
 pandas is imported on first use, so environments without it can still use the other codecs.
-Worker import closure: standard library, numpy and (lazily) pandas, Python 3.8+.
+Worker import closure: standard library, numpy and (lazily) pandas, Python 3.6+.
 """
-
-from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 

@@ -1,9 +1,7 @@
 """Input and output codecs for single tensors: ``np``, ``str`` and ``base64`` (MLServer's names).
 
-Worker import closure: standard library and numpy only, Python 3.8+.
+Worker import closure: standard library and numpy only, Python 3.6+.
 """
-
-from __future__ import annotations
 
 import base64
 import binascii

@@ -9,7 +9,7 @@ from .. import __version__
 from ..environments import environment_source, read_spec
 from ..environments.cache import file_digest
 from ..errors import EnvserveError
-from ..settings import scan_repository
+from ..settings.repository import scan_repository
 
 __all__ = ["DEFAULT_BASE", "environment_hashes", "render_dockerfile"]
 

@@ -1,6 +1,6 @@
 """Wire data models: Open Inference Protocol (V2) and, later, Seldon's v1 protocol.
 
-Worker import closure: standard library and numpy only, Python 3.8+.
+Worker import closure: standard library and numpy only, Python 3.6+.
 """
 
 from .datatypes import DATATYPES, datatype_of, dtype_of

@@ -4,10 +4,8 @@ Numeric tensors are their elements in row-major order, little-endian (native on 
 runs on); BYTES tensors are each element as ``<u32 little-endian length><bytes>``. Decoding checks the
 byte count against the shape before anything is built, so a declared shape never allocates by itself.
 
-Worker import closure: standard library and numpy, Python 3.8+.
+Worker import closure: standard library and numpy, Python 3.6+.
 """
-
-from __future__ import annotations
 
 import struct
 from typing import Any, List

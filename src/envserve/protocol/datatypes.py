@@ -1,6 +1,4 @@
-"""Open Inference Protocol datatypes and their numpy equivalents (worker closure: stdlib + numpy, py3.8+)."""
-
-from __future__ import annotations
+"""Open Inference Protocol datatypes and their numpy equivalents (worker closure: stdlib + numpy, py3.6+)."""
 
 from typing import Dict
 

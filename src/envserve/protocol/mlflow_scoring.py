@@ -8,8 +8,6 @@ bodies (``text/csv``, first line the header). Responses: ``{"predictions": ...}`
 Standard library and numpy only.
 """
 
-from __future__ import annotations
-
 import csv
 import io
 from typing import Any, Dict, List

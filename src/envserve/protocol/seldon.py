@@ -5,10 +5,8 @@ Request kinds: ``data.ndarray`` (with optional ``data.names``), ``data.tensor {s
 ``strData``, ``jsonData``, ``binData`` (base64). The response carries ``meta`` and the same kind as the
 request. Errors use Seldon's body: ``{"status": {"code", "info", "reason", "status": "FAILURE"}}``.
 
-Worker closure rules apply (stdlib + numpy, Python 3.8+), though only the server uses it.
+Worker closure rules apply (stdlib + numpy, Python 3.6+), though only the server uses it.
 """
-
-from __future__ import annotations
 
 import base64
 import binascii

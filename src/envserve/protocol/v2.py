@@ -5,10 +5,8 @@ their declared datatype and shape, or raises :class:`~envserve.errors.InvalidReq
 The shape is never used to allocate: the data are converted first, and the declared shape is only checked
 against the number of elements that actually arrived.
 
-Part of the worker's import closure: standard library and numpy only, Python 3.8+.
+Part of the worker's import closure: standard library and numpy only, Python 3.6+.
 """
-
-from __future__ import annotations
 
 import base64
 from typing import Any, Dict, List, Mapping, Optional, Sequence

@@ -15,10 +15,8 @@
   envserve's stand-in (:mod:`envserve.compat.mlserver`, appended to ``sys.path``);
 - absent: the runtime is guessed from the artifact in the model folder.
 
-Worker import closure: standard library only at import time, Python 3.8+.
+Worker import closure: standard library only at import time, Python 3.6+.
 """
-
-from __future__ import annotations
 
 import importlib
 import importlib.util

@@ -14,10 +14,8 @@ runtime sees numpy arrays, string lists or a DataFrame. :meth:`Runtime.infer` wr
 protocol rules (requested outputs, request id, model name and version) and is what both the in-process data
 plane and the worker processes call, so a model behaves the same wherever it runs.
 
-Worker import closure: standard library and numpy, Python 3.8+.
+Worker import closure: standard library and numpy, Python 3.6+.
 """
-
-from __future__ import annotations
 
 import os
 from typing import Any, Dict, List, Optional, Sequence

@@ -2,10 +2,8 @@
 
 Loads a Booster from ``model.txt``/``model.bst``. ``predict`` gives class labels for binary and
 multiclass objectives and values otherwise; ``predict_proba`` gives class probabilities.
-Worker import closure: standard library, numpy, lightgbm; Python 3.8+.
+Worker import closure: standard library, numpy, lightgbm; Python 3.6+.
 """
-
-from __future__ import annotations
 
 from typing import Any, Dict
 

@@ -9,10 +9,8 @@ the inputs into a DataFrame whose columns have the declared types (one input per
 arrays of the declared dtype. Without a signature the request is decoded by content type as usual.
 
 Worker import closure: standard library, numpy, PyYAML (MLflow's dependency), pandas and mlflow or
-scikit-learn when a model is loaded; Python 3.8+.
+scikit-learn when a model is loaded; Python 3.6+.
 """
-
-from __future__ import annotations
 
 import json
 import os

@@ -8,10 +8,8 @@ module is imported. Requests and responses cross as MLServer's types: numeric te
 ``str`` when they are UTF-8 text (as MLServer's REST edge hands them over) and ``bytes`` otherwise, with
 the request's and each input's ``parameters``.
 
-Worker import closure: standard library and numpy, Python 3.8+.
+Worker import closure: standard library and numpy, Python 3.6+.
 """
-
-from __future__ import annotations
 
 import asyncio
 import importlib

@@ -21,10 +21,8 @@ What the wrapper does, and so what this runtime does:
 - over V2, the single input (or the columns, with content type ``pd``) is ``X`` and the input's name or
   the columns are the names; the answer becomes outputs as any runtime's.
 
-Worker import closure: standard library and numpy, Python 3.8+.
+Worker import closure: standard library and numpy, Python 3.6+.
 """
-
-from __future__ import annotations
 
 import base64
 import contextlib

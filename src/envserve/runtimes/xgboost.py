@@ -2,10 +2,8 @@
 
 Loads a Booster from ``model.json``/``model.ubj``/``model.bst``. ``predict`` gives class labels for
 classification objectives and values for the rest; ``predict_proba`` gives class probabilities.
-Worker import closure: standard library, numpy, xgboost; Python 3.8+.
+Worker import closure: standard library, numpy, xgboost; Python 3.6+.
 """
-
-from __future__ import annotations
 
 import json
 from typing import Any, Dict

@@ -26,7 +26,9 @@ from ..errors import (
     SettingsError,
 )
 from ..protocol.v2 import InferenceRequest, InferenceResponse
-from ..settings import ModelSettings, RepositoryEntry, ServerSettings, scan_repository
+from ..settings.model import ModelSettings
+from ..settings.repository import RepositoryEntry, scan_repository
+from ..settings.server import ServerSettings
 from ..storage import fetch, is_remote, name_from_uri, redact
 from ..workers.admission import ClientGone
 from ..workers.pool import WorkerPool

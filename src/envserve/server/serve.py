@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, List, Optional
 import uvicorn
 
 from ..errors import SettingsError
-from ..settings import ServerSettings
+from ..settings.server import ServerSettings
 from .dataplane import DataPlane
 from .metrics import Metrics
 from .registry import ModelRegistry

@@ -1,9 +1,16 @@
 """Settings as data: the server's (settings.json, ENVSERVE_* variables, flags) and each model's
-(MLServer's model-settings.json). Standard library only, Python 3.8+ (workers receive model settings)."""
+(MLServer's model-settings.json).
+
+Only the model's settings are imported here eagerly: workers receive them, and workers run in model
+environments down to Python 3.6. The server's settings and the repository scan (Python 3.10+, the server
+side) are imported from :mod:`.server` and :mod:`.repository` by the server's code, and are reachable
+here lazily for everyone else.
+"""
+
+import importlib
+from typing import Any
 
 from .model import MODEL_SETTINGS_FILE, ModelSettings
-from .repository import RepositoryEntry, scan_repository
-from .server import ENV_PREFIX, SERVER_SETTINGS_FILE, ServerSettings
 
 __all__ = [
     "ENV_PREFIX",
@@ -14,3 +21,18 @@ __all__ = [
     "ServerSettings",
     "scan_repository",
 ]
+
+_LAZY = {
+    "ENV_PREFIX": "server",
+    "SERVER_SETTINGS_FILE": "server",
+    "ServerSettings": "server",
+    "RepositoryEntry": "repository",
+    "scan_repository": "repository",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError("module 'envserve.settings' has no attribute %r" % name)
+    return getattr(importlib.import_module("envserve.settings." + module), name)

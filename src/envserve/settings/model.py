@@ -1,15 +1,53 @@
 """Model settings: MLServer's ``model-settings.json`` read as is.
 
 Part of the worker's import closure (the worker receives these settings as a plain dict), so it uses the
-standard library only and stays Python 3.8-compatible.
+standard library only and stays Python 3.6-compatible (a dataclass where ``dataclasses`` exists, 3.7+;
+the same constructor, repr and equality from :func:`_plain_dataclass` on 3.6).
 """
-
-from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
+
+try:
+    from dataclasses import dataclass, field
+except ImportError:  # Python 3.6, in a model's environment
+
+    class _Factory:
+        def __init__(self, default_factory: Callable[[], Any]) -> None:
+            self.default_factory = default_factory
+
+    def field(default_factory: Callable[[], Any]) -> Any:  # type: ignore[no-redef]
+        return _Factory(default_factory)
+
+    def dataclass(cls: Any) -> Any:  # type: ignore[no-redef]
+        """What the worker needs of a dataclass: keyword/positional construction with defaults (and
+        default factories), repr and equality."""
+        names = list(cls.__annotations__)
+        defaults = {n: cls.__dict__[n] for n in names if n in cls.__dict__}
+
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            values = dict(zip(names, args))
+            values.update(kwargs)
+            for name in names:
+                if name in values:
+                    value = values[name]
+                elif name in defaults:
+                    default = defaults[name]
+                    value = default.default_factory() if isinstance(default, _Factory) else default
+                else:
+                    raise TypeError("__init__() missing required argument: %r" % name)
+                setattr(self, name, value)
+
+        def __repr__(self: Any) -> str:
+            return "%s(%s)" % (cls.__name__, ", ".join("%s=%r" % (n, getattr(self, n)) for n in names))
+
+        def __eq__(self: Any, other: Any) -> bool:
+            return type(other) is type(self) and all(getattr(self, n) == getattr(other, n) for n in names)
+
+        cls.__init__, cls.__repr__, cls.__eq__ = __init__, __repr__, __eq__
+        return cls
+
 
 from ..errors import SettingsError
 from ..protocol.datatypes import DATATYPES
@@ -70,7 +108,9 @@ class ModelSettings:
     # -- (de)serialisation -----------------------------------------------------------------------------
 
     @classmethod
-    def from_dict(cls, doc: Any, folder: Optional[str] = None, source: Optional[str] = None) -> ModelSettings:
+    def from_dict(
+        cls, doc: Any, folder: Optional[str] = None, source: Optional[str] = None
+    ) -> "ModelSettings":
         where = source or "model settings"
         if not isinstance(doc, dict):
             raise SettingsError("%s must be a JSON object" % where)
@@ -119,7 +159,7 @@ class ModelSettings:
         return settings
 
     @classmethod
-    def load(cls, path: str) -> ModelSettings:
+    def load(cls, path: str) -> "ModelSettings":
         """Read a ``model-settings.json`` file."""
         try:
             with open(path, "rb") as f:

@@ -5,8 +5,6 @@
 - an interpreter for Python X.Y, before pyenv and PATH are searched: ``ENVSERVE_PYTHON_X_Y``.
 """
 
-from __future__ import annotations
-
 import os
 from typing import Mapping, Optional
 

@@ -7,15 +7,13 @@ Started by the server with the *environment's* interpreter, roughly as::
 
 so nothing of envserve is installed in the environment. This module is the worker's entry point and
 may change process state (signals, ``sys.path``); its import closure is the standard library, numpy,
-envserve's protocol/codecs/settings/runtimes/ipc modules and the model's own framework, on Python 3.8+.
+envserve's protocol/codecs/settings/runtimes/ipc modules and the model's own framework, on Python 3.6+.
 
 One thread does all the work, in order: read a frame, answer it, repeat. The server sends pings only
 while the worker is idle (a busy worker is bounded by the inference timeout instead), so no second
 thread has to share the GIL on the hot path. The worker exits when the socket closes, when its parent
 dies (PR_SET_PDEATHSIG on Linux, plus a parent-pid watchdog), or on ``stop``.
 """
-
-from __future__ import annotations
 
 import argparse
 import contextlib

@@ -1,4 +1,4 @@
-"""The messages between the server and its worker processes (both sides; worker closure, py3.8+).
+"""The messages between the server and its worker processes (both sides; worker closure, py3.6+).
 
 Each message is one frame of :mod:`.link`: the header holds the operation and the tensors' names,
 datatypes, shapes and where their bytes are; the body the tensors' raw bytes, concatenated. numpy buffers
@@ -8,8 +8,6 @@ travel as they are (no JSON, no base64): numeric tensors in native C order, BYTE
 Operations: ``hello``/``load``/``loaded`` at start, ``infer``/``result``/``error``, ``ping``/``pong``,
 ``stop``.
 """
-
-from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 

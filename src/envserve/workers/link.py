@@ -5,8 +5,6 @@ body raw bytes (tensors, see :mod:`.ipc`). :class:`FrameReader` is the one parse
 from a blocking socket, the server from an asyncio protocol, each with its own JSON decoder.
 """
 
-from __future__ import annotations
-
 import json
 import struct
 from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple

@@ -1,6 +1,6 @@
 """envserve's stand-in for MLServer's public surface (``mlserver``), for custom runtimes whose environment
 does not have MLServer. Put on a worker's ``sys.path`` after the environment's own packages: a real
-MLServer always wins. Python 3.8+, numpy; pandas only for the pandas codec; no pydantic.
+MLServer always wins. Python 3.6+, numpy; pandas only for the pandas codec; no pydantic.
 
 Implemented: ``MLModel``, ``ModelSettings``/``ModelParameters``/``Settings``, ``mlserver.types``,
 ``mlserver.codecs`` (NumPy, pandas, string, base64, datetime, request codecs, ``decode_args``, the

@@ -1,6 +1,6 @@
 """A small stand-in for the pydantic models MLServer's types are: keyword construction with defaults,
 attribute access, ``dict()``/``model_dump()``, ``json()``, ``parse_obj``/``model_validate``, ``copy``.
-Worker closure: standard library only, Python 3.8+."""
+Worker closure: standard library only, Python 3.6+."""
 
 import copy as _copy
 import json

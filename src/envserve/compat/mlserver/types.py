@@ -1,4 +1,4 @@
-"""MLServer's V2 types (``mlserver.types``), without pydantic. Worker closure, Python 3.8+."""
+"""MLServer's V2 types (``mlserver.types``), without pydantic. Worker closure, Python 3.6+."""
 
 from enum import Enum
 from typing import Any, Dict, List, Optional
