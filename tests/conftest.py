@@ -68,19 +68,12 @@ def custom_model(repo: Path, name: str, cls: str, settings: Optional[dict] = Non
 class ServerProcess:
     """``envserve serve`` in a subprocess on an OS-assigned loopback port; its log is kept for asserts."""
 
-    def __init__(self, repo: Path, args: List[str], env: Optional[dict] = None) -> None:
-        cmd = [
-            sys.executable,
-            "-m",
-            "envserve",
-            "serve",
-            str(repo),
-            "--http-port",
-            "0",
-            "--grpc-port",
-            "0",
-            *args,
-        ]
+    def __init__(self, repo: Optional[Path], args: List[str], env: Optional[dict] = None) -> None:
+        """``repo`` None: ``envserve serve`` with no arguments at all, as a container is started (the
+        environment then says everything)."""
+        cmd = [sys.executable, "-m", "envserve", "serve"]
+        if repo is not None:
+            cmd += [str(repo), "--http-port", "0", "--grpc-port", "0", *args]
         self.proc = subprocess.Popen(
             cmd,
             stdout=subprocess.PIPE,
@@ -101,7 +94,7 @@ class ServerProcess:
             self.lines.append(line.rstrip("\n"))
             m = re.search(r"listening on (http://\S+)", line)
             if m:
-                self.url = m.group(1)
+                self.url = m.group(1).replace("0.0.0.0", "127.0.0.1")
                 self._listening.set()
             m = re.search(r"listening on (\S+) \(gRPC", line)
             if m:

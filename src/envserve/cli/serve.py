@@ -53,8 +53,10 @@ __all__ = ["serve"]
 def serve(model_repository: Optional[str], **flags: Any) -> None:
     """Serve every model found under MODEL_REPOSITORY (default: the current directory).
 
-    Settings come from, highest precedence first: these flags, ENVSERVE_* environment variables,
-    MODEL_REPOSITORY/settings.json, built-in defaults.
+    Settings come from, highest precedence first: these flags, ENVSERVE_* environment variables, the
+    container contract the environment describes (Seldon Core v1's PREDICTIVE_UNIT_*, MLServer's
+    MLSERVER_* as KServe and Seldon Core 2 set them; docs/deploy.md), MODEL_REPOSITORY/settings.json,
+    built-in defaults. Started with no arguments under a contract, it serves what the contract names.
     """
     from ..server.serve import serve as run
     from ..settings.server import ServerSettings
@@ -63,6 +65,6 @@ def serve(model_repository: Optional[str], **flags: Any) -> None:
     overrides: Dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     if flags.get("model_uri") and model_repository is None:
         overrides["model_repository"] = ""  # only the --model-uri model, no repository scan
-    settings = ServerSettings.from_sources(model_repository or ".", overrides)
+    settings = ServerSettings.from_sources(model_repository, overrides)
     configure_logging(settings.log_level)
     run(settings)

@@ -35,15 +35,14 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 
-from ..errors import InferenceError, InvalidRequest, ModelLoadError
+from ..errors import InferenceError, InvalidRequest, ModelLoadError, SettingsError
 from ..protocol.v2 import InferenceRequest
+from ..settings.contracts import parse_unit_parameters
 from ..settings.model import ModelSettings
 from .base import CUSTOM_METRICS, Runtime
 
 __all__ = ["SeldonModelRuntime", "is_seldon_class", "parse_parameters"]
 
-_BOOL_WORDS = {"y": True, "yes": True, "t": True, "true": True, "on": True, "1": True}
-_BOOL_WORDS.update({"n": False, "no": False, "f": False, "false": False, "off": False, "0": False})
 _METRIC_TYPES = ("COUNTER", "GAUGE", "TIMER")
 _METRIC_KEY = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _cwd_lock = threading.Lock()
@@ -69,40 +68,11 @@ def is_seldon_class(cls: Any) -> bool:
 
 
 def parse_parameters(value: Any, where: str) -> Dict[str, Any]:
-    """Constructor arguments from Seldon's parameter list (``[{"name", "value", "type"}]``, values as
-    strings, as in ``PREDICTIVE_UNIT_PARAMETERS``) or from a plain object of name -> value."""
-    if value is None:
-        return {}
-    if isinstance(value, dict):
-        return dict(value)
-    if not isinstance(value, list):
-        raise ModelLoadError("%s must be a list of {name, value, type} or an object" % where)
-    parsed: Dict[str, Any] = {}
-    for item in value:
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise ModelLoadError("%s: every parameter needs a 'name' (got %r)" % (where, item))
-        name, raw, kind = item["name"], item.get("value"), str(item.get("type", "STRING")).upper()
-        try:
-            if kind == "INT":
-                parsed[name] = int(raw)  # type: ignore[arg-type]
-            elif kind in ("FLOAT", "DOUBLE"):
-                parsed[name] = float(raw)  # type: ignore[arg-type]
-            elif kind == "BOOL":
-                parsed[name] = raw if isinstance(raw, bool) else _BOOL_WORDS[str(raw).strip().lower()]
-            elif kind == "JSON":
-                parsed[name] = json.loads(raw) if isinstance(raw, str) else raw
-            elif kind == "STRING":
-                parsed[name] = "" if raw is None else str(raw)
-            else:
-                raise ModelLoadError(
-                    "%s: parameter %r has type %r; valid types are INT, FLOAT, DOUBLE, STRING, BOOL, JSON"
-                    % (where, name, kind)
-                )
-        except (ValueError, TypeError, KeyError):
-            raise ModelLoadError(
-                "%s: parameter %r with value %r cannot be read as %s" % (where, name, raw, kind)
-            ) from None
-    return parsed
+    """Constructor arguments from Seldon's typed parameter list (or a plain object)."""
+    try:
+        return parse_unit_parameters(value, where)
+    except SettingsError as exc:
+        raise ModelLoadError(exc.message) from None
 
 
 @contextlib.contextmanager

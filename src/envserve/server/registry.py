@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -225,11 +226,23 @@ class ModelRegistry:
     def _scan(self) -> List[RepositoryEntry]:
         entries = scan_repository(self.settings.model_repository) if self.settings.model_repository else []
         if self.settings.model_uri:  # a model named only by its URI (envserve serve --model-uri)
-            uri = self.settings.model_uri
-            name = self.settings.model_name or name_from_uri(uri)
-            entries.append(
-                RepositoryEntry("<--model-uri %s>" % redact(uri), ModelSettings(name=name, uri=uri))
+            s = self.settings
+            uri = s.model_uri
+            name = s.model_name or name_from_uri(uri)
+            try:
+                extra = json.loads(s.model_extra) if s.model_extra else {}
+            except ValueError:
+                extra = None
+            if not isinstance(extra, dict):
+                raise SettingsError("model_extra must be a JSON object, got %r" % s.model_extra[:200])
+            model = ModelSettings(
+                name=name,
+                uri=uri,
+                implementation=s.model_implementation or None,
+                version=s.model_version or None,
+                extra=extra,
             )
+            entries.append(RepositoryEntry("<--model-uri %s>" % redact(uri), model))
         return entries
 
     async def load_repository(self) -> None:

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, List, Optional
 
 import uvicorn
 
+from .. import __version__
 from ..errors import SettingsError
 from ..settings.server import ServerSettings
 from .dataplane import DataPlane
@@ -127,7 +128,7 @@ class Server:
     async def _serve_metrics(self, host: str, port: int) -> _UvicornServer:
         sock = _bind(host, port)
         config = uvicorn.Config(
-            MetricsApp(self.metrics),
+            MetricsApp(self.metrics, self.settings.metrics_endpoint),
             http="httptools",
             lifespan="off",
             access_log=False,
@@ -137,7 +138,7 @@ class Server:
         server = _UvicornServer(config)
         self._metrics_task = asyncio.ensure_future(server.serve(sockets=[sock]))
         real = sock.getsockname()[1]
-        logger.info("metrics on http://%s:%d/metrics", host, real)
+        logger.info("metrics on http://%s:%d%s", host, real, self.settings.metrics_endpoint)
         return server
 
     async def run(self, on_ready: Optional[Callable[[Server], Any]] = None) -> None:
@@ -177,7 +178,10 @@ class Server:
         if s.metrics_port:
             extra.append(await self._serve_metrics(s.host, s.metrics_port))
         try:
-            await self.registry.load_repository()
+            if s.load_models_at_startup:
+                await self.registry.load_repository()
+            else:
+                logger.info("load_models_at_startup is false: models load when the repository API asks")
         except SettingsError as exc:
             logger.error("%s", exc)
         self.dataplane.started = True
@@ -237,6 +241,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
 
 def serve(settings: ServerSettings, install_signal_handlers: bool = True) -> None:
     """Run a server until SIGTERM/SIGINT (an entry point: it owns the event loop and the signals)."""
+    logger.info("envserve %s: %s", __version__, settings.contract or "envserve's own settings")
     server = Server(settings)
     if sys.version_info >= (3, 11):
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Dict, Mapping, Optional
 
 from ..errors import SettingsError
+from .contracts import detect as detect_contract
 
 __all__ = ["ENV_PREFIX", "SERVER_SETTINGS_FILE", "ServerSettings"]
 
@@ -117,6 +118,16 @@ class ServerSettings:
     model_uri: str = ""
     #: Its name (default: from the URI, e.g. models:/digits/1 -> digits).
     model_name: str = ""
+    #: Its runtime, version and ``parameters.extra`` (a JSON object), as MLServer's MLSERVER_MODEL_* say.
+    model_implementation: str = ""
+    model_version: str = ""
+    model_extra: str = ""
+    #: Load the repository's models at start (False: only when the repository API asks, as Seldon Core 2).
+    load_models_at_startup: bool = True
+    #: The path /metrics is also served at on ``metrics_port`` (Seldon Core v1: /prometheus).
+    metrics_endpoint: str = "/metrics"
+    #: The container contract found in the environment (settings/contracts.py), for the first log line.
+    contract: str = ""
 
     @classmethod
     def from_sources(
@@ -128,15 +139,19 @@ class ServerSettings:
         """Merge settings.json, ``ENVSERVE_*`` variables and explicit overrides (in rising precedence)."""
         environ = os.environ if environ is None else environ
         overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        contract = detect_contract(environ)
         repo = (
             overrides.get("model_repository")
             or environ.get(ENV_PREFIX + "MODEL_REPOSITORY")
             or model_repository
         )
-        values: Dict[str, Any] = {}
-        if repo is not None:
-            values["model_repository"] = repo
+        if repo is None:
+            repo = contract.settings.get("model_repository", ".")
+        values: Dict[str, Any] = {"model_repository": repo}
+        if repo:
             values.update(_read_file(os.path.join(repo, SERVER_SETTINGS_FILE)))
+        values.update({k: v for k, v in contract.settings.items() if k != "model_repository"})
+        values["contract"] = contract.description
         known_fields = {f.name: f for f in fields(cls)}
         for variable, name in _MLSERVER_VARIABLES.items():  # below envserve's own variables
             raw = environ.get(variable)
@@ -167,6 +182,17 @@ class ServerSettings:
             raise SettingsError("parallel_workers must be at least 1")
         if self.graceful_timeout < 0 or self.inference_timeout <= 0:
             raise SettingsError("graceful_timeout must be >= 0 and inference_timeout > 0")
+        if self.model_extra:
+            try:
+                extra = json.loads(self.model_extra)
+            except ValueError:
+                extra = None
+            if not isinstance(extra, dict):
+                raise SettingsError("model_extra must be a JSON object, got %r" % self.model_extra[:200])
+        if not self.metrics_endpoint.startswith("/"):
+            raise SettingsError(
+                "metrics_endpoint must be a path starting with '/', got %r" % self.metrics_endpoint
+            )
         for name in ("max_queue_size", "max_connections", "grpc_idle_timeout"):
             if getattr(self, name) < 0:
                 raise SettingsError("%s must be >= 0 (0 = no bound)" % name)

@@ -221,17 +221,23 @@ async def metrics_endpoint(metrics: Metrics, scope: Scope, send: Send) -> None:
 class MetricsApp:
     """The ASGI app of the separate metrics port: /metrics and nothing else."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, endpoint: str = "/metrics") -> None:
         self.metrics = metrics
+        self.paths = {"/metrics", endpoint}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
         elif scope["type"] == "http":
-            if scope["path"] == "/metrics":
+            if scope["path"] in self.paths:
                 await metrics_endpoint(self.metrics, scope, send)
             else:
-                await _send(send, 404, JSON, dumps({"error": "only /metrics is served on this port"}))
+                await _send(
+                    send,
+                    404,
+                    JSON,
+                    dumps({"error": "only %s is served on this port" % " and ".join(sorted(self.paths))}),
+                )
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
