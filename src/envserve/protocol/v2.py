@@ -317,7 +317,8 @@ def array_from_data(data: Any, shape: List[int], datatype: str, where: str) -> n
             raise DatatypeMismatch(
                 "%s.data must hold numbers for datatype %s, found %s" % (where, datatype, _elements(raw))
             )
-        arr = raw.astype(dtype, copy=False)
+        with np.errstate(over="ignore"):  # an overflow is refused just below, not warned about
+            arr = raw.astype(dtype, copy=False)
         if dtype != raw.dtype and kind == "f" and not np.isfinite(arr).all() and np.isfinite(raw).all():
             raise DatatypeMismatch("%s.data has values too large for datatype %s" % (where, datatype))
     elif dtype.kind in "iu":
