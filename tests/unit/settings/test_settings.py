@@ -91,3 +91,12 @@ def test_scan_reports_broken_files_without_raising(tmp_path):
     entries = scan_repository(str(tmp_path))
     assert [(e.name, e.settings is not None) for e in entries] == [("a", True), ("b", False)]
     assert "not valid JSON" in str(entries[1].error)
+
+
+def test_every_server_setting_is_documented():
+    import dataclasses
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "settings.md").read_text()
+    missing = [f.name for f in dataclasses.fields(ServerSettings) if "`%s`" % f.name not in doc]
+    assert missing == [], "document these in docs/settings.md's table"
