@@ -48,6 +48,18 @@ def _seldon_env(model_dir, http, grpc, metrics, parameters):
     }
 
 
+#: Generous: a first load imports scikit-learn, which takes seconds on a busy machine with coverage on.
+TIMEOUT = 120
+
+
+def _post(*args, **kwargs):
+    return httpx.post(*args, timeout=TIMEOUT, **kwargs)
+
+
+def _get(*args, **kwargs):
+    return httpx.get(*args, timeout=TIMEOUT, **kwargs)
+
+
 def _start(env) -> ServerProcess:
     return ServerProcess(None, [], env=env).wait_ready(120)
 
@@ -67,11 +79,11 @@ def test_seldon_core_v1_protocol_seldon(model_dir, digits):
             assert "Seldon Core v1, protocol seldon (unit classifier" in server.lines[0], server.lines[0]
             assert server.url == "http://127.0.0.1:%d" % http
             url = server.url
-            assert httpx.get(url + "/health/ping").text == "pong"
+            assert _get(url + "/health/ping").text == "pong"
             for path in ("/health/status", "/api/v1.0/health/status", "/metadata"):
-                assert httpx.get(url + path).status_code == 200, path
+                assert _get(url + path).status_code == 200, path
             body = {"data": {"ndarray": x[:3].tolist()}}
-            answer = httpx.post(url + "/predict", json=body)  # what the executor calls
+            answer = _post(url + "/predict", json=body)  # what the executor calls
             if method == "predict":
                 assert answer.status_code == 200, answer.text
                 doc = answer.json()
@@ -80,7 +92,7 @@ def test_seldon_core_v1_protocol_seldon(model_dir, digits):
             else:  # SKLEARN_SERVER's default method is predict_proba, which this SVC lacks: a 400 saying so
                 assert answer.status_code == 400, answer.text
                 assert "has no predict_proba()" in answer.json()["status"]["info"]
-            scraped = httpx.get("http://127.0.0.1:%d/prometheus" % metrics)
+            scraped = _get("http://127.0.0.1:%d/prometheus" % metrics)
             assert scraped.status_code == 200 and "envserve_requests_total" in scraped.text
         finally:
             server.stop()
@@ -142,14 +154,14 @@ def test_kserve_and_seldon_v2_start_the_model_mlserver_variables_name(model_dir,
     try:
         assert "KServe (kserve-mlserver) variables" in server.lines[0], server.lines[0]
         url = server.url
-        assert httpx.get(url + "/v2/health/live").status_code == 200
-        assert httpx.get(url + "/v2/models/sklearn-digits/ready").status_code == 200
+        assert _get(url + "/v2/health/live").status_code == 200
+        assert _get(url + "/v2/models/sklearn-digits/ready").status_code == 200
         body = {"inputs": [{"name": "input-0", "shape": [2, 64], "datatype": "FP32", "data": x[:2].tolist()}]}
         for path in ("/v2/models/sklearn-digits/infer", "/v2/models/sklearn-digits/versions/v1/infer"):
-            r = httpx.post(url + path, json=body)
+            r = _post(url + path, json=body)
             assert r.status_code == 200, r.text
             assert r.json()["outputs"][0]["shape"] == [2, 1]  # as MLServer's SKLearnModel answers
-        assert httpx.get("http://127.0.0.1:%d/metrics" % metrics).status_code == 200
+        assert _get("http://127.0.0.1:%d/metrics" % metrics).status_code == 200
     finally:
         server.stop()
 
@@ -183,16 +195,16 @@ def test_seldon_core_2_loads_by_internal_name_on_request(tmp_path, digits_model_
     try:
         assert "Seldon Core 2 variables" in server.lines[0], server.lines[0]
         url = server.url
-        index = httpx.post(url + "/v2/repository/index", json={}).json()
+        index = _post(url + "/v2/repository/index", json={}).json()
         assert all(m["state"] != "READY" for m in index), index  # nothing loaded at start
         for _ in range(2):  # the agent retries a load: idempotent
-            r = httpx.post(url + "/v2/repository/models/iris_1/load")
+            r = _post(url + "/v2/repository/models/iris_1/load")
             assert r.status_code == 200, r.text
         body = {"inputs": [{"name": "predict", "shape": [1, 64], "datatype": "FP32", "data": x[:1].tolist()}]}
-        r = httpx.post(url + "/v2/models/iris_1/infer", json=body, headers={"seldon-model": "iris"})
+        r = _post(url + "/v2/models/iris_1/infer", json=body, headers={"seldon-model": "iris"})
         assert r.status_code == 200, r.text
-        assert httpx.post(url + "/v2/repository/models/iris_1/unload").status_code == 200
-        assert httpx.post(url + "/v2/repository/models/nope_1/unload").status_code == 404
+        assert _post(url + "/v2/repository/models/iris_1/unload").status_code == 200
+        assert _post(url + "/v2/repository/models/nope_1/unload").status_code == 404
     finally:
         server.stop()
 
@@ -217,11 +229,11 @@ def test_an_empty_models_folder_makes_the_model_unavailable_naming_it(tmp_path):
         url = "http://127.0.0.1:%d" % http
         deadline = __import__("time").monotonic() + 60
         while True:
-            index = httpx.post(url + "/v2/repository/index", json={}).json()
+            index = _post(url + "/v2/repository/index", json={}).json()
             if (index and index[0]["state"] != "LOADING") or __import__("time").monotonic() > deadline:
                 break
         assert index[0]["name"] == "classifier" and index[0]["state"] == "UNAVAILABLE", index
         assert str(empty) in index[0]["reason"], index
-        assert httpx.post(url + "/predict", json={"data": {"ndarray": [[1.0]]}}).status_code == 503
+        assert _post(url + "/predict", json={"data": {"ndarray": [[1.0]]}}).status_code == 503
     finally:
         server.stop()

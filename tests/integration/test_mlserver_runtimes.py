@@ -215,7 +215,9 @@ def test_errors_name_the_runtime_and_keep_their_status(servers):
         assert (
             "Refuses.predict raised ZeroDivisionError: division by zero in the model" in bug.json()["error"]
         )
-    index = {m["name"]: m for m in httpx.post(envserve.url + "/v2/repository/index", json={}).json()}
+    index = {
+        m["name"]: m for m in httpx.post(envserve.url + "/v2/repository/index", json={}, timeout=60).json()
+    }
     assert index["fails-to-load"]["state"] == "UNAVAILABLE"
     assert (
         "FailsToLoad.load() raised FileNotFoundError: weights.bin is missing"

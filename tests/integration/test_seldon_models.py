@@ -190,8 +190,8 @@ def test_feedback_and_metadata(servers):
     theirs = _post(seldon.url, feedback, path="/api/v1.0/feedback")
     assert ours.status_code == theirs.status_code == 200, (ours.text, theirs.text)
     assert ours.json()["data"] == theirs.json()["data"], (ours.text, theirs.text)
-    ours = httpx.get(envserve.url + "/api/v1.0/metadata", headers={"X-Model-Name": "linear"})
-    theirs = httpx.get(seldon.url + "/api/v1.0/metadata")
+    ours = httpx.get(envserve.url + "/api/v1.0/metadata", headers={"X-Model-Name": "linear"}, timeout=60)
+    theirs = httpx.get(seldon.url + "/api/v1.0/metadata", timeout=60)
     assert ours.status_code == theirs.status_code == 200
     for key in ("versions", "inputs", "outputs"):
         assert ours.json()[key] == theirs.json()[key], (key, ours.text, theirs.text)
@@ -202,7 +202,10 @@ def test_custom_metrics_reach_metrics(servers):
     for _ in range(2):
         _post(envserve.url, {"strData": "x"}, "linear-py38")
         _post(seldon.url, {"strData": "x"})
-    ours, theirs = httpx.get(envserve.url + "/metrics").text, httpx.get(seldon_metrics).text
+    ours, theirs = (
+        httpx.get(envserve.url + "/metrics", timeout=60).text,
+        httpx.get(seldon_metrics, timeout=60).text,
+    )
     for name in ("linear_calls_total", "linear_scale", "linear_think_ms_bucket", "linear_think_ms_count"):
         assert name in theirs, name
         assert name in ours, (name, ours[-2000:])
@@ -213,7 +216,9 @@ def test_custom_metrics_reach_metrics(servers):
 
 def test_classes_that_cannot_serve_fail_alone(servers):
     _, envserve, _ = servers
-    index = {m["name"]: m for m in httpx.post(envserve.url + "/v2/repository/index", json={}).json()}
+    index = {
+        m["name"]: m for m in httpx.post(envserve.url + "/v2/repository/index", json={}, timeout=60).json()
+    }
     assert index["raises-in-load"]["state"] == "UNAVAILABLE"
     assert (
         "RaisesInLoad.load() raised FileNotFoundError: no such file: model.bin"
