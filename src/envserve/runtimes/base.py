@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..codecs import decode_input, decode_request, encode_outputs, input_content_types
-from ..errors import InvalidRequest, ModelLoadError
+from ..errors import InferenceError, InvalidRequest, ModelLoadError
 from ..protocol.v2 import InferenceRequest, InferenceResponse, MetadataTensor, RequestInput, ResponseOutput
 from ..settings.model import ModelSettings
 
@@ -273,6 +273,23 @@ class Runtime:
                 if params:
                     out.parameters = dict(out.parameters, **params)
         return response
+
+
+def user_code_error(settings: ModelSettings, label: str, method: str, exc: BaseException) -> Exception:
+    """The error for what a user's class raised (Seldon model classes, MLServer runtimes): a 400 when the
+    exception carries a 4xx ``status_code`` (Seldon's and MLServer's errors do), else a 500; both name the
+    model, the class, the method and the exception."""
+    status = getattr(exc, "status_code", None)
+    message = "model %r: %s.%s raised %s: %s" % (
+        settings.name,
+        label,
+        method,
+        type(exc).__name__,
+        getattr(exc, "message", None) or exc,
+    )
+    if isinstance(status, int) and 400 <= status < 500:
+        return InvalidRequest(message)
+    return InferenceError(message)
 
 
 def _json_default(value: Any) -> Any:

@@ -18,11 +18,11 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ..errors import InferenceError, InvalidRequest, ModelLoadError
+from ..errors import InferenceError, ModelLoadError
 from ..protocol.datatypes import dtype_of
 from ..protocol.v2 import InferenceRequest, InferenceResponse, ResponseOutput
 from ..settings.model import ModelSettings
-from .base import Runtime
+from .base import Runtime, user_code_error
 
 __all__ = ["MLServerModelRuntime", "is_mlserver_class"]
 
@@ -119,18 +119,8 @@ class MLServerModelRuntime(Runtime):
         assert self._loop is not None, "the model is not loaded"
         try:
             return self._loop.run_until_complete(getattr(self.model, method)(*args))
-        except Exception as exc:
-            status = getattr(exc, "status_code", None)
-            message = "model %r: %s.%s raised %s: %s" % (
-                self.settings.name,
-                self.label,
-                method,
-                type(exc).__name__,
-                exc,
-            )
-            if isinstance(status, int) and 400 <= status < 500:  # MLServer's errors carry their status
-                raise InvalidRequest(message) from exc
-            raise InferenceError(message) from exc
+        except Exception as exc:  # MLServer's errors carry their status
+            raise user_code_error(self.settings, self.label, method, exc) from exc
 
     def predict(self, request: InferenceRequest) -> Any:
         types = importlib.import_module("mlserver.types")

@@ -39,7 +39,7 @@ from ..errors import InferenceError, InvalidRequest, ModelLoadError, SettingsErr
 from ..protocol.v2 import InferenceRequest
 from ..settings.contracts import parse_unit_parameters
 from ..settings.model import ModelSettings
-from .base import CUSTOM_METRICS, Runtime
+from .base import CUSTOM_METRICS, Runtime, user_code_error
 
 __all__ = ["SeldonModelRuntime", "is_seldon_class", "parse_parameters"]
 
@@ -137,17 +137,7 @@ class SeldonModelRuntime(Runtime):
         try:
             return getattr(self.model, method)(*args, **kwargs)
         except Exception as exc:
-            status = getattr(exc, "status_code", None)
-            message = "model %r: %s.%s raised %s: %s" % (
-                self.settings.name,
-                self.label,
-                method,
-                type(exc).__name__,
-                getattr(exc, "message", None) or exc,
-            )
-            if isinstance(status, int) and 400 <= status < 500:
-                raise InvalidRequest(message) from exc
-            raise InferenceError(message) from exc
+            raise user_code_error(self.settings, self.label, method, exc) from exc
 
     def _predict(self, features: Any, names: List[str], meta: Dict[str, Any]) -> Any:
         if self._takes_meta():

@@ -4,9 +4,10 @@ import base64 as _b64
 import binascii
 from typing import Any, List
 
-from ..types import Datatype, Parameters, ResponseOutput, TensorData
+from ..types import ResponseOutput
 from .base import InputCodec, register_input_codec
 from .lists import is_list_of
+from .utils import bytes_output
 
 __all__ = ["Base64Codec"]
 
@@ -23,13 +24,7 @@ class Base64Codec(InputCodec):
     @classmethod
     def encode_output(cls, name: str, payload: Any, use_bytes: bool = True, **kwargs: Any) -> ResponseOutput:
         data = [_b64.b64encode(v) if use_bytes else _b64.b64encode(v).decode("ascii") for v in payload]
-        return ResponseOutput(
-            name=name,
-            datatype=Datatype.BYTES,
-            shape=[len(data), 1],
-            data=TensorData(data),
-            parameters=Parameters(content_type=cls.ContentType),
-        )
+        return bytes_output(name, data, cls.ContentType)
 
     @classmethod
     def decode_input(cls, request_input: Any) -> List[bytes]:

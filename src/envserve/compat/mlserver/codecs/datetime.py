@@ -3,9 +3,10 @@
 from datetime import datetime
 from typing import Any, List
 
-from ..types import Datatype, Parameters, ResponseOutput, TensorData
+from ..types import ResponseOutput
 from .base import InputCodec, register_input_codec
 from .lists import is_list_of
+from .utils import bytes_output
 
 __all__ = ["DatetimeCodec"]
 
@@ -22,13 +23,7 @@ class DatetimeCodec(InputCodec):
     @classmethod
     def encode_output(cls, name: str, payload: Any, use_bytes: bool = True, **kwargs: Any) -> ResponseOutput:
         data = [v.isoformat().encode("utf-8") if use_bytes else v.isoformat() for v in payload]
-        return ResponseOutput(
-            name=name,
-            datatype=Datatype.BYTES,
-            shape=[len(data), 1],
-            data=TensorData(data),
-            parameters=Parameters(content_type=cls.ContentType),
-        )
+        return bytes_output(name, data, cls.ContentType)
 
     @classmethod
     def decode_input(cls, request_input: Any) -> List[datetime]:

@@ -2,10 +2,10 @@
 
 from typing import Any, List
 
-from ..types import Datatype, Parameters, ResponseOutput, TensorData
+from ..types import ResponseOutput
 from .base import InputCodec, register_input_codec, register_request_codec
 from .lists import is_list_of
-from .utils import SingleInputRequestCodec
+from .utils import SingleInputRequestCodec, bytes_output
 
 __all__ = ["StringCodec", "StringRequestCodec", "decode_str", "encode_str"]
 
@@ -36,13 +36,7 @@ class StringCodec(InputCodec):
     @classmethod
     def encode_output(cls, name: str, payload: Any, use_bytes: bool = True, **kwargs: Any) -> ResponseOutput:
         data = [encode_str(v) if use_bytes else v for v in payload]
-        return ResponseOutput(
-            name=name,
-            datatype=Datatype.BYTES,
-            shape=[len(data), 1],
-            data=TensorData(data),
-            parameters=Parameters(content_type=cls.ContentType),
-        )
+        return bytes_output(name, data, cls.ContentType)
 
     @classmethod
     def decode_input(cls, request_input: Any) -> List[str]:

@@ -3,6 +3,7 @@
 from typing import Any, Dict, List, Optional, Union
 
 from ..types import (
+    Datatype,
     InferenceRequest,
     InferenceResponse,
     MetadataTensor,
@@ -10,6 +11,7 @@ from ..types import (
     RequestInput,
     RequestOutput,
     ResponseOutput,
+    TensorData,
 )
 from .base import RequestCodec, find_input_codec, find_request_codec
 
@@ -28,6 +30,17 @@ __all__ = [
 
 DecodedParameterName = "_decoded_payload"
 InputOrOutput = Union[RequestInput, ResponseOutput]
+
+
+def bytes_output(name: str, data: List[Any], content_type: str) -> ResponseOutput:
+    """A BYTES output of one element per row (``[N, 1]``), as MLServer's string-like codecs encode."""
+    return ResponseOutput(
+        name=name,
+        datatype=Datatype.BYTES,
+        shape=[len(data), 1],
+        data=TensorData(data),
+        parameters=Parameters(content_type=content_type),
+    )
 
 
 def inject_batch_dimension(shape: List[int]) -> List[int]:
