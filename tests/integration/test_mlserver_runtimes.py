@@ -36,7 +36,10 @@ MODELS = {
     "manual": ("runtimes.ManualModel", {}, ALL),
     "refuses": ("runtimes.Refuses", {}, ALL),
     "total": ("pandas_runtimes.TotalModel", {}, ("", "-real")),  # the Python 3.8 environments lack pandas
+    "handlers": ("handler_runtimes.HandlerModel", {}, ("", "-py38", "-real")),  # custom handlers: 1.2+
 }
+#: Custom handlers' routes are the server's, not the model's: each variant's copy gets its own prefix.
+HANDLER_VARIANTS = MODELS["handlers"][2]
 
 
 def _model(repo: Path, name: str, implementation: str, parameters: dict) -> Path:
@@ -46,6 +49,11 @@ def _model(repo: Path, name: str, implementation: str, parameters: dict) -> Path
     for fixture in [*FIXTURES.glob("*.py"), *FIXTURES.glob("*.txt")]:
         shutil.copy(fixture, folder / fixture.name)
     np.save(folder / "weights.npy", WEIGHTS)
+    prefix = "/handlers" + name[len("handlers") :] if name.startswith("handlers") else "/unused-" + name
+    source = (FIXTURES / "handler_runtimes.py").read_text()
+    (folder / "handler_runtimes.py").write_text(
+        source.replace('PREFIX = "/handlers"', "PREFIX = %r" % prefix)
+    )
     return folder
 
 
@@ -195,6 +203,74 @@ def test_values_and_settings_reach_the_runtime(servers):
         answer = _infer(envserve.url, model, body)
         assert answer.status_code == 200, answer.text
         assert answer.json()["outputs"][0]["data"] == pytest.approx(expected), model
+
+
+@pytest.mark.parametrize("variant", HANDLER_VARIANTS)
+def test_custom_handlers_and_headers_as_mlserver(servers, variant):
+    """@custom_handler routes (a JSON body, a Request with query and headers, an MLServer error) and
+    HTTP headers in and out of predict, against MLServer 1.7 serving the same class."""
+    references, envserve = servers
+    mlserver = references[""]
+    calls = [
+        ("POST", "/sum", {"json": {"values": [1, 2, 3.5]}}),
+        ("GET", "/describe", {"params": {"q": "abc"}, "headers": {"x-tenant": "acme"}}),
+        ("POST", "/missing", {"json": {"key": "k1"}}),
+        ("POST", "/sum", {"content": b"[1, 2", "headers": {"content-type": "application/json"}}),
+    ]
+    for method, path, kwargs in calls:
+        theirs = httpx.request(method, mlserver.url + "/handlers" + path, timeout=60, **kwargs)
+        ours = httpx.request(method, envserve.url + "/handlers" + variant + path, timeout=60, **kwargs)
+        assert ours.status_code == theirs.status_code, (path, ours.text, theirs.text)
+        if theirs.status_code < 400:
+            assert ours.json() == theirs.json(), (path, ours.text, theirs.text)
+        else:
+            assert ours.headers["content-type"] == "application/json", ours.headers
+    assert httpx.post(envserve.url + "/handlers%s/sum" % variant, json={"values": [4, 5]}).json() == {
+        "sum": 9,
+        "count": 2,
+    }
+    missing = httpx.post(envserve.url + "/handlers%s/missing" % variant, json={"key": "k9"})
+    assert missing.status_code == 404 and missing.json() == {"error": "no entry named k9"}, missing.text
+    body = {"inputs": [{"name": "x", "shape": [1], "datatype": "INT64", "data": [1]}]}
+    for url, model in ((mlserver.url, "handlers"), (envserve.url, "handlers" + variant)):
+        answer = httpx.post(url + "/v2/models/%s/infer" % model, json=body, headers={"X-Tenant": "acme"})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["outputs"][0]["data"] == ["acme"], (url, answer.text)
+        assert answer.headers["x-answered-by"] == "handler-model", (url, answer.headers)
+        assert "headers" not in (answer.json().get("parameters") or {}), answer.text
+
+
+def test_a_custom_handler_on_a_taken_route_fails_alone(tmp_path):
+    """A handler on a route the server answers itself, or one another model already serves, keeps that
+    model from loading with the route named; the other models serve."""
+    first = _model(tmp_path, "handlers", "handler_runtimes.HandlerModel", {})
+    second = _model(tmp_path, "handlers-copy", "handler_runtimes.HandlerModel", {})
+    (second / "handler_runtimes.py").write_text((first / "handler_runtimes.py").read_text())
+    taken = _model(tmp_path, "handlers-taken", "handler_runtimes.HandlerModel", {})
+    source = (taken / "handler_runtimes.py").read_text().replace('PREFIX = "/handlers"', 'PREFIX = "/v2"')
+    (taken / "handler_runtimes.py").write_text(source.replace('PREFIX + "/describe"', '"/v2/health/live"'))
+    server = ServerProcess(tmp_path, [])
+    try:
+        server.wait_ready(120)
+        index = {m["name"]: m for m in httpx.post(server.url + "/v2/repository/index", json={}).json()}
+        # the two copies load side by side: the first one ready serves the route, the other is refused
+        ready, refused = sorted(("handlers", "handlers-copy"), key=lambda m: index[m]["state"] != "READY")
+        assert index[ready]["state"] == "READY" and index[refused]["state"] == "UNAVAILABLE", index
+        assert (
+            "GET /handlers/describe (describe) is already served by model %r" % ready
+            in (index[refused]["reason"])
+        )
+        assert index["handlers-taken"]["state"] == "UNAVAILABLE"
+        assert (
+            "GET /v2/health/live (describe) is a route envserve serves itself"
+            in (index["handlers-taken"]["reason"])
+        )
+        assert httpx.post(server.url + "/handlers/sum", json={"values": [1]}).json() == {"sum": 1, "count": 1}
+        assert httpx.get(server.url + "/v2/health/live").json() == {"live": True}
+        gone = httpx.post(server.url + "/handlers-nowhere/sum", json=[1])
+        assert gone.status_code == 404 and "no route for POST /handlers-nowhere/sum" in gone.text
+    finally:
+        server.stop()
 
 
 def test_errors_name_the_runtime_and_keep_their_status(servers):

@@ -18,7 +18,7 @@ Worker import closure: standard library and numpy, Python 3.6+.
 """
 
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -27,7 +27,15 @@ from ..errors import InferenceError, InvalidRequest, ModelLoadError
 from ..protocol.v2 import InferenceRequest, InferenceResponse, MetadataTensor, RequestInput, ResponseOutput
 from ..settings.model import ModelSettings
 
-__all__ = ["CUSTOM_METRICS", "MLFLOW_SCORING", "SELDON_CALL", "SELDON_PATH", "Runtime"]
+__all__ = [
+    "CUSTOM_METRICS",
+    "HANDLER_ANSWER",
+    "HANDLER_CALL",
+    "MLFLOW_SCORING",
+    "SELDON_CALL",
+    "SELDON_PATH",
+    "Runtime",
+]
 
 #: A request parameter marking an MLflow ``/invocations`` body passed through as it arrived (its value is
 #: the body's media type; the body is the single BYTES element of the first input). The runtime parses it
@@ -41,6 +49,12 @@ SELDON_PATH = "envserve_seldon_path"
 #: A response parameter: the custom metrics a model reported with this call (Seldon's ``metrics()``
 #: format: ``[{"type": "COUNTER"|"GAUGE"|"TIMER", "key", "value", "tags"}]``), for the server's /metrics.
 CUSTOM_METRICS = "envserve_custom_metrics"
+#: A request parameter marking a call of one of the model's own REST routes (:meth:`Runtime.custom_handlers`):
+#: its value is ``{"name", "method", "path", "query", "headers"}`` and the HTTP body is the single BYTES
+#: element of the first input. The answer's body is its single BYTES output, and ``HANDLER_ANSWER`` in the
+#: response parameters holds ``{"status", "headers"}``.
+HANDLER_CALL = "envserve_handler"
+HANDLER_ANSWER = "envserve_handler_answer"
 
 
 class Runtime:
@@ -53,6 +67,9 @@ class Runtime:
     #: Whether an in-process model may run a fast call on the server's event loop (False for runtimes
     #: that run an event loop of their own).
     inline_safe = True
+    #: Whether the runtime reads the HTTP request headers (MLServer's ``parameters.headers``): the REST
+    #: edge then puts them in every request's parameters.
+    wants_headers = False
 
     def __init__(self, settings: ModelSettings) -> None:
         self.settings = settings
@@ -149,6 +166,19 @@ class Runtime:
     def platform(self) -> str:
         return ""
 
+    def custom_handlers(self) -> List[Dict[str, str]]:
+        """Extra REST routes the model answers itself: ``[{"name", "method", "path"}]``; none by default."""
+        return []
+
+    def call_handler(self, name: str, body: bytes, call: Dict[str, Any]) -> Tuple[int, Dict[str, str], bytes]:
+        """Answer one of :meth:`custom_handlers` (``call`` holds the method, path, query and headers):
+        status, headers and body."""
+        raise InvalidRequest("model %r has no REST route %r" % (self.settings.name, name))
+
+    def capabilities(self) -> Dict[str, Any]:
+        """What the server must know of the loaded model beyond its metadata (sent once, at load)."""
+        return {"handlers": self.custom_handlers(), "headers": self.wants_headers}
+
     def metadata_inputs(self) -> List[MetadataTensor]:
         return list(self.settings.inputs)
 
@@ -218,6 +248,13 @@ class Runtime:
         if mime is not None:
             body = request.inputs[0].data.ravel()[0]
             return self._raw_answer("predictions", self.score_mlflow(bytes(body), str(mime)))
+        handler = params.get(HANDLER_CALL)
+        if isinstance(handler, dict):
+            raw = bytes(request.inputs[0].data.ravel()[0])
+            status, headers, content = self.call_handler(str(handler.get("name")), raw, handler)
+            response = self._raw_answer("body", content)
+            response.parameters[HANDLER_ANSWER] = {"status": status, "headers": headers}
+            return response
         call = params.get(SELDON_CALL)
         if call is not None:
             import json

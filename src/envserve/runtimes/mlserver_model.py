@@ -13,12 +13,14 @@ Worker import closure: standard library and numpy, Python 3.6+.
 
 import asyncio
 import importlib
+import inspect
+import json
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..errors import InferenceError, ModelLoadError
+from ..errors import InferenceError, InvalidRequest, ModelLoadError
 from ..protocol.datatypes import dtype_of
 from ..protocol.v2 import InferenceRequest, InferenceResponse, ResponseOutput
 from ..settings.model import ModelSettings
@@ -37,6 +39,8 @@ def is_mlserver_class(cls: Any) -> bool:
 class MLServerModelRuntime(Runtime):
     #: ``predict`` runs on the runtime's own event loop, which cannot run inside the server's.
     inline_safe = False
+    #: MLServer hands the HTTP headers to ``predict`` as ``request.parameters.headers``.
+    wants_headers = True
 
     def __init__(self, settings: ModelSettings, user_class: Any) -> None:
         super().__init__(settings)
@@ -146,6 +150,58 @@ class MLServerModelRuntime(Runtime):
                 doc["outputs"] = outputs
         return doc
 
+    # -- custom handlers (``@custom_handler`` REST routes) -----------------------------------------------
+
+    def _handler_methods(self) -> Dict[str, Any]:
+        found: Dict[str, Any] = {}
+        if self.model is None:
+            return found
+        for name, member in inspect.getmembers(self.model):
+            marker = getattr(member, "__custom_handler__", None)
+            if marker is not None and callable(member):
+                found[name] = (member, marker)
+        return found
+
+    def custom_handlers(self) -> List[Dict[str, str]]:
+        routes = []
+        for name, (_, marker) in sorted(self._handler_methods().items()):
+            path = str(getattr(marker, "rest_path", ""))
+            routes.append(
+                {
+                    "name": name,
+                    "method": str(getattr(marker, "rest_method", "POST")).upper(),
+                    "path": path if path.startswith("/") else "/" + path,
+                }
+            )
+        return routes
+
+    def call_handler(self, name: str, body: bytes, call: Dict[str, Any]) -> Tuple[int, Dict[str, str], bytes]:
+        """Call the handler as MLServer's FastAPI route would: a parameter annotated ``Request`` gets the
+        request, one body parameter (a dict, list or model, or any parameter whose default is FastAPI's
+        ``Body``) the JSON body, scalar parameters the query string; the return value answers as JSON
+        (a Response object as itself). An exception with a ``status_code`` answers with that status."""
+        member = self._handler_methods().get(name)
+        if member is None:
+            raise InvalidRequest("model %r has no REST route %r" % (self.settings.name, name))
+        method = member[0]
+        try:
+            kwargs = _handler_kwargs(method, body, call)
+        except _Unprocessable as exc:
+            return 422, {"content-type": "application/json"}, _json({"detail": str(exc)})
+        assert self._loop is not None, "the model is not loaded"
+        try:
+            result = method(**kwargs)
+            if inspect.isawaitable(result):
+                result = self._loop.run_until_complete(result)
+        except Exception as exc:
+            status = getattr(exc, "status_code", None)
+            if isinstance(status, int) and 400 <= status < 600:
+                detail = getattr(exc, "detail", None)
+                doc = {"detail": detail} if detail is not None else {"error": str(exc)}
+                return status, {"content-type": "application/json"}, _json(doc)
+            raise user_code_error(self.settings, self.label, name, exc) from exc
+        return _handler_answer(result)
+
     # -- conversions --------------------------------------------------------------------------------------
 
     def _request_doc(self, request: InferenceRequest) -> Dict[str, Any]:
@@ -211,6 +267,158 @@ class MLServerModelRuntime(Runtime):
         result = InferenceResponse(s.name, outputs, s.version, getattr(response, "id", None))
         result.parameters = {k: v for k, v in params.items() if v is not None}
         return result
+
+
+class _Unprocessable(Exception):
+    """A handler's arguments cannot be made from the request (FastAPI answers 422)."""
+
+
+_SCALARS = (int, float, str, bool)
+
+
+class HandlerRequest:
+    """What a handler parameter annotated ``Request`` receives: the parts of Starlette's ``Request`` that
+    handlers use (``method``, ``url.path``, ``headers``, ``query_params``, ``path_params``,
+    ``await body()``, ``await json()``)."""
+
+    class _URL:
+        def __init__(self, path: str, query: str) -> None:
+            self.path = path
+            self.query = query
+
+        def __str__(self) -> str:
+            return self.path + ("?" + self.query if self.query else "")
+
+    def __init__(self, body: bytes, call: Dict[str, Any]) -> None:
+        self._body = body
+        self.method = str(call.get("method", "POST"))
+        query = call.get("query") or {}
+        self.query_params: Dict[str, str] = dict(query)
+        self.url = self._URL(str(call.get("path", "")), str(call.get("query_string", "")))
+        self.headers: Dict[str, str] = {
+            str(k).lower(): str(v) for k, v in (call.get("headers") or {}).items()
+        }
+        self.path_params: Dict[str, str] = {}
+
+    async def body(self) -> bytes:
+        return self._body
+
+    async def json(self) -> Any:
+        return json.loads(self._body.decode("utf-8"))
+
+
+def _annotation_name(annotation: Any) -> str:
+    if isinstance(annotation, str):  # postponed annotations
+        return annotation.rsplit(".", 1)[-1]
+    return str(getattr(annotation, "__name__", "") or getattr(annotation, "_name", "") or "")
+
+
+def _handler_kwargs(method: Any, body: bytes, call: Dict[str, Any]) -> Dict[str, Any]:
+    kwargs: Dict[str, Any] = {}
+    body_params = []
+    query = call.get("query") or {}
+    for param in inspect.signature(method).parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        annotation = param.annotation
+        if _annotation_name(annotation) == "Request":
+            kwargs[param.name] = HandlerRequest(body, call)
+        elif type(param.default).__name__ == "Body" or (
+            annotation is not param.empty
+            and annotation not in _SCALARS
+            and _annotation_name(annotation) not in ("int", "float", "str", "bool", "Optional")
+        ):
+            body_params.append(param)
+        elif param.name in query:
+            kwargs[param.name] = _scalar(param, query[param.name])
+        elif param.default is param.empty:
+            raise _Unprocessable("query parameter %r is required" % param.name)
+    if body_params:
+        if not body.strip():
+            doc: Any = None
+        else:
+            try:
+                doc = json.loads(body.decode("utf-8"))
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise _Unprocessable("the body is not valid JSON: %s" % exc) from None
+        embed = len(body_params) > 1 or getattr(body_params[0].default, "embed", False)
+        for param in body_params:
+            value = doc.get(param.name) if embed and isinstance(doc, dict) else (None if embed else doc)
+            if value is None:
+                default = param.default
+                if default is param.empty or type(default).__name__ == "Body":
+                    default = getattr(default, "default", param.empty)
+                    if default is param.empty or type(default).__name__ in (
+                        "ellipsis",
+                        "PydanticUndefinedType",
+                    ):
+                        raise _Unprocessable("the body must hold %r" % param.name)
+                kwargs[param.name] = default
+            else:
+                kwargs[param.name] = _model_of(param.annotation, value)
+    return kwargs
+
+
+def _scalar(param: Any, value: str) -> Any:
+    kind = param.annotation if param.annotation in _SCALARS else None
+    if kind is bool:
+        return value.lower() in ("1", "true", "yes", "on")
+    if kind is not None:
+        try:
+            return kind(value)
+        except ValueError:
+            raise _Unprocessable("query parameter %r must be %s" % (param.name, kind.__name__)) from None
+    return value
+
+
+def _model_of(annotation: Any, value: Any) -> Any:
+    for method in ("model_validate", "parse_obj"):
+        fn = getattr(annotation, method, None)
+        if callable(fn):
+            try:
+                return fn(value)
+            except Exception as exc:
+                raise _Unprocessable(
+                    "the body is not a valid %s: %s" % (_annotation_name(annotation), exc)
+                ) from None
+    return value
+
+
+def _json(doc: Any) -> bytes:
+    return json.dumps(doc, default=_json_value).encode("utf-8")
+
+
+def _json_value(value: Any) -> Any:
+    dumped = _dump(value)
+    if dumped is not value:
+        return dumped
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    raise TypeError("%s is not JSON serialisable" % type(value).__name__)
+
+
+def _handler_answer(result: Any) -> Tuple[int, Dict[str, str], bytes]:
+    """A handler's return value as an HTTP answer: a Response object (Starlette's) as itself, else JSON."""
+    if hasattr(result, "status_code") and hasattr(result, "body"):
+        headers: Dict[str, str] = {}
+        for key, value in getattr(result, "raw_headers", None) or []:
+            name = key.decode("latin-1") if isinstance(key, bytes) else str(key)
+            if name.lower() != "content-length":
+                headers[name] = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+        media = getattr(result, "media_type", None)
+        if media and not any(k.lower() == "content-type" for k in headers):
+            headers["content-type"] = str(media)
+        body = result.body
+        return (
+            int(result.status_code),
+            headers,
+            body if isinstance(body, bytes) else str(body).encode("utf-8"),
+        )
+    return 200, {"content-type": "application/json"}, _json(result)
 
 
 def _text(value: Any) -> Any:

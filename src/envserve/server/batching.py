@@ -111,6 +111,10 @@ class BatchingHandle:
     def metadata(self) -> Dict[str, Any]:
         return dict(self.inner.metadata())
 
+    def capabilities(self) -> Dict[str, Any]:
+        result: Dict[str, Any] = self.inner.capabilities()
+        return result
+
     def describe(self) -> Dict[str, Any]:
         info = dict(self.inner.describe())
         info["batching"] = {"max_batch_size": self.max_batch_size, "max_batch_time": self.max_batch_time}

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
 
 from .. import __version__
 from ..errors import EnvserveError, InvalidRequest, ModelLoadError, ModelNotFound
-from ..protocol.v2 import InferenceRequest, InferenceResponse, parse_inference_request
-from ..runtimes.base import CUSTOM_METRICS
+from ..protocol.v2 import InferenceRequest, InferenceResponse, RequestInput, parse_inference_request
+from ..runtimes.base import CUSTOM_METRICS, HANDLER_ANSWER, HANDLER_CALL
 from ..settings import ModelSettings
 from ..workers.admission import ClientGone
 from .registry import ModelRegistry, ModelState
@@ -130,6 +132,33 @@ class DataPlane:
                     out.shape = [out.shape[0], 1]
                     out.data = out.data.reshape(out.shape)
         return response
+
+    def wants_headers(self, name: str, version: Optional[str] = None) -> bool:
+        """Whether the model reads the request's HTTP headers (MLServer runtimes: ``parameters.headers``)."""
+        try:
+            return bool(self.registry.ready_handle(name, version).capabilities().get("headers"))
+        except EnvserveError:
+            return False  # the inference call itself says what is wrong
+
+    def custom_route(self, method: str, path: str) -> Optional[Tuple[str, str]]:
+        """The model and handler name of a model's own REST route (MLServer's ``@custom_handler``)."""
+        found = self.registry.custom_route(method, path)
+        return None if found is None else (found[0].name, found[1]["name"])
+
+    async def call_handler(
+        self, name: str, handler: str, body: bytes, call: Dict[str, Any], gone: Optional[ClientGone] = None
+    ) -> Tuple[int, Dict[str, str], bytes]:
+        """Call a model's own REST route: the body and ``call`` (method, path, query, headers) go to the
+        model as they arrived; the answer is its status, headers and body."""
+        data = np.empty(1, dtype=object)
+        data[0] = body
+        request = InferenceRequest(
+            [RequestInput("body", [1], "BYTES", data)], parameters={HANDLER_CALL: dict(call, name=handler)}
+        )
+        response = await self.infer(name, None, request, protocol="rest", gone=gone)
+        answer = response.parameters.get(HANDLER_ANSWER) or {}
+        headers = answer.get("headers") or {}
+        return int(answer.get("status", 200)), dict(headers), bytes(response.outputs[0].data.ravel()[0])
 
     def pick_model(self, name: Optional[str]) -> str:
         """The model a protocol without model names in its paths (MLflow scoring, Seldon v1) talks to."""

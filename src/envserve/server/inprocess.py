@@ -167,6 +167,9 @@ class InProcessModel:
         assert self.runtime is not None
         return self.runtime.metadata()
 
+    def capabilities(self) -> Dict[str, Any]:
+        return self.runtime.capabilities() if self.runtime is not None else {}
+
     def describe(self) -> Dict[str, Any]:
         predicted = self.cost.predict(1)
         return {

@@ -16,7 +16,7 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Protocol
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
 from ..environments import EnvironmentCache, environment_source
 from ..errors import (
@@ -68,6 +68,10 @@ class ModelHandle(Protocol):
 
     def metadata(self) -> Dict[str, Any]: ...
 
+    def capabilities(self) -> Dict[str, Any]:
+        """What the loaded runtime declared beyond its metadata: ``handlers`` (its own REST routes,
+        ``[{"name", "method", "path"}]``) and ``headers`` (whether it reads the HTTP request headers)."""
+
     def describe(self) -> Dict[str, Any]: ...
 
     def problem(self) -> Optional[str]: ...
@@ -110,6 +114,9 @@ class ModelRegistry:
         self._socket_dir: Optional[str] = None
         #: Called with (settings, batch size) for every batch a batched model runs (metrics).
         self.batch_observer: Optional[Callable[[ModelSettings, int], None]] = None
+        #: Whether the server answers (method, path) itself (set by the REST edge): a model's own REST
+        #: route there would never be reached, so such a model fails to load.
+        self.route_taken: Optional[Callable[[str, str], bool]] = None
 
     def _handle_for(self, settings: ModelSettings) -> ModelHandle:
         """In process, unless the model names an environment (or the server has a default one)."""
@@ -318,6 +325,11 @@ class ModelRegistry:
                 settings = dataclasses.replace(settings, uri=local)
             handle = self._handle_for(settings)
             await handle.load()
+            try:
+                self._check_routes(record.settings, handle)
+            except BaseException:
+                await handle.unload()
+                raise
         except Exception as exc:  # any failure belongs to this model alone
             record.state = ModelState.UNAVAILABLE
             record.reason = (
@@ -327,6 +339,35 @@ class ModelRegistry:
             return
         record.handle, record.state = handle, ModelState.READY
         logger.info("model %s is ready", record.settings.key)
+
+    def _check_routes(self, settings: ModelSettings, handle: ModelHandle) -> None:
+        """A model's own REST routes must not be the server's nor another model's."""
+        for route in handle.capabilities().get("handlers") or ():
+            method, path = route["method"], route["path"]
+            if self.route_taken is not None and self.route_taken(method, path):
+                raise ModelLoadError(
+                    "model %r: custom handler %s %s (%s) is a route envserve serves itself; choose another "
+                    "rest_path" % (settings.name, method, path, route["name"]),
+                    model=settings.name,
+                )
+            found = self.custom_route(method, path)
+            if found is not None and found[0].name != settings.name:
+                raise ModelLoadError(
+                    "model %r: custom handler %s %s (%s) is already served by model %r"
+                    % (settings.name, method, path, route["name"], found[0].name),
+                    model=settings.name,
+                )
+
+    def custom_route(self, method: str, path: str) -> Optional[Tuple[ModelRecord, Dict[str, str]]]:
+        """The READY model whose own REST route (``@custom_handler``) is (method, path), and the route."""
+        for versions in self.models.values():
+            for record in versions.values():
+                if record.state != ModelState.READY or record.handle is None:
+                    continue
+                for route in record.handle.capabilities().get("handlers") or ():
+                    if route["path"] == path and route["method"] == method:
+                        return record, route
+        return None
 
     def _check_roots(self, settings: ModelSettings) -> None:
         """With ``allowed_roots`` set, local paths a model reads must resolve inside one of them."""

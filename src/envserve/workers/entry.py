@@ -141,7 +141,13 @@ def serve(conn: Connection, worker: int) -> int:
         return 1
     conn.send(
         encode_frame(
-            {"op": "loaded", "ok": True, "metadata": runtime.metadata(), "runtime": type(runtime).__name__}
+            {
+                "op": "loaded",
+                "ok": True,
+                "metadata": runtime.metadata(),
+                "capabilities": runtime.capabilities(),
+                "runtime": type(runtime).__name__,
+            }
         )
     )
     conn.flush()

@@ -69,6 +69,7 @@ class WorkerPool:
         self._socket = os.path.join(socket_dir, "%s-%x.sock" % (settings.name[:40], id(self) & 0xFFFFFF))
         self._stopping = False
         self._metadata: Dict[str, Any] = {}
+        self._capabilities: Dict[str, Any] = {}
         self._runtime = ""
         self._supervisor: Optional[asyncio.Task[Any]] = None
         self._problem: Optional[str] = None
@@ -124,6 +125,9 @@ class WorkerPool:
 
     def metadata(self) -> Dict[str, Any]:
         return dict(self._metadata)
+
+    def capabilities(self) -> Dict[str, Any]:
+        return self._capabilities
 
     def problem(self) -> Optional[str]:
         return self._problem
@@ -264,6 +268,7 @@ class WorkerPool:
                 model=self.settings.name,
             )
         self._metadata = dict(header.get("metadata") or {})
+        self._capabilities = dict(header.get("capabilities") or {})
         self._runtime = str(header.get("runtime", ""))
         worker.state = WorkerState.READY
         logger.info(

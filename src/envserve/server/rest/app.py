@@ -9,6 +9,7 @@ Every error leaves as ``{"error": "..."}`` with the status from :mod:`.errors` (
 from __future__ import annotations
 
 import logging
+import urllib.parse
 from typing import Any, Awaitable, Callable, List, MutableMapping, Optional, Sequence
 
 from ...errors import EnvserveError, Overloaded
@@ -18,7 +19,7 @@ from .envserve_api import EnvserveAPI
 from .errors import status_for
 from .guards import admin_only, cors_headers, same_origin
 from .mlflow import MLflowHandlers, mlflow_errors
-from .routing import JSON, HTTPError, Request, Route, Router, dumps
+from .routing import JSON, HTTPError, Request, Response, Route, Router, dumps
 from .seldon import SeldonHandlers, seldon_errors
 from .v2 import V2Handlers
 
@@ -73,6 +74,7 @@ class RestApp:
         self.max_requests = max_requests  # requests in flight beyond which 503 is answered (0: no bound)
         self.active = 0
         self.router = Router(self.routes())
+        dataplane.registry.route_taken = self.route_taken
 
     def routes(self) -> List[Route]:
         """Every REST route, in one list."""
@@ -134,6 +136,35 @@ class RestApp:
             Route("POST", "/envserve/platform/image", changes(own.set_image)),
         ]
 
+    def route_taken(self, method: str, path: str) -> bool:
+        """Whether the server answers (method, path) itself (a model's own route there is refused)."""
+        if path in ("/metrics", "/console") or path.startswith("/console/"):
+            return True
+        try:
+            self.router.find(method, path)
+        except HTTPError as exc:
+            return exc.status != 404
+        return True
+
+    async def _custom(self, request: Request) -> Response:
+        """A model's own REST route (MLServer's ``@custom_handler``), when one is (method, path)."""
+        found = self.dataplane.custom_route(request.method, request.path)
+        if found is None:
+            raise HTTPError(404, "no route for %s %s" % (request.method, request.path))
+        query_string = request.scope.get("query_string", b"").decode("latin-1")
+        call = {
+            "method": request.method,
+            "path": request.path,
+            "query_string": query_string,
+            "query": dict(urllib.parse.parse_qsl(query_string)),
+            "headers": request.headers(),
+        }
+        status, headers, body = await self.dataplane.call_handler(
+            found[0], found[1], await request.body(), call, gone=request.gone
+        )
+        encoded = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        return Response(status, body, encoded)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
@@ -162,7 +193,12 @@ class RestApp:
                     "the server is serving %d requests, its limit (max_connections); retry shortly"
                     % self.max_requests
                 )
-            handler, params = self.router.find(scope["method"], path)
+            try:
+                handler, params = self.router.find(scope["method"], path)
+            except HTTPError as exc:
+                if exc.status != 404:
+                    raise
+                handler, params = self._custom, {}
             response = await handler(Request(scope, receive, params, self.max_request_size))
             status, body, headers = response.status, response.body, response.headers
         except EnvserveError as exc:

@@ -156,6 +156,14 @@ class Request:
                 return value  # type: ignore[no-any-return]
         return None
 
+    def headers(self) -> Dict[str, str]:
+        """The request's headers, names in lower case (repeated ones joined with commas)."""
+        found: Dict[str, str] = {}
+        for key, value in self.scope["headers"]:
+            name, text = key.decode("latin-1").lower(), value.decode("latin-1")
+            found[name] = found[name] + ", " + text if name in found else text
+        return found
+
     def query(self, name: str) -> Optional[str]:
         for part in self.scope.get("query_string", b"").decode("latin-1").split("&"):
             key, _, value = part.partition("=")

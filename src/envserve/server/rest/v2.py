@@ -50,10 +50,22 @@ class V2Handlers:
                 )
             doc = loads(body[:header_length])
             binary = memoryview(body)[header_length:]
+        if isinstance(doc, dict) and self.dp.wants_headers(name, version):
+            # MLServer runtimes read the HTTP headers as parameters.headers (replacing any sent there)
+            params = doc.get("parameters")
+            doc["parameters"] = dict(params if isinstance(params, dict) else {}, headers=request.headers())
         response = await self.dp.infer(
             name, version, doc, binary, protocol=self.protocol, gone=request.gone, mlserver_shapes=True
         )
-        return _binary_response(response, doc)  # plain JSON unless binary outputs were asked for
+        extra = response.parameters.get("headers") if response.parameters else None
+        if isinstance(extra, dict):  # MLServer runtimes set response headers as parameters.headers
+            del response.parameters["headers"]
+        answer = _binary_response(response, doc)  # plain JSON unless binary outputs were asked for
+        if isinstance(extra, dict):
+            answer.headers = answer.headers + [
+                (str(k).lower().encode("latin-1"), str(v).encode("latin-1")) for k, v in extra.items()
+            ]
+        return answer
 
     async def repository_index(self, request: Request) -> Response:
         return json_response(self.dp.repository_index(await request.json()))
