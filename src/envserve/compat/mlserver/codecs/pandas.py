@@ -55,8 +55,19 @@ def _to_series(item: Any) -> Any:
     )
 
 
+def _series_datatype(series: Any) -> Datatype:
+    """pandas' own dtypes too: strings (pandas 3's default ``str``), categories -> BYTES; nullable
+    numbers by the numpy dtype they convert to."""
+    dtype = series.dtype
+    if isinstance(dtype, np.dtype):
+        return to_datatype(dtype)
+    if getattr(dtype, "kind", "O") in "OSU":
+        return Datatype.BYTES
+    return to_datatype(series.to_numpy().dtype)
+
+
 def _to_output(series: Any, use_bytes: bool = True) -> ResponseOutput:
-    datatype = to_datatype(series.dtype)
+    datatype = _series_datatype(series)
     content_type: Optional[str] = None
     if datatype == Datatype.BYTES:
         values = series.tolist()
