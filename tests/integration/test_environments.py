@@ -131,6 +131,46 @@ def test_warm_cache_restart_and_worker_processes(tmp_path, start_server, old_skl
     assert second.stop() == 0
 
 
+def test_env_pack_zstd_by_default_and_served_from_it(tmp_path, start_server, old_sklearn, env_cache):
+    """`envserve env pack` writes zstd unless told otherwise; the .tar.zst serves the model as the .tar.gz
+    did, and the two models in one server extracted their tarballs once each."""
+    import subprocess
+    import sys
+
+    expected = envs.expected(old_sklearn)
+    # the Python 3.8 environment, extracted from the .tar.gz by a first server, is what gets packed again
+    _scenario_model(tmp_path / "first", old_sklearn)
+    first = start_server(tmp_path / "first", env=env_cache)
+    with first.client() as client:
+        env_path = _status(client, "mnist-svm")["environment"]["path"]
+    assert first.stop() == 0
+    packed = subprocess.run(
+        [sys.executable, "-m", "envserve", "env", "pack", env_path],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert packed.returncode == 0, packed.stderr
+    tarball = tmp_path / (os.path.basename(env_path) + ".tar.zst")
+    assert tarball.read_bytes()[:4] == b"\x28\xb5\x2f\xfd", "not a zstd stream"
+    assert "packed Python 3.8." in packed.stdout
+    repo = tmp_path / "second"
+    for name in ("zstd-a", "zstd-b"):  # one tarball, two models: one extraction
+        folder = _scenario_model(repo, old_sklearn, name=name, environment_tarball="./env.tar.zst")
+        shutil.copy(tarball, folder / "env.tar.zst")
+    second = start_server(repo, env={"ENVSERVE_ENV_CACHE": str(tmp_path / "cache-2")})
+    with second.client() as client:
+        for name in ("zstd-a", "zstd-b"):
+            r = client.post("/v2/models/%s/infer" % name, json=_body(expected["rows"][:20]))
+            assert r.status_code == 200, r.text
+            assert r.json()["outputs"][0]["data"] == expected["predictions"][:20]
+            assert _status(client, name)["environment"]["python"].startswith("3.8.")
+    # two copies of one tarball: the first extracted (and hashed as read), the second found the same hash
+    assert second.log.count("extracting") == 1 and "found in the cache" in second.log, second.log
+    assert second.stop() == 0
+
+
 def test_venv_pack_tarball_and_environment_path(tmp_path, start_server, old_sklearn, env_cache):
     expected = envs.expected(old_sklearn)
     folder = _scenario_model(tmp_path, old_sklearn, name="venv-packed")

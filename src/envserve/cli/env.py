@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import click
@@ -73,13 +74,21 @@ def env_prune(cache_dir: Optional[str], older_than: float, everything: bool) -> 
 @env.command("pack")
 @click.argument("environment", type=click.Path(exists=True))
 @click.option(
-    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Tarball to write (.tar.gz)."
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Tarball to write: .tar.zst (zstd, the default: ENVIRONMENT's name + .tar.zst) or .tar.gz.",
 )
-def env_pack(environment: str, output: str) -> None:
+@click.option(
+    "--level", type=click.IntRange(1, 19), help="Compression level (zstd 1-19, default 3; gzip 1-9)."
+)
+def env_pack(environment: str, output: Optional[str], level: Optional[int]) -> None:
     """Pack a venv, with its interpreter, into a tarball that runs on machines without that Python."""
     from ..environments.pack import pack_environment
 
-    manifest = pack_environment(environment, output)
+    if output is None:
+        output = os.path.basename(os.path.abspath(environment)) + ".tar.zst"
+    manifest = pack_environment(environment, output, level)
     click.echo(
         "packed Python %s from %s into %s (%s)"
         % (manifest["python"], environment, output, size(manifest["size"]))

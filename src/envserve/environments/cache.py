@@ -26,9 +26,10 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import IO, Any, Dict, List, Optional
+from typing import IO, Any, Dict, List, Optional, Tuple
 
 from ..errors import EnvironmentSetupError
 from ..settings.paths import default_cache_root
@@ -102,6 +103,19 @@ def file_digest(path: str) -> str:
     return h.hexdigest()
 
 
+def _identity(path: str) -> Tuple[int, ...]:
+    """What says a file is still the same file: size, mtime and inode."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise EnvironmentSetupError("environment tarball %s does not exist" % path) from None
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _memo_key(path: str, identity: Tuple[int, ...]) -> str:
+    return "|".join([os.path.realpath(path)] + [str(n) for n in identity])
+
+
 def _dir_size(path: str) -> int:
     total = 0
     for dirpath, _, filenames in os.walk(path):
@@ -118,6 +132,10 @@ class EnvironmentCache:
         self.stats: Dict[str, float] = {"hits": 0, "misses": 0, "builds": 0, "build_seconds": 0.0}
         self.envs = os.path.join(self.root, "envs")
         self.tmp = os.path.join(self.root, "tmp")
+        self._locks: Dict[int, threading.Lock] = {}
+        #: tarball size -> digest of the last one of that size this cache extracted
+        self._recent: Dict[int, str] = {}
+        self._locks_guard = threading.Lock()
 
     # -- public API ---------------------------------------------------------------------------------------
 
@@ -126,8 +144,7 @@ class EnvironmentCache:
         if source.kind == "path":
             return self._existing(source.location)
         if source.kind == "tarball":
-            digest = self.tarball_digest(source.location)
-            return self._ensure(digest, source, model, lambda work: self._extract(source.location, work))
+            return self._tarball(source, model)
         if source.kind == "spec":
             spec = read_spec(source.location, source.python)
             return self._ensure(
@@ -173,20 +190,72 @@ class EnvironmentCache:
         return removed
 
     def tarball_digest(self, path: str) -> str:
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            raise EnvironmentSetupError("environment tarball %s does not exist" % path) from None
-        key = "%s|%d|%d|%d" % (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+        """The SHA-256 of a tarball (remembered by path, size, mtime and inode)."""
+        digest = self._known_digest(path)
+        if digest is None:
+            digest = file_digest(path)
+            self._remember_digest(path, digest)
+        return digest
+
+    # -- tarballs: one read of the file ---------------------------------------------------------------
+
+    def _tarball(self, source: EnvironmentSource, model: str) -> Environment:
+        """A tarball's environment. Seen before (its digest remembered): extracted only when the cache
+        lacks it. First seen: extracted at once, into a temporary directory, in the same read that hashes
+        it; the result is moved into place under the digest (or dropped when another server made that
+        environment meanwhile). One extraction per tarball at a time in this server: a second model with
+        the same tarball (or a copy of it) waits for the first and then finds it."""
+        path = source.location
+        with self._lock_for(_identity(path)[0]):  # by size: copies of one tarball in several model folders
+            digest = self._known_digest(path)
+            if digest is None and self._read_record(self._recent.get(_identity(path)[0], "")) is not None:
+                # a file of the same size was just extracted: when it is a copy (the hash says so; a
+                # read, no extraction), its environment is this one's
+                candidate = file_digest(path)
+                if self._read_record(candidate) is not None:
+                    self._remember_digest(path, candidate)
+                    digest = candidate
+            if digest is not None:
+                known = digest
+
+                def extract(target: str) -> None:
+                    if self._extract(path, target) != known:
+                        raise EnvironmentSetupError(
+                            "environment tarball %s changed while it was read; start the model again" % path
+                        )
+
+                return self._ensure(digest, source, model, extract)
+            os.makedirs(self.tmp, exist_ok=True)
+            work = tempfile.mkdtemp(prefix="unhashed-", dir=self.tmp)
+            try:
+                before = _identity(path)
+                digest = self._extract(path, os.path.join(work, "env"))
+                if _identity(path) != before:
+                    raise EnvironmentSetupError(
+                        "environment tarball %s changed while it was read; start the model again" % path
+                    )
+                self._remember_digest(path, digest, before)
+                self._recent[before[0]] = digest
+                return self._ensure(
+                    digest, source, model, lambda target: os.rename(os.path.join(work, "env"), target)
+                )
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+
+    def _lock_for(self, key: int) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def _known_digest(self, path: str) -> Optional[str]:
+        memo = self._read_json(os.path.join(self.root, "tarball-hashes.json")) or {}
+        digest = memo.get(_memo_key(path, _identity(path)))
+        return str(digest) if digest else None
+
+    def _remember_digest(self, path: str, digest: str, identity: Optional[Tuple[int, ...]] = None) -> None:
         memo_path = os.path.join(self.root, "tarball-hashes.json")
         memo = self._read_json(memo_path) or {}
-        digest = memo.get(key)
-        if digest:
-            return str(digest)
-        digest = file_digest(path)
-        memo[key] = digest
+        memo[_memo_key(path, identity or _identity(path))] = digest
         self._write_json(memo_path, memo)
-        return digest
 
     # -- internals ----------------------------------------------------------------------------------------
 
@@ -339,9 +408,13 @@ class EnvironmentCache:
         )
         return record
 
-    def _extract(self, tarball: str, target: str) -> None:
+    def _extract(self, tarball: str, target: str) -> str:
+        """Extract (checking every member) and return the tarball's SHA-256, in one read of it."""
         logger.info("extracting %s", tarball)
-        safe_extract(tarball, target)
+        started = time.monotonic()
+        digest = safe_extract(tarball, target)
+        logger.info("extracted %s in %.1f s", os.path.basename(tarball), time.monotonic() - started)
+        return digest
 
     def _build(self, spec: EnvironmentSpec, target: str, model: str) -> None:
         logger.info("building an environment for Python %s from %s", spec.python, spec.source)

@@ -1,6 +1,7 @@
-"""Safe extraction of environment tarballs (conda-pack, venv-pack, ``envserve env pack``).
+"""Safe extraction of environment tarballs (conda-pack, venv-pack, ``envserve env pack``; gzip, zstd, xz,
+bzip2 or plain tar), in one streaming read that also hashes the file.
 
-Every member is checked before anything is written: no absolute paths, no ``..``, no device files or
+Every member is checked before it is written: no absolute paths, no ``..``, no device files or
 FIFOs, no symlink or hardlink whose target leaves the destination (one exception: venv-pack's
 ``bin/pythonX.Y`` link to an absolute interpreter path, which is only ever executed), and a bound on the total
 uncompressed size and member count (decompression bombs). A tarball that fails a check is rejected
@@ -9,15 +10,19 @@ as a whole; the caller extracts into a temporary directory and renames it only o
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import io
 import os
 import posixpath
 import re
+import shutil
 import tarfile
-from typing import List, Optional
+from typing import Any, BinaryIO, Dict, Optional, cast
 
 from ..errors import UnsafeArchive
 
-__all__ = ["MAX_MEMBERS", "MAX_UNPACKED_BYTES", "UnsafeArchive", "safe_extract"]
+__all__ = ["MAX_MEMBERS", "MAX_UNPACKED_BYTES", "UnsafeArchive", "open_stream", "safe_extract"]
 
 #: Upper bounds on what one tarball may unpack to.
 MAX_UNPACKED_BYTES = 32 * 1024**3
@@ -43,14 +48,20 @@ def _is_interpreter_link(name: str, target: str) -> bool:
     )
 
 
-def _check(members: List[tarfile.TarInfo], source: str, max_bytes: int) -> None:
-    total = 0
-    if len(members) > MAX_MEMBERS:
-        raise UnsafeArchive(
-            "%s has %d members; at most %d are accepted" % (source, len(members), MAX_MEMBERS)
-        )
-    for m in members:
-        name = m.name
+class _Limits:
+    """The running totals of one extraction, checked member by member."""
+
+    def __init__(self, source: str, max_bytes: int) -> None:
+        self.source = source
+        self.max_bytes = max_bytes
+        self.members = 0
+        self.total = 0
+
+    def check(self, m: tarfile.TarInfo) -> None:
+        source, name = self.source, m.name
+        self.members += 1
+        if self.members > MAX_MEMBERS:
+            raise UnsafeArchive("%s has more than %d members; refusing" % (source, MAX_MEMBERS))
         if posixpath.isabs(name) or not _inside(name):
             raise UnsafeArchive("%s: member %r points outside the environment directory" % (source, name))
         if m.isdev() or m.isfifo():
@@ -73,37 +84,135 @@ def _check(members: List[tarfile.TarInfo], source: str, max_bytes: int) -> None:
                 )
         elif not (m.isfile() or m.isdir()):
             raise UnsafeArchive("%s: member %r has an unsupported type" % (source, name))
-        total += max(m.size, 0)
-        if total > max_bytes:
+        self.total += max(m.size, 0)
+        if self.total > self.max_bytes:
             raise UnsafeArchive(
                 "%s unpacks to more than %d bytes; refusing (decompression bomb or not an environment)"
-                % (source, max_bytes)
+                % (source, self.max_bytes)
             )
 
 
-def safe_extract(archive: str, destination: str, max_bytes: Optional[int] = None) -> None:
-    """Extract ``archive`` into the (new, empty) ``destination`` after checking every member."""
-    limit = MAX_UNPACKED_BYTES if max_bytes is None else max_bytes
+class _Hashing(io.RawIOBase):
+    """The archive's bytes as read: SHA-256 and size come out of the same single read."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.f.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self.sha.update(data)
+        self.size += n
+        return n
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+def _zstd_reader(raw: BinaryIO) -> Any:
     try:
-        with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            _check(members, archive, limit)
+        import zstandard
+    except ImportError:
+        try:
+            from compression import zstd  # type: ignore[import-not-found,unused-ignore]  # Python 3.14+
+        except ImportError:
+            raise UnsafeArchive(
+                "zstd tarballs need the zstandard package (pip install 'zstandard>=0.22,<1')"
+            ) from None
+        return zstd.ZstdFile(raw)
+    return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+
+
+def _gzip_reader(raw: BinaryIO) -> Any:
+    try:
+        from isal import igzip  # ISA-L: 2-2.5x zlib's inflate (bench/RESULTS.md, environments)
+    except ImportError:
+        import gzip
+
+        return gzip.GzipFile(fileobj=raw)
+    return igzip.IGzipFile(fileobj=raw)  # type: ignore[no-untyped-call]
+
+
+def open_stream(raw: Any, magic: bytes, source: str) -> Any:
+    """The decompressed tar stream of ``raw`` (gzip, zstd, xz, bzip2 or none), chosen by its first bytes."""
+    if magic.startswith(b"\x1f\x8b"):
+        return _gzip_reader(raw)
+    if magic.startswith(b"\x28\xb5\x2f\xfd"):
+        return _zstd_reader(raw)
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        import lzma
+
+        return lzma.LZMAFile(raw)
+    if magic.startswith(b"BZh"):
+        import bz2
+
+        return bz2.BZ2File(raw)
+    return raw
+
+
+def safe_extract(archive: str, destination: str, max_bytes: Optional[int] = None) -> str:
+    """Extract ``archive`` into the (new) ``destination``, checking each member before it is written, in
+    one read of the file; returns the archive's SHA-256. A refused member or a broken stream stops the
+    extraction and removes what was written."""
+    created = not os.path.exists(destination)
+    try:
+        return _extract(archive, destination, max_bytes)
+    except BaseException:
+        if created:  # nothing of a refused or broken archive stays behind
+            shutil.rmtree(destination, ignore_errors=True)
+        raise
+
+
+def _extract(archive: str, destination: str, max_bytes: Optional[int]) -> str:
+    limits = _Limits(archive, MAX_UNPACKED_BYTES if max_bytes is None else max_bytes)
+    try:
+        with open(archive, "rb", buffering=1 << 20) as f:
+            magic = cast(io.BufferedReader, f).peek(8)[:8]
+            raw = _Hashing(f)
+            buffered = io.BufferedReader(raw, 1 << 20)
+            stream = open_stream(buffered, magic, archive)
             os.makedirs(destination, exist_ok=True)
-            for m in members:
-                # never restore owners or odd permission bits from the archive
-                m.uid = m.gid = 0
-                m.uname = m.gname = ""
-                m.mode = (m.mode & 0o755) | (0o700 if m.isdir() else 0o600)
-            tar.extractall(destination, members=members, **_filter_kwargs())
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                for m in tar:
+                    limits.check(m)
+                    # never restore owners or odd permission bits from the archive
+                    m.uid = m.gid = 0
+                    m.uname = m.gname = ""
+                    m.mode = (m.mode & 0o755) | (0o700 if m.isdir() else 0o600)
+                    tar.extract(m, destination, set_attrs=not m.isdir(), **_filter_kwargs())
+            while stream.read(1 << 20):  # the rest of the compressed stream: a truncated one fails here
+                pass
+            buffered.read()  # padding after the compressed stream counts in the hash
+            raw.drain()
+            return raw.sha.hexdigest()
     except FileNotFoundError:
         raise UnsafeArchive("environment tarball %s does not exist" % archive) from None
-    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
-        if isinstance(exc, UnsafeArchive):
-            raise
-        raise UnsafeArchive("environment tarball %s is corrupt or truncated: %s" % (archive, exc)) from None
+    except UnsafeArchive:
+        raise
+    except Exception as exc:  # every decompressor's own error class: zlib, isal, zstandard, lzma, bz2
+        if isinstance(exc, OSError) and exc.errno is not None:  # the disk's answer (full, quota, limit)
+            raise UnsafeArchive(
+                "extracting environment tarball %s into %s failed: %s%s"
+                % (
+                    archive,
+                    os.path.dirname(destination),
+                    exc.strerror,
+                    " (the disk is full)" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "",
+                )
+            ) from None
+        raise UnsafeArchive(
+            "environment tarball %s is corrupt or truncated: %s: %s" % (archive, type(exc).__name__, exc)
+        ) from None
 
 
-def _filter_kwargs() -> dict:  # type: ignore[type-arg]
+def _filter_kwargs() -> Dict[str, Any]:
     # Python 3.12+ (and security backports) take an extraction filter; members were checked above, and
     # "tar" keeps symlinks while still refusing anything unsafe a second time.
     if hasattr(tarfile, "tar_filter"):

@@ -160,7 +160,7 @@ class _SlowCache(EnvironmentCache):
     def _extract(self, tarball, target):
         self.extracting.set()
         assert self.go.wait(60)
-        super()._extract(tarball, target)
+        return super()._extract(tarball, target)
 
 
 def test_models_sharing_an_environment_being_made_all_get_it(tmp_path):
@@ -175,6 +175,8 @@ def test_models_sharing_an_environment_being_made_all_get_it(tmp_path):
     for i in range(3):  # the same tarball in three model folders
         shutil.copy(first, tmp_path / ("copy%d.tar.gz" % i))
         copies.append(str(tmp_path / ("copy%d.tar.gz" % i)))
+    for path in [first, *copies]:  # seen before: their digest is known, so all of them wait on one lock
+        cache.tarball_digest(str(path))
     results = {}
 
     def load(name, path):
@@ -195,3 +197,63 @@ def test_models_sharing_an_environment_being_made_all_get_it(tmp_path):
     assert cache.stats["builds"] == 1 and cache.stats["hits"] == 3
     for env in results.values():
         env.release()
+
+
+class _SwappingCache(EnvironmentCache):
+    """The tarball is replaced on disk while it is being read (someone copies a new one over it)."""
+
+    def _extract(self, tarball, target):
+        digest = super()._extract(tarball, target)
+        replacement = tarball + ".new"
+        _tiny_env_tarball(replacement, conda_unpack=True)
+        os.replace(replacement, tarball)
+        return digest
+
+
+def test_a_tarball_replaced_while_read_is_refused_and_leaves_nothing(tmp_path):
+    cache = _SwappingCache(str(tmp_path / "cache"))
+    source = EnvironmentSource("tarball", _tiny_env_tarball(tmp_path / "env.tar.gz"))
+    with pytest.raises(EnvironmentSetupError, match="changed while it was read"):
+        cache.prepare(source, "model-a")
+    assert not os.path.isdir(cache.envs) or os.listdir(cache.envs) == []
+    assert os.listdir(cache.tmp) == []
+
+
+_FULL_DISK = r"""
+import resource, signal, sys
+from envserve.environments.cache import EnvironmentCache
+from envserve.environments.source import EnvironmentSource
+from envserve.errors import EnvserveError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+try:
+    EnvironmentCache(sys.argv[1]).prepare(EnvironmentSource("tarball", sys.argv[2]), "model-a")
+except EnvserveError as exc:
+    print("REFUSED", exc)
+"""
+
+
+def test_a_write_failing_mid_extraction_leaves_nothing(tmp_path):
+    """A disk that fills up (here: a file size limit, the same failed write): a clear reason, no partial
+    environment in the cache."""
+    import subprocess
+
+    big = tmp_path / "env.tar.gz"
+    with tarfile.open(big, "w:gz") as tar:
+        link = tarfile.TarInfo("bin/python")
+        link.type = tarfile.SYMTYPE
+        link.linkname = os.path.realpath(sys.executable)
+        tar.addfile(link)
+        data = os.urandom(3 << 20)
+        info = tarfile.TarInfo("lib/big.bin")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    root = tmp_path / "cache"
+    out = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, str(root), str(big)], capture_output=True, text=True, timeout=120
+    )
+    assert "REFUSED extracting environment tarball" in out.stdout, out.stdout + out.stderr
+    assert "failed: File too large" in out.stdout and "corrupt" not in out.stdout, out.stdout
+    assert str(big) in out.stdout
+    assert os.listdir(root / "envs") == [] if (root / "envs").exists() else True
+    assert os.listdir(root / "tmp") == []

@@ -105,3 +105,67 @@ def test_good_tarball_with_relative_links_and_venv_pack_interpreter_link(tmp_pat
     archive = _tar(tmp_path / "env2.tar.gz", [_link("bin/tool", "/usr/bin/python3.8")])
     with pytest.raises(UnsafeArchive, match="leaves the environment"):
         safe_extract(str(archive), str(tmp_path / "out2"))
+
+
+def _env_members():
+    return [
+        _file("bin/tool", b"#!/bin/sh\n"),
+        _file("lib/data.bin", os.urandom(300_000)),
+        _link("bin/t2", "tool"),
+    ]
+
+
+def _compressed(path, kind, members):
+    """A tarball of ``members`` compressed as ``kind`` (what conda-pack, venv-pack and env pack write)."""
+    plain = io.BytesIO()
+    with tarfile.open(fileobj=plain, mode="w") as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    raw = plain.getvalue()
+    if kind == "zst":
+        import zstandard
+
+        raw = zstandard.ZstdCompressor(level=3).compress(raw)
+    elif kind == "xz":
+        import lzma
+
+        raw = lzma.compress(raw)
+    elif kind == "bz2":
+        import bz2
+
+        raw = bz2.compress(raw)
+    elif kind == "gz":
+        import gzip
+
+        raw = gzip.compress(raw)
+    path.write_bytes(raw)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["gz", "zst", "xz", "bz2", "tar"])
+def test_every_compression_extracts_in_one_read_that_hashes_it(tmp_path, kind):
+    from envserve.environments.cache import file_digest
+
+    members = _env_members()
+    archive = _compressed(tmp_path / ("env.tar." + kind), kind, members)
+    digest = safe_extract(str(archive), str(tmp_path / "out"))
+    assert digest == file_digest(str(archive))
+    assert (tmp_path / "out" / "lib" / "data.bin").read_bytes() == members[1][1]
+    assert os.readlink(tmp_path / "out" / "bin" / "t2") == "tool"
+
+
+@pytest.mark.parametrize("kind", ["zst", "gz", "xz"])
+def test_a_truncated_stream_is_refused_and_leaves_nothing(tmp_path, kind):
+    archive = _compressed(tmp_path / ("env.tar." + kind), kind, _env_members())
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    target = tmp_path / "out"
+    with pytest.raises(UnsafeArchive, match="corrupt or truncated"):
+        safe_extract(str(archive), str(target))
+    assert not target.exists()
+
+
+def test_hostile_members_are_refused_in_zstd_too(tmp_path):
+    archive = _compressed(tmp_path / "bad.tar.zst", "zst", [_file("ok"), _file("../evil.txt")])
+    with pytest.raises(UnsafeArchive, match="points outside"):
+        safe_extract(str(archive), str(tmp_path / "out"))
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "out").exists()
