@@ -9,6 +9,7 @@ Suites:
   overload      see bench/overload.py: probe latency while models compute, shedding at twice the capacity.
   batching      see bench/batching.py: adaptive batching on vs off.
   environments  see bench/environments.py: worker vs in-process, time to ready, environment build time.
+  extraction    see bench/extraction.py: first start from a .tar.gz and a .tar.zst vs tar -xzf + warm start.
   core   single-row and 100-row infer of the digits model at 1, 8 and 64 connections, envserve (in
          process) vs the floor (bench/floor_app.py). Target: single-row req/s at 8 connections >= 0.8x the
          floor's, p99 <= 1.5x the floor's.
@@ -132,6 +133,12 @@ def environments(seconds: float) -> List[str]:
     return run(seconds)
 
 
+def extraction(seconds: float) -> List[str]:
+    from .extraction import run
+
+    return run(seconds)
+
+
 def batching(seconds: float) -> List[str]:
     from .batching import run
 
@@ -167,6 +174,7 @@ SUITES = {
     "ab": ab,
     "core": core,
     "environments": environments,
+    "extraction": extraction,
     "batching": batching,
     "grpc": grpc,
     "overload": overload,
