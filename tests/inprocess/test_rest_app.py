@@ -101,3 +101,42 @@ def test_admin_token_and_same_origin_guard_the_repository_calls(tmp_path, arun):
             assert (await c.post("/v2/models/echo/infer", json=body)).json()["outputs"][0]["data"] == [7]
 
     arun(scenario())
+
+
+def test_kserve_v1_protocol(tmp_path, digits_model_file, digits, arun):
+    """KServe V1: the model list, readiness, :predict with instances or inputs (predictions as KServe's
+    sklearn server answers them), :explain 501, and client mistakes as 4xx naming the problem."""
+    import joblib
+
+    write_model(tmp_path, "digits", {"name": "digits", "implementation": "sklearn"}, digits_model_file)
+    x, _ = digits
+    expected = joblib.load(digits_model_file).predict(x[:4]).tolist()
+
+    async def scenario():
+        async with served(tmp_path) as server, client(server) as c:
+            assert (await c.get("/v1/models")).json() == {"models": ["digits"]}
+            assert (await c.get("/v1/models/digits")).json() == {"name": "digits", "ready": True}
+            r = await c.get("/v1/models/nope")
+            assert r.status_code == 404 and "model 'nope' not found" in r.json()["error"]
+            for key in ("instances", "inputs"):
+                r = await c.post("/v1/models/digits:predict", json={key: x[:4].tolist()})
+                assert r.status_code == 200, r.text
+                assert r.json() == {"predictions": expected}
+            r = await c.post("/v1/models/digits:explain", json={"instances": x[:1].tolist()})
+            assert r.status_code == 501 and "no explainer" in r.json()["error"]
+            for body, status, text in (
+                ({"instances": "nope"}, 400, 'Expected "instances" or "inputs" to be a list'),
+                ({"rows": []}, 400, 'Expected "instances" or "inputs" to be a list'),
+                ({"instances": []}, 400, "is empty"),
+                ({"instances": [[1.0, 2.0], [3.0]]}, 400, "same shape"),
+                ({"instances": [[1.0] * 5]}, 400, "expects 64 features per row"),
+                ([1, 2], 400, "must be a JSON object"),
+            ):
+                r = await c.post("/v1/models/digits:predict", json=body)
+                assert r.status_code == status and text in r.json()["error"], (body, r.text)
+            r = await c.post("/v1/models/nope:predict", json={"instances": [[1.0]]})
+            assert r.status_code == 404
+            r = await c.post("/v1/models/digits:train", json={})
+            assert r.status_code == 404 and "NAME:predict" in r.json()["error"]
+
+    arun(scenario())

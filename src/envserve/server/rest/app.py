@@ -18,6 +18,7 @@ from ..metrics import CONTENT_TYPE, Metrics
 from .envserve_api import EnvserveAPI
 from .errors import status_for
 from .guards import admin_only, cors_headers, same_origin
+from .kserve import KServeV1Handlers
 from .mlflow import MLflowHandlers, mlflow_errors
 from .routing import JSON, HTTPError, Request, Response, Route, Router, dumps
 from .seldon import SeldonHandlers, seldon_errors
@@ -82,6 +83,7 @@ class RestApp:
         mlflow = MLflowHandlers(self.dataplane)
         seldon = SeldonHandlers(self.dataplane)
         own = EnvserveAPI(self.dataplane, self.console)
+        kserve = KServeV1Handlers(self.dataplane)
 
         def admin(handler: Any) -> Any:
             return admin_only(handler, self.admin_token)
@@ -103,6 +105,10 @@ class RestApp:
             Route("POST", "/v2/repository/index", v2.repository_index),
             Route("POST", "/v2/repository/models/{name}/load", changes(v2.load)),
             Route("POST", "/v2/repository/models/{name}/unload", changes(v2.unload)),
+            # KServe V1 (POST /v1/models/NAME:predict; the verb is part of the last segment)
+            Route("GET", "/v1/models", kserve.models),
+            Route("GET", "/v1/models/{name}", kserve.model),
+            Route("POST", "/v1/models/{name}", kserve.call),
             # MLflow's scoring server
             Route("POST", "/invocations", mlflow_errors(mlflow.invocations)),
             Route("GET", "/ping", mlflow.ping),
