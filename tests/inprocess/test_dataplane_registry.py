@@ -6,6 +6,7 @@ import pytest
 
 from envserve.errors import InvalidRequest, ModelNotFound, ModelNotReady
 from envserve.protocol.v2 import parse_inference_request
+from envserve.server.inprocess import INLINE_BUDGET, CallCost
 from tests.conftest import custom_model
 from tests.inprocess.conftest import served
 
@@ -68,8 +69,15 @@ def test_in_process_calls_learn_their_cost_and_go_inline_when_fast(tmp_path, aru
             assert not handle.inline_ok(first)  # nothing known yet: the model's thread
             for _ in range(5):
                 await server.dataplane.infer("rows", None, one_row())
-            assert handle.inline_ok(parse_inference_request(one_row()))  # learnt: fast enough for the loop
+            learnt = handle.cost.predict(1)
+            assert learnt is not None and learnt > 0  # learnt from the calls (how fast: the machine's load)
+            # the decision, from a known cost (a measured one would make the test depend on the load)
+            handle.cost = CallCost()
+            handle.cost.observe(INLINE_BUDGET / 20, 1)
+            assert handle.inline_ok(parse_inference_request(one_row()))  # fast enough for the loop
             big = {"inputs": [{"name": "x", "shape": [50000, 1], "datatype": "FP32", "data": [[1]] * 50000}]}
             assert not handle.inline_ok(parse_inference_request(big))  # predicted from its rows
+            handle.cost.observe(INLINE_BUDGET * 50, 1)  # the model turned slow: off the loop again
+            assert not handle.inline_ok(parse_inference_request(one_row()))
 
     arun(scenario())
