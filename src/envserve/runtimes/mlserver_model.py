@@ -24,7 +24,7 @@ from ..errors import InferenceError, InvalidRequest, ModelLoadError
 from ..protocol.datatypes import dtype_of
 from ..protocol.v2 import InferenceRequest, InferenceResponse, ResponseOutput
 from ..settings.model import ModelSettings
-from .base import Runtime, user_code_error
+from .base import Runtime, _json_default, user_code_error
 
 __all__ = ["MLServerModelRuntime", "is_mlserver_class"]
 
@@ -389,16 +389,11 @@ def _json(doc: Any) -> bytes:
 
 
 def _json_value(value: Any) -> Any:
+    """MLServer's (pydantic or stand-in) models as their fields, then what base's default takes."""
     dumped = _dump(value)
     if dumped is not value:
         return dumped
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    raise TypeError("%s is not JSON serialisable" % type(value).__name__)
+    return _json_default(value)
 
 
 def _handler_answer(result: Any) -> Tuple[int, Dict[str, str], bytes]:
