@@ -19,6 +19,7 @@ Worker import closure: standard library only at import time, Python 3.6+.
 """
 
 import importlib
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -156,9 +157,8 @@ def _import_custom_module(settings: ModelSettings, module_name: str) -> Any:
         # they do under MLServer). A fresh import each time, so two models' "model.py" never collide.
         sys.path.insert(0, folder)  # type: ignore[arg-type]
         try:
-            for cached in [m for m in sys.modules if m == top or m.startswith(top + ".")]:
-                del sys.modules[cached]
-            return importlib.import_module(module_name)
+            module = _exec_fresh(top, folder)  # type: ignore[arg-type]
+            return module if module_name == top else importlib.import_module(module_name)
         finally:
             sys.path.remove(folder)  # type: ignore[arg-type]
     except ModelLoadError:
@@ -168,6 +168,29 @@ def _import_custom_module(settings: ModelSettings, module_name: str) -> Any:
             "model %r: importing %s failed: %s: %s" % (settings.name, module_name, type(exc).__name__, exc),
             model=settings.name,
         ) from exc
+
+
+def _exec_fresh(top: str, folder: str) -> Any:
+    """Run ``folder``'s module ``top`` afresh and leave it in ``sys.modules`` (its submodules and the
+    model's siblings import it by that name). Executed here rather than by ``import_module``, which pops
+    ``sys.modules[top]`` after running it and failed with ``KeyError: 'runtimes'`` once in a busy server
+    that loaded three models' ``runtimes.py`` one after another: the new module is registered, run and
+    returned by reference, whatever else happens to the table meanwhile."""
+    for cached in [m for m in list(sys.modules) if m == top or m.startswith(top + ".")]:
+        sys.modules.pop(cached, None)
+    spec = importlib.machinery.PathFinder.find_spec(top, [folder])
+    if spec is None or spec.loader is None:
+        raise ImportError("no module named %r in %s" % (top, folder))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[top] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        if sys.modules.get(top) is module:
+            del sys.modules[top]
+        raise
+    sys.modules[top] = module
+    return module
 
 
 def create_runtime(settings: ModelSettings) -> Runtime:
