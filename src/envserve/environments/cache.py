@@ -4,6 +4,7 @@ Layout under the cache root (``ENVSERVE_ENV_CACHE``, default ``~/.cache/envserve
 
     envs/<hash>/          the environment (a venv, a conda env, or an envserve pack)
     envs/<hash>.json      its record: kind, source, Python version, size, created, last used, models
+                          (and a tarball's size: a tarball of that size is hashed before extraction)
     envs/<hash>.lock      flock: exclusive while it is made, shared while a server uses it
     tmp/                  work directories, renamed into envs/ only when complete
     tarball-hashes.json   memo of tarball digests keyed by (path, size, mtime, inode)
@@ -11,7 +12,8 @@ Layout under the cache root (``ENVSERVE_ENV_CACHE``, default ``~/.cache/envserve
 ``<hash>`` is the SHA-256 of the tarball's bytes, or of the normalised spec (with Python version and
 platform). An environment is complete exactly when its record exists; a directory without a record is
 a crashed attempt and is removed by the next one. Two servers starting together serialise on the lock,
-and the second finds the first's result.
+and the second finds the first's result. A cache that cannot be written (baked into an image run with a
+read-only root filesystem, or as another uid) serves what it holds and says so for what it lacks.
 """
 
 from __future__ import annotations
@@ -133,8 +135,6 @@ class EnvironmentCache:
         self.envs = os.path.join(self.root, "envs")
         self.tmp = os.path.join(self.root, "tmp")
         self._locks: Dict[int, threading.Lock] = {}
-        #: tarball size -> digest of the last one of that size this cache extracted
-        self._recent: Dict[int, str] = {}
         self._locks_guard = threading.Lock()
 
     # -- public API ---------------------------------------------------------------------------------------
@@ -208,9 +208,10 @@ class EnvironmentCache:
         path = source.location
         with self._lock_for(_identity(path)[0]):  # by size: copies of one tarball in several model folders
             digest = self._known_digest(path)
-            if digest is None and self._read_record(self._recent.get(_identity(path)[0], "")) is not None:
-                # a file of the same size was just extracted: when it is a copy (the hash says so; a
-                # read, no extraction), its environment is this one's
+            if digest is None and self._holds_tarball_of_size(_identity(path)[0]):
+                # the cache holds an environment from a tarball of this size (a copy in another model
+                # folder, or one baked into the image): when the hash says this is it (a read, no
+                # extraction), its environment is this one's
                 candidate = file_digest(path)
                 if self._read_record(candidate) is not None:
                     self._remember_digest(path, candidate)
@@ -225,8 +226,7 @@ class EnvironmentCache:
                         )
 
                 return self._ensure(digest, source, model, extract)
-            os.makedirs(self.tmp, exist_ok=True)
-            work = tempfile.mkdtemp(prefix="unhashed-", dir=self.tmp)
+            work = self._workdir("unhashed-", path)
             try:
                 before = _identity(path)
                 digest = self._extract(path, os.path.join(work, "env"))
@@ -235,7 +235,6 @@ class EnvironmentCache:
                         "environment tarball %s changed while it was read; start the model again" % path
                     )
                 self._remember_digest(path, digest, before)
-                self._recent[before[0]] = digest
                 return self._ensure(
                     digest, source, model, lambda target: os.rename(os.path.join(work, "env"), target)
                 )
@@ -255,7 +254,10 @@ class EnvironmentCache:
         memo_path = os.path.join(self.root, "tarball-hashes.json")
         memo = self._read_json(memo_path) or {}
         memo[_memo_key(path, identity or _identity(path))] = digest
-        self._write_json(memo_path, memo)
+        self._write_quietly(memo_path, memo)
+
+    def _holds_tarball_of_size(self, size: int) -> bool:
+        return any(record.get("tarball_size") == size for record in self.list())
 
     # -- internals ----------------------------------------------------------------------------------------
 
@@ -293,9 +295,42 @@ class EnvironmentCache:
             json.dump(doc, f, indent=2, sort_keys=True)
         os.replace(tmp, path)
 
+    def _workdir(self, prefix: str, what: str) -> str:
+        try:
+            os.makedirs(self.tmp, exist_ok=True)
+            return tempfile.mkdtemp(prefix=prefix, dir=self.tmp)
+        except OSError as exc:
+            raise EnvironmentSetupError(
+                "the environment cache %s cannot be written (%s), so environment %s cannot be made "
+                "there; bake it into the image (envserve image build --environment ...) or point "
+                "ENVSERVE_ENV_CACHE at a writable folder" % (self.root, exc.strerror or exc, what)
+            ) from None
+
+    def _write_quietly(self, path: str, doc: Dict[str, Any]) -> None:
+        """Bookkeeping (last use, the digest memo) that a read-only cache goes without."""
+        try:
+            self._write_json(path, doc)
+        except OSError as exc:
+            logger.debug("not recording %s: %s", path, exc)
+
     def _open_lock(self, digest: str) -> IO[str]:
-        os.makedirs(self.envs, exist_ok=True)
-        return open(os.path.join(self.envs, digest + ".lock"), "a+")
+        """The environment's lock file. In a read-only cache (an image's, run with a read-only root
+        filesystem or as another uid) an existing lock file is opened for reading: flock works on it."""
+        path = os.path.join(self.envs, digest + ".lock")
+        try:
+            os.makedirs(self.envs, exist_ok=True)
+            return open(path, "a+")
+        except OSError as exc:
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            for existing in (path, self._record_path(digest)):
+                if os.path.exists(existing):
+                    return open(existing)
+            raise EnvironmentSetupError(
+                "the environment cache %s cannot be written (%s) and does not hold environment %s; "
+                "bake it into the image (envserve image build --environment ...) or point "
+                "ENVSERVE_ENV_CACHE at a writable folder" % (self.root, exc.strerror or exc, digest[:12])
+            ) from None
 
     def _ensure(
         self,
@@ -318,7 +353,7 @@ class EnvironmentCache:
         if model:
             models.add(model)
         record["models"] = sorted(models)
-        self._write_json(self._record_path(digest), record)
+        self._write_quietly(self._record_path(digest), record)
         return Environment(
             final, python, record["python_version"], digest, record["kind"], record["source"], record, lock
         )
@@ -366,8 +401,7 @@ class EnvironmentCache:
         started = time.monotonic()
         if os.path.exists(final):  # a crashed earlier attempt
             shutil.rmtree(final, ignore_errors=True)
-        os.makedirs(self.tmp, exist_ok=True)
-        work = tempfile.mkdtemp(prefix=digest[:12] + "-", dir=self.tmp)
+        work = self._workdir(digest[:12] + "-", digest[:12])
         target = os.path.join(work, "env")
         try:
             make(target)
@@ -398,6 +432,9 @@ class EnvironmentCache:
         }
         if spec is not None:
             record["requirements"] = spec.requirements
+        if source.kind == "tarball":
+            with contextlib.suppress(OSError):
+                record["tarball_size"] = os.path.getsize(source.location)
         self._write_json(self._record_path(digest), record)
         logger.info(
             "environment %s ready: Python %s, %s, %.1f s",

@@ -257,3 +257,71 @@ def test_a_write_failing_mid_extraction_leaves_nothing(tmp_path):
     assert str(big) in out.stdout
     assert os.listdir(root / "envs") == [] if (root / "envs").exists() else True
     assert os.listdir(root / "tmp") == []
+
+
+_READ_ONLY_PREPARE = r"""
+import json, logging, sys
+from envserve.environments import EnvironmentCache, EnvironmentSource
+from envserve.errors import EnvironmentSetupError
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+cache = EnvironmentCache(sys.argv[1])
+out = {}
+env = cache.prepare(EnvironmentSource("tarball", sys.argv[2]), "downloaded")
+out["digest"] = env.digest
+try:
+    cache.prepare(EnvironmentSource("tarball", sys.argv[3]), "other")
+except EnvironmentSetupError as exc:
+    out["error"] = str(exc)
+print(json.dumps(out))
+"""
+
+
+def test_a_baked_read_only_cache_serves_a_copy_of_its_tarball_without_extracting(tmp_path):
+    """As in an image run with a read-only root filesystem: the model's tarball (downloaded into
+    /mnt/models at start) is a copy of the one baked in; it is recognised by its hash, nothing is written,
+    and a tarball the cache lacks is refused naming the way out."""
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None:
+        pytest.fail(
+            "this test needs unshare (util-linux) to mount the cache read-only: apt-get install util-linux"
+        )
+    root = tmp_path / "cache"
+    baked = _tiny_env_tarball(tmp_path / "baked.tar.gz")
+    EnvironmentCache(str(root)).prepare(EnvironmentSource("tarball", baked), "build").release()
+    downloaded = tmp_path / "mnt" / "env.tar.gz"
+    downloaded.parent.mkdir()
+    shutil.copy(baked, downloaded)
+    other = _tiny_env_tarball(tmp_path / "other.tar.gz", conda_unpack=True)
+    before = sorted(p.name for p in root.rglob("*"))
+    script = tmp_path / "prepare.py"
+    script.write_text(_READ_ONLY_PREPARE)
+    proc = subprocess.run(
+        [
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"',
+            "sh",
+            str(root),
+            sys.executable,
+            str(script),
+            str(root),
+            str(downloaded),
+            other,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["digest"] == EnvironmentCache(str(root)).tarball_digest(baked)
+    assert "found in the cache" in proc.stderr and "extracting" not in proc.stderr
+    assert "cannot be written (Read-only file system)" in out["error"]
+    assert "envserve image build --environment" in out["error"]
+    assert sorted(p.name for p in root.rglob("*") if p.name != "tarball-hashes.json") == [
+        n for n in before if n != "tarball-hashes.json"
+    ]
