@@ -5,8 +5,14 @@ Precedence, highest first (documented in docs/settings.md):
 1. CLI flags (``envserve serve --http-port 9000``), passed here as ``overrides``;
 2. environment variables ``ENVSERVE_<FIELD>`` (e.g. ``ENVSERVE_HTTP_PORT=9000``);
 3. MLServer's variables for the same setting (``MLSERVER_ENV_TARBALL``);
-4. ``settings.json`` in the model repository (MLServer's file; its keys are accepted);
-5. the defaults below.
+4. the container contract the environment describes (:mod:`.contracts`);
+5. ``settings.json`` in the model repository (MLServer's file; its keys are accepted);
+6. ``ENVSERVE_DEFAULTS``, a JSON object of settings: an image's own defaults (``envserve image build``
+   sets the address, ports and model folder there), so that any operator's contract wins over them;
+7. the defaults below.
+
+The model repository: a flag, ``ENVSERVE_MODEL_REPOSITORY``, the command's argument, the contract's, then
+``ENVSERVE_DEFAULTS``'s, else the current directory.
 """
 
 from __future__ import annotations
@@ -140,14 +146,16 @@ class ServerSettings:
         environ = os.environ if environ is None else environ
         overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
         contract = detect_contract(environ)
+        defaults = _image_defaults(environ)
         repo = (
             overrides.get("model_repository")
             or environ.get(ENV_PREFIX + "MODEL_REPOSITORY")
             or model_repository
         )
         if repo is None:
-            repo = contract.settings.get("model_repository", ".")
-        values: Dict[str, Any] = {"model_repository": repo}
+            repo = contract.settings.get("model_repository", defaults.get("model_repository", "."))
+        values: Dict[str, Any] = {k: v for k, v in defaults.items() if k != "model_repository"}
+        values["model_repository"] = repo
         if repo:
             values.update(_read_file(os.path.join(repo, SERVER_SETTINGS_FILE)))
         values.update({k: v for k, v in contract.settings.items() if k != "model_repository"})
@@ -199,6 +207,23 @@ class ServerSettings:
 
     def to_dict(self) -> Dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _image_defaults(environ: Mapping[str, str]) -> Dict[str, Any]:
+    raw = environ.get(ENV_PREFIX + "DEFAULTS")
+    if not raw:
+        return {}
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise SettingsError("%sDEFAULTS is not valid JSON (%s): %r" % (ENV_PREFIX, exc, raw[:200])) from None
+    if not isinstance(doc, dict):
+        raise SettingsError("%sDEFAULTS must be a JSON object of settings, got %r" % (ENV_PREFIX, raw[:200]))
+    known = {f.name for f in fields(ServerSettings)}
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise SettingsError("%sDEFAULTS names unknown settings: %s" % (ENV_PREFIX, ", ".join(unknown)))
+    return doc
 
 
 def _read_file(path: str) -> Dict[str, Any]:

@@ -30,7 +30,7 @@ import re
 import shutil
 import tempfile
 import time
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Collection, Dict, Mapping, Optional
 
 from ..errors import StorageError
 
@@ -131,8 +131,16 @@ def is_remote(uri: Optional[str]) -> bool:
     return bool(uri) and scheme_of(uri or "") not in (None, "file")
 
 
-def fetch(uri: str, cache_root: str, environ: Optional[Mapping[str, str]] = None) -> str:
-    """A local folder (or file) holding the artifacts of ``uri``."""
+def fetch(
+    uri: str,
+    cache_root: str,
+    environ: Optional[Mapping[str, str]] = None,
+    only: Optional[Collection[str]] = None,
+) -> str:
+    """A local folder (or file) holding the artifacts of ``uri``; with ``only``, just the files of those
+    names at its top level (``MLmodel`` and the environment files, say), where the scheme lists files
+    (S3, MLflow's artifact proxy, ``models:/`` and ``runs:/`` stored there); an archive over HTTP is
+    fetched whole."""
     scheme = scheme_of(uri)
     if scheme is None or scheme == "file":
         path = uri[len("file://") :] if uri.startswith("file://") else uri
@@ -150,5 +158,6 @@ def fetch(uri: str, cache_root: str, environ: Optional[Mapping[str, str]] = None
         func = getattr(importlib.import_module(module_name), func_name)
     except ImportError as exc:
         raise StorageError("model URI %s needs %s: %s" % (redact(uri), module_name, exc)) from None
-    result: Any = func(uri, DownloadCache(cache_root), secret_environment(environ), cache_root)
+    args = (uri, DownloadCache(cache_root), secret_environment(environ), cache_root)
+    result: Any = func(*args) if only is None or scheme in ("http", "https") else func(*args, only=only)
     return str(result)

@@ -10,7 +10,7 @@ import json
 import os
 import re
 import urllib.parse
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Collection, Dict, List, Mapping, Optional
 
 from ..mlflow_rest import MlflowClient
 from . import DownloadCache, StorageError, fetch, redact
@@ -87,12 +87,24 @@ def resolve_mlflow_uri(uri: str, env: Mapping[str, str]) -> str:
     )
 
 
-def fetch_mlflow(uri: str, cache: DownloadCache, env: Mapping[str, str], cache_root: str) -> str:
+def fetch_mlflow(
+    uri: str,
+    cache: DownloadCache,
+    env: Mapping[str, str],
+    cache_root: str,
+    only: Optional[Collection[str]] = None,
+) -> str:
     location = resolve_mlflow_uri(uri, env)
-    return fetch(location, cache_root, env)
+    return fetch(location, cache_root, env, only=only)
 
 
-def fetch_mlflow_artifacts(uri: str, cache: DownloadCache, env: Mapping[str, str], cache_root: str) -> str:
+def fetch_mlflow_artifacts(
+    uri: str,
+    cache: DownloadCache,
+    env: Mapping[str, str],
+    cache_root: str,
+    only: Optional[Collection[str]] = None,
+) -> str:
     """``mlflow-artifacts:/path``: files served by the tracking server's artifact proxy."""
     client = _client(env, uri)
     root = re.sub(r"^mlflow-artifacts:(//[^/]*)?/*", "", uri).rstrip("/")
@@ -116,8 +128,13 @@ def fetch_mlflow_artifacts(uri: str, cache: DownloadCache, env: Mapping[str, str
                 files.append({"path": child, "size": item.get("file_size")})
 
     walk(root)
+    if only is not None:
+        files = [f for f in files if os.path.relpath(f["path"], root) in only]
     if not files:
-        raise StorageError("model URI %s: no artifacts there" % redact(uri))
+        raise StorageError(
+            "model URI %s: no artifacts there%s"
+            % (redact(uri), " named %s" % ", ".join(sorted(only)) if only is not None else "")
+        )
     key = "mlflow-artifacts|%s|%s" % (client.base, json.dumps(sorted((f["path"], f["size"]) for f in files)))
 
     def download(target: str) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Mapping
+from typing import Any, Collection, Dict, List, Mapping, Optional
 
 from . import DownloadCache, StorageError, redact
 
@@ -53,7 +53,13 @@ def _explain(exc: Exception, uri: str) -> StorageError:
     return StorageError("model URI %s: %s" % (redact(uri), detail))
 
 
-def fetch_s3(uri: str, cache: DownloadCache, env: Mapping[str, str], cache_root: str) -> str:
+def fetch_s3(
+    uri: str,
+    cache: DownloadCache,
+    env: Mapping[str, str],
+    cache_root: str,
+    only: Optional[Collection[str]] = None,
+) -> str:
     rest = uri[len("s3://") :]
     bucket, _, prefix = rest.partition("/")
     if not bucket:
@@ -75,8 +81,13 @@ def fetch_s3(uri: str, cache: DownloadCache, env: Mapping[str, str], cache_root:
         for o in objects
         if o["Key"] == prefix or o["Key"].startswith(prefix.rstrip("/") + "/") or not prefix
     ]
+    if only is not None and not exact:
+        selected = [o for o in selected if os.path.relpath(o["Key"], base or ".") in only]
     if not selected:
-        raise StorageError("model URI %s: no objects under this prefix" % redact(uri))
+        raise StorageError(
+            "model URI %s: no objects under this prefix%s"
+            % (redact(uri), " named %s" % ", ".join(sorted(only)) if only is not None else "")
+        )
     key = "s3|%s|%s|%s" % (
         env.get("AWS_ENDPOINT_URL", ""),
         bucket,

@@ -73,6 +73,40 @@ def test_server_settings_precedence(tmp_path):
     assert ServerSettings.from_sources(str(tmp_path), environ={}).max_request_size == 100 * 1024 * 1024
 
 
+def test_image_defaults_rank_below_every_contract(tmp_path):
+    image = {
+        "ENVSERVE_DEFAULTS": json.dumps(
+            {"host": "0.0.0.0", "http_port": 8080, "grpc_port": 8081, "model_repository": str(tmp_path)}
+        )
+    }
+    plain = ServerSettings.from_sources(None, environ=image)  # podman run IMAGE, no contract
+    assert (plain.host, plain.http_port, plain.grpc_port, plain.model_repository) == (
+        "0.0.0.0",
+        8080,
+        8081,
+        str(tmp_path),
+    )
+    seldon = ServerSettings.from_sources(
+        None,
+        environ={**image, "PREDICTIVE_UNIT_ID": "classifier", "PREDICTIVE_UNIT_HTTP_SERVICE_PORT": "9000"},
+    )
+    assert (seldon.http_port, seldon.grpc_port, seldon.model_repository) == (9000, 9500, "")
+    assert seldon.model_uri == "/mnt/models"
+    core2 = ServerSettings.from_sources(
+        None, environ={**image, "MLSERVER_MODELS_DIR": "/mnt/agent/models", "MLSERVER_HTTP_PORT": "9000"}
+    )
+    assert (core2.http_port, core2.grpc_port, core2.model_repository) == (9000, 8081, "/mnt/agent/models")
+    (tmp_path / "settings.json").write_text('{"http_port": 7000}')
+    assert ServerSettings.from_sources(None, environ=image).http_port == 7000  # settings.json wins too
+    for raw, message in (
+        ("{", "ENVSERVE_DEFAULTS is not valid JSON"),
+        ("[1]", "ENVSERVE_DEFAULTS must be a JSON object"),
+        ('{"htp_port": 1}', "ENVSERVE_DEFAULTS names unknown settings: htp_port"),
+    ):
+        with pytest.raises(SettingsError, match=message):
+            ServerSettings.from_sources(str(tmp_path), environ={"ENVSERVE_DEFAULTS": raw})
+
+
 def test_server_settings_errors(tmp_path):
     with pytest.raises(SettingsError, match="ENVSERVE_HTTP_PORT must be a int"):
         ServerSettings.from_sources(str(tmp_path), environ={"ENVSERVE_HTTP_PORT": "eighty"})
