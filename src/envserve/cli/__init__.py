@@ -70,6 +70,7 @@ def _register() -> None:
     from . import deploy, env, image, platform, serve
 
     cli.add_command(serve.serve)
+    cli.add_command(serve.health)
     cli.add_command(env.env)
     cli.add_command(deploy.deploy)
     cli.add_command(platform.platform)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Any, List, Optional, Tuple
 
 import click
 
@@ -97,34 +97,69 @@ def env_pack(environment: str, output: Optional[str], level: Optional[int]) -> N
 
 @env.command("prepare")
 @click.argument("model_repository", required=False, type=click.Path(file_okay=False, exists=True))
+@click.option(
+    "--environment",
+    "environments",
+    multiple=True,
+    metavar="SOURCE",
+    help="Also prepare this environment without its model: a requirements.txt, python_env.yaml or "
+    "conda.yaml, a tarball, a model folder, or a model URI (models:/name/1, runs:/..., s3://...: only "
+    "MLmodel and the environment files are fetched). Repeatable.",
+)
+@click.option(
+    "--worker-code",
+    is_flag=True,
+    help="Also lay out the worker's code link in the cache (an image does, so a read-only one needs no "
+    "write at start).",
+)
 @cache_option
-def env_prepare(model_repository: Optional[str], cache_dir: Optional[str]) -> None:
-    """Extract or build the environment of every model in MODEL_REPOSITORY into the cache (as at start-up)."""
-    from ..environments import EnvironmentCache, environment_source
+def env_prepare(
+    model_repository: Optional[str],
+    environments: Tuple[str, ...],
+    worker_code: bool,
+    cache_dir: Optional[str],
+) -> None:
+    """Extract or build the environment of every model in MODEL_REPOSITORY into the cache (as at start-up),
+    and of every --environment. Without MODEL_REPOSITORY the current directory is scanned, unless
+    --environment or --worker-code is given."""
+    from ..environments import EnvironmentCache, EnvironmentSource, environment_source
     from ..settings.repository import scan_repository
     from ..settings.server import ServerSettings
     from . import configure_logging
 
     configure_logging("info")
-    default_tarball = ServerSettings.from_sources(model_repository or ".").env_tarball or None
     cache = EnvironmentCache(cache_dir)
+    todo: List[Tuple[str, Any]] = []  # (name, model settings or an --environment target)
+    default_tarball = None
+    if model_repository is not None or not (environments or worker_code):
+        repository = model_repository or "."
+        default_tarball = ServerSettings.from_sources(repository).env_tarball or None
+        todo += [(e.settings.name, e.settings) for e in scan_repository(repository) if e.settings is not None]
+    todo += [(target, target) for target in environments]
     failed = []
-    for entry in scan_repository(model_repository or "."):
-        if entry.settings is None:
-            continue
+    for name, what in todo:
         try:
-            source = environment_source(entry.settings, default_tarball)
+            if isinstance(what, str):
+                from ..image.bake import bake_source
+
+                source: Optional[EnvironmentSource] = bake_source(what, cache.root)
+            else:
+                source = environment_source(what, default_tarball)
             if source is None:
                 continue
-            prepared = cache.prepare(source, entry.settings.name)
+            prepared = cache.prepare(source, name)
             prepared.release()
             click.echo(
                 "%s: %s (Python %s) %s"
-                % (entry.settings.name, (prepared.digest or "")[:12], prepared.python_version, prepared.root)
+                % (name, (prepared.digest or "")[:12], prepared.python_version, prepared.root)
             )
-        except EnvserveError as exc:  # every model is tried; the failures are summed up at the end
-            failed.append(entry.settings.name)
-            click.echo("%s: error: %s" % (entry.settings.name, exc), err=True)
+        except EnvserveError as exc:  # every one is tried; the failures are summed up at the end
+            failed.append(name)
+            click.echo("%s: error: %s" % (name, exc), err=True)
+    if worker_code:
+        from ..workers.process import worker_code_dir
+
+        click.echo("worker code: %s" % worker_code_dir(cache.root))
     if failed:
         raise EnvironmentSetupError(
             "%d environment(s) could not be prepared: %s" % (len(failed), ", ".join(failed))

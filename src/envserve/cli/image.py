@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 import click
 
 from ..errors import VulnerabilitiesFound
 from .options import with_options
+
+if TYPE_CHECKING:
+    from ..environments import EnvironmentSource
 
 __all__ = ["image"]
 
@@ -31,6 +34,16 @@ _IMAGE_OPTIONS = [
         default=True,
         help="Leave models to a volume or a URI instead of copying them in.",
     ),
+    click.option(
+        "--environment",
+        "environments",
+        multiple=True,
+        metavar="SOURCE",
+        help="Bake this environment without its model (a base image for models fetched at start): a "
+        "requirements.txt, python_env.yaml or conda.yaml, a tarball, a model folder, or a model URI "
+        "(models:/name/1, runs:/..., s3://...: only MLmodel and the environment files are fetched). "
+        "Repeatable.",
+    ),
     click.option("--uid", type=int, default=8888, show_default=True, help="User the server runs as."),
     click.option("--extras", default="sklearn", show_default=True, help="envserve extras to install."),
 ]
@@ -47,6 +60,7 @@ def image_dockerfile(
     base: Optional[str],
     wheelhouse: Optional[str],
     copy_models: bool,
+    environments: Tuple[str, ...],
     uid: int,
     extras: str,
     output: Optional[str],
@@ -54,8 +68,9 @@ def image_dockerfile(
     """Write the Dockerfile for MODEL_REPOSITORY (from the template in envserve/image/templates)."""
     from ..image.dockerfile import DEFAULT_BASE, render_dockerfile
 
+    baked = [source for _, source in _baked(environments)]
     text = render_dockerfile(
-        model_repository, base or DEFAULT_BASE, bool(wheelhouse), copy_models, uid, extras
+        model_repository, base or DEFAULT_BASE, bool(wheelhouse), copy_models, uid, extras, baked
     )
     if output:
         with open(output, "w", encoding="utf-8") as f:
@@ -79,20 +94,41 @@ def image_build(
     base: Optional[str],
     wheelhouse: Optional[str],
     copy_models: bool,
+    environments: Tuple[str, ...],
     uid: int,
     extras: str,
     tag: str,
     builder: Optional[str],
 ) -> None:
-    """Build the image with docker, podman or buildah (the build log is streamed); print its reference."""
+    """Build the image with docker, podman or buildah (the build log is streamed); print its reference.
+
+    With --no-models and --environment it is a base image: the environments are baked, the models come
+    at run time (in /mnt/models, as the operators mount them) and find their environment by content hash."""
     from ..image.build import build_image
     from ..image.dockerfile import DEFAULT_BASE
 
     click.echo(
         build_image(
-            model_repository, tag, base or DEFAULT_BASE, wheelhouse, builder, copy_models, uid, extras
+            model_repository,
+            tag,
+            base or DEFAULT_BASE,
+            wheelhouse,
+            builder,
+            copy_models,
+            uid,
+            extras,
+            baked=_baked(environments),
         )
     )
+
+
+def _baked(environments: Tuple[str, ...]) -> List[Tuple[str, EnvironmentSource]]:
+    """The sources --environment names, resolved on this machine (URIs fetched here, so the build needs
+    neither network nor credentials)."""
+    from ..image.bake import bake_source
+    from ..settings.paths import default_cache_root
+
+    return [(target, bake_source(target, default_cache_root())) for target in environments]
 
 
 @image.command("sbom")

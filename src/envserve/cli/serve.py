@@ -6,7 +6,7 @@ from typing import Any, Dict, Optional
 
 import click
 
-__all__ = ["serve"]
+__all__ = ["health", "serve"]
 
 
 @click.command()
@@ -68,3 +68,33 @@ def serve(model_repository: Optional[str], **flags: Any) -> None:
     settings = ServerSettings.from_sources(model_repository, overrides)
     configure_logging(settings.log_level)
     run(settings)
+
+
+@click.command()
+@click.option("--live", is_flag=True, help="Ask for liveness instead of readiness.")
+@click.option("--timeout", type=float, default=2.0, show_default=True, help="Seconds to wait for the answer.")
+def health(live: bool, timeout: float) -> None:
+    """Exit 0 when the server these settings describe answers ready (or live), 1 otherwise.
+
+    For a container's HEALTHCHECK: it reads the port the way `envserve serve` does (flags aside), so it
+    follows whichever operator contract started the server."""
+    import urllib.error
+    import urllib.request
+
+    from ..settings.server import ServerSettings
+
+    settings = ServerSettings.from_sources()
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    url = "http://%s:%d/v2/health/%s" % (
+        "[%s]" % host if ":" in host else host,
+        settings.http_port,
+        "live" if live else "ready",
+    )
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            ok = response.status == 200
+    except (urllib.error.URLError, OSError) as exc:
+        click.echo("%s: %s" % (url, getattr(exc, "reason", exc)), err=True)
+        raise SystemExit(1) from None
+    click.echo("%s: %s" % (url, "ok" if ok else "not ready"))
+    raise SystemExit(0 if ok else 1)

@@ -8,9 +8,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from typing import IO, List, Optional, Sequence
+from typing import IO, List, Optional, Sequence, Tuple
 
+from ..environments import EnvironmentSource
 from ..errors import ImageBuildError
+from .bake import write_bake_folders
 from .dockerfile import DEFAULT_BASE, render_dockerfile
 
 __all__ = ["BUILDERS", "ImageBuildError", "build_image", "find_builder", "prepare_context"]
@@ -37,9 +39,11 @@ def prepare_context(
     copy_models: bool,
     uid: int,
     extras: str,
+    baked: Sequence[Tuple[str, EnvironmentSource]] = (),
 ) -> str:
-    """Fill ``directory`` with Dockerfile, models/ and wheels/; returns the Dockerfile path."""
+    """Fill ``directory`` with Dockerfile, models/, bake/ and wheels/; returns the Dockerfile path."""
     os.makedirs(directory, exist_ok=True)
+    write_bake_folders(list(baked), directory)
     if copy_models:
         shutil.copytree(
             repository,
@@ -51,7 +55,11 @@ def prepare_context(
         shutil.copytree(wheelhouse, os.path.join(directory, "wheels"))
     dockerfile = os.path.join(directory, "Dockerfile")
     with open(dockerfile, "w", encoding="utf-8") as f:
-        f.write(render_dockerfile(repository, base, bool(wheelhouse), copy_models, uid, extras))
+        f.write(
+            render_dockerfile(
+                repository, base, bool(wheelhouse), copy_models, uid, extras, [s for _, s in baked]
+            )
+        )
     return dockerfile
 
 
@@ -82,11 +90,15 @@ def build_image(
     extras: str = "sklearn",
     log: IO[str] = sys.stderr,
     extra_args: Sequence[str] = (),
+    baked: Sequence[Tuple[str, EnvironmentSource]] = (),
 ) -> str:
-    """Build and tag the image; returns the tag. Offline (``--network none``) when a wheelhouse is given."""
+    """Build and tag the image; returns the tag. Offline (``--network none``) when a wheelhouse is given.
+    ``baked``: (what the user named, its source) of environments baked without their models."""
     name = find_builder(builder)
     with tempfile.TemporaryDirectory(prefix="envserve-image-") as context:
-        prepare_context(repository, context, base, wheelhouse, copy_models, uid, extras)
+        prepare_context(repository, context, base, wheelhouse, copy_models, uid, extras, baked)
+        for label, source in baked:
+            log.write("baking %s (%s)\n" % (label, source.describe()))
         argv = _argv(name, context, tag, offline=bool(wheelhouse))
         argv[-1:-1] = list(extra_args)
         log.write("$ %s\n" % " ".join(argv))

@@ -2,49 +2,63 @@
 
 from __future__ import annotations
 
+import json
 import os
-from typing import List
+from typing import List, Optional, Sequence
 
 from .. import __version__
-from ..environments import environment_source, read_spec
+from ..environments import EnvironmentSource, environment_source, read_spec
 from ..environments.cache import file_digest
 from ..errors import EnvserveError
 from ..settings.repository import scan_repository
 
-__all__ = ["DEFAULT_BASE", "environment_hashes", "render_dockerfile"]
+__all__ = ["DEFAULT_BASE", "environment_hashes", "render_dockerfile", "source_digest"]
 
 #: The default base image: a Python slim image from a registry (tests use a locally built one).
 DEFAULT_BASE = "docker.io/library/python:3.11-slim-bookworm"
 SOURCE = "https://github.com/envserve/envserve"
 
 
-def environment_hashes(repository: str) -> List[str]:
-    """Content hashes of the environments the repository's models declare (for the image's labels)."""
-    hashes = []
-    for entry in scan_repository(repository):
+def source_digest(source: EnvironmentSource) -> Optional[str]:
+    """The cache's name for an environment source: its tarball's or its normalised spec's SHA-256."""
+    if source.kind == "tarball" and os.path.isfile(source.location):
+        return file_digest(source.location)
+    if source.kind == "spec" and os.path.isfile(source.location):
+        return read_spec(source.location, source.python).digest()
+    return None
+
+
+def environment_hashes(repository: Optional[str], baked: Sequence[EnvironmentSource] = ()) -> List[str]:
+    """Content hashes of the environments the repository's models declare and of those baked without
+    their models (for the image's labels)."""
+    sources = list(baked)
+    for entry in scan_repository(repository) if repository else []:
         if entry.settings is None:
             continue
         try:
             source = environment_source(entry.settings)
         except EnvserveError:
             continue
-        if source is None:
-            continue
-        if source.kind == "tarball" and os.path.isfile(source.location):
-            hashes.append(file_digest(source.location))
-        elif source.kind == "spec" and os.path.isfile(source.location):
-            hashes.append(read_spec(source.location, source.python).digest())
-    return sorted(set(hashes))
+        if source is not None:
+            sources.append(source)
+    return sorted({d for d in (source_digest(s) for s in sources) if d})
+
+
+#: Offline installs inside the build, from the mounted wheelhouse (uv first, pip as the builder's fallback).
+_OFFLINE = "UV_OFFLINE=1 UV_FIND_LINKS=/tmp/wheels PIP_NO_INDEX=1 PIP_FIND_LINKS=/tmp/wheels"
 
 
 def render_dockerfile(
-    repository: str,
+    repository: Optional[str],
     base: str = DEFAULT_BASE,
     wheelhouse: bool = False,
     copy_models: bool = True,
     uid: int = 8888,
     extras: str = "sklearn",
+    baked: Sequence[EnvironmentSource] = (),
 ) -> str:
+    """The Dockerfile; ``repository`` is copied in when ``copy_models``, and ``baked`` are the sources
+    :func:`envserve.image.bake.write_bake_folders` put in the context."""
     import jinja2
 
     requirement = "envserve[%s]==%s" % (extras, __version__) if extras else "envserve==%s" % __version__
@@ -58,7 +72,19 @@ def render_dockerfile(
         base=base,
         version=__version__,
         source=SOURCE,
-        environments=",".join(environment_hashes(repository)),
+        environments=",".join(environment_hashes(repository if copy_models else None, baked)),
+        baked=",".join(d for d in (source_digest(s) for s in baked) if d),
+        bake=list(baked),
+        offline=_OFFLINE,
+        defaults=json.dumps(
+            {
+                "host": "0.0.0.0",
+                "http_port": 8080,
+                "grpc_port": 8081,
+                "model_repository": "/models" if copy_models else "/mnt/models",
+            },
+            separators=(",", ":"),
+        ),
         wheelhouse=wheelhouse,
         copy_models=copy_models,
         uid=uid,
