@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -213,9 +214,25 @@ def _wheelhouse() -> Path:
 
 
 @pytest.fixture(scope="session")
-def built_image(containers, tmp_path_factory):
-    _base_image(containers)
+def wheelhouse():
+    """The cached dependencies (hard links) and a wheel of envserve built from this checkout: the cache is
+    keyed by the lock file, and a wheel from older sources would test older code in the image."""
     house = _wheelhouse()
+    session = Path(tempfile.mkdtemp(prefix="wheelhouse-session-", dir=old_sklearn.cache_root()))
+    try:
+        for wheel in house.iterdir():
+            if wheel.suffix == ".whl" and not wheel.name.startswith("envserve-"):
+                os.link(wheel, session / wheel.name)
+        _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", session, ROOT], timeout=600)
+        yield session
+    finally:
+        shutil.rmtree(session, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def built_image(containers, wheelhouse, tmp_path_factory):
+    _base_image(containers)
+    house = wheelhouse
     old_sklearn.write_model_folder(EXAMPLES / "models" / "mnist-svm-py38")  # what scripts/setup makes
     log = tmp_path_factory.mktemp("image") / "build.log"
     with open(log, "w") as out:
@@ -249,9 +266,10 @@ def test_image_metadata(built_image, containers):
     info = json.loads(_run(["podman", "image", "inspect", built_image], env=containers).stdout)[0]
     config = info["Config"]
     assert config["User"] == "8888:8888"
-    assert config["Cmd"] == ["/opt/envserve/venv/bin/envserve", "serve", "/models"]
+    assert config["Cmd"] == ["/opt/envserve/venv/bin/envserve", "serve"]  # contracts name the rest
     assert set(config["ExposedPorts"]) == {"8080/tcp", "8081/tcp"}
-    assert "ENVSERVE_HOST=0.0.0.0" in config["Env"]
+    defaults = '{"host":"0.0.0.0","http_port":8080,"grpc_port":8081,"model_repository":"/models"}'
+    assert "ENVSERVE_DEFAULTS=" + defaults in config["Env"]
     from envserve.environments.cache import file_digest
 
     digest = file_digest(str(EXAMPLES / "models" / "mnist-svm-py38" / "old-sklearn.tar.gz"))

@@ -66,11 +66,18 @@ def image_dockerfile(
     output: Optional[str],
 ) -> None:
     """Write the Dockerfile for MODEL_REPOSITORY (from the template in envserve/image/templates)."""
-    from ..image.dockerfile import DEFAULT_BASE, render_dockerfile
+    from ..image.dockerfile import DEFAULT_BASE, folder_digest, render_dockerfile
 
     baked = [source for _, source in _baked(environments)]
     text = render_dockerfile(
-        model_repository, base or DEFAULT_BASE, bool(wheelhouse), copy_models, uid, extras, baked
+        model_repository,
+        base or DEFAULT_BASE,
+        bool(wheelhouse),
+        copy_models,
+        uid,
+        extras,
+        baked,
+        folder_digest(wheelhouse) if wheelhouse else "",
     )
     if output:
         with open(output, "w", encoding="utf-8") as f:

@@ -13,7 +13,7 @@ from typing import IO, List, Optional, Sequence, Tuple
 from ..environments import EnvironmentSource
 from ..errors import ImageBuildError
 from .bake import write_bake_folders
-from .dockerfile import DEFAULT_BASE, render_dockerfile
+from .dockerfile import DEFAULT_BASE, folder_digest, render_dockerfile
 
 __all__ = ["BUILDERS", "ImageBuildError", "build_image", "find_builder", "prepare_context"]
 
@@ -57,7 +57,14 @@ def prepare_context(
     with open(dockerfile, "w", encoding="utf-8") as f:
         f.write(
             render_dockerfile(
-                repository, base, bool(wheelhouse), copy_models, uid, extras, [s for _, s in baked]
+                repository,
+                base,
+                bool(wheelhouse),
+                copy_models,
+                uid,
+                extras,
+                [s for _, s in baked],
+                folder_digest(wheelhouse) if wheelhouse else "",
             )
         )
     return dockerfile

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import List, Optional, Sequence
@@ -12,11 +13,21 @@ from ..environments.cache import file_digest
 from ..errors import EnvserveError
 from ..settings.repository import scan_repository
 
-__all__ = ["DEFAULT_BASE", "environment_hashes", "render_dockerfile", "source_digest"]
+__all__ = ["DEFAULT_BASE", "environment_hashes", "folder_digest", "render_dockerfile", "source_digest"]
 
 #: The default base image: a Python slim image from a registry (tests use a locally built one).
 DEFAULT_BASE = "docker.io/library/python:3.11-slim-bookworm"
 SOURCE = "https://github.com/envserve/envserve"
+
+
+def folder_digest(folder: str) -> str:
+    """SHA-256 over a folder's file names and contents (a wheelhouse: what the image installs)."""
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            h.update(name.encode("utf-8", "surrogateescape") + b"\0" + file_digest(path).encode() + b"\n")
+    return h.hexdigest()
 
 
 def source_digest(source: EnvironmentSource) -> Optional[str]:
@@ -56,6 +67,7 @@ def render_dockerfile(
     uid: int = 8888,
     extras: str = "sklearn",
     baked: Sequence[EnvironmentSource] = (),
+    wheelhouse_digest: str = "",
 ) -> str:
     """The Dockerfile; ``repository`` is copied in when ``copy_models``, and ``baked`` are the sources
     :func:`envserve.image.bake.write_bake_folders` put in the context."""
@@ -86,6 +98,7 @@ def render_dockerfile(
             separators=(",", ":"),
         ),
         wheelhouse=wheelhouse,
+        wheelhouse_digest=wheelhouse_digest or "unknown",
         copy_models=copy_models,
         uid=uid,
         requirement=requirement,

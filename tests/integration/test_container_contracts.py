@@ -1,0 +1,311 @@
+"""A base image (environments baked, no models) started with podman exactly as each operator starts it
+(../shared/reference/operator-contracts.md: variables, user, read-only mounts and root filesystem, dropped
+capabilities), probed as the operator probes it, and asked through the path its sidecar calls: the models
+arrive at run time in /mnt/models and find their environments in the image by content hash.
+
+Shares the cached base image and wheelhouse of test_image.py; skips only where podman cannot run at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+
+import httpx
+import pytest
+from joblib import load
+
+from examples import old_sklearn
+from tests.conftest import EXAMPLES, ROOT, free_port, write_model
+from tests.integration.test_image import BASE, _base_image, _run, containers, wheelhouse  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+IMAGE = "localhost/envserve-base:test"
+
+
+def _sklearn_pin() -> str:
+    lock = (ROOT / "requirements" / "lock.txt").read_text()
+    return re.search(r"^scikit-learn==\S+", lock, re.M).group(0)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, digits_model_file):
+    """What the operators' storage initialisers download: the seed's Python 3.8 model with its packed
+    environment, a model whose environment is its own requirements file, and a bare scikit-learn model."""
+    root = tmp_path_factory.mktemp("mnt")
+    old_sklearn.write_model_folder(EXAMPLES / "models" / "mnist-svm-py38")
+    shutil.copytree(EXAMPLES / "models" / "mnist-svm-py38", root / "repo" / "mnist-svm-py38")
+    spec = write_model(
+        root / "repo",
+        "digits-spec",
+        {
+            "name": "digits-spec",
+            "implementation": "sklearn",
+            "parameters": {"environment": "./requirements.txt"},
+        },
+        digits_model_file,
+    )
+    (spec / "requirements.txt").write_text(_sklearn_pin() + "\n")
+    bare = root / "bare"
+    bare.mkdir()
+    shutil.copy(digits_model_file, bare / "model.joblib")
+    os.system("chmod -R a+rX %s" % root)  # every operator mounts models read-only for a non-root uid
+    return root
+
+
+@pytest.fixture(scope="module")
+def base_image(containers, wheelhouse, models, tmp_path_factory):  # noqa: F811
+    _base_image(containers)
+    log = tmp_path_factory.mktemp("base-image") / "build.log"
+    argv = [sys.executable, "-m", "envserve", "image", "build", "--no-models", "--base", BASE]
+    argv += ["--environment", str(models / "repo" / "mnist-svm-py38")]  # a model folder: its tarball
+    argv += ["--environment", str(models / "repo" / "digits-spec" / "requirements.txt")]  # a spec
+    argv += ["--wheelhouse", str(wheelhouse), "--builder", "buildah", "-t", IMAGE]
+    with open(log, "w") as out:
+        proc = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=containers, timeout=1800)
+    assert proc.returncode == 0, log.read_text()[-6000:]
+    return IMAGE
+
+
+class Container:
+    def __init__(self, env, argv):
+        self.env = env
+        self.name = "envserve-contract-%s" % uuid.uuid4().hex[:8]
+        _run(["podman", "run", "-d", "--init", "--pull", "never", "--name", self.name, *argv], env=env)
+
+    def logs(self) -> str:
+        proc = _run(["podman", "logs", self.name], env=self.env, check=False)
+        return proc.stdout + proc.stderr
+
+    def wait(self, url: str, seconds: float = 180) -> None:
+        """Until ``url`` answers 200 (the operator's probe), or the container exits."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url, timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            state = _run(
+                ["podman", "inspect", "-f", "{{.State.Running}}", self.name], env=self.env, check=False
+            )
+            if state.stdout.strip() == "false":
+                break
+            time.sleep(0.2)
+        raise AssertionError("%s never answered 200; logs:\n%s" % (url, self.logs()[-6000:]))
+
+    def stop(self) -> None:
+        _run(["podman", "rm", "-f", "-t", "2", self.name], env=self.env, check=False)
+
+
+def _ports(*inside):
+    mapping = {p: free_port() for p in inside}
+    return mapping, [a for p, h in mapping.items() for a in ("-p", "127.0.0.1:%d:%d" % (h, p))]
+
+
+def _assert_served_from_the_image(logs: str) -> None:
+    assert "found in the cache" in logs, logs[-4000:]
+    assert "extracting" not in logs and "building an environment" not in logs, logs[-4000:]
+
+
+def test_image_is_a_base_image(base_image, containers, models):  # noqa: F811
+    info = json.loads(_run(["podman", "image", "inspect", base_image], env=containers).stdout)[0]
+    config = info["Config"]
+    assert config["Cmd"] == ["/opt/envserve/venv/bin/envserve", "serve"]
+    assert re.fullmatch(r"\d+:\d+", config["User"]), config["User"]  # numeric: runAsNonRoot can check it
+    from envserve.environments.cache import file_digest
+
+    tarball = file_digest(str(models / "repo" / "mnist-svm-py38" / "old-sklearn.tar.gz"))
+    assert tarball in info["Labels"]["io.envserve.baked"].split(",")
+    assert len(info["Labels"]["io.envserve.baked"].split(",")) == 2
+    assert not any(v.startswith(("ENVSERVE_HTTP_PORT", "ENVSERVE_HOST")) for v in config["Env"])
+
+
+def test_mlserver_seed_run_read_only_as_an_arbitrary_uid(base_image, containers, models):  # noqa: F811
+    """MLServer's image as the seed runs it (-v "$PWD":/mnt/models -e MLSERVER_ENV_TARBALL=...), here
+    also as OpenShift runs images: an arbitrary uid in group 0, read-only root filesystem."""
+    ports, publish = _ports(8080)
+    box = Container(
+        containers,
+        [
+            *publish,
+            "--user",
+            "4242:0",
+            "--read-only",
+            "-v",
+            "%s:/mnt/models:ro" % (models / "repo"),
+            "-e",
+            "MLSERVER_ENV_TARBALL=/mnt/models/mnist-svm-py38/old-sklearn.tar.gz",
+            base_image,
+        ],
+    )
+    try:
+        url = "http://127.0.0.1:%d" % ports[8080]
+        box.wait(url + "/v2/health/ready")
+        expected = old_sklearn.expected(old_sklearn.old_sklearn())
+        body = {
+            "inputs": [
+                {"name": "predict", "shape": [10, 64], "datatype": "FP32", "data": expected["rows"][:10]}
+            ]
+        }
+        r = httpx.post(url + "/v2/models/mnist-svm-py38/infer", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        assert [int(v) for v in r.json()["outputs"][0]["data"]] == expected["predictions"][:10]
+        model = load(models / "repo" / "digits-spec" / "model.joblib")
+        rows = expected["rows"][:5]
+        r = httpx.post(
+            url + "/v2/models/digits-spec/infer",
+            json={"inputs": [{"name": "predict", "shape": [5, 64], "datatype": "FP64", "data": rows}]},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        assert [int(v) for v in r.json()["outputs"][0]["data"]] == model.predict(rows).tolist()
+        status = {m["name"]: m for m in httpx.get(url + "/envserve/models", timeout=10).json()}
+        assert status["mnist-svm-py38"]["environment"]["python"].startswith("3.8.")
+        logs = box.logs()
+        assert "envserve's own settings" in logs.splitlines()[0] or "envserve" in logs.splitlines()[0]
+        _assert_served_from_the_image(logs)
+        assert _run(["podman", "exec", box.name, "id", "-u"], env=containers).stdout.strip() == "4242"
+    finally:
+        box.stop()
+
+
+def test_kserve_in_place_of_kserve_mlserver(base_image, containers, models):  # noqa: F811
+    ports, publish = _ports(8080, 9000)
+    box = Container(
+        containers,
+        [
+            *publish,
+            "--cap-drop=ALL",
+            "--security-opt=no-new-privileges",
+            "--read-only",
+            "-v",
+            "%s:/mnt/models:ro" % (models / "repo" / "mnist-svm-py38"),
+            "-e",
+            "MLSERVER_MODEL_IMPLEMENTATION=mlserver_sklearn.SKLearnModel",
+            "-e",
+            "MLSERVER_HTTP_PORT=8080",
+            "-e",
+            "MLSERVER_GRPC_PORT=9000",
+            "-e",
+            "MLSERVER_MODEL_NAME=sklearn-digits",
+            "-e",
+            "MLSERVER_MODEL_URI=/mnt/models",
+            "-e",
+            "MLSERVER_ENV_TARBALL=/mnt/models/old-sklearn.tar.gz",
+            "-e",
+            "PORT=8080",
+            "-e",
+            "K_SERVICE=sklearn-digits-predictor",
+            "-e",
+            "K_REVISION=sklearn-digits-predictor-00001",
+            base_image,
+        ],
+    )
+    try:
+        url = "http://127.0.0.1:%d" % ports[8080]
+        box.wait(url + "/v2/models/sklearn-digits/ready")
+        assert httpx.get(url + "/v2/health/ready", timeout=5).status_code == 200
+        expected = old_sklearn.expected(old_sklearn.old_sklearn())
+        body = {
+            "inputs": [
+                {"name": "input-0", "shape": [3, 64], "datatype": "FP32", "data": expected["rows"][:3]}
+            ]
+        }
+        r = httpx.post(url + "/v2/models/sklearn-digits/infer", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        out = r.json()["outputs"][0]
+        assert out["shape"] == [3, 1]  # as MLServer 1.7 answers for an mlserver_sklearn model
+        assert [int(v) for v in out["data"]] == expected["predictions"][:3]
+        logs = box.logs()
+        assert "KServe (kserve-mlserver)" in logs.splitlines()[0], logs.splitlines()[0]
+        _assert_served_from_the_image(logs)
+    finally:
+        box.stop()
+
+
+def test_seldon_core_v1_prepackaged_sklearn_server(base_image, containers, models, digits):  # noqa: F811
+    x, _ = digits
+    model = load(models / "bare" / "model.joblib")
+    ports, publish = _ports(9000, 9500, 6000)
+    parameters = [
+        {"name": "method", "value": "predict", "type": "STRING"},
+        {"name": "model_uri", "value": "/mnt/models", "type": "STRING"},
+    ]
+    box = Container(
+        containers,
+        [
+            *publish,
+            "--user",
+            "8888",
+            "-v",
+            "%s:/mnt/models:ro" % (models / "bare"),
+            "-e",
+            "PREDICTIVE_UNIT_SERVICE_PORT=9000",
+            "-e",
+            "PREDICTIVE_UNIT_HTTP_SERVICE_PORT=9000",
+            "-e",
+            "PREDICTIVE_UNIT_GRPC_SERVICE_PORT=9500",
+            "-e",
+            "MLSERVER_HTTP_PORT=9000",
+            "-e",
+            "MLSERVER_GRPC_PORT=9500",
+            "-e",
+            "MLSERVER_MODEL_URI=/mnt/models",
+            "-e",
+            "PREDICTIVE_UNIT_PARAMETERS=%s" % json.dumps(parameters),
+            "-e",
+            "PREDICTIVE_UNIT_ID=classifier",
+            "-e",
+            "MLSERVER_MODEL_NAME=classifier",
+            "-e",
+            "PREDICTIVE_UNIT_IMAGE=%s" % base_image,
+            "-e",
+            "PREDICTOR_ID=default",
+            "-e",
+            "SELDON_DEPLOYMENT_ID=digits",
+            "-e",
+            "SELDON_EXECUTOR_ENABLED=true",
+            "-e",
+            "PREDICTIVE_UNIT_METRICS_SERVICE_PORT=6000",
+            "-e",
+            "PREDICTIVE_UNIT_METRICS_ENDPOINT=/prometheus",
+            "-e",
+            "MLSERVER_METRICS_PORT=6000",
+            "-e",
+            "MLSERVER_METRICS_ENDPOINT=/prometheus",
+            base_image,
+        ],
+    )
+    try:
+        url = "http://127.0.0.1:%d" % ports[9000]
+        box.wait(url + "/health/status")
+        r = httpx.post(url + "/predict", json={"data": {"ndarray": x[:4].tolist()}}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["data"]["ndarray"] == model.predict(x[:4]).tolist()
+        r = httpx.post(
+            url + "/api/v1.0/predictions",
+            data={"json": json.dumps({"data": {"ndarray": x[:2].tolist()}})},
+            timeout=60,
+        )
+        assert r.status_code == 200 and r.json()["data"]["ndarray"] == model.predict(x[:2]).tolist(), r.text
+        assert httpx.get(url + "/api/v1.0/health/status", timeout=5).status_code == 200
+        scraped = httpx.get("http://127.0.0.1:%d/prometheus" % ports[6000], timeout=5)
+        assert scraped.status_code == 200 and "envserve_requests_total" in scraped.text
+        assert "Seldon Core v1, protocol seldon (unit classifier" in box.logs().splitlines()[0]
+        # Seldon's preStop hook runs /bin/sh -c '/bin/sleep N' in the container
+        assert (
+            _run(
+                ["podman", "exec", box.name, "/bin/sh", "-c", "/bin/sleep 0.1"], env=containers, check=False
+            ).returncode
+            == 0
+        )
+    finally:
+        box.stop()
