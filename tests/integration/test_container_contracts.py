@@ -309,3 +309,103 @@ def test_seldon_core_v1_prepackaged_sklearn_server(base_image, containers, model
         )
     finally:
         box.stop()
+
+
+def test_seldon_core_2_agent_flow_over_grpc(base_image, containers, models):  # noqa: F811
+    """In place of MLServer in a Seldon Core 2 Server: nothing loads at start; the agent loads, infers and
+    unloads by internal names over gRPC, with the models folder read-only and runAsUser 1000, fsGroup 2000.
+    The agent's settings keep parameters.environment_tarball: the Python 3.8 model finds it baked."""
+    import tritonclient.grpc as tritongrpc
+
+    agent = models / "agent"
+    folder = agent / "models" / "digits38_1" / "1"  # as the agent lays a model out
+    folder.mkdir(parents=True)
+    source = models / "repo" / "mnist-svm-py38"
+    shutil.copy(source / "model.joblib", folder / "model.joblib")
+    shutil.copy(source / "old-sklearn.tar.gz", folder / "old-sklearn.tar.gz")
+    (folder / "model-settings.json").write_text(
+        json.dumps(
+            {
+                "name": "digits38_1",
+                "implementation": "mlserver_sklearn.SKLearnModel",
+                "parameters": {
+                    "uri": "./model.joblib",
+                    "version": "1",
+                    "environment_tarball": "./old-sklearn.tar.gz",
+                },
+            }
+        )
+    )
+    os.system("chmod -R a+rX %s" % agent)
+    ports, publish = _ports(9000, 9500, 8082)
+    box = Container(
+        containers,
+        [
+            *publish,
+            "--user",
+            "1000:1000",
+            "--group-add",
+            "2000",
+            "-v",
+            "%s:/mnt/agent:ro" % agent,
+            "-e",
+            "MLSERVER_HTTP_PORT=9000",
+            "-e",
+            "MLSERVER_GRPC_PORT=9500",
+            "-e",
+            "MLSERVER_MODELS_DIR=/mnt/agent/models",
+            "-e",
+            "MLSERVER_PARALLEL_WORKERS=1",
+            "-e",
+            "MLSERVER_LOAD_MODELS_AT_STARTUP=false",
+            "-e",
+            "MLSERVER_GRPC_MAX_MESSAGE_LENGTH=1048576000",
+            "-e",
+            "MLSERVER_DEBUG=false",
+            base_image,
+        ],
+    )
+    client = None
+    try:
+        url = "http://127.0.0.1:%d" % ports[9000]
+        box.wait(url + "/v2/health/live")
+        client = tritongrpc.InferenceServerClient("127.0.0.1:%d" % ports[9500])
+        deadline = time.monotonic() + 120
+        while True:  # the agent retries ServerLive until the server is live
+            try:
+                assert client.is_server_live()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise AssertionError(
+                        "gRPC ServerLive never answered; logs:\n" + box.logs()[-4000:]
+                    ) from None
+                time.sleep(0.2)
+        index = {m.name: m.state for m in client.get_model_repository_index().models}
+        assert index.get("digits38_1") != "READY", index  # nothing loaded at start
+        for _ in range(2):  # the agent retries a load: it must be safe and cheap
+            client.load_model("digits38_1")
+        assert client.is_model_ready("digits38_1")
+        expected = old_sklearn.expected(old_sklearn.old_sklearn())
+        rows = expected["rows"][:4]
+        r = httpx.post(
+            url + "/v2/models/digits38_1/infer",
+            json={"inputs": [{"name": "predict", "shape": [4, 64], "datatype": "FP32", "data": rows}]},
+            headers={"seldon-model": "digits38", "seldon-internal-model": "digits38_1"},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        assert [int(v) for v in r.json()["outputs"][0]["data"]] == expected["predictions"][:4]
+        client.unload_model("digits38_1")
+        assert not client.is_model_ready("digits38_1")
+        with pytest.raises(Exception, match=r"StatusCode.NOT_FOUND"):
+            client.unload_model("nope_1")
+        scraped = httpx.get("http://127.0.0.1:%d/metrics" % ports[8082], timeout=5)
+        assert scraped.status_code == 200 and "envserve_requests_total" in scraped.text
+        logs = box.logs()
+        assert "Seldon Core 2 variables" in logs.splitlines()[0], logs.splitlines()[0]
+        _assert_served_from_the_image(logs)
+    finally:
+        if client is not None:
+            client.close()
+        box.stop()

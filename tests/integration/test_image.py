@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from envserve.image.dockerfile import DEFAULT_EXTRAS
 from examples import old_sklearn
 from tests.conftest import EXAMPLES, ROOT
 
@@ -166,7 +167,9 @@ def _base_image(env) -> None:
 def _wheelhouse() -> Path:
     """envserve and its [sklearn] dependencies as cp311 manylinux wheels, fetched on the host."""
     lock = (ROOT / "requirements" / "lock.txt").read_bytes()
-    key = hashlib.sha256(lock + (ROOT / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    key = hashlib.sha256(lock + (ROOT / "pyproject.toml").read_bytes() + DEFAULT_EXTRAS.encode()).hexdigest()[
+        :16
+    ]
     house = old_sklearn.cache_root() / ("wheelhouse-%s" % key)
     with open(old_sklearn.cache_root() / "wheelhouse.lock", "w") as guard:
         fcntl.flock(guard, fcntl.LOCK_EX)
@@ -205,7 +208,7 @@ def _wheelhouse() -> Path:
                     ROOT / "requirements" / "lock.txt",
                     "-d",
                     house,
-                    "envserve[sklearn]",
+                    "envserve[%s]" % DEFAULT_EXTRAS,
                 ],
                 timeout=1200,
             )

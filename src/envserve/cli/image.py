@@ -45,7 +45,7 @@ _IMAGE_OPTIONS = [
         "Repeatable.",
     ),
     click.option("--uid", type=int, default=8888, show_default=True, help="User the server runs as."),
-    click.option("--extras", default="sklearn", show_default=True, help="envserve extras to install."),
+    click.option("--extras", help="envserve extras to install [default: grpc,sklearn]."),
 ]
 
 
@@ -62,11 +62,11 @@ def image_dockerfile(
     copy_models: bool,
     environments: Tuple[str, ...],
     uid: int,
-    extras: str,
+    extras: Optional[str],
     output: Optional[str],
 ) -> None:
     """Write the Dockerfile for MODEL_REPOSITORY (from the template in envserve/image/templates)."""
-    from ..image.dockerfile import DEFAULT_BASE, folder_digest, render_dockerfile
+    from ..image.dockerfile import DEFAULT_BASE, DEFAULT_EXTRAS, folder_digest, render_dockerfile
 
     baked = [source for _, source in _baked(environments)]
     text = render_dockerfile(
@@ -75,7 +75,7 @@ def image_dockerfile(
         bool(wheelhouse),
         copy_models,
         uid,
-        extras,
+        DEFAULT_EXTRAS if extras is None else extras,
         baked,
         folder_digest(wheelhouse) if wheelhouse else "",
     )
@@ -103,7 +103,7 @@ def image_build(
     copy_models: bool,
     environments: Tuple[str, ...],
     uid: int,
-    extras: str,
+    extras: Optional[str],
     tag: str,
     builder: Optional[str],
 ) -> None:
@@ -112,7 +112,7 @@ def image_build(
     With --no-models and --environment it is a base image: the environments are baked, the models come
     at run time (in /mnt/models, as the operators mount them) and find their environment by content hash."""
     from ..image.build import build_image
-    from ..image.dockerfile import DEFAULT_BASE
+    from ..image.dockerfile import DEFAULT_BASE, DEFAULT_EXTRAS
 
     click.echo(
         build_image(
@@ -123,7 +123,7 @@ def image_build(
             builder,
             copy_models,
             uid,
-            extras,
+            DEFAULT_EXTRAS if extras is None else extras,
             baked=_baked(environments),
         )
     )

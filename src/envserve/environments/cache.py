@@ -291,6 +291,7 @@ class EnvironmentCache:
     def _write_json(self, path: str, doc: Dict[str, Any]) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+        os.fchmod(fd, 0o644)  # readable by every uid an image may run as (mkstemp makes it 0600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=2, sort_keys=True)
         os.replace(tmp, path)

@@ -179,6 +179,7 @@ def _extract(archive: str, destination: str, max_bytes: Optional[int]) -> str:
             buffered = io.BufferedReader(raw, 1 << 20)
             stream = open_stream(buffered, magic, archive)
             os.makedirs(destination, exist_ok=True)
+            directories = []
             with tarfile.open(fileobj=stream, mode="r|") as tar:
                 for m in tar:
                     limits.check(m)
@@ -187,6 +188,14 @@ def _extract(archive: str, destination: str, max_bytes: Optional[int]) -> str:
                     m.uname = m.gname = ""
                     m.mode = (m.mode & 0o755) | (0o700 if m.isdir() else 0o600)
                     tar.extract(m, destination, set_attrs=not m.isdir(), **_filter_kwargs())
+                    if m.isdir():
+                        directories.append((m.name, m.mode))
+            # a directory's own mode once its content is written (tarfile makes it 0700 meanwhile): an
+            # environment is read by whichever uid runs it (an image's user, OpenShift's arbitrary one)
+            for name, mode in reversed(directories):
+                path = os.path.join(destination, name)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    os.chmod(path, mode)
             while stream.read(1 << 20):  # the rest of the compressed stream: a truncated one fails here
                 pass
             buffered.read()  # padding after the compressed stream counts in the hash

@@ -13,7 +13,7 @@ from typing import IO, List, Optional, Sequence, Tuple
 from ..environments import EnvironmentSource
 from ..errors import ImageBuildError
 from .bake import write_bake_folders
-from .dockerfile import DEFAULT_BASE, folder_digest, render_dockerfile
+from .dockerfile import DEFAULT_BASE, DEFAULT_EXTRAS, folder_digest, render_dockerfile
 
 __all__ = ["BUILDERS", "ImageBuildError", "build_image", "find_builder", "prepare_context"]
 
@@ -94,7 +94,7 @@ def build_image(
     builder: Optional[str] = None,
     copy_models: bool = True,
     uid: int = 8888,
-    extras: str = "sklearn",
+    extras: str = DEFAULT_EXTRAS,
     log: IO[str] = sys.stderr,
     extra_args: Sequence[str] = (),
     baked: Sequence[Tuple[str, EnvironmentSource]] = (),

@@ -13,8 +13,17 @@ from ..environments.cache import file_digest
 from ..errors import EnvserveError
 from ..settings.repository import scan_repository
 
-__all__ = ["DEFAULT_BASE", "environment_hashes", "folder_digest", "render_dockerfile", "source_digest"]
+__all__ = [
+    "DEFAULT_BASE",
+    "DEFAULT_EXTRAS",
+    "environment_hashes",
+    "folder_digest",
+    "render_dockerfile",
+    "source_digest",
+]
 
+#: What the image installs with envserve: a runtime, and the gRPC edge the operators' sidecars call.
+DEFAULT_EXTRAS = "grpc,sklearn"
 #: The default base image: a Python slim image from a registry (tests use a locally built one).
 DEFAULT_BASE = "docker.io/library/python:3.11-slim-bookworm"
 SOURCE = "https://github.com/envserve/envserve"
@@ -65,7 +74,7 @@ def render_dockerfile(
     wheelhouse: bool = False,
     copy_models: bool = True,
     uid: int = 8888,
-    extras: str = "sklearn",
+    extras: str = DEFAULT_EXTRAS,
     baked: Sequence[EnvironmentSource] = (),
     wheelhouse_digest: str = "",
 ) -> str:

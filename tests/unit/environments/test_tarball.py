@@ -169,3 +169,32 @@ def test_hostile_members_are_refused_in_zstd_too(tmp_path):
     with pytest.raises(UnsafeArchive, match="points outside"):
         safe_extract(str(archive), str(tmp_path / "out"))
     assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "out").exists()
+
+
+def test_directories_keep_their_archived_mode_without_odd_bits(tmp_path):
+    """Regression: directories stayed 0700 (tarfile's mode while filling them), so an image's environment
+    could not be read by a uid other than the one that extracted it (Seldon Core 2 runs as 1000)."""
+
+    def _dir(name, mode):
+        info = tarfile.TarInfo(name)
+        info.type = tarfile.DIRTYPE
+        info.mode = mode
+        return info, None
+
+    archive = _compressed(
+        tmp_path / "env.tar.gz",
+        "gz",
+        [
+            _dir("lib", 0o755),
+            _dir("lib/python3.8", 0o755),
+            _file("lib/python3.8/os.py", b"# os"),
+            _dir("private", 0o750),
+            _dir("odd", 0o4777),
+        ],
+    )
+    out = tmp_path / "out"
+    safe_extract(str(archive), str(out))
+    modes = {
+        name: (out / name).stat().st_mode & 0o7777 for name in ("lib", "lib/python3.8", "private", "odd")
+    }
+    assert modes == {"lib": 0o755, "lib/python3.8": 0o755, "private": 0o750, "odd": 0o755}
