@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -105,9 +106,31 @@ class Container:
         _run(["podman", "rm", "-f", "-t", "2", self.name], env=self.env, check=False)
 
 
-def _ports(*inside):
-    mapping = {p: free_port() for p in inside}
-    return mapping, [a for p, h in mapping.items() for a in ("-p", "127.0.0.1:%d:%d" % (h, p))]
+DOC_IMAGE = "registry.corp/envserve-base:1"
+
+
+def _documented_run(name, image, **folders):
+    """The ``podman run`` line docs/deploy.md gives for ``name``, as written: its image replaced by the
+    one under test, ``$MODEL_DIR``/``$AGENT_DIR`` by ``folders``, host ports by free loopback ones, and
+    without ``--rm`` (the logs are read after a failure). Returns ({container port: host port}, argv)."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    block = re.search(r"<!-- podman: %s -->\n```sh\n(.*?)```" % re.escape(name), text, re.S)
+    assert block, "docs/deploy.md has no podman block %r" % name
+    words = shlex.split(block.group(1).replace("\\\n", " "))
+    assert words[:2] == ["podman", "run"] and words[-1] == DOC_IMAGE, words
+    ports, argv, rest = {}, [], iter(words[2:])
+    for word in rest:
+        if word == "--rm":
+            continue
+        if word == "-p":
+            inside = int(next(rest).rsplit(":", 1)[1])
+            ports[inside] = free_port()
+            argv += ["-p", "127.0.0.1:%d:%d" % (ports[inside], inside)]
+            continue
+        for variable, folder in folders.items():
+            word = word.replace("$" + variable, str(folder))
+        argv.append(word.replace(DOC_IMAGE, image))
+    return ports, argv
 
 
 def _assert_served_from_the_image(logs: str) -> None:
@@ -131,21 +154,8 @@ def test_image_is_a_base_image(base_image, containers, models):  # noqa: F811
 def test_mlserver_seed_run_read_only_as_an_arbitrary_uid(base_image, containers, models):  # noqa: F811
     """MLServer's image as the seed runs it (-v "$PWD":/mnt/models -e MLSERVER_ENV_TARBALL=...), here
     also as OpenShift runs images: an arbitrary uid in group 0, read-only root filesystem."""
-    ports, publish = _ports(8080)
-    box = Container(
-        containers,
-        [
-            *publish,
-            "--user",
-            "4242:0",
-            "--read-only",
-            "-v",
-            "%s:/mnt/models:ro" % (models / "repo"),
-            "-e",
-            "MLSERVER_ENV_TARBALL=/mnt/models/mnist-svm-py38/old-sklearn.tar.gz",
-            base_image,
-        ],
-    )
+    ports, argv = _documented_run("mlserver", base_image, MODEL_DIR=models / "repo")
+    box = Container(containers, argv)
     try:
         url = "http://127.0.0.1:%d" % ports[8080]
         box.wait(url + "/v2/health/ready")
@@ -178,37 +188,8 @@ def test_mlserver_seed_run_read_only_as_an_arbitrary_uid(base_image, containers,
 
 
 def test_kserve_in_place_of_kserve_mlserver(base_image, containers, models):  # noqa: F811
-    ports, publish = _ports(8080, 9000)
-    box = Container(
-        containers,
-        [
-            *publish,
-            "--cap-drop=ALL",
-            "--security-opt=no-new-privileges",
-            "--read-only",
-            "-v",
-            "%s:/mnt/models:ro" % (models / "repo" / "mnist-svm-py38"),
-            "-e",
-            "MLSERVER_MODEL_IMPLEMENTATION=mlserver_sklearn.SKLearnModel",
-            "-e",
-            "MLSERVER_HTTP_PORT=8080",
-            "-e",
-            "MLSERVER_GRPC_PORT=9000",
-            "-e",
-            "MLSERVER_MODEL_NAME=sklearn-digits",
-            "-e",
-            "MLSERVER_MODEL_URI=/mnt/models",
-            "-e",
-            "MLSERVER_ENV_TARBALL=/mnt/models/old-sklearn.tar.gz",
-            "-e",
-            "PORT=8080",
-            "-e",
-            "K_SERVICE=sklearn-digits-predictor",
-            "-e",
-            "K_REVISION=sklearn-digits-predictor-00001",
-            base_image,
-        ],
-    )
+    ports, argv = _documented_run("kserve", base_image, MODEL_DIR=models / "repo" / "mnist-svm-py38")
+    box = Container(containers, argv)
     try:
         url = "http://127.0.0.1:%d" % ports[8080]
         box.wait(url + "/v2/models/sklearn-digits/ready")
@@ -234,56 +215,8 @@ def test_kserve_in_place_of_kserve_mlserver(base_image, containers, models):  # 
 def test_seldon_core_v1_prepackaged_sklearn_server(base_image, containers, models, digits):  # noqa: F811
     x, _ = digits
     model = load(models / "bare" / "model.joblib")
-    ports, publish = _ports(9000, 9500, 6000)
-    parameters = [
-        {"name": "method", "value": "predict", "type": "STRING"},
-        {"name": "model_uri", "value": "/mnt/models", "type": "STRING"},
-    ]
-    box = Container(
-        containers,
-        [
-            *publish,
-            "--user",
-            "8888",
-            "-v",
-            "%s:/mnt/models:ro" % (models / "bare"),
-            "-e",
-            "PREDICTIVE_UNIT_SERVICE_PORT=9000",
-            "-e",
-            "PREDICTIVE_UNIT_HTTP_SERVICE_PORT=9000",
-            "-e",
-            "PREDICTIVE_UNIT_GRPC_SERVICE_PORT=9500",
-            "-e",
-            "MLSERVER_HTTP_PORT=9000",
-            "-e",
-            "MLSERVER_GRPC_PORT=9500",
-            "-e",
-            "MLSERVER_MODEL_URI=/mnt/models",
-            "-e",
-            "PREDICTIVE_UNIT_PARAMETERS=%s" % json.dumps(parameters),
-            "-e",
-            "PREDICTIVE_UNIT_ID=classifier",
-            "-e",
-            "MLSERVER_MODEL_NAME=classifier",
-            "-e",
-            "PREDICTIVE_UNIT_IMAGE=%s" % base_image,
-            "-e",
-            "PREDICTOR_ID=default",
-            "-e",
-            "SELDON_DEPLOYMENT_ID=digits",
-            "-e",
-            "SELDON_EXECUTOR_ENABLED=true",
-            "-e",
-            "PREDICTIVE_UNIT_METRICS_SERVICE_PORT=6000",
-            "-e",
-            "PREDICTIVE_UNIT_METRICS_ENDPOINT=/prometheus",
-            "-e",
-            "MLSERVER_METRICS_PORT=6000",
-            "-e",
-            "MLSERVER_METRICS_ENDPOINT=/prometheus",
-            base_image,
-        ],
-    )
+    ports, argv = _documented_run("seldon-v1", base_image, MODEL_DIR=models / "bare")
+    box = Container(containers, argv)
     try:
         url = "http://127.0.0.1:%d" % ports[9000]
         box.wait(url + "/health/status")
@@ -337,34 +270,8 @@ def test_seldon_core_2_agent_flow_over_grpc(base_image, containers, models):  # 
         )
     )
     os.system("chmod -R a+rX %s" % agent)
-    ports, publish = _ports(9000, 9500, 8082)
-    box = Container(
-        containers,
-        [
-            *publish,
-            "--user",
-            "1000:1000",
-            "--group-add",
-            "2000",
-            "-v",
-            "%s:/mnt/agent:ro" % agent,
-            "-e",
-            "MLSERVER_HTTP_PORT=9000",
-            "-e",
-            "MLSERVER_GRPC_PORT=9500",
-            "-e",
-            "MLSERVER_MODELS_DIR=/mnt/agent/models",
-            "-e",
-            "MLSERVER_PARALLEL_WORKERS=1",
-            "-e",
-            "MLSERVER_LOAD_MODELS_AT_STARTUP=false",
-            "-e",
-            "MLSERVER_GRPC_MAX_MESSAGE_LENGTH=1048576000",
-            "-e",
-            "MLSERVER_DEBUG=false",
-            base_image,
-        ],
-    )
+    ports, argv = _documented_run("seldon-core-2", base_image, AGENT_DIR=agent)
+    box = Container(containers, argv)
     client = None
     try:
         url = "http://127.0.0.1:%d" % ports[9000]

@@ -25,6 +25,8 @@ _CRDS: Dict[Tuple[str, str], str] = {
     ("machinelearning.seldon.io/v1", "SeldonDeployment"): "seldondeployment-v1.json",
     ("serving.kserve.io/v1beta1", "InferenceService"): "kserve-inferenceservice-v1beta1.json",
     ("serving.kserve.io/v1alpha1", "ServingRuntime"): "kserve-servingruntime-v1alpha1.json",
+    # the cluster-scoped kind has the same spec (KServe's CRDs share one schema for both)
+    ("serving.kserve.io/v1alpha1", "ClusterServingRuntime"): "kserve-servingruntime-v1alpha1.json",
 }
 _loaded: Dict[str, Any] = {}
 

@@ -218,3 +218,18 @@ def test_golden_files_are_all_used():
 def test_templates_are_files():
     templates = Path(__file__).resolve().parents[3] / "src" / "envserve" / "deploy" / "templates"
     assert sorted(p.name for p in templates.iterdir()) == ["k8s.yaml.j2", "kserve.yaml.j2", "seldon.yaml.j2"]
+
+
+def test_the_documented_cluster_serving_runtime_validates():
+    """docs/deploy.md's ClusterServingRuntime for the base image, as written, against KServe's schema; a
+    field of the wrong type in it is caught (the check can fail)."""
+    import re
+
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    block = re.search(r"<!-- manifest: kserve -->\n```yaml\n(.*?)```", text, re.S).group(1)
+    docs = [d for d in yaml.safe_load_all(block) if d]
+    assert [d["kind"] for d in docs] == ["ClusterServingRuntime"]
+    assert validate_documents(docs, "deploy.md") == []
+    assert docs[0]["metadata"]["annotations"]["serving.kserve.io/server-type"] == "mlserver"
+    docs[0]["spec"]["supportedModelFormats"][0]["autoSelect"] = "yes"
+    assert any("autoSelect" in e for e in validate_documents(docs, "deploy.md"))
