@@ -96,6 +96,67 @@ def test_models_and_runs_uris_from_a_real_mlflow_server(tmp_path, start_server, 
         )
 
 
+def test_baking_an_mlflow_model_uri_fetches_only_its_environment_files(tmp_path, registered_digits):
+    """envserve image build --environment models:/digits/2: MLmodel and the environment files come from
+    the real tracking server, the model itself does not; the spec hashes as the full model's does, so the
+    model fetched at run time finds the environment baked."""
+    from envserve.environments.spec import read_spec
+    from envserve.image.bake import bake_source
+    from envserve.storage import fetch
+
+    env = {"MLFLOW_TRACKING_URI": registered_digits}
+    source = bake_source("models:/digits/2", str(tmp_path / "cache"), env)
+    assert source.kind == "spec" and os.path.basename(source.location) == "python_env.yaml"
+    # this tracking server keeps artifacts on a local path: read in place, nothing downloaded
+    assert not (tmp_path / "cache" / "downloads").exists()
+    whole = fetch("models:/digits/2", str(tmp_path / "whole"), env)
+    full = read_spec(os.path.join(whole, "python_env.yaml"))
+    assert read_spec(source.location).digest() == full.digest()
+    assert "scikit-learn" in " ".join(full.requirements)
+
+
+def test_baking_an_s3_model_fetches_only_its_environment_files(tmp_path, s3_server):
+    """The same from S3 (what an MLflow registry with an S3 artifact store answers): the model's weights
+    stay in the bucket."""
+    import boto3
+
+    from envserve.image.bake import ENVIRONMENT_FILES, bake_source
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_server["url"],
+        region_name="us-east-1",
+        aws_access_key_id=s3_server["key"],
+        aws_secret_access_key=s3_server["secret"],
+    )
+    s3.create_bucket(Bucket="bake")
+    files = {
+        "MLmodel": b"flavors:\n  python_function:\n    loader_module: mlflow.sklearn\n",
+        "python_env.yaml": b"python: 3.8.18\ndependencies:\n- -r requirements.txt\n",
+        "requirements.txt": b"scikit-learn==0.24.2\n",
+        "model.pkl": b"\0" * 1_000_000,
+        "sub/extra.bin": b"x",
+    }
+    for name, body in files.items():
+        s3.put_object(Bucket="bake", Key="churn/3/" + name, Body=body)
+    env = {
+        "AWS_ACCESS_KEY_ID": s3_server["key"],
+        "AWS_SECRET_ACCESS_KEY": s3_server["secret"],
+        "AWS_ENDPOINT_URL": s3_server["url"],
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+    }
+    source = bake_source("s3://bake/churn/3", str(tmp_path / "cache"), env)
+    assert source.kind == "spec" and os.path.basename(source.location) == "python_env.yaml"
+    fetched = sorted(os.listdir(os.path.dirname(source.location)))
+    assert fetched == ["MLmodel", "python_env.yaml", "requirements.txt"], fetched
+    assert set(fetched) <= set(ENVIRONMENT_FILES)
+    from envserve.environments.spec import read_spec
+
+    spec = read_spec(source.location)
+    assert (spec.python, spec.requirements) == ("3.8", ["scikit-learn==0.24.2"])
+
+
 @pytest.fixture(scope="module")
 def s3_server(tmp_path_factory):
     """moto's S3/IAM server with authentication on: one IAM user whose key may read the bucket."""
