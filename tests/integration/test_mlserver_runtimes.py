@@ -110,7 +110,7 @@ def servers(tmp_path_factory):
 
 def _mlserver(cli: list, repo: Path, log: Path, cwd=None) -> Reference:
     http, grpc, metrics = free_port(), free_port(), free_port()
-    return Reference(
+    reference = Reference(
         [*cli, "start", str(repo)],
         "http://127.0.0.1:%d" % http,
         "/v2/health/ready",
@@ -124,6 +124,26 @@ def _mlserver(cli: list, repo: Path, log: Path, cwd=None) -> Reference:
         },
         cwd=cwd,
     )
+    reference.grpc_address = "127.0.0.1:%d" % grpc
+    return reference
+
+
+def _grpc_infer_headers(address: str, model: str) -> tuple:
+    """ModelInfer with the metadata x-tenant: acme; (the tenant the model saw, the call's metadata)."""
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+    request = pb.ModelInferRequest(model_name=model)
+    tensor = request.inputs.add(name="x", datatype="INT64", shape=[1])
+    tensor.contents.int64_contents.append(1)
+    with grpc.insecure_channel(address) as channel:
+        reply, call = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer.with_call(
+            request, metadata=[("x-tenant", "acme")], timeout=60
+        )
+    tenant = reply.outputs[0].contents.bytes_contents or [reply.raw_output_contents[0][4:]]
+    metadata = dict(call.initial_metadata() or ()) | dict(call.trailing_metadata() or ())
+    return bytes(tenant[0]).decode(), metadata
 
 
 def _cases():
@@ -246,6 +266,11 @@ def test_custom_handlers_and_headers_as_mlserver(servers, variant):
         assert answer.json()["outputs"][0]["data"] == ["acme"], (url, answer.text)
         assert answer.headers["x-answered-by"] == "handler-model", (url, answer.headers)
         assert not (answer.json().get("parameters") or {}).get("headers"), answer.text  # 1.1: null
+    # over gRPC: the call's metadata in, the response's headers back as metadata
+    theirs = _grpc_infer_headers(mlserver.grpc_address, "handlers")
+    ours = _grpc_infer_headers(envserve.grpc_address, "handlers" + variant)
+    assert theirs[0] == ours[0] == "acme", (theirs, ours)
+    assert theirs[1].get("x-answered-by") == ours[1].get("x-answered-by") == "handler-model", (theirs, ours)
 
 
 def test_a_custom_handler_on_a_taken_route_fails_alone(tmp_path):

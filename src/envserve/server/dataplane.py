@@ -7,6 +7,7 @@ those errors to its own status codes in one table.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -20,9 +21,33 @@ from ..settings import ModelSettings
 from ..workers.admission import ClientGone
 from .registry import ModelRegistry, ModelState
 
-__all__ = ["DataPlane"]
+__all__ = ["DataPlane", "take_response_headers"]
 
 EXTENSIONS = ["model_repository"]
+
+
+_HEADER_NAME = re.compile(r"^[0-9a-z!#$%&'*+.^_`|~-]+$")
+_RESERVED_HEADERS = {"content-type", "content-length", "transfer-encoding", "connection", "te", "trailer"}
+
+
+def take_response_headers(response: InferenceResponse) -> Dict[str, str]:
+    """The headers an MLServer runtime set as ``parameters.headers`` of its response, removed from it:
+    names lower-cased, and only those a transport may carry (a token name, not reserved, not ``grpc-``;
+    a value without control characters) -- a model cannot break the framing or forge a status."""
+    extra = response.parameters.pop("headers", None) if response.parameters else None
+    if not isinstance(extra, dict):
+        return {}
+    headers = {}
+    for key, value in extra.items():
+        name, text = str(key).lower(), str(value)
+        if (
+            _HEADER_NAME.match(name)
+            and name not in _RESERVED_HEADERS
+            and not name.startswith("grpc-")
+            and all(32 <= ord(c) < 127 or c == "\t" for c in text)
+        ):
+            headers[name] = text
+    return headers
 
 
 def _release_json_data(doc: Any) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hmac
 import logging
-from typing import Any, Awaitable, Callable, Dict, Tuple
+from typing import Any, Awaitable, Callable, Dict, Tuple, Union
 
 from google.protobuf.message import DecodeError
 
 from ... import __version__
 from ...errors import EnvserveError
-from ..dataplane import DataPlane
+from ..dataplane import DataPlane, take_response_headers
 from . import converters
 from .errors import code_for
 from .generated import inference_pb2 as pb
@@ -79,11 +79,15 @@ class InferenceService:
 
     async def ModelInfer(self, request: Any, metadata: Metadata) -> Any:
         v2 = converters.request_from_proto(request)
-        response = await self.dp.infer(
-            request.model_name, request.model_version or None, v2, protocol="grpc", mlserver_shapes=True
-        )
+        name, version = request.model_name, request.model_version or None
+        if self.dp.wants_headers(name, version):
+            # as MLServer: the call's metadata is the request's parameters.headers (binary keys left out)
+            v2.parameters = dict(v2.parameters, headers={k: v for k, v in metadata if not k.endswith("-bin")})
+        response = await self.dp.infer(name, version, v2, protocol="grpc", mlserver_shapes=True)
+        extra = take_response_headers(response)  # and the response's go back as trailing metadata
         raw = v2.parameters.get("raw_output", True) is not False
-        return converters.response_to_proto(response, raw)
+        answer = converters.response_to_proto(response, raw)
+        return (answer, sorted(extra.items())) if extra else answer
 
     async def RepositoryIndex(self, request: Any, metadata: Metadata) -> Any:
         return converters.index_to_proto(self.dp.repository_index({"ready": request.ready}))
@@ -102,7 +106,7 @@ class InferenceService:
 def _unary(name: str, request_type: Any, method: Callable[[Any, Metadata], Awaitable[Any]]) -> Handler:
     parse = request_type.FromString
 
-    async def handle(data: bytes, metadata: Metadata) -> bytes:
+    async def handle(data: bytes, metadata: Metadata) -> Union[bytes, Tuple[bytes, Metadata]]:
         try:
             request = parse(data)
         except DecodeError as exc:
@@ -111,6 +115,8 @@ def _unary(name: str, request_type: Any, method: Callable[[Any, Metadata], Await
             reply = await method(request, metadata)
         except EnvserveError as exc:
             raise GrpcError(code_for(exc), str(exc)) from None
+        if isinstance(reply, tuple):  # (message, trailing metadata)
+            return reply[0].SerializeToString(), reply[1]
         return reply.SerializeToString()  # type: ignore[no-any-return]
 
     return handle

@@ -36,7 +36,7 @@ import sys
 import zlib
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
 from urllib.parse import quote
 
 import h2.config
@@ -53,7 +53,8 @@ logger = logging.getLogger("envserve.grpc")
 Metadata = List[Tuple[str, str]]
 # A handler gets the request message's bytes and the call's metadata, returns the response message's bytes,
 # and raises GrpcError for a non-OK status.
-Handler = Callable[[bytes, Metadata], Awaitable[bytes]]
+#: A handler answers the message, or the message and metadata to send before ``grpc-status``.
+Handler = Callable[[bytes, Metadata], Awaitable[Union[bytes, Tuple[bytes, Metadata]]]]
 
 
 class StatusCode:
@@ -447,14 +448,18 @@ class _Connection(asyncio.Protocol):
             logger.exception("unexpected error in gRPC call %s", path)
             self._respond_error(stream, StatusCode.INTERNAL, "internal server error; see the server log")
         else:
-            self._respond(stream, reply)
+            if isinstance(reply, tuple):
+                self._respond(stream, reply[0], reply[1])
+            else:
+                self._respond(stream, reply)
 
     # responses ---------------------------------------------------------------------------------------
-    def _respond(self, stream: _Stream, reply: bytes) -> None:
+    def _respond(self, stream: _Stream, reply: bytes, trailing: Optional[Metadata] = None) -> None:
         if self.closed or stream.sid not in self.streams:
             return
         self.conn.send_headers(stream.sid, _RESPONSE_HEADERS)
-        stream.pending = (memoryview(struct.pack(">BI", 0, len(reply)) + reply), _OK_TRAILERS)
+        trailers = [(k.encode("ascii"), v.encode("ascii")) for k, v in trailing or ()] + _OK_TRAILERS
+        stream.pending = (memoryview(struct.pack(">BI", 0, len(reply)) + reply), trailers)
         self._send_stream(stream)
         self._flush()
 

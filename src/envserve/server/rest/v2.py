@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, List, Optional, Tuple
 
 from ...errors import InvalidRequest
-from ..dataplane import DataPlane
+from ..dataplane import DataPlane, take_response_headers
 from .routing import Request, Response, dumps, json_response, loads
 
 __all__ = ["V2Handlers"]
@@ -57,13 +57,11 @@ class V2Handlers:
         response = await self.dp.infer(
             name, version, doc, binary, protocol=self.protocol, gone=request.gone, mlserver_shapes=True
         )
-        extra = response.parameters.get("headers") if response.parameters else None
-        if isinstance(extra, dict):  # MLServer runtimes set response headers as parameters.headers
-            del response.parameters["headers"]
+        extra = take_response_headers(response)  # MLServer runtimes set them as parameters.headers
         answer = _binary_response(response, doc)  # plain JSON unless binary outputs were asked for
-        if isinstance(extra, dict):
+        if extra:
             answer.headers = answer.headers + [
-                (str(k).lower().encode("latin-1"), str(v).encode("latin-1")) for k, v in extra.items()
+                (k.encode("ascii"), v.encode("ascii")) for k, v in extra.items()
             ]
         return answer
 
