@@ -51,7 +51,7 @@ def test_wizard_in_a_terminal_with_invalid_answers_reasked(tmp_path, registered_
     child.sendline("champion")
     child.expect(r"Target \(seldon/kserve/k8s\) \[seldon\]: ")
     child.sendline("openshift")
-    child.expect("'openshift' is not one of seldon, kserve, k8s")
+    child.expect("'openshift' is not one of seldon, kserve, seldon2, k8s")
     child.sendline("seldon")
     child.expect(r"Server type .* \[MLFLOW_SERVER\]: ")
     child.sendline("")

@@ -20,7 +20,10 @@ def deploy() -> None:
 
 _SPEC_OPTIONS = [
     click.option(
-        "--target", type=click.Choice(["seldon", "kserve", "k8s"]), default="seldon", show_default=True
+        "--target",
+        type=click.Choice(["seldon", "kserve", "seldon2", "k8s"]),
+        default="seldon",
+        show_default=True,
     ),
     click.option("--name", required=True, help="Deployment name (DNS-1123 label)."),
     click.option("--namespace", default="default", show_default=True),
@@ -90,7 +93,7 @@ def deploy_validate(files: Any) -> None:
 @click.option("--model", help="Registered model name.")
 @click.option("--version", "version", help="Version number, alias or 'latest'.")
 @click.option("--model-uri")
-@click.option("--target", type=click.Choice(["seldon", "kserve", "k8s"]))
+@click.option("--target", type=click.Choice(["seldon", "kserve", "seldon2", "k8s"]))
 @click.option("--server-type")
 @click.option("--protocol", type=click.Choice(["seldon", "v2"]))
 @click.option("--image")

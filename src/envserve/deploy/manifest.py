@@ -26,7 +26,7 @@ __all__ = [
     "validate_spec",
 ]
 
-TARGETS = ("seldon", "kserve", "k8s")
+TARGETS = ("seldon", "kserve", "seldon2", "k8s")
 SERVER_TYPES = (
     "MLFLOW_SERVER",
     "SKLEARN_SERVER",
@@ -69,7 +69,8 @@ class DeploymentSpec:
 
     @property
     def uses_envserve(self) -> bool:
-        return self.target == "k8s" or self.custom_server or self.server_type == ENVSERVE_SERVER
+        # Seldon Core 2 runs the image in MLServer's place: it is envserve whatever the model's format
+        return self.target in ("k8s", "seldon2") or self.custom_server or self.server_type == ENVSERVE_SERVER
 
 
 @dataclass
@@ -126,6 +127,14 @@ def validate_spec(spec: DeploymentSpec) -> DeploymentSpec:
     for ref in (spec.image, spec.model_image):
         if ref:
             split_image(ref)
+    if spec.target == "seldon2":
+        spec.protocol = "v2"  # the only protocol Seldon Core 2 speaks
+        if not spec.model_uri or spec.model_uri.startswith(("models:/", "runs:/", "/")):
+            raise SettingsError(
+                "Seldon Core 2 needs --model-uri with the artifacts' storage location (s3://, gs://, ...: "
+                "its agent downloads them with rclone), got %r; for an MLflow model, the wizard resolves "
+                "models:/name/version to it" % spec.model_uri
+            )
     if spec.target == "k8s" and spec.server_type not in (ENVSERVE_SERVER,) and not spec.custom_server:
         spec.custom_server = True  # plain Kubernetes always runs envserve itself
     return spec
@@ -249,6 +258,9 @@ def render(spec: DeploymentSpec, platform: PlatformConfig) -> List[Dict[str, Any
         "runtime_name": "envserve-%s" % spec.name if len(spec.name) <= 54 else "envserve",
         "formats": ["sklearn", "xgboost", "lightgbm", "mlflow"],
         "model_format": _KSERVE_FORMATS.get(spec.server_type, "sklearn"),
+        # what the Model asks of the Server (MLServer's capabilities; the agent's default settings follow it)
+        "seldon2_requirement": _KSERVE_FORMATS.get(spec.server_type, "sklearn"),
+        "server_name": ("envserve-%s" % spec.name)[:63].rstrip("-"),
         "kserve_protocol": "v2" if spec.protocol == "v2" or custom else "v1",
         "service_account": "%s-sa" % spec.name[:60],
         "image_overridden": image_overridden

@@ -27,6 +27,9 @@ _CRDS: Dict[Tuple[str, str], str] = {
     ("serving.kserve.io/v1alpha1", "ServingRuntime"): "kserve-servingruntime-v1alpha1.json",
     # the cluster-scoped kind has the same spec (KServe's CRDs share one schema for both)
     ("serving.kserve.io/v1alpha1", "ClusterServingRuntime"): "kserve-servingruntime-v1alpha1.json",
+    # envserve's own schemas of the fields it emits (Seldon Core 2's CRDs are BSL 1.1)
+    ("mlops.seldon.io/v1alpha1", "Server"): "seldon-core2-server-v1alpha1.json",
+    ("mlops.seldon.io/v1alpha1", "Model"): "seldon-core2-model-v1alpha1.json",
 }
 _loaded: Dict[str, Any] = {}
 

@@ -51,6 +51,15 @@ CASES = {
         memory="2Gi",
         max_replicas=4,
     ),
+    "seldon2-sklearn": dict(
+        target="seldon2",
+        server_type="SKLEARN_SERVER",
+        model_uri="s3://models/digits/1",
+        secret="s3-creds",
+        replicas=2,
+        cpu="1",
+        memory="1Gi",
+    ),
     "k8s-envserve": dict(
         target="k8s",
         server_type="ENVSERVE",
@@ -174,9 +183,14 @@ def test_image_precedence_and_the_recorded_reason():
         (dict(name="Digits_Prod"), "not a DNS-1123 label"),
         (dict(name="digits", namespace="-bad"), "namespace '-bad'"),
         (dict(name="digits", replicas=-1), "replicas must be a whole number"),
+        (
+            dict(name="digits", target="seldon2", model_uri="models:/digits/1"),
+            "Seldon Core 2 needs --model-uri",
+        ),
+        (dict(name="digits", target="seldon2"), "storage location"),
         (dict(name="digits", cpu="lots"), "cpu 'lots' is not a Kubernetes quantity"),
         (dict(name="digits", image="no-tag"), "has no tag"),
-        (dict(name="digits", target="nomad"), "target 'nomad' is not one of seldon, kserve, k8s"),
+        (dict(name="digits", target="nomad"), "target 'nomad' is not one of seldon, kserve, seldon2, k8s"),
         (dict(name="digits", server_type="PYTORCH_SERVER"), "no image for server type PYTORCH_SERVER"),
     ],
 )
@@ -217,7 +231,12 @@ def test_golden_files_are_all_used():
 
 def test_templates_are_files():
     templates = Path(__file__).resolve().parents[3] / "src" / "envserve" / "deploy" / "templates"
-    assert sorted(p.name for p in templates.iterdir()) == ["k8s.yaml.j2", "kserve.yaml.j2", "seldon.yaml.j2"]
+    assert sorted(p.name for p in templates.iterdir()) == [
+        "k8s.yaml.j2",
+        "kserve.yaml.j2",
+        "seldon.yaml.j2",
+        "seldon2.yaml.j2",
+    ]
 
 
 def test_the_documented_cluster_serving_runtime_validates():
@@ -233,3 +252,40 @@ def test_the_documented_cluster_serving_runtime_validates():
     assert docs[0]["metadata"]["annotations"]["serving.kserve.io/server-type"] == "mlserver"
     docs[0]["spec"]["supportedModelFormats"][0]["autoSelect"] = "yes"
     assert any("autoSelect" in e for e in validate_documents(docs, "deploy.md"))
+
+
+def test_seldon_core_2_server_and_model_are_checked_against_envserve_schemas():
+    docs = render(DeploymentSpec(name="digits", namespace="models", **CASES["seldon2-sklearn"]), _platform())
+    assert [d["kind"] for d in docs] == ["Server", "Model"]
+    assert docs[0]["spec"]["podSpec"]["containers"][0]["name"] == "mlserver"  # merged into MLServer's pod
+    assert docs[1]["spec"]["server"] == docs[0]["metadata"]["name"]
+    docs[0]["spec"]["replicas"] = "two"
+    docs[1]["spec"]["storageUri"] = ""
+    errors = validate_documents(docs, "m.yaml")
+    assert any("Server envserve-digits" in e and "spec.replicas" in e for e in errors), errors
+    assert any("Model digits" in e and "spec.storageUri" in e for e in errors), errors
+
+
+def test_the_documented_seldon_core_2_manifest_is_what_the_command_renders():
+    import re
+
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    documented = [
+        d
+        for d in yaml.safe_load_all(
+            re.search(r"<!-- manifest: seldon2 -->\n```yaml\n(.*?)```", text, re.S).group(1)
+        )
+    ]
+    spec = DeploymentSpec(
+        name="digits",
+        target="seldon2",
+        server_type="SKLEARN_SERVER",
+        model_uri="s3://models/digits/1",
+        secret="s3-creds",
+        image="registry.corp/envserve-base:1",
+    )
+    rendered = render(spec, PlatformConfig())
+    assert [(d["kind"], d["metadata"]["name"], d["spec"]) for d in rendered] == [
+        (d["kind"], d["metadata"]["name"], d["spec"]) for d in documented
+    ]
+    assert "--target seldon2 --name digits --server-type SKLEARN_SERVER" in text
