@@ -109,7 +109,7 @@ class Container:
 DOC_IMAGE = "registry.corp/envserve-base:1"
 
 
-def _documented_run(name, image, **folders):
+def _documented_run(name, image, env=None, **folders):
     """The ``podman run`` line docs/deploy.md gives for ``name``, as written: its image replaced by the
     one under test, ``$MODEL_DIR``/``$AGENT_DIR`` by ``folders``, host ports by free loopback ones, and
     without ``--rm`` (the logs are read after a failure). Returns ({container port: host port}, argv)."""
@@ -130,6 +130,12 @@ def _documented_run(name, image, **folders):
         for variable, folder in folders.items():
             word = word.replace("$" + variable, str(folder))
         argv.append(word.replace(DOC_IMAGE, image))
+    for variable, value in (env or {}).items():  # a documented variable changed, added or (None) dropped
+        at = [i for i, w in enumerate(argv) if w.startswith(variable + "=") and argv[i - 1] == "-e"]
+        for i in reversed(at):
+            del argv[i - 1 : i + 1]
+        if value is not None:
+            argv[-1:-1] = ["-e", "%s=%s" % (variable, value)]
     return ports, argv
 
 
@@ -187,48 +193,71 @@ def test_mlserver_seed_run_read_only_as_an_arbitrary_uid(base_image, containers,
         box.stop()
 
 
-def test_kserve_in_place_of_kserve_mlserver(base_image, containers, models):  # noqa: F811
-    ports, argv = _documented_run("kserve", base_image, MODEL_DIR=models / "repo" / "mnist-svm-py38")
+@pytest.mark.parametrize("model", ["python38", "digits"])
+def test_kserve_in_place_of_kserve_mlserver(base_image, containers, models, model):  # noqa: F811
+    """The Python 3.8 model in its packed environment (MLSERVER_ENV_TARBALL from the InferenceService's
+    env), and the digits model in the server's own process (no such variable)."""
+    if model == "python38":
+        folder, env = models / "repo" / "mnist-svm-py38", None
+        expected = old_sklearn.expected(old_sklearn.old_sklearn())
+        rows, predictions = expected["rows"][:3], expected["predictions"][:3]
+    else:
+        folder, env = models / "bare", {"MLSERVER_ENV_TARBALL": None}
+        rows = old_sklearn.expected(old_sklearn.old_sklearn())["rows"][:3]
+        predictions = load(folder / "model.joblib").predict(rows).tolist()
+    ports, argv = _documented_run("kserve", base_image, env=env, MODEL_DIR=folder)
     box = Container(containers, argv)
     try:
         url = "http://127.0.0.1:%d" % ports[8080]
         box.wait(url + "/v2/models/sklearn-digits/ready")
         assert httpx.get(url + "/v2/health/ready", timeout=5).status_code == 200
-        expected = old_sklearn.expected(old_sklearn.old_sklearn())
-        body = {
-            "inputs": [
-                {"name": "input-0", "shape": [3, 64], "datatype": "FP32", "data": expected["rows"][:3]}
-            ]
-        }
+        body = {"inputs": [{"name": "input-0", "shape": [3, 64], "datatype": "FP32", "data": rows}]}
         r = httpx.post(url + "/v2/models/sklearn-digits/infer", json=body, timeout=60)
         assert r.status_code == 200, r.text
         out = r.json()["outputs"][0]
         assert out["shape"] == [3, 1]  # as MLServer 1.7 answers for an mlserver_sklearn model
-        assert [int(v) for v in out["data"]] == expected["predictions"][:3]
+        assert [int(v) for v in out["data"]] == predictions
         logs = box.logs()
         assert "KServe (kserve-mlserver)" in logs.splitlines()[0], logs.splitlines()[0]
-        _assert_served_from_the_image(logs)
+        if model == "python38":
+            _assert_served_from_the_image(logs)
+        status = {m["name"]: m for m in httpx.get(url + "/envserve/models", timeout=10).json()}
+        python = (status["sklearn-digits"].get("environment") or {}).get("python") or "server"
+        assert python.startswith("3.8.") == (model == "python38"), status["sklearn-digits"]
     finally:
         box.stop()
 
 
-def test_seldon_core_v1_prepackaged_sklearn_server(base_image, containers, models, digits):  # noqa: F811
-    x, _ = digits
-    model = load(models / "bare" / "model.joblib")
-    ports, argv = _documented_run("seldon-v1", base_image, MODEL_DIR=models / "bare")
+@pytest.mark.parametrize("model", ["digits", "python38"])
+def test_seldon_core_v1_prepackaged_sklearn_server(base_image, containers, models, model):  # noqa: F811
+    """SKLEARN_SERVER with the digits model in the server's process, and the Python 3.8 model in its
+    packed environment (MLSERVER_ENV_TARBALL set in the graph node's container env)."""
+    expected = old_sklearn.expected(old_sklearn.old_sklearn())
+    x = expected["rows"][:4]
+    if model == "digits":
+        folder, env = models / "bare", None
+        predictions = load(folder / "model.joblib").predict(x).tolist()
+    else:
+        folder = models / "repo" / "mnist-svm-py38"
+        env = {"MLSERVER_ENV_TARBALL": "/mnt/models/old-sklearn.tar.gz"}
+        predictions = expected["predictions"][:4]
+    ports, argv = _documented_run("seldon-v1", base_image, env=env, MODEL_DIR=folder)
     box = Container(containers, argv)
     try:
         url = "http://127.0.0.1:%d" % ports[9000]
         box.wait(url + "/health/status")
-        r = httpx.post(url + "/predict", json={"data": {"ndarray": x[:4].tolist()}}, timeout=60)
+        r = httpx.post(url + "/predict", json={"data": {"ndarray": x}}, timeout=60)
         assert r.status_code == 200, r.text
-        assert r.json()["data"]["ndarray"] == model.predict(x[:4]).tolist()
+        assert [int(v) for v in r.json()["data"]["ndarray"]] == predictions
         r = httpx.post(
             url + "/api/v1.0/predictions",
-            data={"json": json.dumps({"data": {"ndarray": x[:2].tolist()}})},
+            data={"json": json.dumps({"data": {"ndarray": x[:2]}})},
             timeout=60,
         )
-        assert r.status_code == 200 and r.json()["data"]["ndarray"] == model.predict(x[:2]).tolist(), r.text
+        assert r.status_code == 200, r.text
+        assert [int(v) for v in r.json()["data"]["ndarray"]] == predictions[:2]
+        if model == "python38":
+            _assert_served_from_the_image(box.logs())
         assert httpx.get(url + "/api/v1.0/health/status", timeout=5).status_code == 200
         scraped = httpx.get("http://127.0.0.1:%d/prometheus" % ports[6000], timeout=5)
         assert scraped.status_code == 200 and "envserve_requests_total" in scraped.text
@@ -269,6 +298,18 @@ def test_seldon_core_2_agent_flow_over_grpc(base_image, containers, models):  # 
             }
         )
     )
+    digits = agent / "models" / "digits_1" / "1"  # and one in the server's process
+    digits.mkdir(parents=True)
+    shutil.copy(models / "bare" / "model.joblib", digits / "model.joblib")
+    (digits / "model-settings.json").write_text(
+        json.dumps(
+            {
+                "name": "digits_1",
+                "implementation": "mlserver_sklearn.SKLearnModel",
+                "parameters": {"uri": "./model.joblib", "version": "1"},
+            }
+        )
+    )
     os.system("chmod -R a+rX %s" % agent)
     ports, argv = _documented_run("seldon-core-2", base_image, AGENT_DIR=agent)
     box = Container(containers, argv)
@@ -303,8 +344,19 @@ def test_seldon_core_2_agent_flow_over_grpc(base_image, containers, models):  # 
         )
         assert r.status_code == 200, r.text
         assert [int(v) for v in r.json()["outputs"][0]["data"]] == expected["predictions"][:4]
-        client.unload_model("digits38_1")
-        assert not client.is_model_ready("digits38_1")
+        client.load_model("digits_1")
+        r = httpx.post(
+            url + "/v2/models/digits_1/infer",
+            json={"inputs": [{"name": "predict", "shape": [4, 64], "datatype": "FP32", "data": rows}]},
+            headers={"seldon-model": "digits", "seldon-internal-model": "digits_1"},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        digits_predictions = load(digits / "model.joblib").predict(rows).tolist()
+        assert [int(v) for v in r.json()["outputs"][0]["data"]] == digits_predictions
+        for name in ("digits38_1", "digits_1"):
+            client.unload_model(name)
+            assert not client.is_model_ready(name)
         with pytest.raises(Exception, match=r"StatusCode.NOT_FOUND"):
             client.unload_model("nope_1")
         scraped = httpx.get("http://127.0.0.1:%d/metrics" % ports[8082], timeout=5)
