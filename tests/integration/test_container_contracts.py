@@ -280,36 +280,28 @@ def test_seldon_core_2_agent_flow_over_grpc(base_image, containers, models):  # 
     import tritonclient.grpc as tritongrpc
 
     agent = models / "agent"
-    folder = agent / "models" / "digits38_1" / "1"  # as the agent lays a model out
-    folder.mkdir(parents=True)
+
+    def agent_model(name, files, **parameters):
+        """A model as the agent lays it out: models/<name>/1/ with the settings it rewrites."""
+        folder = agent / "models" / name / "1"
+        folder.mkdir(parents=True)
+        for path in files:
+            shutil.copy(path, folder / path.name)
+        settings = {
+            "name": name,
+            "implementation": "mlserver_sklearn.SKLearnModel",
+            "parameters": {"uri": "./model.joblib", "version": "1", **parameters},
+        }
+        (folder / "model-settings.json").write_text(json.dumps(settings))
+        return folder
+
     source = models / "repo" / "mnist-svm-py38"
-    shutil.copy(source / "model.joblib", folder / "model.joblib")
-    shutil.copy(source / "old-sklearn.tar.gz", folder / "old-sklearn.tar.gz")
-    (folder / "model-settings.json").write_text(
-        json.dumps(
-            {
-                "name": "digits38_1",
-                "implementation": "mlserver_sklearn.SKLearnModel",
-                "parameters": {
-                    "uri": "./model.joblib",
-                    "version": "1",
-                    "environment_tarball": "./old-sklearn.tar.gz",
-                },
-            }
-        )
+    agent_model(
+        "digits38_1",
+        [source / "model.joblib", source / "old-sklearn.tar.gz"],
+        environment_tarball="./old-sklearn.tar.gz",
     )
-    digits = agent / "models" / "digits_1" / "1"  # and one in the server's process
-    digits.mkdir(parents=True)
-    shutil.copy(models / "bare" / "model.joblib", digits / "model.joblib")
-    (digits / "model-settings.json").write_text(
-        json.dumps(
-            {
-                "name": "digits_1",
-                "implementation": "mlserver_sklearn.SKLearnModel",
-                "parameters": {"uri": "./model.joblib", "version": "1"},
-            }
-        )
-    )
+    digits = agent_model("digits_1", [models / "bare" / "model.joblib"])  # in the server's process
     os.system("chmod -R a+rX %s" % agent)
     ports, argv = _documented_run("seldon-core-2", base_image, AGENT_DIR=agent)
     box = Container(containers, argv)
@@ -336,24 +328,20 @@ def test_seldon_core_2_agent_flow_over_grpc(base_image, containers, models):  # 
         assert client.is_model_ready("digits38_1")
         expected = old_sklearn.expected(old_sklearn.old_sklearn())
         rows = expected["rows"][:4]
-        r = httpx.post(
-            url + "/v2/models/digits38_1/infer",
-            json={"inputs": [{"name": "predict", "shape": [4, 64], "datatype": "FP32", "data": rows}]},
-            headers={"seldon-model": "digits38", "seldon-internal-model": "digits38_1"},
-            timeout=60,
-        )
-        assert r.status_code == 200, r.text
-        assert [int(v) for v in r.json()["outputs"][0]["data"]] == expected["predictions"][:4]
+
+        def infer(internal):  # as the agent forwards a call: the internal name, Seldon's headers
+            r = httpx.post(
+                url + "/v2/models/%s/infer" % internal,
+                json={"inputs": [{"name": "predict", "shape": [4, 64], "datatype": "FP32", "data": rows}]},
+                headers={"seldon-model": internal.rsplit("_", 1)[0], "seldon-internal-model": internal},
+                timeout=60,
+            )
+            assert r.status_code == 200, r.text
+            return [int(v) for v in r.json()["outputs"][0]["data"]]
+
+        assert infer("digits38_1") == expected["predictions"][:4]
         client.load_model("digits_1")
-        r = httpx.post(
-            url + "/v2/models/digits_1/infer",
-            json={"inputs": [{"name": "predict", "shape": [4, 64], "datatype": "FP32", "data": rows}]},
-            headers={"seldon-model": "digits", "seldon-internal-model": "digits_1"},
-            timeout=60,
-        )
-        assert r.status_code == 200, r.text
-        digits_predictions = load(digits / "model.joblib").predict(rows).tolist()
-        assert [int(v) for v in r.json()["outputs"][0]["data"]] == digits_predictions
+        assert infer("digits_1") == load(digits / "model.joblib").predict(rows).tolist()
         for name in ("digits38_1", "digits_1"):
             client.unload_model(name)
             assert not client.is_model_ready(name)

@@ -165,11 +165,9 @@ def _base_image(env) -> None:
 
 
 def _wheelhouse() -> Path:
-    """envserve and its [sklearn] dependencies as cp311 manylinux wheels, fetched on the host."""
-    lock = (ROOT / "requirements" / "lock.txt").read_bytes()
-    key = hashlib.sha256(lock + (ROOT / "pyproject.toml").read_bytes() + DEFAULT_EXTRAS.encode()).hexdigest()[
-        :16
-    ]
+    """envserve's dependencies with the image's extras as cp311 manylinux wheels, fetched on the host."""
+    inputs = [(ROOT / "requirements" / "lock.txt").read_bytes(), (ROOT / "pyproject.toml").read_bytes()]
+    key = hashlib.sha256(b"".join(inputs) + DEFAULT_EXTRAS.encode()).hexdigest()[:16]
     house = old_sklearn.cache_root() / ("wheelhouse-%s" % key)
     with open(old_sklearn.cache_root() / "wheelhouse.lock", "w") as guard:
         fcntl.flock(guard, fcntl.LOCK_EX)

@@ -118,17 +118,9 @@ def test_baking_an_mlflow_model_uri_fetches_only_its_environment_files(tmp_path,
 def test_baking_an_s3_model_fetches_only_its_environment_files(tmp_path, s3_server):
     """The same from S3 (what an MLflow registry with an S3 artifact store answers): the model's weights
     stay in the bucket."""
-    import boto3
-
     from envserve.image.bake import ENVIRONMENT_FILES, bake_source
 
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=s3_server["url"],
-        region_name="us-east-1",
-        aws_access_key_id=s3_server["key"],
-        aws_secret_access_key=s3_server["secret"],
-    )
+    s3 = _s3_client(s3_server)
     s3.create_bucket(Bucket="bake")
     files = {
         "MLmodel": b"flavors:\n  python_function:\n    loader_module: mlflow.sklearn\n",
@@ -155,6 +147,18 @@ def test_baking_an_s3_model_fetches_only_its_environment_files(tmp_path, s3_serv
 
     spec = read_spec(source.location)
     assert (spec.python, spec.requirements) == ("3.8", ["scikit-learn==0.24.2"])
+
+
+def _s3_client(s3_server):
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=s3_server["url"],
+        region_name="us-east-1",
+        aws_access_key_id=s3_server["key"],
+        aws_secret_access_key=s3_server["secret"],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -206,16 +210,9 @@ def s3_server(tmp_path_factory):
 def test_s3_uri_with_credentials_from_a_secret_directory(
     tmp_path, start_server, s3_server, digits_model_file, digits
 ):
-    import boto3
     import joblib
 
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=s3_server["url"],
-        region_name="us-east-1",
-        aws_access_key_id=s3_server["key"],
-        aws_secret_access_key=s3_server["secret"],
-    )
+    s3 = _s3_client(s3_server)
     s3.create_bucket(Bucket="models")
     s3.upload_file(str(digits_model_file), "models", "digits/v1/model.joblib")
     s3.put_object(Bucket="models", Key="digits/v1/model-settings.json", Body=b"{}")

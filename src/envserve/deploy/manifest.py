@@ -257,9 +257,8 @@ def render(spec: DeploymentSpec, platform: PlatformConfig) -> List[Dict[str, Any
         else dict(_SECURITY, readOnlyRootFilesystem=False),
         "runtime_name": "envserve-%s" % spec.name if len(spec.name) <= 54 else "envserve",
         "formats": ["sklearn", "xgboost", "lightgbm", "mlflow"],
+        # KServe's modelFormat, and what a Seldon Core 2 Model requires of its Server (the same names)
         "model_format": _KSERVE_FORMATS.get(spec.server_type, "sklearn"),
-        # what the Model asks of the Server (MLServer's capabilities; the agent's default settings follow it)
-        "seldon2_requirement": _KSERVE_FORMATS.get(spec.server_type, "sklearn"),
         "server_name": ("envserve-%s" % spec.name)[:63].rstrip("-"),
         "kserve_protocol": "v2" if spec.protocol == "v2" or custom else "v1",
         "service_account": "%s-sa" % spec.name[:60],

@@ -167,3 +167,14 @@ def test_image_scan_reports_and_exit_codes(run, tmp_path, monkeypatch):
 def test_image_sbom_of_a_missing_environment(run, tmp_path):
     result = run("image", "sbom", tmp_path / "nowhere", "-o", tmp_path / "sbom.json", "--environment")
     assert result.exit_code == 4 and "envserve: error:" in result.output and "Traceback" not in result.output
+
+
+def test_deploy_target_choices_are_the_renderers_targets():
+    """The CLI spells the targets out (importing the renderer would pull numpy into `envserve --help`);
+    they must stay the renderer's."""
+    from envserve.cli.deploy import deploy
+    from envserve.deploy.manifest import TARGETS
+
+    for command in ("manifest", "wizard"):
+        (target,) = [p for p in deploy.commands[command].params if p.name == "target"]
+        assert tuple(target.type.choices) == TARGETS, command

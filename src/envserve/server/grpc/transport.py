@@ -51,9 +51,9 @@ __all__ = ["GrpcError", "GrpcServer", "Handler", "Limits", "Metadata", "StatusCo
 logger = logging.getLogger("envserve.grpc")
 
 Metadata = List[Tuple[str, str]]
-# A handler gets the request message's bytes and the call's metadata, returns the response message's bytes,
-# and raises GrpcError for a non-OK status.
-#: A handler answers the message, or the message and metadata to send before ``grpc-status``.
+# A handler gets the request message's bytes and the call's metadata, returns the response message's bytes
+# (or those bytes and metadata to send as trailers before ``grpc-status``), and raises GrpcError for a
+# non-OK status.
 Handler = Callable[[bytes, Metadata], Awaitable[Union[bytes, Tuple[bytes, Metadata]]]]
 
 
