@@ -10,6 +10,7 @@ import pexpect
 import pytest
 import yaml
 
+from envserve.deploy.manifest import TARGETS
 from envserve.deploy.validate import validate_files
 
 pytestmark = pytest.mark.slow
@@ -49,7 +50,7 @@ def test_wizard_in_a_terminal_with_invalid_answers_reasked(tmp_path, registered_
     child.sendline("7")
     child.expect("digits has no version or alias '7'")
     child.sendline("champion")
-    child.expect(r"Target \(seldon/kserve/k8s\) \[seldon\]: ")
+    child.expect(r"Target \(%s\) \[seldon\]: " % "/".join(TARGETS))
     child.sendline("openshift")
     child.expect("'openshift' is not one of seldon, kserve, seldon2, k8s")
     child.sendline("seldon")
