@@ -273,6 +273,53 @@ def test_seldon_core_v1_prepackaged_sklearn_server(base_image, containers, model
         box.stop()
 
 
+@pytest.mark.parametrize("model", ["digits", "python38"])
+def test_seldon_core_v1_protocol_v2(base_image, containers, models, model):  # noqa: F811
+    """SKLEARN_SERVER with ``protocol: v2``: MLServer's variables, probes on /v2/health/* answered within
+    the operator's 1 s timeout, and the executor's calls by the node name over REST and gRPC."""
+    import numpy as np
+    import tritonclient.grpc as tritongrpc
+
+    expected = old_sklearn.expected(old_sklearn.old_sklearn())
+    x = expected["rows"][:4]
+    if model == "digits":
+        folder, env = models / "bare", None
+        predictions = load(folder / "model.joblib").predict(x).tolist()
+    else:
+        folder = models / "repo" / "mnist-svm-py38"
+        env = {"MLSERVER_ENV_TARBALL": "/mnt/models/old-sklearn.tar.gz"}
+        predictions = expected["predictions"][:4]
+    ports, argv = _documented_run("seldon-v1-v2", base_image, env=env, MODEL_DIR=folder)
+    box = Container(containers, argv)
+    client = None
+    try:
+        url = "http://127.0.0.1:%d" % ports[9000]
+        box.wait(url + "/v2/health/ready")  # each probe with the operator's 1 s timeout
+        assert httpx.get(url + "/v2/health/live", timeout=1).status_code == 200
+        assert httpx.get(url + "/v2/models/classifier/ready", timeout=5).status_code == 200
+        assert httpx.get(url + "/v2/models/classifier", timeout=5).json()["name"] == "classifier"
+        body = {"inputs": [{"name": "predict", "shape": [4, 64], "datatype": "FP64", "data": x}]}
+        for path in ("/v2/models/classifier/infer", "/v2/models/classifier/versions/v1/infer"):
+            r = httpx.post(url + path, json=body, timeout=60)
+            assert r.status_code == 200, (path, r.text)
+            assert [int(v) for v in r.json()["outputs"][0]["data"]] == predictions
+        client = tritongrpc.InferenceServerClient("127.0.0.1:%d" % ports[9500])
+        tensor = tritongrpc.InferInput("predict", [4, 64], "FP64")
+        tensor.set_data_from_numpy(np.asarray(x, dtype=np.float64))
+        answer = client.infer("classifier", [tensor], client_timeout=60)
+        assert answer.as_numpy(answer.get_response().outputs[0].name).ravel().tolist() == predictions
+        scraped = httpx.get("http://127.0.0.1:%d/prometheus" % ports[6000], timeout=5)
+        assert scraped.status_code == 200 and "envserve_requests_total" in scraped.text
+        logs = box.logs()
+        assert "Seldon Core v1, protocol v2" in logs.splitlines()[0], logs.splitlines()[0]
+        if model == "python38":
+            _assert_served_from_the_image(logs)
+    finally:
+        if client is not None:
+            client.close()
+        box.stop()
+
+
 def test_seldon_core_2_agent_flow_over_grpc(base_image, containers, models):  # noqa: F811
     """In place of MLServer in a Seldon Core 2 Server: nothing loads at start; the agent loads, infers and
     unloads by internal names over gRPC, with the models folder read-only and runAsUser 1000, fsGroup 2000.
