@@ -119,10 +119,16 @@ class Server:
         from .grpc.errors import status_label
 
         self.metrics.name_statuses(("grpc",), status_label)
-        server, port = await start_grpc_server(self.dataplane, s.host, s.grpc_port, limits, s.admin_token)
+        server, port = await start_grpc_server(
+            self.dataplane, s.host, s.grpc_port, limits, s.admin_token, s.grpc_reflection
+        )
         shown = "[%s]" % s.host if ":" in s.host else s.host
         self.grpc_address = "%s:%d" % (shown, port)
-        logger.info("listening on %s (gRPC, inference.GRPCInferenceService)", self.grpc_address)
+        logger.info(
+            "listening on %s (gRPC, inference.GRPCInferenceService%s)",
+            self.grpc_address,
+            ", server reflection" if s.grpc_reflection else "",
+        )
         return server
 
     async def _serve_metrics(self, host: str, port: int) -> _UvicornServer:

@@ -96,6 +96,9 @@ class ServerSettings:
     max_connections: int = 1024
     #: Seconds a gRPC connection without calls is kept open (0 = until the client closes it).
     grpc_idle_timeout: float = 300.0
+    #: gRPC server reflection (grpc.reflection.v1 and v1alpha): clients such as grpcurl list and describe
+    #: the services without the .proto file.
+    grpc_reflection: bool = True
     #: Rows one merged call of adaptive batching may hold.
     max_batch_rows: int = 1024
     #: An environment tarball for every model that names none (MLServer's MLSERVER_ENV_TARBALL is read too).

@@ -659,7 +659,7 @@ class H2Client:
         self.sent = {}
         self._pump(0.5)
 
-    def _pump(self, wait):
+    def _pump(self, wait, acknowledge=True):
         import h2.events
 
         self.sock.settimeout(wait)
@@ -674,7 +674,8 @@ class H2Client:
         for event in self.conn.receive_data(chunk):
             if isinstance(event, h2.events.DataReceived):
                 self.data[event.stream_id] = self.data.get(event.stream_id, b"") + event.data
-                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                if acknowledge:
+                    self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             elif isinstance(event, h2.events.StreamEnded):
                 self.ended.add(event.stream_id)
         self.sock.sendall(self.conn.data_to_send())
@@ -741,3 +742,107 @@ class H2Client:
             self._pump(1)
         assert sid in self.ended
         return len(self.data.get(sid, b"")) - 5
+
+
+# --- bidirectional streaming (the shape of server reflection) -----------------------------------------
+
+
+async def _shout(requests, metadata):
+    """Answers each request as it arrives; b"fail" ends the call with NOT_FOUND after what was sent."""
+    async for message in requests:
+        if message == b"fail":
+            raise GrpcError(StatusCode.NOT_FOUND, "no such thing")
+        yield message.upper()
+
+
+async def _refuse(requests, metadata):
+    raise GrpcError(StatusCode.UNAUTHENTICATED, "nope")
+    yield b""  # pragma: no cover - makes this an async generator
+
+
+class _Feed:
+    """A request iterator for grpcio fed one message at a time, so a test can wait for each answer."""
+
+    def __init__(self):
+        import queue
+
+        self.queue = queue.Queue()
+
+    def send(self, message):
+        self.queue.put(message)
+
+    def close(self):
+        self.queue.put(None)
+
+    def __iter__(self):
+        while True:
+            item = self.queue.get(timeout=30)
+            if item is None:
+                return
+            yield item
+
+
+@pytest.fixture()
+def streaming():
+    running = Running()
+    running.server.stream_handlers.update({"/t.S/Shout": _shout, "/t.S/Refuse": _refuse})
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def test_each_streamed_request_is_answered_before_the_next_is_sent(streaming):
+    """True bidirectional streaming: the client waits for each answer before sending the next request
+    (reflection clients do), which a call answered only after the client half-closes would deadlock."""
+    with grpc.insecure_channel(streaming.address) as channel:
+        feed = _Feed()
+        replies = channel.stream_stream("/t.S/Shout")(iter(feed), timeout=30)
+        for word in (b"one", b"two", b"x" * 100_000):
+            feed.send(word)
+            assert next(replies) == word.upper()
+        feed.close()
+        assert list(replies) == []
+        assert replies.code() == grpc.StatusCode.OK
+        # the unary methods on the same connection are unaffected
+        assert _unary(channel, "/t.T/Echo")(b"unary", timeout=10) == b"unary"
+
+
+def test_a_streaming_error_follows_the_answers_already_sent(streaming):
+    with grpc.insecure_channel(streaming.address) as channel:
+        replies = channel.stream_stream("/t.S/Shout")(iter([b"a", b"b", b"fail", b"never"]), timeout=30)
+        got = []
+        with pytest.raises(grpc.RpcError) as info:
+            for reply in replies:
+                got.append(reply)
+        assert got == [b"A", b"B"]
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND and info.value.details() == "no such thing"
+        with pytest.raises(grpc.RpcError) as info:
+            list(channel.stream_stream("/t.S/Refuse")(iter([b"x"]), timeout=30))
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED and info.value.details() == "nope"
+
+
+def test_a_streaming_client_that_never_reads_is_held_to_its_window(streaming):
+    """Requests sent on a stream whose answers are not read: the server stops taking them (and handing
+    the window back) once it cannot send, so what it holds stays within a window and a message."""
+    client = H2Client(streaming.port)
+    sid = client.open("/t.S/Shout")
+    limits = streaming.server.limits
+    framed = struct.pack(">BI", 0, 1000) + b"q" * 1000  # requests of 1 kB, back to back
+    sent, total = 0, 24 << 20  # 24 MB of requests if the server took them all
+    while sent < total:
+        room = min(client.conn.local_flow_control_window(sid), client.conn.max_outbound_frame_size)
+        if room <= 0:
+            client.sock.sendall(client.conn.data_to_send())
+            if not client._pump(0.5, acknowledge=False):  # reads frames, never hands a window back
+                break
+            continue
+        offset = sent % len(framed)
+        chunk = (framed[offset:] + framed * (room // len(framed) + 1))[:room]
+        client.conn.send_data(sid, chunk)
+        sent += room
+        client.sock.sendall(client.conn.data_to_send())
+    # the handler answered until the client's window was full, then waits; the requests it holds are
+    # bounded by its window
+    assert sent <= 4 * limits.stream_window + 70 * 1005, (sent, limits.stream_window)
+    _still_serving(streaming.port)

@@ -14,6 +14,7 @@ from ..dataplane import DataPlane, take_response_headers
 from . import converters
 from .errors import code_for
 from .generated import inference_pb2 as pb
+from .reflection import Reflection
 from .transport import GrpcError, GrpcServer, Handler, Limits, Metadata, StatusCode
 
 __all__ = ["InferenceService", "start_grpc_server"]
@@ -123,10 +124,16 @@ def _unary(name: str, request_type: Any, method: Callable[[Any, Metadata], Await
 
 
 async def start_grpc_server(
-    dataplane: DataPlane, host: str, port: int, limits: Limits, admin_token: str = ""
+    dataplane: DataPlane,
+    host: str,
+    port: int,
+    limits: Limits,
+    admin_token: str = "",
+    reflection: bool = True,
 ) -> Tuple[GrpcServer, int]:
     """Start serving; returns (server, bound port). Port 0 picks a free one."""
-    server = GrpcServer(InferenceService(dataplane, admin_token).handlers(), limits)
+    streams = Reflection().handlers() if reflection else {}
+    server = GrpcServer(InferenceService(dataplane, admin_token).handlers(), limits, streams)
     try:
         bound = await server.start(host, port)
     except OSError as exc:

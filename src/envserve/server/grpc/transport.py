@@ -4,7 +4,8 @@ The HTTP/2 protocol itself (framing, HPACK, stream states, flow-control accounti
 CONTINUATION limits, header validation) is ``h2.connection.H2Connection``'s job, as in hypercorn and
 httpcore. What this module owns is the gRPC layer and the server's policies:
 
-- **gRPC framing**: the 5-byte message prefix, gzip requests, ``grpc-timeout`` deadlines, status and
+- **gRPC framing**: unary calls, and bidirectional streams for the few services that need them (server
+  reflection): the 5-byte message prefix, gzip requests, ``grpc-timeout`` deadlines, status and
   ``grpc-message`` trailers (percent-encoded and capped at :data:`MAX_STATUS_MESSAGE` characters),
   trailers-only errors;
 - **calls are ordinary asyncio Tasks**, one per stream, cancelled when the stream is reset or the
@@ -36,7 +37,7 @@ import sys
 import zlib
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, AsyncIterator, Awaitable, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
 from urllib.parse import quote
 
 import h2.config
@@ -46,7 +47,16 @@ import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
 
-__all__ = ["GrpcError", "GrpcServer", "Handler", "Limits", "Metadata", "StatusCode", "parse_timeout"]
+__all__ = [
+    "GrpcError",
+    "GrpcServer",
+    "Handler",
+    "Limits",
+    "Metadata",
+    "StatusCode",
+    "StreamHandler",
+    "parse_timeout",
+]
 
 logger = logging.getLogger("envserve.grpc")
 
@@ -55,6 +65,9 @@ Metadata = List[Tuple[str, str]]
 # (or those bytes and metadata to send as trailers before ``grpc-status``), and raises GrpcError for a
 # non-OK status.
 Handler = Callable[[bytes, Metadata], Awaitable[Union[bytes, Tuple[bytes, Metadata]]]]
+# A bidirectional streaming handler gets the request messages as they arrive (the iterator ends when the
+# client half-closes) and yields response messages; raising GrpcError ends the call with that status.
+StreamHandler = Callable[[AsyncIterator[bytes], Metadata], AsyncIterator[bytes]]
 
 
 class StatusCode:
@@ -164,7 +177,7 @@ _EAGER = getattr(asyncio, "eager_task_factory", None) if sys.version_info >= (3,
 
 
 class _Stream:
-    __slots__ = ("data", "deferred", "headers", "pending", "sid", "task")
+    __slots__ = ("data", "deferred", "drained", "headers", "inbox", "pending", "sid", "started", "task")
 
     def __init__(self, sid: int, headers: List[Tuple[bytes, bytes]]) -> None:
         self.sid = sid
@@ -172,7 +185,52 @@ class _Stream:
         self.data = bytearray()
         self.deferred = 0  # flow-controlled bytes received but not yet handed back to the peer
         self.task: Optional[asyncio.Task[Any]] = None
-        self.pending: Optional[Tuple[memoryview, List[Tuple[bytes, bytes]]]] = None  # unsent DATA, trailers
+        # unsent DATA and the trailers that follow it (None: a streaming call has more to send)
+        self.pending: Optional[Tuple[memoryview, Optional[List[Tuple[bytes, bytes]]]]] = None
+        # streaming calls only: request messages not yet taken by the handler (None ends them), whether
+        # response headers went out, and a waiter for the peer to read what was written
+        self.inbox: Optional[asyncio.Queue[Optional[bytes]]] = None
+        self.started = False
+        self.drained: Optional[asyncio.Event] = None
+
+
+def _call_headers(stream: _Stream) -> Tuple[str, str, str, str, str, Metadata]:
+    """(method, path, content-type, grpc-encoding, grpc-timeout, metadata) of a call's request headers."""
+    method = path = content_type = encoding = timeout = ""
+    metadata: Metadata = []
+    for raw_name, raw_value in stream.headers:
+        name = raw_name.decode("latin-1")
+        value = raw_value.decode("latin-1")
+        if name[0] == ":":
+            if name == ":path":
+                path = value
+            elif name == ":method":
+                method = value
+        elif name == "content-type":
+            content_type = value
+        elif name == "grpc-encoding":
+            encoding = value
+        elif name == "grpc-timeout":
+            timeout = value
+        elif name != "te":
+            metadata.append((name, value))
+    return method, path, content_type, encoding, timeout, metadata
+
+
+def _check_call(method: str, content_type: str) -> None:
+    if method != "POST":
+        raise GrpcError(StatusCode.UNIMPLEMENTED, "gRPC calls are POST requests, got %r" % method)
+    if not content_type.startswith("application/grpc"):
+        raise GrpcError(StatusCode.INVALID_ARGUMENT, "content-type must be application/grpc")
+
+
+def _deadline(timeout: str) -> Optional[float]:
+    if not timeout:
+        return None
+    seconds = parse_timeout(timeout)
+    if seconds is None:
+        raise GrpcError(StatusCode.INVALID_ARGUMENT, "malformed grpc-timeout %r" % timeout)
+    return seconds
 
 
 class _Connection(asyncio.Protocol):
@@ -190,6 +248,7 @@ class _Connection(asyncio.Protocol):
         self.transport: Optional[asyncio.Transport] = None
         self.streams: Dict[int, _Stream] = {}  # open streams: receiving, running or sending
         self.receiving: Dict[int, _Stream] = {}  # streams whose request message is not complete yet
+        self.streaming: Dict[int, _Stream] = {}  # streaming calls whose client has not half-closed
         self.buffered = 0  # bytes held in unfinished request messages
         self.stalled: Deque[_Stream] = deque()  # streams with deferred acknowledgements, oldest first
         self.resets = float(RESET_BUDGET)
@@ -244,6 +303,7 @@ class _Connection(asyncio.Protocol):
                 stream.task.cancel()
         self.streams.clear()
         self.receiving.clear()
+        self.streaming.clear()
         self.stalled.clear()
         self.server.connections.discard(self)
         self.server._connection_closed()
@@ -283,6 +343,10 @@ class _Connection(asyncio.Protocol):
             return
         stream = _Stream(sid, event.headers)
         self.streams[sid] = stream
+        if self.server.stream_handlers and self._start_streaming(stream):
+            if event.stream_ended is not None:
+                self._streaming_ended(stream)
+            return
         self.receiving[sid] = stream
         if event.stream_ended is not None:
             self._start(stream)
@@ -291,6 +355,9 @@ class _Connection(asyncio.Protocol):
         sid = event.stream_id
         stream = self.receiving.get(sid)
         size = event.flow_controlled_length or 0
+        if stream is None and sid in self.streaming:
+            self._streaming_data(self.streaming[sid], event.data or b"", size, event.stream_ended is not None)
+            return
         if stream is None:  # trailers-only responses are already on their way; drop late data
             if size:
                 self.conn.acknowledge_received_data(size, sid)
@@ -324,6 +391,8 @@ class _Connection(asyncio.Protocol):
         stream = self.receiving.get(event.stream_id)
         if stream is not None:
             self._start(stream)
+        elif event.stream_id in self.streaming:
+            self._streaming_ended(self.streaming[event.stream_id])
 
     def _stream_reset(self, event: h2.events.StreamReset) -> None:
         stream = self.streams.get(event.stream_id)
@@ -384,6 +453,7 @@ class _Connection(asyncio.Protocol):
 
     def _forget(self, stream: _Stream) -> None:
         self._finish_receiving(stream)
+        self.streaming.pop(stream.sid, None)
         self.streams.pop(stream.sid, None)
         if stream.task is not None:
             stream.task.cancel()
@@ -401,39 +471,17 @@ class _Connection(asyncio.Protocol):
             stream.task = task
 
     async def _call(self, stream: _Stream) -> None:
-        method = path = content_type = encoding = timeout = ""
-        metadata: Metadata = []
-        for raw_name, raw_value in stream.headers:
-            name = raw_name.decode("latin-1")
-            value = raw_value.decode("latin-1")
-            if name[0] == ":":
-                if name == ":path":
-                    path = value
-                elif name == ":method":
-                    method = value
-            elif name == "content-type":
-                content_type = value
-            elif name == "grpc-encoding":
-                encoding = value
-            elif name == "grpc-timeout":
-                timeout = value
-            elif name != "te":
-                metadata.append((name, value))
+        method, path, content_type, encoding, timeout, metadata = _call_headers(stream)
         data, stream.data = stream.data, bytearray()
         try:
-            if method != "POST":
-                raise GrpcError(StatusCode.UNIMPLEMENTED, "gRPC calls are POST requests, got %r" % method)
-            if not content_type.startswith("application/grpc"):
-                raise GrpcError(StatusCode.INVALID_ARGUMENT, "content-type must be application/grpc")
+            _check_call(method, content_type)
             handler = self.server.handlers.get(path)
             if handler is None:
                 raise GrpcError(StatusCode.UNIMPLEMENTED, "unknown method %s" % path)
             message = self.server.message(data, encoding)
             del data
-            if timeout:
-                seconds = parse_timeout(timeout)
-                if seconds is None:
-                    raise GrpcError(StatusCode.INVALID_ARGUMENT, "malformed grpc-timeout %r" % timeout)
+            seconds = _deadline(timeout)
+            if seconds is not None:
                 try:
                     reply = await asyncio.wait_for(handler(message, metadata), seconds)
                 except asyncio.TimeoutError:
@@ -452,6 +500,131 @@ class _Connection(asyncio.Protocol):
                 self._respond(stream, reply[0], reply[1])
             else:
                 self._respond(stream, reply)
+
+    # streaming calls ---------------------------------------------------------------------------------
+    def _start_streaming(self, stream: _Stream) -> bool:
+        """Start the call at once if its path names a streaming method; False for a unary one."""
+        path = next((v for k, v in stream.headers if k == b":path"), b"").decode("latin-1")
+        handler = self.server.stream_handlers.get(path)
+        if handler is None:
+            return False
+        stream.inbox = asyncio.Queue()
+        stream.drained = asyncio.Event()
+        self.streaming[stream.sid] = stream
+        loop = asyncio.get_running_loop()
+        self.last_active = loop.time()
+        stream.task = _start_task(loop, self._call_streaming(stream, handler))
+        return True
+
+    def _streaming_data(self, stream: _Stream, data: bytes, size: int, ended: bool) -> None:
+        """Cut complete messages out of the stream's bytes for the handler. The peer's window is handed
+        back at once while the handler keeps up, and only as it takes messages when it does not, so a
+        client that sends faster than the handler reads holds at most a window of messages here."""
+        assert stream.inbox is not None
+        stream.data += data
+        stream.deferred += size
+        buffer = stream.data
+        while len(buffer) >= 5:
+            length = struct.unpack_from(">I", buffer, 1)[0]
+            if length > self.limits.max_message:
+                self.streaming.pop(stream.sid, None)
+                self._respond_error(
+                    stream,
+                    StatusCode.RESOURCE_EXHAUSTED,
+                    "request message larger than the server's limit of %d bytes" % self.limits.max_message,
+                )
+                with contextlib.suppress(h2.exceptions.ProtocolError):
+                    self.conn.reset_stream(stream.sid, ErrorCodes.CANCEL)
+                self._forget(stream)
+                return
+            if len(buffer) < 5 + length:
+                break
+            stream.inbox.put_nowait(bytes(buffer[: 5 + length]))
+            del buffer[: 5 + length]
+        if stream.inbox.qsize() <= 1 and stream.deferred:
+            self._ack(stream, stream.deferred)
+            stream.deferred = 0
+        if ended:
+            self._streaming_ended(stream)
+
+    def _streaming_ended(self, stream: _Stream) -> None:
+        if self.streaming.pop(stream.sid, None) is not None and stream.inbox is not None:
+            if stream.data:
+                stream.inbox.put_nowait(bytes(stream.data))  # a truncated message: the handler's error
+                stream.data = bytearray()
+            stream.inbox.put_nowait(None)
+
+    async def _requests(self, stream: _Stream, encoding: str) -> AsyncIterator[bytes]:
+        inbox = stream.inbox
+        assert inbox is not None
+        while True:
+            framed = await inbox.get()
+            if inbox.empty() and stream.deferred and stream.sid in self.streams and not self.closed:
+                self._ack(stream, stream.deferred)  # the handler has caught up: let the peer send more
+                stream.deferred = 0
+                self._flush()
+            if framed is None:
+                return
+            yield self.server.message(bytearray(framed), encoding)
+
+    async def _call_streaming(self, stream: _Stream, handler: StreamHandler) -> None:
+        method, path, content_type, encoding, timeout, metadata = _call_headers(stream)
+
+        async def run() -> None:
+            async for reply in handler(self._requests(stream, encoding), metadata):
+                await self._send_message(stream, reply)
+
+        try:
+            _check_call(method, content_type)
+            seconds = _deadline(timeout)
+            if seconds is not None:
+                try:
+                    await asyncio.wait_for(run(), seconds)
+                except asyncio.TimeoutError:
+                    raise GrpcError(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded") from None
+            else:
+                await run()
+        except GrpcError as exc:
+            self._end_streaming(stream, exc.code, exc.message)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("unexpected error in gRPC call %s", path)
+            self._end_streaming(stream, StatusCode.INTERNAL, "internal server error; see the server log")
+        else:
+            self._end_streaming(stream, StatusCode.OK, "")
+
+    async def _send_message(self, stream: _Stream, reply: bytes) -> None:
+        if self.closed or stream.sid not in self.streams:
+            raise asyncio.CancelledError()
+        if not stream.started:
+            stream.started = True
+            self.conn.send_headers(stream.sid, _RESPONSE_HEADERS)
+        framed = struct.pack(">BI", 0, len(reply)) + reply
+        if stream.pending is not None:
+            framed = stream.pending[0].tobytes() + framed
+        stream.pending = (memoryview(framed), None)
+        self._send_stream(stream)
+        self._flush()
+        while stream.pending is not None:  # the peer is not reading: take no more requests until it does
+            assert stream.drained is not None
+            stream.drained.clear()
+            await stream.drained.wait()
+            if self.closed or stream.sid not in self.streams:
+                raise asyncio.CancelledError()
+
+    def _end_streaming(self, stream: _Stream, code: int, message: str) -> None:
+        self.streaming.pop(stream.sid, None)
+        if not stream.started:
+            self._respond_error(stream, code, message)
+            return
+        if self.closed or stream.sid not in self.streams:
+            return
+        trailers = _OK_TRAILERS if code == StatusCode.OK else status_headers(code, message)
+        payload = stream.pending[0] if stream.pending is not None else memoryview(b"")
+        stream.pending = (payload, trailers)
+        self._send_stream(stream)
+        self._flush()
 
     # responses ---------------------------------------------------------------------------------------
     def _respond(self, stream: _Stream, reply: bytes, trailing: Optional[Metadata] = None) -> None:
@@ -488,6 +661,11 @@ class _Connection(asyncio.Protocol):
                 return
             conn.send_data(sid, payload[:allowed].tobytes())
             payload = payload[allowed:]
+        if trailers is None:  # a streaming call with more to come: all written so far is sent
+            stream.pending = None
+            if stream.drained is not None:
+                stream.drained.set()
+            return
         conn.send_headers(sid, trailers, end_stream=True)
         stream.pending = None
         self._stream_done(stream)
@@ -564,6 +742,7 @@ class _Connection(asyncio.Protocol):
                 stream.task.cancel()
         self.streams.clear()
         self.receiving.clear()
+        self.streaming.clear()
         self.stalled.clear()
 
     def _maybe_close(self) -> None:
@@ -605,17 +784,24 @@ _EVENTS: Dict[type, Callable[[_Connection, Any], None]] = {
 
 
 class GrpcServer:
-    """Serve unary gRPC methods (``/package.Service/Method`` -> Handler) over cleartext HTTP/2."""
+    """Serve gRPC methods (``/package.Service/Method`` -> Handler, or StreamHandler for bidirectional
+    streaming ones) over cleartext HTTP/2."""
 
-    def __init__(self, handlers: Dict[str, Handler], limits: Limits) -> None:
+    def __init__(
+        self,
+        handlers: Dict[str, Handler],
+        limits: Limits,
+        stream_handlers: Optional[Dict[str, StreamHandler]] = None,
+    ) -> None:
         self.handlers = handlers
+        self.stream_handlers = stream_handlers or {}
         self.limits = limits
         self.connections: Set[_Connection] = set()
         self._server: Optional[asyncio.AbstractServer] = None
         self._idle = asyncio.Event()
 
     def message(self, data: bytearray, encoding: str) -> bytes:
-        """The request message of a unary call: the one length-prefixed (maybe gzipped) message."""
+        """One request message: exactly one length-prefixed (maybe gzipped) message."""
         limit = self.limits.max_message
         if len(data) < 5:
             raise GrpcError(StatusCode.INVALID_ARGUMENT, "request has no gRPC message")
