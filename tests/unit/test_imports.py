@@ -42,6 +42,7 @@ WORKER_CLOSURE = tuple(WORKER_SIDE)
 #: The layers (STYLE.md): a module may import its own layer or lower ones, never higher.
 LAYERS = {
     "errors": 0,
+    "logcontext": 0,
     "compat": 0,  # the stand-in packages (mlserver) import nothing of envserve
     "protocol": 0,
     "codecs": 1,

@@ -58,15 +58,15 @@ def serve(model_repository: Optional[str], **flags: Any) -> None:
     MLSERVER_* as KServe and Seldon Core 2 set them; docs/deploy.md), MODEL_REPOSITORY/settings.json,
     built-in defaults. Started with no arguments under a contract, it serves what the contract names.
     """
+    from ..server.logs import configure
     from ..server.serve import serve as run
     from ..settings.server import ServerSettings
-    from . import configure_logging
 
     overrides: Dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     if flags.get("model_uri") and model_repository is None:
         overrides["model_repository"] = ""  # only the --model-uri model, no repository scan
     settings = ServerSettings.from_sources(model_repository, overrides)
-    configure_logging(settings.log_level)
+    configure(settings.log_level, settings.log_format, settings.logging_settings)
     run(settings)
 
 

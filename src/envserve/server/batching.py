@@ -24,6 +24,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..errors import EnvserveError
+from ..logcontext import REQUEST_ID
 from ..protocol.v2 import InferenceRequest, InferenceResponse, RequestInput, ResponseOutput
 from ..runtimes.base import CUSTOM_METRICS
 from ..workers.admission import ClientGone, admit, drop_when_client_leaves
@@ -32,7 +33,8 @@ __all__ = ["BatchingHandle"]
 
 
 # (request, its future, its batching signature computed once when it is queued)
-_Item = Tuple[InferenceRequest, "asyncio.Future[InferenceResponse]", Optional[Tuple[Any, ...]]]
+# (request, its caller's future, its batch signature, its request id for log lines)
+_Item = Tuple[InferenceRequest, "asyncio.Future[InferenceResponse]", Optional[Tuple[Any, ...]], str]
 
 
 def _signature(request: InferenceRequest) -> Optional[Tuple[Any, ...]]:
@@ -101,7 +103,7 @@ class BatchingHandle:
     async def infer(self, request: InferenceRequest, gone: Optional[ClientGone] = None) -> InferenceResponse:
         admit(len(self._queue), self.max_queue, self.settings.name)
         future: asyncio.Future[InferenceResponse] = asyncio.get_running_loop().create_future()
-        self._queue.append((request, future, _signature(request)))
+        self._queue.append((request, future, _signature(request), REQUEST_ID.get()))
         if self._worker is None or self._worker.done():
             self._worker = asyncio.ensure_future(self._run())
         elif len(self._queue) > 1:  # it waits for a batch: drop it if its client leaves meanwhile
@@ -189,6 +191,7 @@ class BatchingHandle:
                 continue
             try:
                 merged, sizes = _merge([item[0] for item in batch])
+                REQUEST_ID.set(",".join(item[3] for item in batch if item[3]))  # this task's own context
                 response = await self._call(merged)
                 parts = _split(response, sizes)
             except Exception:
@@ -197,7 +200,7 @@ class BatchingHandle:
                 for item in batch:
                     await self._one(item)
                 continue
-            for (request, future, _), part in zip(batch, parts):
+            for (request, future, _, _), part in zip(batch, parts):
                 part.id = request.id
                 if not future.done():
                     future.set_result(part)
@@ -210,7 +213,8 @@ class BatchingHandle:
         return result
 
     async def _one(self, item: _Item) -> None:
-        request, future, _ = item
+        request, future, _, rid = item
+        REQUEST_ID.set(rid)
         try:
             response = await self._call(request)
         except EnvserveError as exc:

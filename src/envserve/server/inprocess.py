@@ -17,6 +17,7 @@ the average moves; docs/lifecycle.md says so.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -132,7 +133,11 @@ class InProcessModel:
         admit(self._pending - 1, self.max_queue, self.settings.name)  # one call runs, the rest wait
         self._pending += 1
         try:
-            future = asyncio.get_running_loop().run_in_executor(executor, self._timed_call, request)
+            # in the request's context, so the model's log lines carry its request id
+            context = contextvars.copy_context()
+            future = asyncio.get_running_loop().run_in_executor(
+                executor, context.run, self._timed_call, request
+            )
             if self._pending > 1:  # it waits behind others: drop it if its client leaves meanwhile
                 drop_when_client_leaves(future, gone)
             return await future

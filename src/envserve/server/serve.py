@@ -85,6 +85,7 @@ class Server:
             origins,
             console,
             settings.max_connections,
+            settings.access_log,
         )
         self._http: Optional[_UvicornServer] = None
         self._metrics_task: Optional[asyncio.Task[None]] = None
@@ -120,7 +121,7 @@ class Server:
 
         self.metrics.name_statuses(("grpc",), status_label)
         server, port = await start_grpc_server(
-            self.dataplane, s.host, s.grpc_port, limits, s.admin_token, s.grpc_reflection
+            self.dataplane, s.host, s.grpc_port, limits, s.admin_token, s.grpc_reflection, s.access_log
         )
         shown = "[%s]" % s.host if ":" in s.host else s.host
         self.grpc_address = "%s:%d" % (shown, port)

@@ -36,11 +36,16 @@ logger = logging.getLogger("envserve.settings")
 # MLServer's variables that mean one of our settings (ENVSERVE_* wins over them).
 _MLSERVER_VARIABLES = {
     "MLSERVER_ENV_TARBALL": "env_tarball",
+    "MLSERVER_LOGGING_SETTINGS": "logging_settings",
+    "MLSERVER_USE_STRUCTURED_LOGGING": "log_format",
     "PREDICTIVE_UNIT_ID": "predictive_unit_id",
     "PREDICTIVE_UNIT_IMAGE": "predictive_unit_image",
 }
 # MLServer's settings.json spells some fields differently; map them onto ours.
-_MLSERVER_ALIASES = {"model_repository_root": "model_repository"}
+_MLSERVER_ALIASES = {
+    "model_repository_root": "model_repository",
+    "use_structured_logging": "log_format",
+}
 # MLServer keys that have no meaning for envserve yet; accepted so MLServer repositories load unchanged.
 _MLSERVER_IGNORED = {
     "cors_settings",
@@ -50,8 +55,6 @@ _MLSERVER_IGNORED = {
     "grpc_max_message_length",
     "root_path",
     "load_models_at_startup",
-    "logging_settings",
-    "use_structured_logging",
     "tracing_server",
     "kafka_enabled",
     "kafka_servers",
@@ -108,6 +111,13 @@ class ServerSettings:
     predictive_unit_id: str = ""
     predictive_unit_image: str = ""
     log_level: str = "info"
+    #: Log lines as ``text`` or ``json`` (one object per line; MLServer's use_structured_logging: true).
+    log_format: str = "text"
+    #: One log line per request (logger envserve.access): method, path, model, status, latency, request id.
+    access_log: bool = False
+    #: A logging configuration applied over envserve's, as MLServer applies its ``logging_settings``: a
+    #: ``.json`` or YAML file (dictConfig), an INI file (fileConfig), or an inline JSON object.
+    logging_settings: str = ""
     #: Where model environments are extracted/built and cached ("" = ENVSERVE_ENV_CACHE or
     #: ~/.cache/envserve/environments).
     environments_dir: str = ""
@@ -167,7 +177,7 @@ class ServerSettings:
         for variable, name in _MLSERVER_VARIABLES.items():  # below envserve's own variables
             raw = environ.get(variable)
             if raw is not None:
-                values[name] = _coerce(name, raw, known_fields[name].type, variable)
+                values[name] = _mlserver_value(name, raw, known_fields[name].type, variable)
         for f in fields(cls):
             raw = environ.get(ENV_PREFIX + f.name.upper())
             if raw is not None:
@@ -204,6 +214,8 @@ class ServerSettings:
             raise SettingsError(
                 "metrics_endpoint must be a path starting with '/', got %r" % self.metrics_endpoint
             )
+        if self.log_format not in ("text", "json"):
+            raise SettingsError("log_format must be text or json, got %r" % self.log_format)
         for name in ("max_queue_size", "max_connections", "grpc_idle_timeout"):
             if getattr(self, name) < 0:
                 raise SettingsError("%s must be >= 0 (0 = no bound)" % name)
@@ -252,8 +264,19 @@ def _read_file(path: str) -> Dict[str, Any]:
             )
         if target == "model_repository":
             value = os.path.normpath(os.path.join(os.path.dirname(path), value))
-        values[target] = _coerce(target, value, known[target].type, "%s: %s" % (path, key))
+        values[target] = _mlserver_value(target, value, known[target].type, "%s: %s" % (path, key))
     return values
+
+
+def _mlserver_value(name: str, raw: Any, annotation: Any, where: str) -> Any:
+    """A value from MLServer's settings or variables: its ``use_structured_logging`` flag is our
+    ``log_format``, its inline ``logging_settings`` dict our JSON text; the rest as ours."""
+    flags = ("1", "true", "yes", "on", "0", "false", "no", "off")
+    if name == "log_format" and (isinstance(raw, bool) or str(raw).strip().lower() in flags):
+        return "json" if _coerce(name, raw, "bool", where) else "text"
+    if name == "logging_settings" and isinstance(raw, dict):
+        return json.dumps(raw)
+    return _coerce(name, raw, annotation, where)
 
 
 def _coerce(name: str, raw: Any, annotation: Any, where: str) -> Any:

@@ -18,6 +18,7 @@ from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional
 
 from ..errors import EnvserveError, InferenceTimeout, WorkerUnavailable
+from ..logcontext import REQUEST_ID
 from ..protocol.v2 import InferenceRequest, InferenceResponse
 from . import ipc
 from .admission import ClientGone, admit, drop_when_client_leaves
@@ -81,7 +82,7 @@ class Dispatcher:
         call_id = next(self._ids)
         call = Call(
             call_id,
-            b"".join(ipc.encode_request(call_id, request, server_dumps)),
+            b"".join(ipc.encode_request(call_id, request, server_dumps, REQUEST_ID.get())),
             loop.create_future(),
             loop.time() + self.timeout,
         )

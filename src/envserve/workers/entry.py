@@ -94,6 +94,40 @@ class Connection:
             self.pending = self.reader.frames()
 
 
+class _Tagged:
+    """The worker's sys.stdout / sys.stderr: each line begun while a call is answered starts with that
+    call's request id between :data:`ipc.OUTPUT_TAG` marks (the server puts the id on its log line)."""
+
+    current = ""  # the request id of the call being answered ("" between calls)
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._line_start = True
+
+    def write(self, text: str) -> int:
+        rid = _Tagged.current
+        if not text:
+            return 0
+        if not rid:
+            self._line_start = text.endswith("\n")
+            self._stream.write(text)
+            return len(text)
+        pieces = []
+        for piece in text.splitlines(True):
+            if self._line_start:
+                pieces.append(ipc.OUTPUT_TAG + rid + ipc.OUTPUT_TAG)
+            pieces.append(piece)
+            self._line_start = piece.endswith("\n")
+        self._stream.write("".join(pieces))
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def _load(header: Dict[str, Any]) -> Any:
     from ..runtimes import create_runtime
     from ..settings.model import ModelSettings
@@ -159,12 +193,14 @@ def serve(conn: Connection, worker: int) -> int:
         op = header.get("op")
         if op == "infer":
             call_id = header["id"]
+            _Tagged.current = str(header.get("rid") or "")
             try:
                 frame = ipc.encode_response(call_id, runtime.infer(ipc.decode_request(header, body)))
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as exc:
                 frame = encode_frame(dict({"op": "error", "id": call_id}, **_model_error(exc, runtime)))
+            _Tagged.current = ""
             conn.send(frame)
         elif op == "ping":
             conn.send(encode_frame({"op": "pong", "id": header.get("id")}))
@@ -184,6 +220,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when workers stop
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    sys.stdout = _Tagged(sys.stdout)
+    sys.stderr = _Tagged(sys.stderr)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(args.socket)
     code = serve(Connection(sock), args.worker)

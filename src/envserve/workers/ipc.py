@@ -17,6 +17,7 @@ from ..protocol.v2 import InferenceRequest, InferenceResponse, RequestInput, Req
 from .link import _dumps, encode_frame
 
 __all__ = [
+    "OUTPUT_TAG",
     "decode_request",
     "decode_response",
     "encode_request",
@@ -24,6 +25,11 @@ __all__ = [
     "error_from_wire",
     "error_to_wire",
 ]
+
+#: How a worker marks an output line it wrote while answering a call: ``<TAG><request id><TAG><line>``
+#: (ASCII record separators, which log lines do not contain); the server strips the mark and tags its
+#: log record with the id.
+OUTPUT_TAG = "\x1e"
 
 # -- tensors ------------------------------------------------------------------------------------------------
 
@@ -52,12 +58,18 @@ def _pack_tensors(tensors: Sequence[Any]) -> Tuple[List[Dict[str, Any]], List[An
 
 
 def encode_request(
-    call_id: int, request: InferenceRequest, dumps: Callable[[Dict[str, Any]], bytes] = _dumps
+    call_id: int,
+    request: InferenceRequest,
+    dumps: Callable[[Dict[str, Any]], bytes] = _dumps,
+    request_id: str = "",
 ) -> List[Any]:
+    """``request_id``: the server's id of the request(s) this call answers; the worker tags the lines
+    it writes meanwhile with it."""
     inputs, buffers = _pack_tensors(request.inputs)
     header = {
         "op": "infer",
         "id": call_id,
+        "rid": request_id,
         "request": {
             "id": request.id,
             "parameters": request.parameters,

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional
 
 import orjson
 
+from ..logcontext import REQUEST_ID
+from . import ipc
 from .link import FrameReader, encode_frame, json_default
 
 if TYPE_CHECKING:
@@ -170,10 +172,20 @@ class WorkerProcess:
 
     async def pump_output(self, model: str) -> None:
         assert self.proc is not None and self.proc.stdout is not None
+        tag = ipc.OUTPUT_TAG
         async for raw in self.proc.stdout:
             line = raw.decode("utf-8", "replace").rstrip()
+            rid = ""
+            if line.startswith(tag):  # a line written while answering a call: the call's request id
+                end = line.find(tag, 1)
+                if end > 0:
+                    rid, line = line[1:end], line[end + 1 :]
             self.output.append(line)
-            logger.info("[%s worker %d] %s", model, self.index, line)
+            token = REQUEST_ID.set(rid)  # the line's own request, not whatever started this task
+            logger.info(
+                "[%s worker %d] %s", model, self.index, line, extra={"model": model, "worker": self.index}
+            )
+            REQUEST_ID.reset(token)
 
     def tail(self) -> str:
         text = "\n".join(list(self.output)[-15:]).strip()

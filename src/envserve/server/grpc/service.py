@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
+import time
 from typing import Any, Awaitable, Callable, Dict, Tuple, Union
 
 from google.protobuf.message import DecodeError
 
 from ... import __version__
 from ...errors import EnvserveError
+from ...logcontext import REQUEST_ID
 from ..dataplane import DataPlane, take_response_headers
+from ..logs import access, request_id
 from . import converters
 from .errors import code_for
 from .generated import inference_pb2 as pb
@@ -38,15 +42,17 @@ METHODS = (
 class InferenceService:
     """One coroutine per RPC: (request message, metadata) -> response message; errors raise."""
 
-    def __init__(self, dataplane: DataPlane, admin_token: str = "") -> None:
+    def __init__(self, dataplane: DataPlane, admin_token: str = "", access_log: bool = False) -> None:
         self.dp = dataplane
         self.admin_token = admin_token
+        self.access_log = access_log
 
     def handlers(self) -> Dict[str, Handler]:
         table = {}
         for name in METHODS:
             request_type = getattr(pb, name + "Request")
-            table["/%s/%s" % (SERVICE, name)] = _unary(name, request_type, getattr(self, name))
+            path = "/%s/%s" % (SERVICE, name)
+            table[path] = _unary(path, request_type, getattr(self, name), self.access_log)
         return table
 
     def _check_admin(self, metadata: Metadata) -> None:
@@ -104,21 +110,48 @@ class InferenceService:
         return pb.RepositoryModelUnloadResponse()
 
 
-def _unary(name: str, request_type: Any, method: Callable[[Any, Metadata], Awaitable[Any]]) -> Handler:
+def _unary(
+    path: str, request_type: Any, method: Callable[[Any, Metadata], Awaitable[Any]], access_log: bool
+) -> Handler:
+    """The transport's handler for one RPC: parse, call, serialize; the request id in and out (metadata
+    ``x-request-id``, returned as trailing metadata), an access line when asked for."""
     parse = request_type.FromString
+    name = path.rsplit("/", 1)[1]
 
     async def handle(data: bytes, metadata: Metadata) -> Union[bytes, Tuple[bytes, Metadata]]:
+        started = time.perf_counter()
+        rid = request_id(next((v for k, v in metadata if k == "x-request-id"), None))
+        REQUEST_ID.set(rid)  # each call is its own Task: the value ends with it
+        status, model = "OK", ""
         try:
-            request = parse(data)
-        except DecodeError as exc:
-            raise GrpcError(StatusCode.INVALID_ARGUMENT, "cannot parse %sRequest: %s" % (name, exc)) from None
-        try:
-            reply = await method(request, metadata)
-        except EnvserveError as exc:
-            raise GrpcError(code_for(exc), str(exc)) from None
+            try:
+                request = parse(data)
+            except DecodeError as exc:
+                raise GrpcError(
+                    StatusCode.INVALID_ARGUMENT, "cannot parse %sRequest: %s" % (name, exc)
+                ) from None
+            model = getattr(request, "model_name", "") or getattr(request, "name", "")
+            try:
+                reply = await method(request, metadata)
+            except EnvserveError as exc:
+                raise GrpcError(code_for(exc), str(exc)) from None
+        except GrpcError as exc:
+            status = StatusCode.NAMES.get(exc.code, str(exc.code))
+            exc.metadata.append(("x-request-id", rid))
+            raise
+        except asyncio.CancelledError:
+            status = "CANCELLED"
+            raise
+        except BaseException:
+            status = "INTERNAL"
+            raise
+        finally:
+            if access_log:
+                access("POST", path, model, status, started, "grpc")
+        trailing = [("x-request-id", rid)]
         if isinstance(reply, tuple):  # (message, trailing metadata)
-            return reply[0].SerializeToString(), reply[1]
-        return reply.SerializeToString()  # type: ignore[no-any-return]
+            return reply[0].SerializeToString(), reply[1] + trailing
+        return reply.SerializeToString(), trailing
 
     return handle
 
@@ -130,10 +163,12 @@ async def start_grpc_server(
     limits: Limits,
     admin_token: str = "",
     reflection: bool = True,
+    access_log: bool = False,
 ) -> Tuple[GrpcServer, int]:
     """Start serving; returns (server, bound port). Port 0 picks a free one."""
     streams = Reflection().handlers() if reflection else {}
-    server = GrpcServer(InferenceService(dataplane, admin_token).handlers(), limits, streams)
+    service = InferenceService(dataplane, admin_token, access_log)
+    server = GrpcServer(service.handlers(), limits, streams)
     try:
         bound = await server.start(host, port)
     except OSError as exc:

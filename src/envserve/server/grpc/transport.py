@@ -101,10 +101,13 @@ class StatusCode:
 
 
 class GrpcError(Exception):
-    def __init__(self, code: int, message: str) -> None:
+    """A call's non-OK status; ``metadata`` goes out with it (in the trailers-only response)."""
+
+    def __init__(self, code: int, message: str, metadata: Optional[Metadata] = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.metadata = metadata or []
 
 
 #: Characters of a status message sent in ``grpc-message`` (before percent-encoding); the rest is cut.
@@ -489,7 +492,7 @@ class _Connection(asyncio.Protocol):
             else:
                 reply = await handler(message, metadata)
         except GrpcError as exc:
-            self._respond_error(stream, exc.code, exc.message)
+            self._respond_error(stream, exc.code, exc.message, exc.metadata)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -636,13 +639,16 @@ class _Connection(asyncio.Protocol):
         self._send_stream(stream)
         self._flush()
 
-    def _respond_error(self, stream: _Stream, code: int, message: str) -> None:
+    def _respond_error(
+        self, stream: _Stream, code: int, message: str, metadata: Optional[Metadata] = None
+    ) -> None:
         if self.closed or stream.sid not in self.streams:
             return
         # trailers-only: one HEADERS block ending the stream (h2 splits it to the peer's frame size)
+        extra = [(k.encode("ascii"), v.encode("ascii")) for k, v in metadata or ()]
         self.conn.send_headers(
             stream.sid,
-            _RESPONSE_HEADERS[:2] + status_headers(code, message),
+            _RESPONSE_HEADERS[:2] + extra + status_headers(code, message),
             end_stream=True,
         )
         self._stream_done(stream)

@@ -9,11 +9,14 @@ Every error leaves as ``{"error": "..."}`` with the status from :mod:`.errors` (
 from __future__ import annotations
 
 import logging
+import time
 import urllib.parse
 from typing import Any, Awaitable, Callable, List, MutableMapping, Optional, Sequence
 
 from ...errors import EnvserveError, Overloaded
+from ...logcontext import REQUEST_ID
 from ..dataplane import DataPlane
+from ..logs import access, request_id
 from ..metrics import CONTENT_TYPE, Metrics
 from .envserve_api import EnvserveAPI
 from .errors import status_for
@@ -65,8 +68,10 @@ class RestApp:
         cors_origins: Sequence[str] = (),
         console: Optional[Any] = None,
         max_requests: int = 0,
+        access_log: bool = False,
     ) -> None:
         self.dataplane = dataplane
+        self.access_log = access_log
         self.max_request_size = max_request_size
         self.metrics = metrics
         self.console = console  # a ConsoleAPI when the console is on
@@ -183,15 +188,20 @@ class RestApp:
         if self.console is not None and (path == "/console" or path.startswith("/console/")):
             await _send(send, *_console_page(path))
             return
+        started = time.perf_counter()
         cors: List[Any] = []
-        if self.cors_origins:
-            for key, value in scope["headers"]:
-                if key == b"origin":
-                    cors = cors_headers(value, self.cors_origins)
-                    break
-            if scope["method"] == "OPTIONS" and cors:  # a preflight from an allowed origin
-                await _send(send, 204, cors + _PREFLIGHT, b"")
-                return
+        incoming = None
+        for key, value in scope["headers"]:
+            if key == b"x-request-id":
+                incoming = value.decode("latin-1")
+            elif key == b"origin" and self.cors_origins:
+                cors = cors_headers(value, self.cors_origins)
+        if scope["method"] == "OPTIONS" and cors:  # a preflight from an allowed origin
+            await _send(send, 204, cors + _PREFLIGHT, b"")
+            return
+        rid = request_id(incoming)
+        token = REQUEST_ID.set(rid)
+        model = ""
         self.active += 1
         try:
             if self.max_requests and self.active > self.max_requests and path not in _PROBES:
@@ -205,6 +215,7 @@ class RestApp:
                 if exc.status != 404:
                     raise
                 handler, params = self._custom, {}
+            model = params.get("name", "")
             response = await handler(Request(scope, receive, params, self.max_request_size))
             status, body, headers = response.status, response.body, response.headers
         except EnvserveError as exc:
@@ -221,7 +232,13 @@ class RestApp:
             status, body, headers = 500, dumps({"error": "internal server error; see the server log"}), JSON
         finally:
             self.active -= 1
-        await _send(send, status, headers + cors if cors else headers, body)
+        headers = headers + [(b"x-request-id", rid.encode("latin-1"))]
+        try:
+            await _send(send, status, headers + cors if cors else headers, body)
+        finally:
+            if self.access_log:
+                access(scope["method"], path, model, status, started, "rest")
+            REQUEST_ID.reset(token)
 
 
 async def _send(send: Send, status: int, headers: List[Any], body: bytes) -> None:
