@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any, List, Optional, Tuple
 
+from ... import __version__
 from ...errors import InvalidRequest
 from ..dataplane import DataPlane, take_response_headers
+from . import openapi
 from .routing import Request, Response, dumps, json_response, loads
 
 __all__ = ["V2Handlers"]
@@ -65,18 +67,39 @@ class V2Handlers:
             ]
         return answer
 
+    async def docs(self, request: Request) -> Response:
+        return json_response(openapi.dataplane(__version__))
+
+    async def model_docs(self, request: Request) -> Response:
+        metadata = self.dp.model_metadata(request.params["name"], None)
+        return json_response(openapi.for_model(__version__, metadata))
+
+    async def docs_page(self, request: Request) -> Response:
+        return Response(200, _docs_page(), [(b"content-type", b"text/html; charset=utf-8")])
+
     async def repository_index(self, request: Request) -> Response:
-        return json_response(self.dp.repository_index(await request.json()))
+        return json_response(self.dp.repository_index(await _object_body(request, "index")))
 
     async def load(self, request: Request) -> Response:
-        await request.json()
+        await _object_body(request, "load")
         await self.dp.load(request.params["name"])
         return Response(200, b"{}")
 
     async def unload(self, request: Request) -> Response:
-        await request.json()
+        await _object_body(request, "unload")
         await self.dp.unload(request.params["name"])
         return Response(200, b"{}")
+
+
+async def _object_body(request: Request, call: str) -> Any:
+    """A repository call's body: none at all, or a JSON object (``null``, a list... are 400)."""
+    body = await request.body()
+    if not body:
+        return {}
+    doc = loads(body)
+    if not isinstance(doc, dict):
+        raise InvalidRequest('the %s request body must be a JSON object such as {"ready": true}' % call)
+    return doc
 
 
 def _header_length(request: Request) -> Optional[int]:
@@ -104,3 +127,17 @@ def _binary_response(response: Any, doc: Any) -> Response:
         (b"inference-header-content-length", str(len(head)).encode()),
     ]
     return Response(200, b"".join([head, *buffers]), headers)
+
+
+_PAGE: List[bytes] = []
+
+
+def _docs_page() -> bytes:
+    """The API page (shipped in the package: server/docs_static/index.html), read once."""
+    if not _PAGE:
+        import os
+
+        path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs_static", "index.html")
+        with open(path, "rb") as f:
+            _PAGE.append(f.read())
+    return _PAGE[0]
