@@ -34,6 +34,7 @@ __all__ = [
     "MLFLOW_SCORING",
     "SELDON_CALL",
     "SELDON_PATH",
+    "TIMINGS",
     "Runtime",
 ]
 
@@ -49,6 +50,10 @@ SELDON_PATH = "envserve_seldon_path"
 #: A response parameter: the custom metrics a model reported with this call (Seldon's ``metrics()``
 #: format: ``[{"type": "COUNTER"|"GAUGE"|"TIMER", "key", "value", "tags"}]``), for the server's /metrics.
 CUSTOM_METRICS = "envserve_custom_metrics"
+#: Response parameter in which the layers under the data plane report when each stage of a call ran:
+#: {"predict"|"ipc"|"queue"|"batch": [start, end]} in wall-clock seconds (the traces' spans); the data
+#: plane takes it out before the response leaves.
+TIMINGS = "envserve_timings"
 #: A request parameter marking a call of one of the model's own REST routes (:meth:`Runtime.custom_handlers`):
 #: its value is ``{"name", "method", "path", "query", "headers"}`` and the HTTP body is the single BYTES
 #: element of the first input. The answer's body is its single BYTES output, and ``HANDLER_ANSWER`` in the

@@ -26,15 +26,16 @@ import numpy as np
 from ..errors import EnvserveError
 from ..logcontext import REQUEST_ID
 from ..protocol.v2 import InferenceRequest, InferenceResponse, RequestInput, ResponseOutput
-from ..runtimes.base import CUSTOM_METRICS
+from ..runtimes.base import CUSTOM_METRICS, TIMINGS
 from ..workers.admission import ClientGone, admit, drop_when_client_leaves
 
 __all__ = ["BatchingHandle"]
 
 
 # (request, its future, its batching signature computed once when it is queued)
-# (request, its caller's future, its batch signature, its request id for log lines)
-_Item = Tuple[InferenceRequest, "asyncio.Future[InferenceResponse]", Optional[Tuple[Any, ...]], str]
+# (request, its caller's future, its batch signature, its request id for log lines, when it was queued
+# in wall-clock seconds for the traces)
+_Item = Tuple[InferenceRequest, "asyncio.Future[InferenceResponse]", Optional[Tuple[Any, ...]], str, float]
 
 
 def _signature(request: InferenceRequest) -> Optional[Tuple[Any, ...]]:
@@ -103,7 +104,7 @@ class BatchingHandle:
     async def infer(self, request: InferenceRequest, gone: Optional[ClientGone] = None) -> InferenceResponse:
         admit(len(self._queue), self.max_queue, self.settings.name)
         future: asyncio.Future[InferenceResponse] = asyncio.get_running_loop().create_future()
-        self._queue.append((request, future, _signature(request), REQUEST_ID.get()))
+        self._queue.append((request, future, _signature(request), REQUEST_ID.get(), time.time()))
         if self._worker is None or self._worker.done():
             self._worker = asyncio.ensure_future(self._run())
         elif len(self._queue) > 1:  # it waits for a batch: drop it if its client leaves meanwhile
@@ -192,6 +193,7 @@ class BatchingHandle:
             try:
                 merged, sizes = _merge([item[0] for item in batch])
                 REQUEST_ID.set(",".join(item[3] for item in batch if item[3]))  # this task's own context
+                started = time.time()
                 response = await self._call(merged)
                 parts = _split(response, sizes)
             except Exception:
@@ -200,8 +202,9 @@ class BatchingHandle:
                 for item in batch:
                     await self._one(item)
                 continue
-            for (request, future, _, _), part in zip(batch, parts):
+            for (request, future, _, _, queued), part in zip(batch, parts):
                 part.id = request.id
+                _waited(part, queued, started)
                 if not future.done():
                     future.set_result(part)
 
@@ -213,10 +216,12 @@ class BatchingHandle:
         return result
 
     async def _one(self, item: _Item) -> None:
-        request, future, _, rid = item
+        request, future, _, rid, queued = item
         REQUEST_ID.set(rid)
         try:
+            started = time.time()
             response = await self._call(request)
+            _waited(response, queued, started)
         except EnvserveError as exc:
             if not future.done():
                 future.set_exception(exc)
@@ -227,6 +232,14 @@ class BatchingHandle:
             return
         if not future.done():
             future.set_result(response)
+
+
+def _waited(response: InferenceResponse, queued: float, started: float) -> None:
+    """Report the request's wait for its batch with the call's own timings (a copy per request)."""
+    timings = response.parameters.get(TIMINGS)
+    timings = dict(timings) if isinstance(timings, dict) else {}
+    timings["batch"] = [queued, started]
+    response.parameters[TIMINGS] = timings
 
 
 def _merge(requests: List[InferenceRequest]) -> Tuple[InferenceRequest, List[int]]:

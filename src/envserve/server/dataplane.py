@@ -16,7 +16,7 @@ import numpy as np
 from .. import __version__
 from ..errors import EnvserveError, InvalidRequest, ModelLoadError, ModelNotFound
 from ..protocol.v2 import InferenceRequest, InferenceResponse, RequestInput, parse_inference_request
-from ..runtimes.base import CUSTOM_METRICS, HANDLER_ANSWER, HANDLER_CALL
+from ..runtimes.base import CUSTOM_METRICS, HANDLER_ANSWER, HANDLER_CALL, TIMINGS
 from ..settings import ModelSettings
 from ..workers.admission import ClientGone
 from .registry import ModelRegistry, ModelState
@@ -70,6 +70,7 @@ class DataPlane:
         self.metrics = metrics  # envserve.server.metrics.Metrics, when metrics are on
         self.started = False  # set once the startup load has finished
         self.draining = False  # set when shutdown begins: readiness turns false first
+        self.tracing: Optional[Any] = None  # a server.tracing.Tracing when tracing_endpoint is set
 
     # -- health and metadata ------------------------------------------------------------------------------
 
@@ -139,6 +140,9 @@ class DataPlane:
         mlserver_shapes: bool,
     ) -> InferenceResponse:
         handle = self.registry.ready_handle(name, version)
+        tracing = self.tracing
+        if tracing is not None:
+            return await self._traced(tracing, handle, payload, binary, gone, mlserver_shapes)
         if isinstance(payload, InferenceRequest):
             request = payload
         else:
@@ -148,6 +152,38 @@ class DataPlane:
             response = handle.infer_inline(request)
         else:
             response = await handle.infer(request, gone)
+        response.parameters.pop(TIMINGS, None)
+        return self._finish(handle, response, mlserver_shapes)
+
+    async def _traced(
+        self,
+        tracing: Any,
+        handle: Any,
+        payload: Any,
+        binary: Any,
+        gone: Optional[ClientGone],
+        mlserver_shapes: bool,
+    ) -> InferenceResponse:
+        """:meth:`_infer` with its stages as spans (server/tracing.py)."""
+        with tracing.span("parse"):
+            if isinstance(payload, InferenceRequest):
+                request = payload
+            else:
+                request = parse_inference_request(payload, binary)
+                _release_json_data(payload)
+        attributes = {
+            "envserve.model": handle.settings.name,
+            "envserve.model_version": handle.settings.version or "",
+        }
+        with tracing.span("model", attributes):
+            if handle.inline_ok(request):
+                response = handle.infer_inline(request)
+            else:
+                response = await handle.infer(request, gone)
+            tracing.record(response.parameters.pop(TIMINGS, None))
+        return self._finish(handle, response, mlserver_shapes)
+
+    def _finish(self, handle: Any, response: InferenceResponse, mlserver_shapes: bool) -> InferenceResponse:
         custom = response.parameters.pop(CUSTOM_METRICS, None)
         if custom and self.metrics is not None:
             self.metrics.custom(handle.settings, custom)

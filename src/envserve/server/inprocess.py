@@ -26,6 +26,7 @@ from typing import Any, Dict, Optional
 from ..errors import EnvserveError, InferenceError, ModelLoadError, ModelNotReady
 from ..protocol.v2 import InferenceRequest, InferenceResponse
 from ..runtimes import Runtime, create_runtime
+from ..runtimes.base import TIMINGS
 from ..settings import ModelSettings
 from ..workers.admission import ClientGone, admit, drop_when_client_leaves
 
@@ -156,7 +157,10 @@ class InProcessModel:
         if runtime is None:
             raise ModelNotReady("model %r is not loaded" % self.settings.name, model=self.settings.name)
         try:
-            return runtime.infer(request)
+            started = time.time()
+            response = runtime.infer(request)
+            response.parameters[TIMINGS] = {"predict": [started, time.time()]}  # for the traces
+            return response
         except EnvserveError:
             raise
         except Exception as exc:

@@ -67,6 +67,10 @@ class Server:
         self.registry = ModelRegistry(settings)
         self.metrics = Metrics(self.registry)
         self.dataplane = DataPlane(self.registry, self.metrics)
+        if settings.tracing_endpoint:
+            from .tracing import Tracing
+
+            self.dataplane.tracing = Tracing(settings.tracing_endpoint, settings.server_name)
         origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
         console = None
         if settings.console:
@@ -215,6 +219,8 @@ class Server:
             self.dataplane.draining = True
             await self.registry.close()
             sock.close()
+            if self.dataplane.tracing is not None:
+                self.dataplane.tracing.shutdown()  # export the spans still pending
             logger.info("stopped")
 
 

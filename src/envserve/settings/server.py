@@ -118,6 +118,9 @@ class ServerSettings:
     #: A logging configuration applied over envserve's, as MLServer applies its ``logging_settings``: a
     #: ``.json`` or YAML file (dictConfig), an INI file (fileConfig), or an inline JSON object.
     logging_settings: str = ""
+    #: OpenTelemetry traces of inference requests, exported over OTLP/HTTP to this collector URL (e.g.
+    #: http://otel-collector:4318); empty = off. Needs envserve[tracing].
+    tracing_endpoint: str = ""
     #: Where model environments are extracted/built and cached ("" = ENVSERVE_ENV_CACHE or
     #: ~/.cache/envserve/environments).
     environments_dir: str = ""

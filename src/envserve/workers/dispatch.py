@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional
 
 from ..errors import EnvserveError, InferenceTimeout, WorkerUnavailable
 from ..logcontext import REQUEST_ID
 from ..protocol.v2 import InferenceRequest, InferenceResponse
+from ..runtimes.base import TIMINGS
 from . import ipc
 from .admission import ClientGone, admit, drop_when_client_leaves
 from .process import WorkerProcess, WorkerState, server_dumps
@@ -36,7 +38,7 @@ DEPTH = 8
 
 
 class Call:
-    __slots__ = ("deadline", "future", "id", "payload", "worker")
+    __slots__ = ("deadline", "future", "id", "payload", "sent", "submitted", "worker")
 
     def __init__(
         self, call_id: int, payload: bytes, future: asyncio.Future[InferenceResponse], deadline: float
@@ -46,6 +48,8 @@ class Call:
         self.future = future
         self.deadline = deadline
         self.worker: Optional[WorkerProcess] = None
+        self.submitted = time.time()  # wall clock, as the worker reports its own times (the traces)
+        self.sent = 0.0
 
 
 def settle(call: Call, result: Any = None, exc: Optional[BaseException] = None) -> None:
@@ -115,6 +119,7 @@ class Dispatcher:
         call.worker = worker
         worker.inflight[call.id] = call
         worker.ping_sent = None  # busy: liveness is the inference timeout's job now
+        call.sent = time.time()
         worker.link.send(call.payload)
 
     def feed(self, worker: WorkerProcess) -> None:
@@ -132,7 +137,12 @@ class Dispatcher:
             return
         if header.get("op") == "result":
             try:
-                settle(call, ipc.decode_response(header, body))
+                response = ipc.decode_response(header, body)
+                timings = response.parameters.get(TIMINGS)
+                if isinstance(timings, dict):
+                    timings["queue"] = [call.submitted, call.sent]
+                    timings["ipc"] = [call.sent, time.time()]
+                settle(call, response)
             except Exception as exc:  # a malformed frame is a worker bug, not the caller's
                 settle(call, exc=WorkerUnavailable("bad answer from the worker: %s" % exc))
         else:

@@ -26,6 +26,7 @@ import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from ..errors import EnvserveError
+from ..runtimes.base import TIMINGS
 from . import ipc
 from .link import FrameReader, encode_frame
 
@@ -195,7 +196,11 @@ def serve(conn: Connection, worker: int) -> int:
             call_id = header["id"]
             _Tagged.current = str(header.get("rid") or "")
             try:
-                frame = ipc.encode_response(call_id, runtime.infer(ipc.decode_request(header, body)))
+                request = ipc.decode_request(header, body)
+                started = time.time()
+                response = runtime.infer(request)
+                response.parameters[TIMINGS] = {"predict": [started, time.time()]}  # for the traces
+                frame = ipc.encode_response(call_id, response)
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as exc:

@@ -52,7 +52,7 @@ class InferenceService:
         for name in METHODS:
             request_type = getattr(pb, name + "Request")
             path = "/%s/%s" % (SERVICE, name)
-            table[path] = _unary(path, request_type, getattr(self, name), self.access_log)
+            table[path] = _unary(path, request_type, getattr(self, name), self.access_log, self.dp)
         return table
 
     def _check_admin(self, metadata: Metadata) -> None:
@@ -111,14 +111,33 @@ class InferenceService:
 
 
 def _unary(
-    path: str, request_type: Any, method: Callable[[Any, Metadata], Awaitable[Any]], access_log: bool
+    path: str,
+    request_type: Any,
+    method: Callable[[Any, Metadata], Awaitable[Any]],
+    access_log: bool,
+    dataplane: DataPlane,
 ) -> Handler:
     """The transport's handler for one RPC: parse, call, serialize; the request id in and out (metadata
-    ``x-request-id``, returned as trailing metadata), an access line when asked for."""
+    ``x-request-id``, returned as trailing metadata), an access line when asked for, and the call's span
+    (continuing the caller's ``traceparent``) when tracing is on."""
     parse = request_type.FromString
     name = path.rsplit("/", 1)[1]
 
     async def handle(data: bytes, metadata: Metadata) -> Union[bytes, Tuple[bytes, Metadata]]:
+        tracing = dataplane.tracing
+        if tracing is None:
+            return await run(data, metadata)
+        attributes = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": name}
+        with tracing.request(path, dict(metadata), attributes) as span:
+            try:
+                result = await run(data, metadata)
+            except GrpcError as exc:
+                span.set_attribute("rpc.grpc.status_code", exc.code)
+                raise
+            span.set_attribute("rpc.grpc.status_code", StatusCode.OK)
+            return result
+
+    async def run(data: bytes, metadata: Metadata) -> Union[bytes, Tuple[bytes, Metadata]]:
         started = time.perf_counter()
         rid = request_id(next((v for k, v in metadata if k == "x-request-id"), None))
         REQUEST_ID.set(rid)  # each call is its own Task: the value ends with it
@@ -150,7 +169,10 @@ def _unary(
                 access("POST", path, model, status, started, "grpc")
         trailing = [("x-request-id", rid)]
         if isinstance(reply, tuple):  # (message, trailing metadata)
-            return reply[0].SerializeToString(), reply[1] + trailing
+            reply, trailing = reply[0], reply[1] + trailing
+        if dataplane.tracing is not None:
+            with dataplane.tracing.span("encode"):
+                return reply.SerializeToString(), trailing
         return reply.SerializeToString(), trailing
 
     return handle

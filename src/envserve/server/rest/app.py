@@ -206,6 +206,17 @@ class RestApp:
         rid = request_id(incoming)
         token = REQUEST_ID.set(rid)
         model = ""
+        tracing = self.dataplane.tracing
+        span = None
+        if tracing is not None:  # the request's span, continuing the caller's trace
+            carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            attributes = {
+                "http.request.method": scope["method"],
+                "url.path": path,
+                "envserve.request_id": rid,
+            }
+            traced = tracing.request("%s %s" % (scope["method"], path), carrier, attributes)
+            span = traced.__enter__()
         self.active += 1
         try:
             if self.max_requests and self.active > self.max_requests and path not in _PROBES:
@@ -237,6 +248,9 @@ class RestApp:
         finally:
             self.active -= 1
         headers = headers + [(b"x-request-id", rid.encode("latin-1"))]
+        if span is not None:
+            span.set_attribute("http.response.status_code", status)
+            traced.__exit__(None, None, None)
         try:
             await _send(send, status, headers + cors if cors else headers, body)
         finally:

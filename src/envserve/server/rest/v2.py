@@ -60,7 +60,11 @@ class V2Handlers:
             name, version, doc, binary, protocol=self.protocol, gone=request.gone, mlserver_shapes=True
         )
         extra = take_response_headers(response)  # MLServer runtimes set them as parameters.headers
-        answer = _binary_response(response, doc)  # plain JSON unless binary outputs were asked for
+        if self.dp.tracing is not None:
+            with self.dp.tracing.span("encode"):
+                answer = _binary_response(response, doc)
+        else:
+            answer = _binary_response(response, doc)  # plain JSON unless binary outputs were asked for
         if extra:
             answer.headers = answer.headers + [
                 (k.encode("ascii"), v.encode("ascii")) for k, v in extra.items()
