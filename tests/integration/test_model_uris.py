@@ -322,3 +322,91 @@ def test_https_archive_uri(tmp_path, start_server, digits_model_file, digits):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def gcs_emulator(tmp_path_factory):
+    """gcp-storage-emulator (a Google Cloud Storage JSON-API server) on a loopback port, in memory."""
+    from tests.conftest import free_port
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("gcs") / "emulator.log"
+    emulator = Path(sys.executable).parent / "gcp-storage-emulator"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [str(emulator), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = "http://127.0.0.1:%d" % port
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(url + "/storage/v1/b", timeout=1)
+            break
+        except httpx.TransportError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("the GCS emulator did not start:\n" + log.read_text()) from None
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+# google-api-core asks for grpcio-status, which only its gRPC transport uses (GCS speaks JSON over HTTP)
+@pytest.mark.filterwarnings("ignore:Please install grpcio-status:ImportWarning")
+def test_gs_uri_from_a_gcs_emulator(tmp_path, start_server, gcs_emulator, digits_model_file, digits):
+    import joblib
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    client = storage.Client(
+        project="test", credentials=AnonymousCredentials(), client_options={"api_endpoint": gcs_emulator}
+    )
+    bucket = client.create_bucket("models")
+    bucket.blob("digits/v1/model.joblib").upload_from_filename(str(digits_model_file))
+    bucket.blob("digits/v1/model-settings.json").upload_from_string(b"{}")
+    repo = tmp_path / "repo"
+    for name, uri in (
+        ("digits", "gs://models/digits/v1"),
+        ("missing-object", "gs://models/digits/v9"),
+        ("missing-bucket", "gs://no-such-bucket/digits"),
+    ):
+        write_model(repo, name, {"name": name, "implementation": "sklearn", "parameters": {"uri": uri}})
+    cache = tmp_path / "cache" / "environments"
+    env = {"ENVSERVE_ENV_CACHE": str(cache), "STORAGE_EMULATOR_HOST": gcs_emulator}
+    server = start_server(repo, env=env)
+    x, _ = digits
+    with server.client() as http:
+        r = http.post("/v2/models/digits/infer", json=_digits_body(x[:10]))
+        assert r.status_code == 200, r.text
+        assert r.json()["outputs"][0]["data"] == joblib.load(digits_model_file).predict(x[:10]).tolist()
+        index = {m["name"]: m for m in http.post("/v2/repository/index").json()}
+        assert index["missing-object"]["state"] == "UNAVAILABLE"
+        assert "gs://models/digits/v9: no objects under this prefix" in index["missing-object"]["reason"]
+        assert (
+            "gs://no-such-bucket/digits: the bucket or object does not exist"
+            in index["missing-bucket"]["reason"]
+        )
+    server.stop()
+    assert "fetched gs://models/digits/v1 into the download cache" in server.log
+
+    # a second start finds the objects in the download cache: nothing fetched again
+    server = start_server(repo, env=env)
+    with server.client() as http:
+        assert http.post("/v2/models/digits/infer", json=_digits_body(x[:3])).status_code == 200
+    server.stop()
+    assert "fetched gs://models/digits/v1" not in server.log
+
+    # credentials that cannot be used: UNAVAILABLE naming the URI and the variable, not the file's content
+    bad = tmp_path / "key.json"
+    bad.write_text('{"type": "service_account", "private_key": "very-secret-key-material"}')
+    env = {**env, "GOOGLE_APPLICATION_CREDENTIALS": str(bad), "ENVSERVE_ENV_CACHE": str(tmp_path / "c2")}
+    server = start_server(repo, env=env)
+    with server.client() as http:
+        index = {m["name"]: m for m in http.post("/v2/repository/index").json()}
+        reason = index["digits"]["reason"]
+        assert index["digits"]["state"] == "UNAVAILABLE" and "gs://models/digits/v1" in reason, reason
+        assert "GOOGLE_APPLICATION_CREDENTIALS cannot be used" in reason, reason
+    server.stop()
+    assert "very-secret-key-material" not in server.log + json.dumps(index)

@@ -7,6 +7,8 @@ Schemes (a name -> ``"module:function"`` table, imported lazily):
   files; ``AWS_ENDPOINT_URL`` (or ``S3_ENDPOINT``) for S3-compatible stores; credentials may also come from a
   mounted secret directory (``ENVSERVE_SECRET_DIR``: one file per variable, as Kubernetes mounts a Secret
   and Seldon's ``envSecretRefName`` provides it);
+- ``gs://bucket/prefix``: google-cloud-storage (extra ``gcs``) with Google's credential sources, or an
+  endpoint override (``STORAGE_EMULATOR_HOST``) for emulators;
 - ``models:/name/version``, ``models:/name@alias``, ``models:/name/latest``, ``runs:/<run>/<path>``:
   resolved through the MLflow tracking server in ``MLFLOW_TRACKING_URI`` to the artifacts' own location,
   which is then fetched by its scheme;
@@ -30,16 +32,26 @@ import re
 import shutil
 import tempfile
 import time
-from typing import Any, Callable, Collection, Dict, Mapping, Optional
+from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Tuple
 
 from ..errors import StorageError
 
-__all__ = ["SCHEMES", "StorageError", "fetch", "is_remote", "name_from_uri", "redact", "secret_environment"]
+__all__ = [
+    "SCHEMES",
+    "StorageError",
+    "fetch",
+    "fetch_objects",
+    "is_remote",
+    "name_from_uri",
+    "redact",
+    "secret_environment",
+]
 
 logger = logging.getLogger("envserve.storage")
 
 SCHEMES: Dict[str, str] = {
     "s3": "envserve.storage.s3:fetch_s3",
+    "gs": "envserve.storage.gcs:fetch_gs",
     "models": "envserve.storage.mlflow:fetch_mlflow",
     "runs": "envserve.storage.mlflow:fetch_mlflow",
     "mlflow-artifacts": "envserve.storage.mlflow:fetch_mlflow_artifacts",
@@ -113,6 +125,48 @@ class DownloadCache:
                 )
         logger.info("fetched %s into the download cache", redact(uri))
         return final
+
+
+def fetch_objects(
+    uri: str,
+    cache: DownloadCache,
+    store: str,
+    prefix: str,
+    objects: List[Tuple[str, str]],
+    only: Optional[Collection[str]],
+    download_one: Callable[[str, str], None],
+) -> str:
+    """The common part of the object stores (S3, GCS): from the listing under ``prefix`` as (name,
+    version tag) pairs, take the one object named exactly ``prefix``, else everything under it (with
+    ``only``: those top-level names); download them into the cache, keyed by ``store`` (where they live)
+    and their version tags. ``download_one(name, path)`` writes one object to a local path."""
+    if not objects:
+        raise StorageError("model URI %s: no objects under this prefix" % redact(uri))
+    exact = [o for o in objects if o[0] == prefix]
+    base = prefix if not exact else os.path.dirname(prefix)
+    selected = exact or [o for o in objects if o[0].startswith(prefix.rstrip("/") + "/") or not prefix]
+    if only is not None and not exact:
+        selected = [o for o in selected if os.path.relpath(o[0], base or ".") in only]
+    if not selected:
+        raise StorageError(
+            "model URI %s: no objects under this prefix%s"
+            % (redact(uri), " named %s" % ", ".join(sorted(only)) if only is not None else "")
+        )
+    key = "%s|%s" % (store, ",".join("%s=%s" % o for o in sorted(selected)))
+
+    def download(target: str) -> None:
+        for name, _ in selected:
+            rel = os.path.relpath(name, base) if base else name
+            if rel.startswith("..") or os.path.isabs(rel) or name.endswith("/"):
+                continue
+            path = os.path.join(target, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            download_one(name, path)
+
+    folder = cache.get_or_fetch(key, uri, download)
+    if exact:
+        return os.path.join(folder, os.path.basename(prefix))
+    return folder
 
 
 def name_from_uri(uri: str) -> str:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, Collection, Dict, List, Mapping, Optional
 
-from . import DownloadCache, StorageError, redact
+from . import DownloadCache, StorageError, fetch_objects, redact
 
 __all__ = ["fetch_s3"]
 
@@ -72,41 +71,13 @@ def fetch_s3(
             objects += page.get("Contents", [])
     except Exception as exc:
         raise _explain(exc, uri) from None
-    if not objects:
-        raise StorageError("model URI %s: no objects under this prefix" % redact(uri))
-    exact = [o for o in objects if o["Key"] == prefix]
-    base = prefix if not exact else os.path.dirname(prefix)
-    selected = exact or [
-        o
-        for o in objects
-        if o["Key"] == prefix or o["Key"].startswith(prefix.rstrip("/") + "/") or not prefix
-    ]
-    if only is not None and not exact:
-        selected = [o for o in selected if os.path.relpath(o["Key"], base or ".") in only]
-    if not selected:
-        raise StorageError(
-            "model URI %s: no objects under this prefix%s"
-            % (redact(uri), " named %s" % ", ".join(sorted(only)) if only is not None else "")
-        )
-    key = "s3|%s|%s|%s" % (
-        env.get("AWS_ENDPOINT_URL", ""),
-        bucket,
-        ",".join("%s=%s" % (o["Key"], o.get("ETag", "")) for o in sorted(selected, key=lambda o: o["Key"])),
-    )
 
-    def download(target: str) -> None:
-        for obj in selected:
-            rel = os.path.relpath(obj["Key"], base) if base else obj["Key"]
-            if rel.startswith("..") or os.path.isabs(rel) or obj["Key"].endswith("/"):
-                continue
-            path = os.path.join(target, rel)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            try:
-                client.download_file(bucket, obj["Key"], path)
-            except Exception as exc:
-                raise _explain(exc, uri) from None
+    def download_one(name: str, path: str) -> None:
+        try:
+            client.download_file(bucket, name, path)
+        except Exception as exc:
+            raise _explain(exc, uri) from None
 
-    folder = cache.get_or_fetch(key, uri, download)
-    if exact:
-        return os.path.join(folder, os.path.basename(prefix))
-    return folder
+    store = "s3|%s|%s" % (env.get("AWS_ENDPOINT_URL", ""), bucket)
+    listing = [(o["Key"], str(o.get("ETag", ""))) for o in objects]
+    return fetch_objects(uri, cache, store, prefix, listing, only, download_one)
