@@ -82,6 +82,8 @@ class ServerProcess:
             env={**os.environ, **(env or {})},
         )
         self.lines: List[str] = []
+        grpc_port = cmd[cmd.index("--grpc-port") + 1] if "--grpc-port" in cmd else None
+        self._grpc_wanted = grpc_port not in ("-1",) and (env or {}).get("ENVSERVE_GRPC_PORT") != "-1"
         self.url: Optional[str] = None
         self.grpc_address: Optional[str] = None
         self._listening = threading.Event()
@@ -114,7 +116,9 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise AssertionError("server exited with %s:\n%s" % (self.proc.returncode, self.log))
             try:
-                if httpx.get(self.url + "/v2/health/ready", timeout=2).status_code == 200:
+                if httpx.get(self.url + "/v2/health/ready", timeout=2).status_code == 200 and (
+                    self.grpc_address is not None or not self._grpc_wanted or "gRPC is off" in self.log
+                ):  # the gRPC line can come after readiness; a test may use the address at once
                     return self
             except httpx.TransportError:
                 pass

@@ -109,6 +109,7 @@ class Server:
     async def _start_grpc(self) -> Any:
         s = self.settings
         if s.grpc_port < 0:
+            logger.info("gRPC is off (grpc_port -1)")
             return None
         try:
             from .grpc.service import start_grpc_server
