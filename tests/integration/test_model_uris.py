@@ -410,3 +410,137 @@ def test_gs_uri_from_a_gcs_emulator(tmp_path, start_server, gcs_emulator, digits
         assert "GOOGLE_APPLICATION_CREDENTIALS cannot be used" in reason, reason
     server.stop()
     assert "very-secret-key-material" not in server.log + json.dumps(index)
+
+
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def _azurite_install() -> Path:
+    """Azurite from npm, as tests/azurite/package-lock.json pins it, installed once per machine."""
+    import fcntl
+    import hashlib
+    import shutil
+
+    from tests.conftest import ROOT
+
+    source = ROOT / "tests" / "azurite"
+    digest = hashlib.sha256((source / "package-lock.json").read_bytes()).hexdigest()[:12]
+    root = Path(os.environ.get("ENVSERVE_TEST_CACHE", Path.home() / ".cache" / "envserve-tests"))
+    target = root / ("azurite-%s" % digest)
+    root.mkdir(parents=True, exist_ok=True)
+    npm = shutil.which("npm")
+    assert npm, "the Azure Blob tests need Node.js and npm for Azurite (apt-get install nodejs npm)"
+    with open(root / "azurite.lock", "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        if not (target / ".complete").exists():
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir()
+            for name in ("package.json", "package-lock.json"):
+                shutil.copy(source / name, target / name)
+            proc = subprocess.run(
+                [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                cwd=target,
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
+            assert proc.returncode == 0, (
+                "npm ci of Azurite failed (needs the npm registry):\n" + proc.stderr[-3000:]
+            )
+            (target / ".complete").touch()
+    return target / "node_modules" / ".bin" / "azurite-blob"
+
+
+@pytest.fixture(scope="module")
+def azurite(tmp_path_factory):
+    """Azurite's Blob service on a loopback port, its account keys checked (the well-known dev account)."""
+    from tests.conftest import free_port
+
+    binary = _azurite_install()
+    port = free_port()
+    data = tmp_path_factory.mktemp("azurite")
+    log = data / "azurite.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [
+                str(binary),
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                str(port),
+                "--location",
+                str(data),
+                "--skipApiVersionCheck",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    endpoint = "http://127.0.0.1:%d/devstoreaccount1" % port
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("Azurite did not start:\n" + log.read_text()) from None
+            time.sleep(0.1)
+    yield "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=%s;BlobEndpoint=%s;" % (
+        AZURITE_KEY,
+        endpoint,
+    )
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_azure_blob_uris_from_azurite(tmp_path, start_server, azurite, digits_model_file, digits):
+    import joblib
+    from azure.storage.blob import BlobServiceClient
+
+    container = BlobServiceClient.from_connection_string(azurite).create_container("models")
+    with open(digits_model_file, "rb") as f:
+        container.upload_blob("digits/v1/model.joblib", f)
+    container.upload_blob("digits/v1/model-settings.json", b"{}")
+    repo = tmp_path / "repo"
+    account = "devstoreaccount1.blob.core.windows.net"
+    for name, uri in (
+        ("digits", "wasbs://models@%s/digits/v1" % account),
+        ("digits-https", "https://%s/models/digits/v1" % account),
+        ("digits-abfss", "abfss://models@devstoreaccount1.dfs.core.windows.net/digits/v1"),
+        ("missing-blob", "wasbs://models@%s/digits/v9" % account),
+        ("missing-container", "wasbs://nope@%s/digits" % account),
+    ):
+        write_model(repo, name, {"name": name, "implementation": "sklearn", "parameters": {"uri": uri}})
+    secret = tmp_path / "secret"  # the connection string as a mounted Secret
+    secret.mkdir()
+    (secret / "AZURE_STORAGE_CONNECTION_STRING").write_text(azurite)
+    env = {"ENVSERVE_ENV_CACHE": str(tmp_path / "cache" / "environments"), "ENVSERVE_SECRET_DIR": str(secret)}
+    server = start_server(repo, env=env)
+    x, _ = digits
+    expected = joblib.load(digits_model_file).predict(x[:10]).tolist()
+    with server.client() as http:
+        for name in ("digits", "digits-https", "digits-abfss"):
+            r = http.post("/v2/models/%s/infer" % name, json=_digits_body(x[:10]))
+            assert r.status_code == 200, (name, r.text)
+            assert r.json()["outputs"][0]["data"] == expected, name
+        index = {m["name"]: m for m in http.post("/v2/repository/index").json()}
+        assert "digits/v9: no objects under this prefix" in index["missing-blob"]["reason"]
+        assert index["missing-container"]["state"] == "UNAVAILABLE"
+        assert "the container does not exist" in index["missing-container"]["reason"], index[
+            "missing-container"
+        ]
+    server.stop()
+    assert AZURITE_KEY not in server.log
+
+    # a wrong account key: UNAVAILABLE naming the URI, never the key
+    wrong = azurite.replace(AZURITE_KEY, "d3JvbmctYnV0LXdlbGwtZm9ybWVkLWtleS12YWx1ZS0xMjM0NTY3ODkwMTI=")
+    (secret / "AZURE_STORAGE_CONNECTION_STRING").write_text(wrong)
+    env["ENVSERVE_ENV_CACHE"] = str(tmp_path / "cache2" / "environments")
+    server = start_server(repo, env=env)
+    with server.client() as http:
+        index = {m["name"]: m for m in http.post("/v2/repository/index").json()}
+        reason = index["digits"]["reason"]
+        assert index["digits"]["state"] == "UNAVAILABLE" and "wasbs://models@" in reason, reason
+        assert "credentials were refused" in reason or "access denied" in reason, reason
+    server.stop()
+    assert "d3JvbmctYnV0" not in server.log + json.dumps(index)

@@ -34,7 +34,9 @@ _SPEC_OPTIONS = [
         help="MLFLOW_SERVER, SKLEARN_SERVER, XGBOOST_SERVER, TRITON_SERVER, ... or ENVSERVE.",
     ),
     click.option("--protocol", type=click.Choice(["seldon", "v2"]), default="seldon", show_default=True),
-    click.option("--model-uri", default="", help="s3://..., gs://..., models:/name/version, ..."),
+    click.option(
+        "--model-uri", default="", help="s3://..., gs://..., wasbs://..., models:/name/version, ..."
+    ),
     click.option("--secret", help="Secret with storage credentials (Seldon envSecretRefName)."),
     click.option("--replicas", type=click.IntRange(min=0), default=1, show_default=True),
     click.option("--max-replicas", type=click.IntRange(min=1), help="Autoscale up to N (k8s: HPA; kserve)."),

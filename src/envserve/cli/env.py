@@ -103,7 +103,8 @@ def env_pack(environment: str, output: Optional[str], level: Optional[int]) -> N
     multiple=True,
     metavar="SOURCE",
     help="Also prepare this environment without its model: a requirements.txt, python_env.yaml or "
-    "conda.yaml, a tarball, a model folder, or a model URI (models:/name/1, runs:/..., s3://..., gs://...: "
+    "conda.yaml, a tarball, a model folder, or a model URI (models:/name/1, runs:/..., s3://..., gs://..., "
+    "wasbs://...: "
     "only MLmodel and the environment files are fetched). Repeatable.",
 )
 @click.option(

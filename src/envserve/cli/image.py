@@ -41,7 +41,8 @@ _IMAGE_OPTIONS = [
         metavar="SOURCE",
         help="Bake this environment without its model (a base image for models fetched at start): a "
         "requirements.txt, python_env.yaml or conda.yaml, a tarball, a model folder, or a model URI "
-        "(models:/name/1, runs:/..., s3://..., gs://...: only MLmodel and the environment files are "
+        "(models:/name/1, runs:/..., s3://..., gs://..., wasbs://...: only MLmodel and the environment "
+        "files are "
         "fetched). Repeatable.",
     ),
     click.option("--uid", type=int, default=8888, show_default=True, help="User the server runs as."),

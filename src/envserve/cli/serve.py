@@ -47,7 +47,9 @@ __all__ = ["health", "serve"]
 @click.option(
     "--model-uri",
     help="Serve this model without a settings file: models:/name/version, models:/name@alias, "
-    "runs:/<run>/<path>, s3://bucket/prefix, gs://bucket/prefix, https://.../model.tar.gz or a path.",
+    "runs:/<run>/<path>, s3://bucket/prefix, gs://bucket/prefix, Azure Blob "
+    "(https://<account>.blob.core.windows.net/<container>/<path>, wasbs://, abfss://), "
+    "https://.../model.tar.gz or a path.",
 )
 @click.option("--model-name", help="Name for --model-uri [default: from the URI].")
 def serve(model_repository: Optional[str], **flags: Any) -> None:

@@ -9,6 +9,9 @@ Schemes (a name -> ``"module:function"`` table, imported lazily):
   and Seldon's ``envSecretRefName`` provides it);
 - ``gs://bucket/prefix``: google-cloud-storage (extra ``gcs``) with Google's credential sources, or an
   endpoint override (``STORAGE_EMULATOR_HOST``) for emulators;
+- Azure Blob Storage (``https://<account>.blob.core.windows.net/<container>/<path>``, ``wasbs://``,
+  ``abfss://``): azure-storage-blob (extra ``azure``) with a connection string, SAS, account key or
+  azure-identity;
 - ``models:/name/version``, ``models:/name@alias``, ``models:/name/latest``, ``runs:/<run>/<path>``:
   resolved through the MLflow tracking server in ``MLFLOW_TRACKING_URI`` to the artifacts' own location,
   which is then fetched by its scheme;
@@ -52,6 +55,10 @@ logger = logging.getLogger("envserve.storage")
 SCHEMES: Dict[str, str] = {
     "s3": "envserve.storage.s3:fetch_s3",
     "gs": "envserve.storage.gcs:fetch_gs",
+    "wasbs": "envserve.storage.azure:fetch_azure",
+    "wasb": "envserve.storage.azure:fetch_azure",
+    "abfss": "envserve.storage.azure:fetch_azure",
+    "abfs": "envserve.storage.azure:fetch_azure",
     "models": "envserve.storage.mlflow:fetch_mlflow",
     "runs": "envserve.storage.mlflow:fetch_mlflow",
     "mlflow-artifacts": "envserve.storage.mlflow:fetch_mlflow_artifacts",
@@ -61,8 +68,10 @@ SCHEMES: Dict[str, str] = {
 
 
 def redact(uri: str) -> str:
-    """The URI without userinfo or query-string secrets."""
-    uri = re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@", r"\1", uri)
+    """The URI without userinfo or query-string secrets (in wasbs:// and abfss:// URIs the part before
+    ``@`` is the container, not a secret)."""
+    if not re.match(r"^(?:wasbs?|abfss?)://", uri, re.I):
+        uri = re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@", r"\1", uri)
     return re.sub(
         r"([?&](?:X-Amz-[^=&]*|sig|signature|token|access_token|key)=)[^&]*", r"\1***", uri, flags=re.I
     )
@@ -202,6 +211,8 @@ def fetch(
             raise StorageError("model URI %s does not exist" % redact(uri))
         return path
     target = SCHEMES.get(scheme)
+    if scheme == "https" and re.match(r"^https://[a-z0-9]+\.blob\.core\.windows\.net/", uri):
+        target = SCHEMES["wasbs"]  # Azure Blob Storage's own URLs: listed and fetched as blobs
     if target is None:
         raise StorageError(
             "model URI %s: unsupported scheme %r (supported: local paths, %s)"
@@ -213,5 +224,6 @@ def fetch(
     except ImportError as exc:
         raise StorageError("model URI %s needs %s: %s" % (redact(uri), module_name, exc)) from None
     args = (uri, DownloadCache(cache_root), secret_environment(environ), cache_root)
-    result: Any = func(*args) if only is None or scheme in ("http", "https") else func(*args, only=only)
+    whole = target.endswith(":fetch_http")  # an archive over HTTP is fetched whole
+    result: Any = func(*args) if only is None or whole else func(*args, only=only)
     return str(result)
