@@ -192,9 +192,12 @@ class WorkerProcess:
         return ("; its output:\n" + text) if text else ""
 
     def kill(self) -> None:
+        # os.kill, not proc.send_signal: Popen.send_signal polls first, and that poll reaps a worker that
+        # has just died, so asyncio's own waiter finds no child and reports exit code 255 instead of the
+        # real cause ("killed by SIGKILL"). Until asyncio has reaped it the pid is a zombie, never reused.
         if self.proc is not None and self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGKILL)
+                os.kill(self.proc.pid, signal.SIGKILL)
 
     def rss_mb(self) -> float:
         """Resident memory in MiB (0 when it cannot be read)."""
