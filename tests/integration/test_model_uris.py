@@ -203,8 +203,7 @@ def s3_server(tmp_path_factory):
     )
     key = iam.create_access_key(UserName="envserve")["AccessKey"]
     yield {"url": url, "key": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
-    proc.terminate()
-    proc.wait(10)
+    _stop(proc)
 
 
 def test_s3_uri_with_credentials_from_a_secret_directory(
@@ -324,6 +323,16 @@ def test_https_archive_uri(tmp_path, start_server, digits_model_file, digits):
         httpd.server_close()
 
 
+def _stop(proc):
+    """Stop a storage server: SIGTERM, then SIGKILL if it has not exited within 10 s (Azurite may not)."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 @pytest.fixture(scope="module")
 def gcs_emulator(tmp_path_factory):
     """gcp-storage-emulator (a Google Cloud Storage JSON-API server) on a loopback port, in memory."""
@@ -349,8 +358,7 @@ def gcs_emulator(tmp_path_factory):
                 raise AssertionError("the GCS emulator did not start:\n" + log.read_text()) from None
             time.sleep(0.1)
     yield url
-    proc.terminate()
-    proc.wait(10)
+    _stop(proc)
 
 
 # google-api-core asks for grpcio-status, which only its gRPC transport uses (GCS speaks JSON over HTTP)
@@ -489,8 +497,7 @@ def azurite(tmp_path_factory):
         AZURITE_KEY,
         endpoint,
     )
-    proc.terminate()
-    proc.wait(10)
+    _stop(proc)
 
 
 def test_azure_blob_uris_from_azurite(tmp_path, start_server, azurite, digits_model_file, digits):
