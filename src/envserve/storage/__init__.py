@@ -35,7 +35,7 @@ import re
 import shutil
 import tempfile
 import time
-from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Collection, Dict, Iterable, Mapping, Optional, Tuple
 
 from ..errors import StorageError
 
@@ -141,14 +141,22 @@ def fetch_objects(
     cache: DownloadCache,
     store: str,
     prefix: str,
-    objects: List[Tuple[str, str]],
+    list_objects: Callable[[], Iterable[Tuple[str, str]]],
     only: Optional[Collection[str]],
     download_one: Callable[[str, str], None],
+    explain: Callable[[Exception], StorageError],
 ) -> str:
-    """The common part of the object stores (S3, GCS): from the listing under ``prefix`` as (name,
-    version tag) pairs, take the one object named exactly ``prefix``, else everything under it (with
-    ``only``: those top-level names); download them into the cache, keyed by ``store`` (where they live)
-    and their version tags. ``download_one(name, path)`` writes one object to a local path."""
+    """The common part of the object stores (S3, GCS, Azure Blob): from the listing under ``prefix`` as
+    (name, version tag) pairs, take the one object named exactly ``prefix``, else everything under it
+    (with ``only``: those top-level names); download them into the cache, keyed by ``store`` (where they
+    live) and their version tags. ``download_one(name, path)`` writes one object to a local path; what
+    the store's client raises while listing or downloading becomes ``explain(exc)``."""
+    try:
+        objects = list(list_objects())
+    except StorageError:
+        raise
+    except Exception as exc:
+        raise explain(exc) from None
     if not objects:
         raise StorageError("model URI %s: no objects under this prefix" % redact(uri))
     exact = [o for o in objects if o[0] == prefix]
@@ -170,7 +178,10 @@ def fetch_objects(
                 continue
             path = os.path.join(target, rel)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            download_one(name, path)
+            try:
+                download_one(name, path)
+            except Exception as exc:
+                raise explain(exc) from None
 
     folder = cache.get_or_fetch(key, uri, download)
     if exact:

@@ -12,7 +12,7 @@ else anonymous access (public containers). All may come from ``ENVSERVE_SECRET_D
 from __future__ import annotations
 
 import re
-from typing import Any, Collection, List, Mapping, Optional, Tuple
+from typing import Any, Collection, Iterator, Mapping, Optional, Tuple
 
 from . import DownloadCache, StorageError, fetch_objects, redact
 
@@ -102,20 +102,20 @@ def fetch_azure(
     account, container_name, prefix = _parse(uri)
     try:
         container = _container(env, account, container_name)
-        listing: List[Tuple[str, str]] = [
-            (blob.name, str(blob.etag)) for blob in container.list_blobs(name_starts_with=prefix or None)
-        ]
     except StorageError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # a connection string or credential the client cannot use
         raise _explain(exc, uri) from None
 
+    def list_objects() -> Iterator[Tuple[str, str]]:
+        for blob in container.list_blobs(name_starts_with=prefix or None):
+            yield blob.name, str(blob.etag)
+
     def download_one(name: str, path: str) -> None:
-        try:
-            with open(path, "wb") as f:
-                container.download_blob(name).readinto(f)
-        except Exception as exc:
-            raise _explain(exc, uri) from None
+        with open(path, "wb") as f:
+            container.download_blob(name).readinto(f)
 
     store = "azure|%s|%s" % (container.url.split("?", 1)[0], account)
-    return fetch_objects(uri, cache, store, prefix, listing, only, download_one)
+    return fetch_objects(
+        uri, cache, store, prefix, list_objects, only, download_one, lambda exc: _explain(exc, uri)
+    )

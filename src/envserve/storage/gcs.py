@@ -10,7 +10,7 @@ unless a credentials file is given.
 
 from __future__ import annotations
 
-from typing import Any, Collection, List, Mapping, Optional, Tuple
+from typing import Any, Collection, Iterator, Mapping, Optional, Tuple
 
 from . import DownloadCache, StorageError, fetch_objects, redact
 
@@ -82,19 +82,15 @@ def fetch_gs(
         raise StorageError("model URI %s has no bucket" % redact(uri))
     client = _client(env, uri)
     bucket = client.bucket(bucket_name)
-    try:
-        listing: List[Tuple[str, str]] = [
-            (blob.name, "%s/%s" % (blob.generation, blob.md5_hash))
-            for blob in client.list_blobs(bucket_name, prefix=prefix or None)
-        ]
-    except Exception as exc:
-        raise _explain(exc, uri) from None
+
+    def list_objects() -> Iterator[Tuple[str, str]]:
+        for blob in client.list_blobs(bucket_name, prefix=prefix or None):
+            yield blob.name, "%s/%s" % (blob.generation, blob.md5_hash)
 
     def download_one(name: str, path: str) -> None:
-        try:
-            bucket.blob(name).download_to_filename(path)
-        except Exception as exc:
-            raise _explain(exc, uri) from None
+        bucket.blob(name).download_to_filename(path)
 
     store = "gs|%s|%s" % (env.get("STORAGE_EMULATOR_HOST") or env.get("GCS_ENDPOINT") or "", bucket_name)
-    return fetch_objects(uri, cache, store, prefix, listing, only, download_one)
+    return fetch_objects(
+        uri, cache, store, prefix, list_objects, only, download_one, lambda exc: _explain(exc, uri)
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Collection, Dict, List, Mapping, Optional
+from typing import Any, Collection, Iterator, Mapping, Optional, Tuple
 
 from . import DownloadCache, StorageError, fetch_objects, redact
 
@@ -64,20 +64,16 @@ def fetch_s3(
     if not bucket:
         raise StorageError("model URI %s has no bucket" % redact(uri))
     client = _client(env)
-    objects: List[Dict[str, Any]] = []
-    try:
-        paginator = client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-            objects += page.get("Contents", [])
-    except Exception as exc:
-        raise _explain(exc, uri) from None
+
+    def list_objects() -> Iterator[Tuple[str, str]]:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for o in page.get("Contents", []):
+                yield o["Key"], str(o.get("ETag", ""))
 
     def download_one(name: str, path: str) -> None:
-        try:
-            client.download_file(bucket, name, path)
-        except Exception as exc:
-            raise _explain(exc, uri) from None
+        client.download_file(bucket, name, path)
 
     store = "s3|%s|%s" % (env.get("AWS_ENDPOINT_URL", ""), bucket)
-    listing = [(o["Key"], str(o.get("ETag", ""))) for o in objects]
-    return fetch_objects(uri, cache, store, prefix, listing, only, download_one)
+    return fetch_objects(
+        uri, cache, store, prefix, list_objects, only, download_one, lambda exc: _explain(exc, uri)
+    )
