@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.conftest import write_model
@@ -161,6 +160,33 @@ def _s3_client(s3_server):
     )
 
 
+def _start(argv, port, log, what, seconds, env=None):
+    """A storage server (moto, the GCS emulator, Azurite) writing to ``log``, once its port accepts
+    connections; fails with its log if it exits or does not listen within ``seconds``."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(a) for a in argv], stdout=out, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return proc
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError("%s did not start:\n%s" % (what, log.read_text())) from None
+            time.sleep(0.1)
+
+
+def _stop(proc):
+    """Stop a storage server: SIGTERM, then SIGKILL if it has not exited within 10 s (Azurite may not)."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 @pytest.fixture(scope="module")
 def s3_server(tmp_path_factory):
     """moto's S3/IAM server with authentication on: one IAM user whose key may read the bucket."""
@@ -168,22 +194,10 @@ def s3_server(tmp_path_factory):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"},
-        )
+    moto = Path(sys.executable).parent / "moto_server"
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"}
+    proc = _start([moto, "-H", "127.0.0.1", "-p", port], port, log, "moto's server", 30, env)
     url = "http://127.0.0.1:%d" % port
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(url + "/moto-api/", timeout=1)
-            break
-        except httpx.TransportError:
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
     import boto3
 
     iam = boto3.client(
@@ -323,16 +337,6 @@ def test_https_archive_uri(tmp_path, start_server, digits_model_file, digits):
         httpd.server_close()
 
 
-def _stop(proc):
-    """Stop a storage server: SIGTERM, then SIGKILL if it has not exited within 10 s (Azurite may not)."""
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-
-
 @pytest.fixture(scope="module")
 def gcs_emulator(tmp_path_factory):
     """gcp-storage-emulator (a Google Cloud Storage JSON-API server) on a loopback port, in memory."""
@@ -341,22 +345,9 @@ def gcs_emulator(tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("gcs") / "emulator.log"
     emulator = Path(sys.executable).parent / "gcp-storage-emulator"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [str(emulator), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    argv = [emulator, "start", "--host", "127.0.0.1", "--port", port, "--in-memory"]
+    proc = _start(argv, port, log, "the GCS emulator", 60)
     url = "http://127.0.0.1:%d" % port
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            httpx.get(url + "/storage/v1/b", timeout=1)
-            break
-        except httpx.TransportError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("the GCS emulator did not start:\n" + log.read_text()) from None
-            time.sleep(0.1)
     yield url
     _stop(proc)
 
@@ -467,32 +458,18 @@ def azurite(tmp_path_factory):
     binary = _azurite_install()
     port = free_port()
     data = tmp_path_factory.mktemp("azurite")
-    log = data / "azurite.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [
-                str(binary),
-                "--blobHost",
-                "127.0.0.1",
-                "--blobPort",
-                str(port),
-                "--location",
-                str(data),
-                "--skipApiVersionCheck",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    argv = [
+        binary,
+        "--blobHost",
+        "127.0.0.1",
+        "--blobPort",
+        port,
+        "--location",
+        data,
+        "--skipApiVersionCheck",
+    ]
+    proc = _start(argv, port, data / "azurite.log", "Azurite", 60)
     endpoint = "http://127.0.0.1:%d/devstoreaccount1" % port
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("Azurite did not start:\n" + log.read_text()) from None
-            time.sleep(0.1)
     yield "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=%s;BlobEndpoint=%s;" % (
         AZURITE_KEY,
         endpoint,
