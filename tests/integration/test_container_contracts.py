@@ -228,19 +228,24 @@ def test_kserve_in_place_of_kserve_mlserver(base_image, containers, models, mode
         box.stop()
 
 
+def _seldon_node_model(models, model):
+    """(model folder, container env changes, 4 rows, their predictions) of a Seldon Core v1 graph node: the
+    digits model in the server's process, or the Python 3.8 model in its packed environment
+    (MLSERVER_ENV_TARBALL set in the node's container env)."""
+    expected = old_sklearn.expected(old_sklearn.old_sklearn())
+    x = expected["rows"][:4]
+    if model == "digits":
+        folder = models / "bare"
+        return folder, None, x, load(folder / "model.joblib").predict(x).tolist()
+    env = {"MLSERVER_ENV_TARBALL": "/mnt/models/old-sklearn.tar.gz"}
+    return models / "repo" / "mnist-svm-py38", env, x, expected["predictions"][:4]
+
+
 @pytest.mark.parametrize("model", ["digits", "python38"])
 def test_seldon_core_v1_prepackaged_sklearn_server(base_image, containers, models, model):  # noqa: F811
     """SKLEARN_SERVER with the digits model in the server's process, and the Python 3.8 model in its
     packed environment (MLSERVER_ENV_TARBALL set in the graph node's container env)."""
-    expected = old_sklearn.expected(old_sklearn.old_sklearn())
-    x = expected["rows"][:4]
-    if model == "digits":
-        folder, env = models / "bare", None
-        predictions = load(folder / "model.joblib").predict(x).tolist()
-    else:
-        folder = models / "repo" / "mnist-svm-py38"
-        env = {"MLSERVER_ENV_TARBALL": "/mnt/models/old-sklearn.tar.gz"}
-        predictions = expected["predictions"][:4]
+    folder, env, x, predictions = _seldon_node_model(models, model)
     ports, argv = _documented_run("seldon-v1", base_image, env=env, MODEL_DIR=folder)
     box = Container(containers, argv)
     try:
@@ -280,15 +285,7 @@ def test_seldon_core_v1_protocol_v2(base_image, containers, models, model):  # n
     import numpy as np
     import tritonclient.grpc as tritongrpc
 
-    expected = old_sklearn.expected(old_sklearn.old_sklearn())
-    x = expected["rows"][:4]
-    if model == "digits":
-        folder, env = models / "bare", None
-        predictions = load(folder / "model.joblib").predict(x).tolist()
-    else:
-        folder = models / "repo" / "mnist-svm-py38"
-        env = {"MLSERVER_ENV_TARBALL": "/mnt/models/old-sklearn.tar.gz"}
-        predictions = expected["predictions"][:4]
+    folder, env, x, predictions = _seldon_node_model(models, model)
     ports, argv = _documented_run("seldon-v1-v2", base_image, env=env, MODEL_DIR=folder)
     box = Container(containers, argv)
     client = None
