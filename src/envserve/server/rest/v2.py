@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any, List, Optional, Tuple
 
 from ... import __version__
@@ -133,15 +135,9 @@ def _binary_response(response: Any, doc: Any) -> Response:
     return Response(200, b"".join([head, *buffers]), headers)
 
 
-_PAGE: List[bytes] = []
-
-
+@functools.lru_cache(maxsize=None)
 def _docs_page() -> bytes:
     """The API page (shipped in the package: server/docs_static/index.html), read once."""
-    if not _PAGE:
-        import os
-
-        path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs_static", "index.html")
-        with open(path, "rb") as f:
-            _PAGE.append(f.read())
-    return _PAGE[0]
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs_static", "index.html")
+    with open(path, "rb") as f:
+        return f.read()
