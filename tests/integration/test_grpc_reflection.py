@@ -15,12 +15,11 @@ from sklearn.datasets import load_digits
 
 from tests.conftest import ServerProcess, write_model
 
-reflection_pb2 = pytest.importorskip(
-    "grpc_reflection.v1alpha.reflection_pb2", reason="grpcio-reflection is a test dependency: scripts/setup"
-)
-from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (  # noqa: E402
-    ProtoReflectionDescriptorDatabase,
-)
+try:  # a missing dependency fails the module (never a silent skip)
+    from grpc_reflection.v1alpha import reflection_pb2
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+except ImportError as exc:
+    raise ImportError("grpcio-reflection is a test dependency: run scripts/setup") from exc
 
 SERVICES = [
     "grpc.reflection.v1.ServerReflection",
