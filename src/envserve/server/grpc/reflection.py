@@ -9,7 +9,7 @@ library's own copy of these messages, say) can collide with them.
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Dict, List, Tuple
+from typing import Any, AsyncGenerator, AsyncIterator, Dict, List, Tuple
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
@@ -153,7 +153,7 @@ class Reflection:
     def handlers(self) -> Dict[str, StreamHandler]:
         return {"/%s.%s/%s" % (package, _SERVICE, _METHOD): self.serve for package in _PACKAGES}
 
-    async def serve(self, requests: AsyncIterator[bytes], metadata: Metadata) -> AsyncIterator[bytes]:
+    async def serve(self, requests: AsyncIterator[bytes], metadata: Metadata) -> AsyncGenerator[bytes, None]:
         async for data in requests:
             try:
                 request = self.request_type.FromString(data)

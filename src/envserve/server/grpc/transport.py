@@ -37,7 +37,20 @@ import sys
 import zlib
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
+from typing import (
+    Any,
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Deque,
+    Dict,
+    List,
+    Optional,
+    Set,
+    Tuple,
+    Union,
+)
 from urllib.parse import quote
 
 import h2.config
@@ -67,7 +80,7 @@ Metadata = List[Tuple[str, str]]
 Handler = Callable[[bytes, Metadata], Awaitable[Union[bytes, Tuple[bytes, Metadata]]]]
 # A bidirectional streaming handler gets the request messages as they arrive (the iterator ends when the
 # client half-closes) and yields response messages; raising GrpcError ends the call with that status.
-StreamHandler = Callable[[AsyncIterator[bytes], Metadata], AsyncIterator[bytes]]
+StreamHandler = Callable[[AsyncIterator[bytes], Metadata], AsyncGenerator[bytes, None]]
 
 
 class StatusCode:
@@ -334,7 +347,7 @@ class _Connection(asyncio.Protocol):
             handler = _EVENTS.get(type(event))
             if handler is not None:
                 handler(self, event)
-            if self.closed:
+            if self.closed or self.goaway_sent:  # after our GOAWAY the rest of the batch starts nothing
                 return
         self._flush()
 
@@ -399,6 +412,8 @@ class _Connection(asyncio.Protocol):
 
     def _stream_reset(self, event: h2.events.StreamReset) -> None:
         stream = self.streams.get(event.stream_id)
+        if stream is not None:  # h2 has closed it: its call must not answer on it, whatever follows
+            self._forget(stream)
         if event.remote_reset:
             now = asyncio.get_running_loop().time()
             self.resets = min(float(RESET_BUDGET), self.resets + (now - self.reset_clock) * RESET_REFILL)
@@ -406,9 +421,6 @@ class _Connection(asyncio.Protocol):
             self.resets -= 1
             if self.resets < 0:
                 self._goaway(ErrorCodes.ENHANCE_YOUR_CALM, "too many stream resets")
-                return
-        if stream is not None:
-            self._forget(stream)
 
     def _window_updated(self, event: Any) -> None:
         self._send_pending()
@@ -557,7 +569,7 @@ class _Connection(asyncio.Protocol):
                 stream.data = bytearray()
             stream.inbox.put_nowait(None)
 
-    async def _requests(self, stream: _Stream, encoding: str) -> AsyncIterator[bytes]:
+    async def _requests(self, stream: _Stream, encoding: str) -> AsyncGenerator[bytes, None]:
         inbox = stream.inbox
         assert inbox is not None
         while True:
@@ -574,8 +586,14 @@ class _Connection(asyncio.Protocol):
         method, path, content_type, encoding, timeout, metadata = _call_headers(stream)
 
         async def run() -> None:
-            async for reply in handler(self._requests(stream, encoding), metadata):
-                await self._send_message(stream, reply)
+            # both generators are closed here, on every way out (a cancelled call, a peer gone), rather
+            # than left to the loop's finalizer, which may run after the loop has stopped
+            requests = self._requests(stream, encoding)
+            async with contextlib.aclosing(requests), contextlib.aclosing(
+                handler(requests, metadata)
+            ) as replies:
+                async for reply in replies:
+                    await self._send_message(stream, reply)
 
         try:
             _check_call(method, content_type)
@@ -853,8 +871,13 @@ class GrpcServer:
             self._idle.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), grace)
+        calls = [s.task for conn in self.connections for s in conn.streams.values() if s.task is not None]
         for conn in list(self.connections):
             conn._abort()
-        await asyncio.sleep(0)  # let the aborted transports close
+        await asyncio.sleep(0)  # let the aborted transports close (which cancels their calls)
+        for task in calls:
+            task.cancel()
+        if calls:  # the cancelled calls unwind (their generators closed) before the loop may stop
+            await asyncio.wait(calls, timeout=5)
         if self._server is not None:
             await self._server.wait_closed()
