@@ -16,7 +16,8 @@ import closure, so it uses the standard library only and stays Python 3.6-compat
     ├── ModelNotFound                  no model (or version) of that name
     ├── ModelNotReady                  known, but not READY (loading, unloading, failed, unloaded)
     ├── ModelLoadError                 the model could not be loaded (the reason becomes its state)
-    │   └── StorageError               its URI cannot be fetched (named without credentials)
+    │   ├── StorageError               its URI cannot be fetched (named without credentials)
+    │   └── UnsafePickle               a model file would import a global outside the pickle allow-list
     ├── InferenceError                 the model raised while predicting (its message is kept)
     ├── WorkerUnavailable              the worker serving the request died or is restarting
     ├── Overloaded                     the model's queue is full: shed, retry later
@@ -56,6 +57,7 @@ __all__ = [
     "StorageError",
     "UnknownContentType",
     "UnsafeArchive",
+    "UnsafePickle",
     "UnsupportedMediaType",
     "VulnerabilitiesFound",
     "WorkerUnavailable",
@@ -116,6 +118,11 @@ class ModelLoadError(EnvserveError):
 
 class StorageError(ModelLoadError):
     """A model URI cannot be fetched (the message names the URI, never credentials)."""
+
+
+class UnsafePickle(ModelLoadError):
+    """A pickled model file would import a global outside the allow-list, or cannot be read to tell
+    (truncated, corrupt); nothing in it was run."""
 
 
 class InferenceError(EnvserveError):

@@ -154,6 +154,35 @@ class Runtime:
             % (self.settings.name, ", ".join(candidates), path)
         )
 
+    def check_pickles(self, paths: Sequence[str], frameworks: Sequence[str] = ("sklearn",)) -> None:
+        """Scan pickle files before they are unpickled (:mod:`envserve.runtimes.pickles`): every global
+        they would import must be on the allow-list (the frameworks' packages, numpy/scipy/pandas types,
+        ``parameters.pickle_allow``), else :class:`~envserve.errors.UnsafePickle` names the global and the
+        file. ``parameters.pickle_scan: false`` turns the scan off (the files then run whatever they name)."""
+        from .pickles import AllowList, check_pickle
+
+        params = self.settings.parameters
+        if params.get("pickle_scan", True) in (False, "false", "0", 0):
+            return
+        try:
+            allow = AllowList.for_model(frameworks, params.get("pickle_allow"))
+            for path in paths:
+                check_pickle(path, allow)
+        except ModelLoadError as exc:
+            raise type(exc)("model %r: %s" % (self.settings.name, exc), model=self.settings.name) from None
+
+    def check_user_pickles(self) -> None:
+        """Before a user's class loads its model: the pickles in the model's folder, allowed the
+        scikit-learn ecosystem and the folder's own modules."""
+        from .pickles import local_modules, model_files
+
+        folder = self.settings.model_path or self.settings.folder
+        if folder is not None and os.path.isfile(folder):
+            files, folder = [folder], os.path.dirname(folder)
+        else:
+            files = model_files(folder)
+        self.check_pickles(files, ["sklearn"] + local_modules(self.settings.folder))
+
     def metadata(self) -> Dict[str, Any]:
         """V2 model metadata (``GET /v2/models/{name}``)."""
         s = self.settings

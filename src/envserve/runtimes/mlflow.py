@@ -21,6 +21,7 @@ from ..codecs.mlflow import Signature, enforce_schema, from_v2, parse_invocation
 from ..errors import InvalidRequest, ModelLoadError
 from ..protocol.v2 import InferenceRequest, MetadataTensor
 from .base import Runtime
+from .pickles import model_files
 
 __all__ = ["MLflowRuntime", "read_mlmodel"]
 
@@ -123,6 +124,7 @@ class MLflowRuntime(Runtime):
         except ImportError:
             return None
         path = os.path.join(self._folder, flavor.get("pickled_model", "model.pkl"))
+        self.check_pickles([path])
         try:
             if flavor.get("serialization_format") == "cloudpickle":
                 import cloudpickle
@@ -152,6 +154,9 @@ class MLflowRuntime(Runtime):
                 "build the model's own environment (remove parameters.environment: server) or install mlflow"
                 % self.settings.name
             ) from None
+        # whatever the flavor's loader unpickles: the pickles in the folder, allowed the flavors' packages
+        frameworks = ["mlflow" if f == "python_function" else f for f in self._mlmodel["flavors"]]
+        self.check_pickles(model_files(self._folder), frameworks)
         try:
             model = mlflow.pyfunc.load_model(self._folder)
             self._pyfunc = True

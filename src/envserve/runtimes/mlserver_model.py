@@ -90,6 +90,7 @@ class MLServerModelRuntime(Runtime):
                 "model %r: MLServer's ModelSettings refused the settings: %s: %s"
                 % (self.settings.name, type(exc).__name__, exc)
             ) from exc
+        self.check_user_pickles()
         try:
             self.model = self.user_class(settings)
         except Exception as exc:

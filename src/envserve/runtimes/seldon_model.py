@@ -108,6 +108,7 @@ class SeldonModelRuntime(Runtime):
             self.settings.extra.get("parameters"),
             "model %r: parameters.extra.parameters" % self.settings.name,
         )
+        self.check_user_pickles()
         with _in_folder(self.settings.folder):
             try:
                 self.model = self.user_class(**kwargs)

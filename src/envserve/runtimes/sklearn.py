@@ -23,6 +23,7 @@ class SKLearnRuntime(Runtime):
 
     def load(self) -> None:
         path = self.find_artifact(ARTIFACTS)
+        self.check_pickles([path])
         try:
             import joblib
         except ImportError:

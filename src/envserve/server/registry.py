@@ -323,6 +323,7 @@ class ModelRegistry:
                 downloads = os.path.dirname(self.environments.root)
                 local = await loop.run_in_executor(None, fetch, settings.uri, downloads)
                 settings = dataclasses.replace(settings, uri=local)
+            settings = self._with_pickle_policy(settings)
             handle = self._handle_for(settings)
             await handle.load()
             try:
@@ -339,6 +340,19 @@ class ModelRegistry:
             return
         record.handle, record.state = handle, ModelState.READY
         logger.info("model %s is ready", record.settings.key)
+
+    def _with_pickle_policy(self, settings: ModelSettings) -> ModelSettings:
+        """The server-wide pickle scan settings, carried to the runtime in the model's parameters."""
+        params = dict(settings.parameters)
+        if not self.settings.pickle_scan:
+            params["pickle_scan"] = False
+        server_allow = [r.strip() for r in self.settings.pickle_allow.split(",") if r.strip()]
+        if server_allow:
+            own = params.get("pickle_allow") or []
+            params["pickle_allow"] = server_allow + ([own] if isinstance(own, str) else list(own))
+        if params == settings.parameters:
+            return settings
+        return dataclasses.replace(settings, parameters=params)
 
     def _check_routes(self, settings: ModelSettings, handle: ModelHandle) -> None:
         """A model's own REST routes must not be the server's nor another model's."""

@@ -134,6 +134,12 @@ class ServerSettings:
     #: Colon-separated directories that local model paths, URIs and environments must stay inside
     #: (symlinks resolved); empty = no restriction.
     allowed_roots: str = ""
+    #: Scan pickled model files before they are unpickled and refuse any that would import a global
+    #: outside the allow-list (False: unpickle whatever a file names; see docs/security.md).
+    pickle_scan: bool = True
+    #: Comma-separated globals ("module.name") or packages ("package.*") every model's pickles may import,
+    #: beside the defaults and each model's ``parameters.pickle_allow``.
+    pickle_allow: str = ""
     #: A separate port serving only /metrics (0: /metrics is on the HTTP port only).
     metrics_port: int = 0
     #: A model to serve without settings files (models:/..., runs:/..., s3://..., https://..., a path).
