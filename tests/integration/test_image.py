@@ -340,7 +340,21 @@ def test_sbom_lists_old_scikit_learn_and_debian_packages(built_image, containers
     archive = tmp_path / "image.oci.tar"
     _run(["podman", "save", "--format", "oci-archive", "-o", archive, built_image], env=containers)
     sbom = tmp_path / "sbom.cdx.json"
-    _run([sys.executable, "-m", "envserve", "image", "sbom", "oci-archive:%s" % archive, "-o", sbom])
+    models = EXAMPLES / "models"
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "envserve",
+            "image",
+            "sbom",
+            "oci-archive:%s" % archive,
+            "-o",
+            sbom,
+            "--models",
+            models,
+        ]
+    )
     text = sbom.read_text()
     from cyclonedx.schema import SchemaVersion
     from cyclonedx.validation.json import JsonStrictValidator
@@ -351,6 +365,13 @@ def test_sbom_lists_old_scikit_learn_and_debian_packages(built_image, containers
     components = {(c.get("name"), c.get("version")) for c in doc.get("components", [])}
     assert ("scikit-learn", "0.24.2") in components
     assert any(name == "python3.11" for name, _ in components)
+    # each model's ML-BOM is in it: its files with their SHA-256, the Python and packages it runs with
+    ml = {c["name"]: c for c in doc["components"] if c.get("type") == "machine-learning-model"}
+    assert set(ml) == {"mnist-svm", "mnist-svm-py38"}, sorted(ml)
+    parts = {c["name"]: c for c in ml["mnist-svm-py38"]["components"]}
+    digest = hashlib.sha256((models / "mnist-svm-py38" / "model.joblib").read_bytes()).hexdigest()
+    assert parts["model.joblib"]["hashes"] == [{"alg": "SHA-256", "content": digest}]
+    assert parts["scikit-learn"]["version"] == "0.24.2" and parts["python"]["version"].startswith("3.8.")
 
 
 def test_no_pending_debian_security_updates(built_image, containers):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import click
 
@@ -165,3 +165,90 @@ def env_prepare(
         raise EnvironmentSetupError(
             "%d environment(s) could not be prepared: %s" % (len(failed), ", ".join(failed))
         )
+
+
+def _model_at_hand(target: str, cache: Any) -> Any:
+    """The settings of one model: a folder (with or without model-settings.json), a model-settings.json,
+    or a model URI (fetched next to the environment cache)."""
+    from ..settings.model import MODEL_SETTINGS_FILE, ModelSettings
+    from ..storage import fetch, is_remote, name_from_uri
+
+    if is_remote(target):
+        local = fetch(target, os.path.dirname(cache.root))
+        settings_file = os.path.join(local, MODEL_SETTINGS_FILE)
+        if os.path.isfile(settings_file):
+            return ModelSettings.load(settings_file)
+        return ModelSettings(name=name_from_uri(target), folder=local)
+    if os.path.isfile(target) and os.path.basename(target) == MODEL_SETTINGS_FILE:
+        return ModelSettings.load(target)
+    if os.path.isfile(os.path.join(target, MODEL_SETTINGS_FILE)):
+        return ModelSettings.load(os.path.join(target, MODEL_SETTINGS_FILE))
+    if not os.path.exists(target):
+        raise EnvserveError("%s: no such model folder, settings file or URI" % target)
+    folder = os.path.abspath(target)
+    return ModelSettings(name=os.path.basename(folder.rstrip(os.sep)), folder=folder)
+
+
+def _environment_of(settings: Any, cache: Any) -> Optional[Dict[str, Any]]:
+    """The model's environment prepared as the server would (None: the server's own)."""
+    from ..environments import environment_source
+
+    source = environment_source(settings, None)
+    if source is None:
+        return None
+    prepared = cache.prepare(source, settings.name)
+    prepared.release()
+    return {
+        "path": prepared.root,
+        "python": prepared.python_version,
+        "hash": prepared.digest,
+        "kind": prepared.kind,
+        "source": prepared.source,
+    }
+
+
+def _bom_of(settings: Any, cache: Any, source_uri: Optional[str]) -> Dict[str, Any]:
+    from .. import __version__
+    from ..environments.bom import model_bom
+    from ..runtimes import runtime_name
+
+    return model_bom(
+        settings,
+        runtime=runtime_name(settings),
+        environment=_environment_of(settings, cache),
+        source_uri=source_uri or settings.uri,
+        tool_version=__version__,
+    )
+
+
+def repository_boms(repository: str, cache_dir: Optional[str]) -> List[Dict[str, Any]]:
+    """The ML-BOM of every model of a repository (their environments prepared in the cache)."""
+    from ..environments import EnvironmentCache
+    from ..settings.repository import scan_repository
+
+    cache = EnvironmentCache(cache_dir)
+    return [_bom_of(e.settings, cache, None) for e in scan_repository(repository) if e.settings is not None]
+
+
+@env.command("bom")
+@click.argument("model")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="File to write [default: stdout].")
+@cache_option
+def env_bom(model: str, output: Optional[str], cache_dir: Optional[str]) -> None:
+    """CycloneDX 1.6 ML-BOM of MODEL (a folder, its model-settings.json, or a model URI): its files with
+    SHA-256, the Python and exact packages of the environment it runs in, its runtime and MLflow run."""
+    import json
+
+    from ..environments import EnvironmentCache
+
+    cache = EnvironmentCache(cache_dir)
+    settings = _model_at_hand(model, cache)
+    remote = "://" in model or model.startswith(("models:", "runs:"))
+    doc = _bom_of(settings, cache, model if remote else None)
+    text = json.dumps(doc, indent=2) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        with open(output, "w") as f:
+            f.write(text)
+        click.echo("wrote %s (%d components)" % (output, len(doc["components"])), err=True)

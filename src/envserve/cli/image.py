@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, List, Optional, Tuple
 import click
 
 from ..errors import VulnerabilitiesFound
-from .options import with_options
+from .options import cache_option, with_options
 
 if TYPE_CHECKING:
     from ..environments import EnvironmentSource
@@ -148,12 +148,34 @@ def _baked(environments: Tuple[str, ...]) -> List[Tuple[str, EnvironmentSource]]
     is_flag=True,
     help="SOURCE is an environment directory (cyclonedx-py), not an image (syft).",
 )
-def image_sbom(source: str, output: str, is_environment: bool) -> None:
+@click.option(
+    "--models",
+    "model_repository",
+    type=click.Path(file_okay=False, exists=True),
+    help="Add the ML-BOM of every model in this repository (its files, environment packages, runtime, "
+    "MLflow run), as `envserve env bom` makes them.",
+)
+@cache_option
+def image_sbom(
+    source: str, output: str, is_environment: bool, model_repository: Optional[str], cache_dir: Optional[str]
+) -> None:
     """CycloneDX SBOM of an image (SOURCE as syft takes it, e.g. oci-archive:img.tar) or of an environment."""
     from ..image.sbom import environment_sbom
     from ..image.sbom import image_sbom as sbom_of_image
 
-    click.echo(environment_sbom(source, output) if is_environment else sbom_of_image(source, output))
+    path = environment_sbom(source, output) if is_environment else sbom_of_image(source, output)
+    if model_repository is not None:
+        import json
+
+        from ..image.sbom import add_model_boms
+        from .env import repository_boms
+
+        with open(path) as f:
+            doc = json.load(f)
+        boms = repository_boms(model_repository, cache_dir)
+        with open(path, "w") as f:
+            json.dump(add_model_boms(doc, boms), f, indent=2)
+    click.echo(path)
 
 
 @image.command("scan")

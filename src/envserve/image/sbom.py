@@ -7,12 +7,12 @@ import os
 import shutil
 import subprocess
 import sys
-from typing import Optional
+from typing import Any, Dict, List, Optional
 
 from ..environments import find_python, runtime_env
 from ..errors import EnvserveError
 
-__all__ = ["environment_sbom", "image_sbom"]
+__all__ = ["add_model_boms", "environment_sbom", "image_sbom"]
 
 
 def _tool(name: str, package: str) -> str:
@@ -52,3 +52,24 @@ def environment_sbom(environment: str, output: str, python: Optional[str] = None
     if proc.returncode != 0:
         raise EnvserveError("cyclonedx-py failed on %s: %s" % (environment, proc.stderr.strip()[-2000:]))
     return output
+
+
+def add_model_boms(sbom: Dict[str, Any], boms: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """An image SBOM with each model's ML-BOM in it: the model as a ``machine-learning-model`` component
+    holding its files, Python and packages as nested components (references prefixed with the model's,
+    so they stay unique beside the image's own)."""
+    components = sbom.setdefault("components", [])
+    dependencies = sbom.setdefault("dependencies", [])
+    for bom in boms:
+        model = dict(bom["metadata"]["component"])
+        prefix = model["bom-ref"] + "/"
+        nested = []
+        for part in bom.get("components", []):
+            part = dict(part)
+            part["bom-ref"] = prefix + part["bom-ref"]
+            nested.append(part)
+        model["components"] = nested
+        components.append(model)
+        dependencies.append({"ref": model["bom-ref"], "dependsOn": [p["bom-ref"] for p in nested]})
+        dependencies.extend({"ref": p["bom-ref"]} for p in nested)
+    return sbom

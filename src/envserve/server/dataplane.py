@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from .. import __version__
-from ..errors import EnvserveError, InvalidRequest, ModelLoadError, ModelNotFound
+from ..errors import EnvserveError, InvalidRequest, ModelLoadError, ModelNotFound, ModelNotReady
 from ..protocol.v2 import InferenceRequest, InferenceResponse, RequestInput, parse_inference_request
 from ..runtimes.base import CUSTOM_METRICS, HANDLER_ANSWER, HANDLER_CALL, TIMINGS
 from ..settings import ModelSettings
@@ -248,6 +248,35 @@ class DataPlane:
 
     def model_status(self) -> List[Dict[str, Any]]:
         return self.registry.status()
+
+    async def model_bom(self, name: str, version: Optional[str] = None) -> Dict[str, Any]:
+        """The model's CycloneDX ML-BOM: its files, the Python and packages of the environment it runs in."""
+        import asyncio
+
+        from ..environments.bom import model_bom
+        from ..runtimes import runtime_name
+
+        record = self.registry.get(name, version)
+        handle = record.handle
+        if record.state != ModelState.READY or handle is None:
+            raise ModelNotReady(
+                "model %r is %s: its bill of materials describes the environment it runs in, so it is made "
+                "once the model is READY" % (name, record.state),
+                model=name,
+            )
+        described = handle.describe()
+        settings = handle.settings  # the local copy of a fetched model
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(  # hashing the files reads them
+            None,
+            lambda: model_bom(
+                settings,
+                runtime=runtime_name(settings),
+                environment=described.get("environment"),
+                source_uri=record.settings.uri,
+                tool_version=__version__,
+            ),
+        )
 
     async def load(self, name: str) -> None:
         await self.registry.load_model(name)

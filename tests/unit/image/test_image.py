@@ -180,3 +180,31 @@ def test_scan_cli_without_a_scanner_says_so_and_exits_5(tmp_path):
         text=True,
     )
     assert proc.returncode == 0 and "3 vulnerabilities" in proc.stdout
+
+
+def test_model_boms_go_into_an_image_sbom_as_valid_cyclonedx(tmp_path):
+    import json
+
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    from envserve.environments.bom import model_bom
+    from envserve.image.sbom import add_model_boms
+    from envserve.settings import ModelSettings
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "model.joblib").write_bytes(b"not really a model")
+    boms = [
+        model_bom(ModelSettings(name=name, folder=str(folder)), runtime="sklearn", environment=None)
+        for name in ("a", "b")
+    ]
+    image = {"bomFormat": "CycloneDX", "specVersion": "1.6", "version": 1,
+             "components": [{"type": "library", "bom-ref": "pkg:pypi/numpy@2.0.0", "name": "numpy"}]}  # fmt: skip
+    doc = add_model_boms(image, boms)
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(json.dumps(doc)) is None
+    models = [c for c in doc["components"] if c["type"] == "machine-learning-model"]
+    assert [m["name"] for m in models] == ["a", "b"]
+    refs = [c["bom-ref"] for c in doc["components"]]
+    refs += [n["bom-ref"] for m in models for n in m["components"]]
+    assert len(refs) == len(set(refs))  # the two models' files do not collide

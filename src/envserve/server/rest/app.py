@@ -137,6 +137,8 @@ class RestApp:
             Route("GET", "/api/v1.0/metadata", seldon_errors(seldon.metadata)),
             # envserve's own API
             Route("GET", "/envserve/models", own.models),
+            Route("GET", "/envserve/models/{name}/bom", own.bom),
+            Route("GET", "/envserve/models/{name}/versions/{version}/bom", own.bom),
         ]
         if self.console is None:
             routes.append(Route("GET", "/envserve/{call}", own.console_off))

@@ -19,6 +19,10 @@ class EnvserveAPI:
         """Runtimes, environments, workers (and traffic when the console is on)."""
         return json_response(self.console.models() if self.console is not None else self.dp.model_status())
 
+    async def bom(self, request: Request) -> Response:
+        """The model's CycloneDX ML-BOM (``/envserve/models/{name}[/versions/{version}]/bom``)."""
+        return json_response(await self.dp.model_bom(request.params["name"], request.params.get("version")))
+
     async def console_off(self, request: Request) -> Response:
         raise HTTPError(
             404, "no route for %s; start the server with --console for the console API" % request.path
