@@ -199,8 +199,8 @@ def test_model_boms_go_into_an_image_sbom_as_valid_cyclonedx(tmp_path):
         model_bom(ModelSettings(name=name, folder=str(folder)), runtime="sklearn", environment=None)
         for name in ("a", "b")
     ]
-    image = {"bomFormat": "CycloneDX", "specVersion": "1.6", "version": 1,
-             "components": [{"type": "library", "bom-ref": "pkg:pypi/numpy@2.0.0", "name": "numpy"}]}  # fmt: skip
+    numpy = {"type": "library", "bom-ref": "pkg:pypi/numpy@2.0.0", "name": "numpy"}
+    image = {"bomFormat": "CycloneDX", "specVersion": "1.6", "version": 1, "components": [numpy]}
     doc = add_model_boms(image, boms)
     assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(json.dumps(doc)) is None
     models = [c for c in doc["components"] if c["type"] == "machine-learning-model"]
