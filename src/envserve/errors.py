@@ -30,6 +30,7 @@ import closure, so it uses the standard library only and stays Python 3.6-compat
     ├── ImageBuildError                a container image could not be built
     ├── NoScanner                      no vulnerability scanner is installed: nothing was scanned
     ├── VulnerabilitiesFound           a scan found vulnerabilities at or above the chosen severity
+    ├── UpgradeMismatch                a model answers differently (or not at all) in a candidate environment
     └── Cancelled                      the user stopped an interactive command; nothing was written
 """
 
@@ -59,6 +60,7 @@ __all__ = [
     "UnsafeArchive",
     "UnsafePickle",
     "UnsupportedMediaType",
+    "UpgradeMismatch",
     "VulnerabilitiesFound",
     "WorkerUnavailable",
 ]
@@ -171,6 +173,10 @@ class NoScanner(EnvserveError):
 
 class VulnerabilitiesFound(EnvserveError):
     """A scan found vulnerabilities at or above the severity the caller fails on."""
+
+
+class UpgradeMismatch(EnvserveError):
+    """An upgrade check found outputs beyond the tolerance, or a side that failed; the report says which."""
 
 
 class Cancelled(EnvserveError):

@@ -15,7 +15,7 @@ from typing import Any, List, Optional, Tuple, Type
 
 import click
 
-from ..errors import Cancelled, EnvserveError, NoScanner, SettingsError, VulnerabilitiesFound
+from ..errors import Cancelled, EnvserveError, NoScanner, SettingsError, UpgradeMismatch, VulnerabilitiesFound
 
 __all__ = ["EXIT_CODES", "cli", "exit_code", "main"]
 
@@ -26,6 +26,7 @@ EXIT_CODES: List[Tuple[Type[EnvserveError], int]] = [
     (VulnerabilitiesFound, 1),
     (SettingsError, 3),
     (NoScanner, 5),
+    (UpgradeMismatch, 6),
     (EnvserveError, 4),
 ]
 

@@ -252,3 +252,80 @@ def env_bom(model: str, output: Optional[str], cache_dir: Optional[str]) -> None
         with open(output, "w") as f:
             f.write(text)
         click.echo("wrote %s (%d components)" % (output, len(doc["components"])), err=True)
+
+
+@env.command("check-upgrade")
+@click.argument("model")
+@click.option(
+    "--candidate",
+    required=True,
+    help="The environment to try: a requirements file, python_env.yaml, conda.yaml, a tarball, an existing "
+    "environment directory, or 'server' (the server's own).",
+)
+@click.option(
+    "--inputs",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Recorded requests: V2 JSON lines (.jsonl), MLflow dataframe_split JSON, CSV or Parquet "
+    "[default: the model's MLflow input_example, else rows generated from its metadata].",
+)
+@click.option("--rows", type=click.IntRange(1), default=64, show_default=True, help="Rows to generate.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated rows.")
+@click.option("--batch", type=click.IntRange(1), default=32, show_default=True, help="Rows per request.")
+@click.option("--rtol", type=float, default=1e-7, show_default=True, help="Relative tolerance of 'close'.")
+@click.option("--atol", type=float, default=0.0, show_default=True, help="Absolute tolerance of 'close'.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json", "html"]), default="text", show_default=True
+)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="File to write [default: stdout].")
+@cache_option
+def env_check_upgrade(
+    model: str,
+    candidate: str,
+    inputs: Optional[str],
+    rows: int,
+    seed: int,
+    batch: int,
+    rtol: float,
+    atol: float,
+    fmt: str,
+    output: Optional[str],
+    cache_dir: Optional[str],
+) -> None:
+    """Load MODEL in its own environment and in a candidate one side by side, replay the same inputs
+    through both and compare the outputs. Exits 0 only when every output matches within the tolerance
+    (6 otherwise, with the report)."""
+    import asyncio
+
+    from ..environments import EnvironmentCache
+    from ..errors import UpgradeMismatch
+    from ..server.upgrade import check_upgrade
+    from ..server.upgrade_report import render_html, render_json, render_text
+    from . import configure_logging
+
+    configure_logging("warning")
+    cache = EnvironmentCache(cache_dir)
+    settings = _model_at_hand(model, cache)
+    report = asyncio.run(
+        check_upgrade(
+            settings,
+            candidate,
+            inputs=inputs,
+            rows=rows,
+            seed=seed,
+            batch=batch,
+            rtol=rtol,
+            atol=atol,
+            cache=cache,
+        )
+    )
+    text = {"text": render_text, "json": render_json, "html": render_html}[fmt](report)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        with open(output, "w") as f:
+            f.write(text)
+        click.echo("wrote %s" % output, err=True)
+    if not report.ok:
+        raise UpgradeMismatch(
+            "model %s is %s in candidate %s (see the report)" % (report.model, report.verdict, candidate)
+        )
