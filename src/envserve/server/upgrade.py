@@ -34,6 +34,7 @@ from ..errors import EnvserveError, SettingsError
 from ..protocol.v2 import InferenceRequest, InferenceResponse, RequestInput, parse_inference_request
 from ..settings.model import ModelSettings
 from ..workers.pool import WorkerPool
+from .compare import compare_responses
 from .inprocess import InProcessModel
 
 __all__ = ["Side", "UpgradeReport", "candidate_settings", "check_upgrade", "load_inputs"]
@@ -364,11 +365,6 @@ async def _call(
     return response, ""
 
 
-def _rows_of(data: np.ndarray) -> np.ndarray:
-    data = np.asarray(data)
-    return data.reshape(1, -1) if data.ndim == 0 else data.reshape(data.shape[0], -1)
-
-
 def _error(report: UpgradeReport, request: InferenceRequest, side: str, message: str) -> None:
     report.errors.append({"request": request.id, "side": side, "error": message})
 
@@ -376,50 +372,27 @@ def _error(report: UpgradeReport, request: InferenceRequest, side: str, message:
 def _compare(
     report: UpgradeReport, request: InferenceRequest, a: InferenceResponse, b: InferenceResponse
 ) -> None:
-    outputs_b = {o.name: o for o in b.outputs}
-    for out in a.outputs:
-        other = outputs_b.get(out.name)
-        x = _rows_of(out.data)
-        if other is None:
-            _error(report, request, "candidate", "no output named %r in the candidate's answer" % out.name)
-            continue
-        y = _rows_of(other.data)
-        if x.shape != y.shape:
-            shapes = (out.name, list(np.shape(other.data)), list(np.shape(out.data)))
-            _error(
-                report, request, "candidate", "output %r has shape %s, the current environment's %s" % shapes
-            )
-            continue
-        numeric = x.dtype.kind in "biuf" and y.dtype.kind in "biuf"
-        for row in range(x.shape[0]):
-            if numeric:
-                xr, yr = x[row].astype(np.float64), y[row].astype(np.float64)
-                diff = float(np.max(np.abs(xr - yr))) if xr.size else 0.0
-                if np.array_equal(xr, yr, equal_nan=True):
-                    kind = "identical"
-                elif np.allclose(xr, yr, rtol=report.rtol, atol=report.atol, equal_nan=True):
-                    kind = "close"
-                else:
-                    kind = "different"
-            else:
-                same = [str(p) for p in x[row]] == [str(q) for q in y[row]]
-                kind, diff = ("identical", 0.0) if same else ("different", float("inf"))
-            report.rows += 1
-            setattr(report, kind, getattr(report, kind) + 1)
-            if diff != float("inf"):
-                report.max_abs_diff = max(report.max_abs_diff, diff)
-            report.row_diffs.append((str(request.id), row, diff, kind))
-            if kind == "different" and len(report.differences) < 10:
-                report.differences.append({
+    results, problems = compare_responses(a, b, report.rtol, report.atol)
+    for problem in problems:
+        _error(report, request, "candidate", problem)
+    for r in results:
+        report.rows += 1
+        setattr(report, r.kind, getattr(report, r.kind) + 1)
+        if r.diff != float("inf"):
+            report.max_abs_diff = max(report.max_abs_diff, r.diff)
+        report.row_diffs.append((str(request.id), r.row, r.diff, r.kind))
+        if r.kind == "different" and len(report.differences) < 10:
+            report.differences.append(
+                {
                     "request": request.id,
-                    "row": row,
-                    "output": out.name,
-                    "input": {i.name: _rows_of(i.data)[row].tolist() for i in request.inputs
-                              if np.ndim(i.data) and i.data.shape[0] > row},
-                    "current": x[row].tolist(),
-                    "candidate": y[row].tolist(),
-                    "max_abs_diff": diff if diff != float("inf") else None,
-                })  # fmt: skip
+                    "row": r.row,
+                    "output": r.output,
+                    "input": r.inputs(request),
+                    "current": r.current,
+                    "candidate": r.candidate,
+                    "max_abs_diff": r.diff if r.diff != float("inf") else None,
+                }
+            )
 
 
 async def check_upgrade(
