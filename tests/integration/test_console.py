@@ -49,6 +49,13 @@ def test_console_end_to_end(tmp_path, start_server, browser, registered_digits, 
 
     write_model(tmp_path, "mnist-svm", {"name": "mnist-svm", "implementation": "sklearn"}, digits_model_file)
     write_model(tmp_path, "spare", {"name": "spare", "implementation": "sklearn"}, digits_model_file)
+    shadowed = {"environment": "server", "shadow_environment": "server", "shadow_sample": 1.0}
+    write_model(
+        tmp_path,
+        "tiny-shadowed",
+        {"name": "tiny-shadowed", "implementation": "sklearn", "parameters": shadowed},
+        digits_model_file,
+    )
     server = start_server(
         tmp_path,
         "--console",
@@ -60,6 +67,12 @@ def test_console_end_to_end(tmp_path, start_server, browser, registered_digits, 
     # Models: the digits model READY, with its runtime
     page.wait_for_selector('tr[data-model="mnist-svm"] [data-state="READY"]')
     assert "SKLearnRuntime" in page.inner_text('tr[data-model="mnist-svm"]')
+    # a model with a shadow environment: the console shows how its shadow agrees
+    x, _ = digits
+    body = {"inputs": [{"name": "x", "shape": [3, 64], "datatype": "FP64", "data": x[:3].ravel().tolist()}]}
+    assert httpx.post(server.url + "/v2/models/tiny-shadowed/infer", json=body).status_code == 200
+    shadow = page.wait_for_selector('[data-shadow="tiny-shadowed"]:has-text("agreement 100.0% of 3 rows")')
+    assert "0 different" in shadow.inner_text()
     page.screenshot(path=str(ARTIFACTS / "models.png"), full_page=True)
 
     # Try it: a real digit gets the class the model gives in Python

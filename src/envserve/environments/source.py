@@ -16,6 +16,7 @@ No source means the model runs in the server's own process.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -23,7 +24,7 @@ from typing import Optional
 from ..errors import SettingsError
 from ..settings.model import ModelSettings
 
-__all__ = ["EnvironmentSource", "environment_source"]
+__all__ = ["EnvironmentSource", "environment_source", "with_environment"]
 
 
 @dataclass(frozen=True)
@@ -79,3 +80,31 @@ def environment_source(
     if default_tarball:
         return EnvironmentSource("tarball", os.path.abspath(os.path.expanduser(default_tarball)))
     return None
+
+
+_ENV_KEYS = ("environment_tarball", "environment_path", "environment", "environment_python")
+_TARBALLS = (".tar.gz", ".tgz", ".tar.zst", ".tar.xz", ".tar.bz2", ".tar")
+
+
+def with_environment(settings: ModelSettings, candidate: str) -> ModelSettings:
+    """The model's settings with its environment replaced by ``candidate``: a tarball, an environment
+    directory, a spec file (requirements.txt, python_env.yaml, conda.yaml) or ``server`` (the server's own,
+    in process). Used by the upgrade check and shadow serving."""
+    params = {k: v for k, v in settings.parameters.items() if k not in _ENV_KEYS}
+    if candidate == "server":
+        params["environment"] = "server"
+    else:
+        path = os.path.abspath(os.path.expanduser(candidate))
+        if os.path.isdir(path):
+            if not any(os.path.exists(os.path.join(path, p)) for p in ("bin/python", "python.exe")):
+                raise SettingsError(
+                    "candidate %s is a directory without bin/python (not an environment)" % path
+                )
+            params["environment_path"] = path
+        elif not os.path.isfile(path):
+            raise SettingsError("candidate environment %s does not exist" % candidate)
+        elif path.endswith(_TARBALLS):
+            params["environment_tarball"] = path
+        else:  # requirements.txt, python_env.yaml, conda.yaml
+            params["environment"] = path
+    return dataclasses.replace(settings, parameters=params)

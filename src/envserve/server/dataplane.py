@@ -148,11 +148,15 @@ class DataPlane:
         else:
             request = parse_inference_request(payload, binary)
             _release_json_data(payload)
+        shadow = self.registry.shadows.get(handle.settings.key) if self.registry.shadows else None
+        mirrored = shadow.take(request) if shadow is not None else None
         if handle.inline_ok(request):
             response = handle.infer_inline(request)
         else:
             response = await handle.infer(request, gone)
         response.parameters.pop(TIMINGS, None)
+        if mirrored is not None and shadow is not None:
+            shadow.mirror(mirrored, response)
         return self._finish(handle, response, mlserver_shapes)
 
     async def _traced(
@@ -175,12 +179,16 @@ class DataPlane:
             "envserve.model": handle.settings.name,
             "envserve.model_version": handle.settings.version or "",
         }
+        shadow = self.registry.shadows.get(handle.settings.key) if self.registry.shadows else None
+        mirrored = shadow.take(request) if shadow is not None else None
         with tracing.span("model", attributes):
             if handle.inline_ok(request):
                 response = handle.infer_inline(request)
             else:
                 response = await handle.infer(request, gone)
             tracing.record(response.parameters.pop(TIMINGS, None))
+        if mirrored is not None and shadow is not None:
+            shadow.mirror(mirrored, response)
         return self._finish(handle, response, mlserver_shapes)
 
     def _finish(self, handle: Any, response: InferenceResponse, mlserver_shapes: bool) -> InferenceResponse:
@@ -277,6 +285,18 @@ class DataPlane:
                 tool_version=__version__,
             ),
         )
+
+    def shadow(self, name: str, version: Optional[str] = None) -> Dict[str, Any]:
+        """What the model's shadow found (``parameters.shadow_environment``)."""
+        record = self.registry.get(name, version)
+        shadow = self.registry.shadows.get(record.settings.key)
+        if shadow is None:
+            raise ModelNotFound(
+                "model %r has no shadow; name a candidate environment in its parameters.shadow_environment"
+                % name,
+                model=name,
+            )
+        return shadow.snapshot()
 
     async def load(self, name: str) -> None:
         await self.registry.load_model(name)

@@ -89,6 +89,31 @@ class _StateCollector:
         builds_n = CounterMetricFamily("envserve_environment_builds", "Environments extracted or built")
         builds_n.add_metric([], float(stats["builds"]))
         yield from (ready, queue, restarts, cache, builds, builds_n)
+        yield from self._shadows()
+
+    def _shadows(self) -> Iterator[Any]:
+        if not self.registry.shadows:
+            return
+        calls = CounterMetricFamily(
+            "envserve_shadow_requests",
+            "Requests mirrored to a model's shadow environment, by outcome",
+            labels=["model", "outcome"],
+        )
+        rows = CounterMetricFamily(
+            "envserve_shadow_rows",
+            "Output rows the shadow answered, by agreement with the primary",
+            labels=["model", "result"],
+        )
+        largest = GaugeMetricFamily(
+            "envserve_shadow_max_abs_diff", "Largest absolute difference seen", labels=["model"]
+        )
+        for key, shadow in sorted(self.registry.shadows.items()):
+            for outcome in ("compared", "errors", "skipped"):
+                calls.add_metric([key, outcome], float(shadow.counts[outcome]))
+            for result, count in shadow.rows.items():
+                rows.add_metric([key, result], float(count))
+            largest.add_metric([key], float(shadow.max_abs_diff))
+        yield from (calls, rows, largest)
 
 
 _METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")

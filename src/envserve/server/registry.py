@@ -16,7 +16,7 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Set, Tuple
 
 from ..environments import EnvironmentCache, environment_source
 from ..errors import (
@@ -35,6 +35,7 @@ from ..workers.admission import ClientGone
 from ..workers.pool import WorkerPool
 from .batching import BatchingHandle
 from .inprocess import InProcessModel
+from .shadow import Shadow
 
 __all__ = ["ModelHandle", "ModelRecord", "ModelRegistry", "ModelState"]
 
@@ -114,6 +115,9 @@ class ModelRegistry:
         self._socket_dir: Optional[str] = None
         #: Called with (settings, batch size) for every batch a batched model runs (metrics).
         self.batch_observer: Optional[Callable[[ModelSettings, int], None]] = None
+        #: Shadows of the models that name a ``shadow_environment``, by model key (server/shadow.py).
+        self.shadows: Dict[str, Shadow] = {}
+        self._shadow_loads: Set[asyncio.Task[Any]] = set()
         #: Whether the server answers (method, path) itself (set by the REST edge): a model's own REST
         #: route there would never be reached, so such a model fails to load.
         self.route_taken: Optional[Callable[[str, str], bool]] = None
@@ -226,6 +230,16 @@ class ModelRegistry:
         details = {(r.name, r.version): r.handle.describe() for r in self.records() if r.handle is not None}
         for row in rows:
             row.update(details.get((row["name"], row.get("version")), {}))
+        for record in self.records():
+            shadow = self.shadows.get(record.settings.key)
+            if shadow is None:
+                continue
+            found = shadow.snapshot()
+            summary = {k: found[k] for k in ("environment", "state", "error", "sample", "rows", "agreement")}
+            summary["max_abs_diff"] = found["max_abs_diff"]
+            for row in rows:
+                if (row["name"], row.get("version")) == (record.name, record.version):
+                    row["shadow"] = summary
         return rows
 
     # -- loading ------------------------------------------------------------------------------------------
@@ -314,6 +328,9 @@ class ModelRegistry:
         await self.load_record(record)
 
     async def load_record(self, record: ModelRecord) -> None:
+        previous = self.shadows.pop(record.settings.key, None)
+        if previous is not None:
+            await previous.unload()
         record.state, record.reason = ModelState.LOADING, ""
         try:
             settings = record.settings
@@ -340,6 +357,35 @@ class ModelRegistry:
             return
         record.handle, record.state = handle, ModelState.READY
         logger.info("model %s is ready", record.settings.key)
+        self._start_shadow(settings)
+
+    def _start_shadow(self, settings: ModelSettings) -> None:
+        """A model with ``parameters.shadow_environment``: its shadow loads in the background (the primary
+        is READY already; a shadow that fails to load fails alone)."""
+        environment = settings.parameters.get("shadow_environment")
+        if not environment:
+            return
+        from ..environments.source import with_environment
+
+        try:
+            sample = float(settings.parameters.get("shadow_sample", 0.1))
+            if not 0.0 <= sample <= 1.0:
+                raise ValueError("not between 0 and 1")
+            rtol = float(settings.parameters.get("shadow_rtol", 1e-7))
+            atol = float(settings.parameters.get("shadow_atol", 0.0))
+            target = environment if environment == "server" else settings.resolve(str(environment))
+            shadow = Shadow(settings.key, str(environment), sample, rtol, atol)
+            handle = self._handle_for(with_environment(settings, target))
+        except (ValueError, TypeError, EnvserveError) as exc:
+            shadow = Shadow(settings.key, str(environment), 0.0)
+            shadow.state, shadow.error = "UNAVAILABLE", "invalid shadow settings: %s" % exc
+            self.shadows[settings.key] = shadow
+            logger.error("model %s: %s", settings.key, shadow.error)
+            return
+        self.shadows[settings.key] = shadow
+        task = asyncio.ensure_future(shadow.load(handle))
+        self._shadow_loads.add(task)
+        task.add_done_callback(self._shadow_loads.discard)
 
     def _with_pickle_policy(self, settings: ModelSettings) -> ModelSettings:
         """The server-wide pickle scan settings, carried to the runtime in the model's parameters."""
@@ -416,6 +462,9 @@ class ModelRegistry:
             await self._unload_record(record)
 
     async def _unload_record(self, record: ModelRecord) -> None:
+        shadow = self.shadows.pop(record.settings.key, None)
+        if shadow is not None:
+            await shadow.unload()
         handle, record.handle = record.handle, None
         record.state = ModelState.UNLOADING
         try:
@@ -425,6 +474,9 @@ class ModelRegistry:
             record.state, record.reason = ModelState.UNAVAILABLE, "unloaded"
 
     async def close(self) -> None:
+        for task in list(self._shadow_loads):  # a shadow still loading stops; its model's unload below
+            task.cancel()
+        await asyncio.gather(*self._shadow_loads, return_exceptions=True)
         await asyncio.gather(*(self.unload_model(n, missing_ok=True) for n in list(self.models)))
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)

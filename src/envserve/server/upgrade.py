@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import os
 import re
@@ -30,6 +29,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..environments import EnvironmentCache, environment_source
+from ..environments.source import with_environment
 from ..errors import EnvserveError, SettingsError
 from ..protocol.v2 import InferenceRequest, InferenceResponse, RequestInput, parse_inference_request
 from ..settings.model import ModelSettings
@@ -37,37 +37,10 @@ from ..workers.pool import WorkerPool
 from .compare import compare_responses
 from .inprocess import InProcessModel
 
-__all__ = ["Side", "UpgradeReport", "candidate_settings", "check_upgrade", "load_inputs"]
+__all__ = ["Side", "UpgradeReport", "check_upgrade", "load_inputs"]
 
-_ENV_KEYS = ("environment_tarball", "environment_path", "environment", "environment_python")
-_TARBALLS = (".tar.gz", ".tgz", ".tar.zst", ".tar.xz", ".tar.bz2", ".tar")
 _WARNING = re.compile(r"\b[A-Z]\w*Warning\b")
 _DTYPES = {"f": "FP64", "i": "INT64", "u": "UINT64", "b": "BOOL"}
-
-
-# -- the candidate --------------------------------------------------------------------------------------
-
-
-def candidate_settings(settings: ModelSettings, candidate: str) -> ModelSettings:
-    """The model's settings with its environment replaced by ``candidate``."""
-    params = {k: v for k, v in settings.parameters.items() if k not in _ENV_KEYS}
-    if candidate == "server":
-        params["environment"] = "server"
-    else:
-        path = os.path.abspath(os.path.expanduser(candidate))
-        if os.path.isdir(path):
-            if not any(os.path.exists(os.path.join(path, p)) for p in ("bin/python", "python.exe")):
-                raise SettingsError(
-                    "candidate %s is a directory without bin/python (not an environment)" % path
-                )
-            params["environment_path"] = path
-        elif not os.path.isfile(path):
-            raise SettingsError("candidate environment %s does not exist" % candidate)
-        elif path.endswith(_TARBALLS):
-            params["environment_tarball"] = path
-        else:  # requirements.txt, python_env.yaml, conda.yaml
-            params["environment"] = path
-    return dataclasses.replace(settings, parameters=params)
 
 
 # -- the inputs -----------------------------------------------------------------------------------------
@@ -416,7 +389,7 @@ async def check_upgrade(
     handles: List[Any] = []
     try:
         try:
-            other = candidate_settings(settings, candidate)
+            other = with_environment(settings, candidate)
         except EnvserveError as exc:
             proposed.error = str(exc)
             other = None

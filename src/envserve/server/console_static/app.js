@@ -43,6 +43,8 @@ async function loadModels() {
     const env = m.environment;
     const state = el("td", {}, el("span", {class: "state-" + m.state, "data-state": m.state}, m.state));
     if (m.reason) state.append(el("div", {class: "reason"}, m.reason));
+    const where = el("td", {}, env ? `Python ${env.python} · ${env.kind} · ${(env.hash || "").slice(0, 12)} · ${size(env.size)}` : "server");
+    if (m.shadow) where.append(el("div", {class: "shadow", "data-shadow": m.name}, shadowText(m.shadow)));
     const actions = el("td");
     for (const action of ["load", "unload"]) {
       const button = el("button", {type: "button", "data-action": action, "data-model": m.name}, action === "load" ? (m.state === "READY" ? "Reload" : "Load") : "Unload");
@@ -51,10 +53,16 @@ async function loadModels() {
     }
     return el("tr", {"data-model": m.name},
       el("td", {}, m.name), el("td", {}, m.version || ""), state, el("td", {}, m.runtime || ""),
-      el("td", {}, env ? `Python ${env.python} · ${env.kind} · ${(env.hash || "").slice(0, 12)} · ${size(env.size)}` : "server"),
+      where,
       el("td", {}, String(m.requests ?? "")), el("td", {}, m.mean_latency_ms == null ? "" : m.mean_latency_ms + " ms"), actions);
   }));
   notice("");
+}
+function shadowText(s) {
+  if (s.state !== "READY") return `shadow (${s.environment}): ${s.state}${s.error ? " — " + s.error : ""}`;
+  const rows = s.rows.identical + s.rows.close + s.rows.different;
+  const agreement = s.agreement == null ? "no rows compared yet" : `agreement ${(100 * s.agreement).toFixed(1)}% of ${rows} rows`;
+  return `shadow (${s.environment}, ${Math.round(100 * s.sample)}% of requests): ${agreement} · ${s.rows.different} different · largest difference ${s.max_abs_diff}`;
 }
 async function repository(action, name) {
   try { await api(`/v2/repository/models/${encodeURIComponent(name)}/${action}`, {method: "POST", body: "{}"}); notice(""); }

@@ -139,6 +139,8 @@ class RestApp:
             Route("GET", "/envserve/models", own.models),
             Route("GET", "/envserve/models/{name}/bom", own.bom),
             Route("GET", "/envserve/models/{name}/versions/{version}/bom", own.bom),
+            Route("GET", "/envserve/models/{name}/shadow", own.shadow),
+            Route("GET", "/envserve/models/{name}/versions/{version}/shadow", own.shadow),
         ]
         if self.console is None:
             routes.append(Route("GET", "/envserve/{call}", own.console_off))

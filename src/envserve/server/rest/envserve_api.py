@@ -23,6 +23,10 @@ class EnvserveAPI:
         """The model's CycloneDX ML-BOM (``/envserve/models/{name}[/versions/{version}]/bom``)."""
         return json_response(await self.dp.model_bom(request.params["name"], request.params.get("version")))
 
+    async def shadow(self, request: Request) -> Response:
+        """What the model's shadow environment answered (``/envserve/models/{name}/shadow``)."""
+        return json_response(self.dp.shadow(request.params["name"], request.params.get("version")))
+
     async def console_off(self, request: Request) -> Response:
         raise HTTPError(
             404, "no route for %s; start the server with --console for the console API" % request.path
