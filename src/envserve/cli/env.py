@@ -113,17 +113,29 @@ def env_pack(environment: str, output: Optional[str], level: Optional[int]) -> N
     help="Also lay out the worker's code link in the cache (an image does, so a read-only one needs no "
     "write at start).",
 )
+@click.option(
+    "--as-of",
+    metavar="DATE|created",
+    help="Build environments from specs with the package index as it was at DATE (YYYY-MM-DD[THH:MM:SS], "
+    "UTC), or at each MLflow model's creation ('created': its utc_time_created), so unpinned requirements "
+    "get the versions of the model's time; the resolved pins are recorded with the environment.",
+)
 @cache_option
 def env_prepare(
     model_repository: Optional[str],
     environments: Tuple[str, ...],
     worker_code: bool,
+    as_of: Optional[str],
     cache_dir: Optional[str],
 ) -> None:
     """Extract or build the environment of every model in MODEL_REPOSITORY into the cache (as at start-up),
     and of every --environment. Without MODEL_REPOSITORY the current directory is scanned, unless
     --environment or --worker-code is given."""
+    import dataclasses
+
     from ..environments import EnvironmentCache, EnvironmentSource, environment_source
+    from ..environments.source import resolve_as_of
+    from ..settings.model import ModelSettings
     from ..settings.repository import scan_repository
     from ..settings.server import ServerSettings
     from . import configure_logging
@@ -144,15 +156,27 @@ def env_prepare(
                 from ..image.bake import bake_source
 
                 source: Optional[EnvironmentSource] = bake_source(what, cache.root)
+                settings = ModelSettings(
+                    name=name, folder=os.path.dirname(what) if os.path.isfile(what) else what
+                )
             else:
                 source = environment_source(what, default_tarball)
+                settings = what
             if source is None:
                 continue
+            if as_of and source.kind == "spec":
+                source = dataclasses.replace(source, as_of=resolve_as_of(settings, as_of))
             prepared = cache.prepare(source, name)
             prepared.release()
             click.echo(
-                "%s: %s (Python %s) %s"
-                % (name, (prepared.digest or "")[:12], prepared.python_version, prepared.root)
+                "%s: %s (Python %s) %s%s"
+                % (
+                    name,
+                    (prepared.digest or "")[:12],
+                    prepared.python_version,
+                    prepared.root,
+                    " as of %s" % prepared.record["as_of"] if prepared.record.get("as_of") else "",
+                )
             )
         except EnvserveError as exc:  # every one is tried; the failures are summed up at the end
             failed.append(name)

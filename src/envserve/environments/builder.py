@@ -15,10 +15,12 @@ from ..errors import SpecError
 from .interpreters import find_interpreter
 from .spec import EnvironmentSpec
 
-__all__ = ["build_environment", "find_uv"]
+__all__ = ["RESOLVED_FILE", "build_environment", "find_uv"]
 
 logger = logging.getLogger("envserve.environments")
 
+#: The exact versions installed, written into every environment built from a spec (``uv pip freeze``).
+RESOLVED_FILE = "envserve-resolved.txt"
 #: The worker itself needs numpy inside the environment; added when the spec does not name it.
 WORKER_REQUIREMENTS = ("numpy",)
 
@@ -53,6 +55,13 @@ def _run(argv: List[str], what: str, log_prefix: str) -> None:
         raise SpecError("%s failed (exit code %d):\n%s" % (what, proc.returncode, tail))
 
 
+def _freeze(uv: str, env_python: str, path: str) -> None:
+    proc = subprocess.run([uv, "pip", "freeze", "--python", env_python], capture_output=True, text=True)
+    if proc.returncode == 0:
+        with open(path, "w") as f:
+            f.write(proc.stdout)
+
+
 def build_environment(spec: EnvironmentSpec, target: str, label: str = "environment") -> str:
     """Create a venv at ``target`` (which must not exist) and install the spec; returns its python.
 
@@ -71,11 +80,16 @@ def build_environment(spec: EnvironmentSpec, target: str, label: str = "environm
         try:
             if uv is not None:
                 _run([uv, "venv", "--quiet", "--python", python, target], "creating the venv", label)
+                as_of = ["--exclude-newer", spec.as_of] if spec.as_of else []
                 _run(
-                    [uv, "pip", "install", "--python", env_python, "-r", req_file],
-                    "installing %s" % (spec.source or "the requirements"),
+                    [uv, "pip", "install", "--python", env_python, *as_of, "-r", req_file],
+                    "installing %s%s"
+                    % (spec.source or "the requirements", " as of %s" % spec.as_of if spec.as_of else ""),
                     label,
                 )
+                _freeze(uv, env_python, os.path.join(target, RESOLVED_FILE))
+            elif spec.as_of:
+                raise SpecError("resolving as of %s needs uv (pip install uv)" % spec.as_of)
             else:
                 _run([python, "-m", "venv", target], "creating the venv", label)
                 _run(

@@ -35,7 +35,7 @@ from typing import IO, Any, Dict, List, Optional, Tuple
 
 from ..errors import EnvironmentSetupError
 from ..settings.paths import default_cache_root
-from .builder import build_environment
+from .builder import RESOLVED_FILE, build_environment
 from .interpreters import probe_python
 from .source import EnvironmentSource
 from .spec import EnvironmentSpec, read_spec
@@ -147,6 +147,7 @@ class EnvironmentCache:
             return self._tarball(source, model)
         if source.kind == "spec":
             spec = read_spec(source.location, source.python)
+            spec.as_of = source.as_of
             return self._ensure(
                 spec.digest(), source, model, lambda work: self._build(spec, work, model), spec
             )
@@ -433,6 +434,12 @@ class EnvironmentCache:
         }
         if spec is not None:
             record["requirements"] = spec.requirements
+            if spec.as_of is not None:
+                record["as_of"] = spec.as_of
+            resolved = os.path.join(final, RESOLVED_FILE)
+            if os.path.isfile(resolved):
+                with open(resolved) as f:
+                    record["resolved"] = [line.strip() for line in f if line.strip()]
         if source.kind == "tarball":
             with contextlib.suppress(OSError):
                 record["tarball_size"] = os.path.getsize(source.location)

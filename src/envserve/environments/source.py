@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from ..errors import SettingsError
 from ..settings.model import ModelSettings
 
-__all__ = ["EnvironmentSource", "environment_source", "with_environment"]
+__all__ = ["EnvironmentSource", "environment_source", "resolve_as_of", "with_environment"]
 
 
 @dataclass(frozen=True)
@@ -32,9 +33,41 @@ class EnvironmentSource:
     kind: str  # "tarball" | "path" | "spec"
     location: str  # absolute path
     python: Optional[str] = None  # requested X.Y for specs without one
+    as_of: Optional[str] = None  # specs: resolve as the package index was then (ISO 8601, UTC)
 
     def describe(self) -> str:
         return "%s %s" % (self.kind, self.location)
+
+
+def resolve_as_of(settings: ModelSettings, value: Any) -> Optional[str]:
+    """``environment_as_of`` as an ISO 8601 UTC moment: a date or date-time as given, or ``created``: the
+    model's creation time from its MLmodel (``utc_time_created``)."""
+    if value is None or value == "":
+        return None
+    text = str(value).strip()
+    if text == "created":
+        folder = settings.model_path
+        created = None
+        if folder is not None and os.path.isfile(os.path.join(folder, "MLmodel")):
+            from ..runtimes.mlflow import read_mlmodel
+
+            created = read_mlmodel(folder).get("utc_time_created")
+        if not created:
+            raise SettingsError(
+                "model %r: environment_as_of 'created' needs an MLmodel with utc_time_created; give a date"
+                % settings.name
+            )
+        text = str(created)
+    match = re.match(r"^(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2}(?::\d{2})?))?", text)
+    if match is None:
+        raise SettingsError(
+            "model %r: environment_as_of %r is not a date (YYYY-MM-DD[THH:MM:SS]) or 'created'"
+            % (settings.name, value)
+        )
+    clock = match.group(2) or "23:59:59"
+    if len(clock) == 5:
+        clock += ":00"
+    return "%sT%sZ" % (match.group(1), clock)
 
 
 #: An MLflow model's own environment files, in the order MLflow itself prefers them.
@@ -73,10 +106,14 @@ def environment_source(
         if kind == "spec" and value == "server":
             return None
         python = params.get("environment_python")
-        return EnvironmentSource(kind, settings.resolve(value), str(python) if python is not None else None)
+        as_of = resolve_as_of(settings, params.get("environment_as_of")) if kind == "spec" else None
+        return EnvironmentSource(
+            kind, settings.resolve(value), str(python) if python is not None else None, as_of
+        )
     spec = mlflow_environment(settings)
     if spec is not None:
-        return spec
+        as_of = resolve_as_of(settings, params.get("environment_as_of"))
+        return dataclasses.replace(spec, as_of=as_of) if as_of else spec
     if default_tarball:
         return EnvironmentSource("tarball", os.path.abspath(os.path.expanduser(default_tarball)))
     return None

@@ -13,7 +13,7 @@ import platform
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import SpecError
 
@@ -30,15 +30,20 @@ class EnvironmentSpec:
     source: str = ""
     #: pip options that must reach the installer (``--index-url`` and friends from a requirements file)
     options: List[str] = field(default_factory=list)
+    #: Resolve as the package index was at this moment (ISO 8601, UTC): packages uploaded later are
+    #: ignored, so unpinned requirements get the versions of the model's training time.
+    as_of: Optional[str] = None
 
     def digest(self) -> str:
-        doc = {
+        doc: Dict[str, Any] = {
             "python": self.python,
             "requirements": sorted(self.requirements),
             "options": self.options,
             "platform": "%s-%s" % (sys.platform, platform.machine()),
             "recipe": BUILD_RECIPE,
         }
+        if self.as_of is not None:
+            doc["as_of"] = self.as_of
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
