@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # builds environments from PyPI
 
-SIX = '''
+SIX = """
 import numpy as np
 import six
 
@@ -23,7 +23,7 @@ from envserve.runtimes.base import Runtime
 class SixVersion(Runtime):
     def predict(self, request):
         return np.array([six.__version__, np.__version__], dtype=object)
-'''
+"""
 
 
 def _records(cache):

@@ -28,10 +28,12 @@ from envserve.runtimes.base import Runtime
 
 
 class Drift(Runtime):
-    """Doubles its input; from Python 3.9 on, values above 5 also get 0.5 more."""
+    """Doubles its input; from Python 3.9 on, values above 5 also get 0.5 more, and negative ones fail."""
 
     def predict(self, request):
         x = np.asarray(request.inputs[0].data, dtype=float)
+        if sys.version_info >= (3, 9) and (x < 0).any():
+            raise ValueError("negative values are not supported any more")
         return x * 2 + (0.5 if sys.version_info >= (3, 9) else 0.0) * (x > 5)
 '''
 
@@ -135,8 +137,11 @@ def test_a_model_that_answers_differently_fails_the_check_naming_the_rows(tmp_pa
         for _ in range(2)
     ]
     docs = [json.loads(r.stdout) for r in runs]
-    assert docs[0]["inputs"].startswith("20 rows generated") and docs[0]["rows"]["compared"] == 20
-    assert docs[0]["rows"] == docs[1]["rows"] and docs[0]["max_abs_diff"] == docs[1]["max_abs_diff"]
+    assert (
+        docs[0]["inputs"].startswith("20 rows generated") and docs[0]["current"]["latency_ms"]["calls"] == 1
+    )
+    # N(0, 1) rows hold negative values, which this candidate refuses: the same refusal each run
+    assert docs[0]["errors"] == docs[1]["errors"] and len(docs[0]["errors"]) == 1
 
 
 def test_a_candidate_that_cannot_be_prepared_is_reported_with_the_current_sides_results(tmp_path, drift):
@@ -153,3 +158,27 @@ def test_a_candidate_that_cannot_be_prepared_is_reported_with_the_current_sides_
 
     proc = _check(drift, "--candidate", tmp_path / "nowhere", cache=tmp_path / "cache")
     assert proc.returncode == 6 and "does not exist" in proc.stdout
+
+
+def test_inputs_the_candidate_refuses_are_reported_with_the_current_answers(tmp_path, drift):
+    lines = [
+        {"id": "fine", "inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP64", "data": [1, 2, 3]}]},
+        {
+            "id": "negative",
+            "inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP64", "data": [-1, 2, 3]}],
+        },
+    ]
+    recorded = tmp_path / "recorded.jsonl"
+    recorded.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    proc = _check(
+        drift, "--candidate", "server", "--inputs", recorded, "--format", "json", cache=tmp_path / "cache"
+    )
+    assert proc.returncode == 6, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["verdict"] == "errors" and report["rows"]["identical"] == 1
+    (error,) = report["errors"]
+    assert error["side"] == "candidate" and error["request"] == "negative"
+    assert "negative values are not supported any more" in error["error"]
+    assert report["current"]["latency_ms"]["calls"] == 2 and report["candidate_side"]["refused_inputs"] == 1
+    text = _check(drift, "--candidate", "server", "--inputs", recorded, cache=tmp_path / "cache").stdout
+    assert "ERRORS against candidate server" in text and "error (candidate side), request negative" in text
