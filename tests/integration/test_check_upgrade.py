@@ -182,3 +182,31 @@ def test_inputs_the_candidate_refuses_are_reported_with_the_current_answers(tmp_
     assert report["current"]["latency_ms"]["calls"] == 2 and report["candidate_side"]["refused_inputs"] == 1
     text = _check(drift, "--candidate", "server", "--inputs", recorded, cache=tmp_path / "cache").stdout
     assert "ERRORS against candidate server" in text and "error (candidate side), request negative" in text
+
+
+def test_an_mlflow_models_input_example_is_replayed_when_no_inputs_are_given(tmp_path):
+    import warnings
+
+    import mlflow.sklearn
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_iris(return_X_y=True, as_frame=True)
+    folder = tmp_path / "iris"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MLflow's hints about integer columns
+        mlflow.sklearn.save_model(
+            LogisticRegression(max_iter=500).fit(x, y),
+            folder,
+            input_example=x.head(7),
+            serialization_format="pickle",
+        )
+    # both sides in the server's environment here: this is about where the inputs come from
+    (folder / "model-settings.json").write_text(
+        json.dumps({"name": "iris", "implementation": "mlflow", "parameters": {"environment": "server"}})
+    )
+    proc = _check(folder, "--candidate", "server", "--format", "json", cache=tmp_path / "cache")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["inputs"] == "the model's MLflow input_example"
+    assert report["rows"] == {"compared": 7, "identical": 7, "close": 0, "different": 0}
