@@ -8,6 +8,7 @@ Every error leaves as ``{"error": "..."}`` with the status from :mod:`.errors` (
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import urllib.parse
@@ -211,50 +212,56 @@ class RestApp:
         token = REQUEST_ID.set(rid)
         model = ""
         tracing = self.dataplane.tracing
-        span = None
-        if tracing is not None:  # the request's span, continuing the caller's trace
-            carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-            attributes = {
-                "http.request.method": scope["method"],
-                "url.path": path,
-                "envserve.request_id": rid,
-            }
-            traced = tracing.request("%s %s" % (scope["method"], path), carrier, attributes)
-            span = traced.__enter__()
-        self.active += 1
-        try:
-            if self.max_requests and self.active > self.max_requests and path not in _PROBES:
-                raise Overloaded(
-                    "the server is serving %d requests, its limit (max_connections); retry shortly"
-                    % self.max_requests
+        # the request's span (continuing the caller's trace) ends on every way out, a cancelled call too
+        with contextlib.ExitStack() as stack:
+            span = None
+            if tracing is not None:
+                carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+                attributes = {
+                    "http.request.method": scope["method"],
+                    "url.path": path,
+                    "envserve.request_id": rid,
+                }
+                span = stack.enter_context(
+                    tracing.request("%s %s" % (scope["method"], path), carrier, attributes)
                 )
+            self.active += 1
             try:
-                handler, params = self.router.find(scope["method"], path)
+                if self.max_requests and self.active > self.max_requests and path not in _PROBES:
+                    raise Overloaded(
+                        "the server is serving %d requests, its limit (max_connections); retry shortly"
+                        % self.max_requests
+                    )
+                try:
+                    handler, params = self.router.find(scope["method"], path)
+                except HTTPError as exc:
+                    if exc.status != 404:
+                        raise
+                    handler, params = self._custom, {}
+                model = params.get("name", "")
+                response = await handler(Request(scope, receive, params, self.max_request_size))
+                status, body, headers = response.status, response.body, response.headers
+            except EnvserveError as exc:
+                status, body, headers = status_for(exc), dumps({"error": exc.message}), JSON
+                if status == 503:
+                    headers = _RETRY
+                elif status >= 500:
+                    logger.warning("%s %s -> %d: %s", scope["method"], path, status, exc.message)
             except HTTPError as exc:
-                if exc.status != 404:
-                    raise
-                handler, params = self._custom, {}
-            model = params.get("name", "")
-            response = await handler(Request(scope, receive, params, self.max_request_size))
-            status, body, headers = response.status, response.body, response.headers
-        except EnvserveError as exc:
-            status, body, headers = status_for(exc), dumps({"error": exc.message}), JSON
-            if status == 503:
-                headers = _RETRY
-            elif status >= 500:
-                logger.warning("%s %s -> %d: %s", scope["method"], path, status, exc.message)
-        except HTTPError as exc:
-            status, body = exc.status, dumps({"error": exc.message})
-            headers = JSON + [(b"allow", exc.allow.encode())] if exc.allow else JSON
-        except Exception:
-            logger.exception("unexpected error serving %s %s", scope["method"], path)
-            status, body, headers = 500, dumps({"error": "internal server error; see the server log"}), JSON
-        finally:
-            self.active -= 1
-        headers = headers + [(b"x-request-id", rid.encode("latin-1"))]
-        if span is not None:
-            span.set_attribute("http.response.status_code", status)
-            traced.__exit__(None, None, None)
+                status, body = exc.status, dumps({"error": exc.message})
+                headers = JSON + [(b"allow", exc.allow.encode())] if exc.allow else JSON
+            except Exception:
+                logger.exception("unexpected error serving %s %s", scope["method"], path)
+                status, body, headers = (
+                    500,
+                    dumps({"error": "internal server error; see the server log"}),
+                    JSON,
+                )
+            finally:
+                self.active -= 1
+            headers = headers + [(b"x-request-id", rid.encode("latin-1"))]
+            if span is not None:
+                span.set_attribute("http.response.status_code", status)
         try:
             await _send(send, status, headers + cors if cors else headers, body)
         finally:
