@@ -144,7 +144,7 @@ def write_model_folder(output: Path, name: str = "mnist-svm-py38") -> Path:
     paths = old_sklearn()
     output.mkdir(parents=True, exist_ok=True)
     for key, target in (("tarball", "old-sklearn.tar.gz"), ("model", "model.joblib")):
-        tmp = output / (target + ".tmp")
+        tmp = output / ("%s.%d.tmp" % (target, os.getpid()))  # test processes may write it at once
         shutil.copy(paths[key], tmp)
         os.replace(tmp, output / target)
     settings = {

@@ -26,7 +26,8 @@ from examples import old_sklearn
 from tests.conftest import EXAMPLES, ROOT, free_port, write_model
 from tests.integration.test_image import BASE, _base_image, _run, containers, wheelhouse  # noqa: F401
 
-pytestmark = pytest.mark.slow
+# podman's storage and the images built there are shared: these modules run on one test process
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("podman")]
 
 IMAGE = "localhost/envserve-base:test"
 

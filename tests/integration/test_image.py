@@ -28,7 +28,8 @@ from envserve.image.dockerfile import DEFAULT_EXTRAS
 from examples import old_sklearn
 from tests.conftest import EXAMPLES, ROOT
 
-pytestmark = pytest.mark.slow
+# podman's storage and the images built there are shared: these modules run on one test process
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("podman")]
 
 BASE = "localhost/envserve-base:bookworm"
 IMAGE = "localhost/envserve-models:test"
