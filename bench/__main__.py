@@ -10,6 +10,7 @@ Suites:
   batching      see bench/batching.py: adaptive batching on vs off.
   environments  see bench/environments.py: worker vs in-process, time to ready, environment build time.
   extraction    see bench/extraction.py: first start from a .tar.gz and a .tar.zst vs tar -xzf + warm start.
+  pickles       see bench/pickles.py: the pickle scan before load vs joblib.load of the same file.
   core   single-row and 100-row infer of the digits model at 1, 8 and 64 connections, envserve (in
          process) vs the floor (bench/floor_app.py). Target: single-row req/s at 8 connections >= 0.8x the
          floor's, p99 <= 1.5x the floor's.
@@ -139,6 +140,12 @@ def extraction(seconds: float) -> List[str]:
     return run(seconds)
 
 
+def pickles(seconds: float) -> List[str]:
+    from .pickles import run
+
+    return run(seconds)
+
+
 def batching(seconds: float) -> List[str]:
     from .batching import run
 
@@ -175,6 +182,7 @@ SUITES = {
     "core": core,
     "environments": environments,
     "extraction": extraction,
+    "pickles": pickles,
     "batching": batching,
     "grpc": grpc,
     "overload": overload,

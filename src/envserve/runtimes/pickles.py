@@ -182,47 +182,59 @@ _CHUNK = 1 << 20
 
 class _Reader:
     """read/readline/tell over a file, decompressing on the way when it is compressed (what genops and
-    the joblib skipping need; tell() counts decompressed bytes)."""
+    the joblib skipping need; tell() counts decompressed bytes). Reads are served from a buffer by offset:
+    genops reads a byte or a few at a time."""
 
     def __init__(self, f: Any, decompressor: Any) -> None:
         self.f = f
         self.d = decompressor
         self.buffer = b""
-        self.pos = 0
+        self.offset = 0  # of the next unread byte in buffer
+        self.consumed = 0  # bytes of the stream before buffer
         self.eof = False
 
     def _fill(self, need: int) -> None:
-        while len(self.buffer) < need and not self.eof:
-            if self.d is None:
-                chunk = self.f.read(max(_CHUNK, need - len(self.buffer)))
-                if not chunk:
-                    self.eof = True
-                self.buffer += chunk
-                continue
-            raw = self.f.read(_CHUNK)
+        """Make ``need`` unread bytes available, or as many as the stream has."""
+        if len(self.buffer) - self.offset >= need:
+            return
+        parts = [self.buffer[self.offset :]]
+        have = len(parts[0])
+        self.consumed += self.offset
+        while have < need and not self.eof:
+            raw = self.f.read(max(_CHUNK, need - have) if self.d is None else _CHUNK)
             if not raw:
                 self.eof = True
-                if isinstance(self.d, type(zlib.decompressobj())):
-                    self.buffer += self.d.flush()
+                if self.d is not None and hasattr(self.d, "flush"):
+                    parts.append(self.d.flush())
+                    have += len(parts[-1])
                 break
-            try:
-                self.buffer += self.d.decompress(raw)
-            except Exception as exc:  # zlib.error, OSError, EOFError, lzma.LZMAError
-                raise ValueError("the compressed stream is corrupt: %s" % exc) from None
+            if self.d is None:
+                chunk = raw
+            else:
+                try:
+                    chunk = self.d.decompress(raw)
+                except Exception as exc:  # zlib.error, OSError, EOFError, lzma.LZMAError
+                    raise ValueError("the compressed stream is corrupt: %s" % exc) from None
+            parts.append(chunk)
+            have += len(chunk)
+        self.buffer, self.offset = b"".join(parts), 0
 
     def read(self, n: int = -1) -> bytes:
         if n < 0:
             n = 1 << 62
         self._fill(min(n, 1 << 31))
-        out, self.buffer = self.buffer[:n], self.buffer[n:]
-        self.pos += len(out)
+        out = self.buffer[self.offset : self.offset + n]
+        self.offset += len(out)
         return out
 
     def readline(self) -> bytes:
-        while b"\n" not in self.buffer and not self.eof:
-            self._fill(len(self.buffer) + 1)
-        cut = self.buffer.find(b"\n")
-        return self.read(len(self.buffer) if cut < 0 else cut + 1)
+        while True:
+            cut = self.buffer.find(b"\n", self.offset)
+            if cut >= 0:
+                return self.read(cut + 1 - self.offset)
+            if self.eof:
+                return self.read(len(self.buffer) - self.offset)
+            self._fill(len(self.buffer) - self.offset + _CHUNK)
 
     def skip(self, n: int) -> int:
         """Read past n bytes without keeping them; how many there were."""
@@ -235,7 +247,7 @@ class _Reader:
         return skipped
 
     def tell(self) -> int:
-        return self.pos
+        return self.consumed + self.offset
 
 
 def _open(f: Any, path: str) -> _Reader:
