@@ -110,7 +110,9 @@ def servers(tmp_path_factory):
         env={**UNIT, "PREDICTIVE_UNIT_METRICS_ENDPOINT": "/prometheus"},
         cwd=str(reference),
     )
-    envserve = ServerProcess(repo, [], env={**UNIT, "ENVSERVE_ENV_CACHE": str(root / "env-cache")})
+    # the unit's contract would put envserve's metrics on Seldon's 6000: another test process may hold it
+    ports = {"PREDICTIVE_UNIT_METRICS_SERVICE_PORT": str(free_port())}
+    envserve = ServerProcess(repo, [], env={**UNIT, **ports, "ENVSERVE_ENV_CACHE": str(root / "env-cache")})
     try:
         seldon.wait()
         envserve.wait_ready(300)

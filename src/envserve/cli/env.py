@@ -231,7 +231,9 @@ def _environment_of(settings: Any, cache: Any) -> Optional[Dict[str, Any]]:
     }
 
 
-def _bom_of(settings: Any, cache: Any, source_uri: Optional[str]) -> Dict[str, Any]:
+def _bom_of(
+    settings: Any, cache: Any, source_uri: Optional[str], server_packages: bool = True
+) -> Dict[str, Any]:
     from .. import __version__
     from ..environments.bom import model_bom
     from ..runtimes import runtime_name
@@ -242,6 +244,7 @@ def _bom_of(settings: Any, cache: Any, source_uri: Optional[str]) -> Dict[str, A
         environment=_environment_of(settings, cache),
         source_uri=source_uri or settings.uri,
         tool_version=__version__,
+        server_packages=server_packages,
     )
 
 
@@ -251,7 +254,12 @@ def repository_boms(repository: str, cache_dir: Optional[str]) -> List[Dict[str,
     from ..settings.repository import scan_repository
 
     cache = EnvironmentCache(cache_dir)
-    return [_bom_of(e.settings, cache, None) for e in scan_repository(repository) if e.settings is not None]
+    # in an image, a model served in process runs on the image's own packages, which its SBOM lists
+    return [
+        _bom_of(e.settings, cache, None, server_packages=False)
+        for e in scan_repository(repository)
+        if e.settings is not None
+    ]
 
 
 @env.command("bom")

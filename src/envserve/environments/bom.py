@@ -117,9 +117,11 @@ def model_bom(
     environment: Optional[Dict[str, Any]] = None,
     source_uri: Optional[str] = None,
     tool_version: str = "",
+    server_packages: bool = True,
 ) -> Dict[str, Any]:
     """The CycloneDX 1.6 document of one model. ``environment`` is the model's environment as the server
-    describes it (``path``, ``python``, ``hash``, ``kind``, ``source``); None for the server's own."""
+    describes it (``path``, ``python``, ``hash``, ``kind``, ``source``); None for the server's own, whose
+    packages are listed unless ``server_packages`` is False (an image's SBOM lists them itself)."""
     model_ref = "model:%s" % settings.key
     props = [{"name": "envserve:runtime", "value": runtime or "unknown"}]
     if settings.implementation:
@@ -157,7 +159,8 @@ def model_bom(
             "purl": "pkg:generic/python@%s" % python,
         }
     )
-    for name, version in environment_packages(env.get("path")):
+    packages = environment_packages(env.get("path")) if env.get("path") or server_packages else []
+    for name, version in packages:
         purl = "pkg:pypi/%s@%s" % (_canonical(name), version)
         components.append(
             {"type": "library", "bom-ref": purl, "name": name, "version": version, "purl": purl}

@@ -71,5 +71,4 @@ def add_model_boms(sbom: Dict[str, Any], boms: List[Dict[str, Any]]) -> Dict[str
         model["components"] = nested
         components.append(model)
         dependencies.append({"ref": model["bom-ref"], "dependsOn": [p["bom-ref"] for p in nested]})
-        dependencies.extend({"ref": p["bom-ref"]} for p in nested)
     return sbom
