@@ -90,8 +90,10 @@ def servers(request, tmp_path_factory, digits_model_file, digits):
         env={"PREDICTIVE_UNIT_ID": "classifier", "PREDICTIVE_UNIT_IMAGE": "test/sklearn:1"},
         cwd=str(root),
     )
+    unit = {"PREDICTIVE_UNIT_ID": "classifier", "PREDICTIVE_UNIT_IMAGE": "test/sklearn:1"}
+    # the unit's contract would put envserve's metrics on Seldon's 6000: another test process may hold it
     envserve = ServerProcess(
-        root / "repo", [], env={"PREDICTIVE_UNIT_ID": "classifier", "PREDICTIVE_UNIT_IMAGE": "test/sklearn:1"}
+        root / "repo", [], env={**unit, "PREDICTIVE_UNIT_METRICS_SERVICE_PORT": str(free_port())}
     )
     try:
         seldon.wait()
