@@ -8,7 +8,7 @@ from typing import Any, List, Optional
 import click
 
 from ..errors import Cancelled, InvalidManifest
-from .options import platform_option, with_options
+from .options import emit, platform_option, with_options
 
 __all__ = ["deploy"]
 
@@ -65,13 +65,7 @@ def deploy_manifest(platform_file: Optional[str], output: Optional[str], **field
 
     docs = render(DeploymentSpec(**fields), PlatformConfig.load(platform_file))
     _check(validate_documents(docs, output or "manifest"))
-    text = dump_yaml(docs)
-    if output:
-        with open(output, "w", encoding="utf-8") as f:
-            f.write(text)
-        click.echo("wrote %s (validated); apply with: kubectl apply -f %s" % (output, output), err=True)
-    else:
-        click.echo(text, nl=False)
+    emit(dump_yaml(docs), output, "wrote %s (validated); apply with: kubectl apply -f %s" % (output, output))
 
 
 @deploy.command("validate")

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import click
 
 from ..errors import EnvironmentSetupError, EnvserveError
-from .options import cache_option, size
+from .options import cache_option, emit, size
 
 __all__ = ["env"]
 
@@ -277,13 +277,11 @@ def env_bom(model: str, output: Optional[str], cache_dir: Optional[str]) -> None
     settings = _model_at_hand(model, cache)
     remote = "://" in model or model.startswith(("models:", "runs:"))
     doc = _bom_of(settings, cache, model if remote else None)
-    text = json.dumps(doc, indent=2) + "\n"
-    if output is None:
-        click.echo(text, nl=False)
-    else:
-        with open(output, "w") as f:
-            f.write(text)
-        click.echo("wrote %s (%d components)" % (output, len(doc["components"])), err=True)
+    emit(
+        json.dumps(doc, indent=2) + "\n",
+        output,
+        "wrote %s (%d components)" % (output, len(doc["components"])),
+    )
 
 
 @env.command("check-upgrade")
@@ -351,12 +349,7 @@ def env_check_upgrade(
         )
     )
     text = {"text": render_text, "json": render_json, "html": render_html}[fmt](report)
-    if output is None:
-        click.echo(text, nl=False)
-    else:
-        with open(output, "w") as f:
-            f.write(text)
-        click.echo("wrote %s" % output, err=True)
+    emit(text, output)
     if not report.ok:
         raise UpgradeMismatch(
             "model %s is %s in candidate %s (see the report)" % (report.model, report.verdict, candidate)

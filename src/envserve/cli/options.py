@@ -6,7 +6,7 @@ from typing import Any, Callable, List, Optional, TypeVar
 
 import click
 
-__all__ = ["cache_option", "platform_option", "size", "with_options"]
+__all__ = ["cache_option", "emit", "platform_option", "size", "with_options"]
 
 cache_option = click.option(
     "--cache",
@@ -45,3 +45,13 @@ def size(n: Optional[int]) -> str:
             return "%.0f %s" % (value, unit) if unit == "B" else "%.1f %s" % (value, unit)
         value /= 1024
     return str(n)
+
+
+def emit(text: str, output: Optional[str], note: Optional[str] = None) -> None:
+    """Print ``text``, or write it to ``output`` and say so on stderr (``note``, default "wrote OUTPUT")."""
+    if output:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text)
+        click.echo(note or "wrote %s" % output, err=True)
+    else:
+        click.echo(text, nl=False)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime
 import glob
-import hashlib
 import os
 import platform
 import re
@@ -20,19 +19,12 @@ import uuid
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from ..settings.model import ModelSettings
+from .cache import file_digest
 
 __all__ = ["environment_packages", "model_bom", "model_files"]
 
 SPEC_VERSION = "1.6"
 _SKIP_DIRS = {"__pycache__", ".git", ".ipynb_checkpoints"}
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def model_files(settings: ModelSettings) -> List[Tuple[str, str]]:
@@ -146,7 +138,7 @@ def model_bom(
                 "type": "file",
                 "bom-ref": "file:%s" % rel,
                 "name": rel,
-                "hashes": [{"alg": "SHA-256", "content": _sha256(path)}],
+                "hashes": [{"alg": "SHA-256", "content": file_digest(path)}],
             }
         )
     python = env.get("python") or platform.python_version()

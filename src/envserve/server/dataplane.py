@@ -20,6 +20,7 @@ from ..runtimes.base import CUSTOM_METRICS, HANDLER_ANSWER, HANDLER_CALL, TIMING
 from ..settings import ModelSettings
 from ..workers.admission import ClientGone
 from .registry import ModelRegistry, ModelState
+from .shadow import Shadow
 
 __all__ = ["DataPlane", "take_response_headers"]
 
@@ -148,8 +149,7 @@ class DataPlane:
         else:
             request = parse_inference_request(payload, binary)
             _release_json_data(payload)
-        shadow = self.registry.shadows.get(handle.settings.key) if self.registry.shadows else None
-        mirrored = shadow.take(request) if shadow is not None else None
+        shadow, mirrored = self._mirror(handle, request)
         if handle.inline_ok(request):
             response = handle.infer_inline(request)
         else:
@@ -179,8 +179,7 @@ class DataPlane:
             "envserve.model": handle.settings.name,
             "envserve.model_version": handle.settings.version or "",
         }
-        shadow = self.registry.shadows.get(handle.settings.key) if self.registry.shadows else None
-        mirrored = shadow.take(request) if shadow is not None else None
+        shadow, mirrored = self._mirror(handle, request)
         with tracing.span("model", attributes):
             if handle.inline_ok(request):
                 response = handle.infer_inline(request)
@@ -190,6 +189,13 @@ class DataPlane:
         if mirrored is not None and shadow is not None:
             shadow.mirror(mirrored, response)
         return self._finish(handle, response, mlserver_shapes)
+
+    def _mirror(
+        self, handle: Any, request: InferenceRequest
+    ) -> Tuple[Optional[Shadow], Optional[InferenceRequest]]:
+        """The model's shadow and the copy of ``request`` to send it, when this request is sampled."""
+        shadow = self.registry.shadows.get(handle.settings.key) if self.registry.shadows else None
+        return shadow, shadow.take(request) if shadow is not None else None
 
     def _finish(self, handle: Any, response: InferenceResponse, mlserver_shapes: bool) -> InferenceResponse:
         custom = response.parameters.pop(CUSTOM_METRICS, None)
