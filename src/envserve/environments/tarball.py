@@ -10,15 +10,19 @@ as a whole; the caller extracts into a temporary directory and renames it only o
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
 import os
 import posixpath
+import queue
 import re
 import shutil
 import tarfile
-from typing import Any, BinaryIO, Dict, Optional, cast
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, BinaryIO, Dict, List, Optional, cast
 
 from ..errors import UnsafeArchive
 
@@ -178,26 +182,21 @@ def _extract(archive: str, destination: str, max_bytes: Optional[int]) -> str:
             raw = _Hashing(f)
             buffered = io.BufferedReader(raw, 1 << 20)
             stream = open_stream(buffered, magic, archive)
+            # decompressed ahead by another thread, read by tarfile in small steps from a large buffer
+            prefetch = _Prefetch(stream)
+            reader = io.BufferedReader(prefetch, 1 << 20)
             os.makedirs(destination, exist_ok=True)
-            directories = []
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
-                for m in tar:
-                    limits.check(m)
-                    # never restore owners or odd permission bits from the archive
-                    m.uid = m.gid = 0
-                    m.uname = m.gname = ""
-                    m.mode = (m.mode & 0o755) | (0o700 if m.isdir() else 0o600)
-                    tar.extract(m, destination, set_attrs=not m.isdir(), **_filter_kwargs())
-                    if m.isdir():
-                        directories.append((m.name, m.mode))
-            # a directory's own mode once its content is written (tarfile makes it 0700 meanwhile): an
-            # environment is read by whichever uid runs it (an image's user, OpenShift's arbitrary one)
-            for name, mode in reversed(directories):
-                path = os.path.join(destination, name)
-                if os.path.isdir(path) and not os.path.islink(path):
-                    os.chmod(path, mode)
-            while stream.read(1 << 20):  # the rest of the compressed stream: a truncated one fails here
-                pass
+            try:
+                with _Writer(archive, destination) as writer, tarfile.open(
+                    fileobj=reader, mode="r|", bufsize=1 << 16
+                ) as tar:
+                    for m in tar:
+                        limits.check(m)
+                        writer.member(tar, m)
+                while reader.read(1 << 20):  # the rest of the compressed stream: a truncated one fails here
+                    pass
+            finally:
+                prefetch.close()
             buffered.read()  # padding after the compressed stream counts in the hash
             raw.drain()
             return raw.sha.hexdigest()
@@ -221,9 +220,265 @@ def _extract(archive: str, destination: str, max_bytes: Optional[int]) -> str:
         ) from None
 
 
-def _filter_kwargs() -> Dict[str, Any]:
-    # Python 3.12+ (and security backports) take an extraction filter; members were checked above, and
-    # "tar" keeps symlinks while still refusing anything unsafe a second time.
-    if hasattr(tarfile, "tar_filter"):
-        return {"filter": "tar"}
-    return {}
+class _Prefetch(io.RawIOBase):
+    """A decompressor's output read ahead by a thread of its own (zstandard, ISA-L, zlib, lzma and bz2 let
+    go of the GIL while they work), in large blocks, while the caller parses and writes what came before."""
+
+    _END = b""
+
+    def __init__(self, f: Any, block: int = 1 << 20, ahead: int = 8) -> None:
+        self.f = f
+        self.block = block
+        self.blocks: queue.Queue[Any] = queue.Queue(ahead)
+        self.stopped = threading.Event()
+        self.rest = memoryview(b"")
+        self.done = False
+        self.thread = threading.Thread(target=self._run, name="envserve-decompress", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self.stopped.is_set():
+                data = self.f.read(self.block)
+                self._put(data)
+                if not data:
+                    return
+        except BaseException as exc:  # handed to the reader, raised there
+            self._put(exc)
+
+    def _put(self, item: Any) -> None:
+        while not self.stopped.is_set():
+            try:
+                self.blocks.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if not self.rest:
+            if self.done:
+                return 0
+            item = self.blocks.get()
+            if isinstance(item, BaseException):
+                self.done = True
+                raise item
+            if not item:
+                self.done = True
+                return 0
+            self.rest = memoryview(item)
+        n = min(len(buffer), len(self.rest))
+        buffer[:n] = self.rest[:n]
+        self.rest = self.rest[n:]
+        return n
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+        super().close()
+
+
+#: Members up to this size are read whole and written by the writer threads; larger ones are streamed to
+#: disk by the reading thread.
+_SMALL = 4 << 20
+#: What the reading thread may hand over before the writers catch up.
+_PENDING_BYTES = 64 << 20
+_WRITERS = 2
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+class _Writer:
+    """Writes checked members under ``root``; the reading thread decompresses and parses while writer
+    threads create the files (file creation is what an extraction spends most on, and it runs in the kernel
+    without the GIL).
+
+    Nothing is written through a link: a member's path is resolved against the symlinks this extraction
+    made (the destination is new, so they are the only ones there), like ``realpath`` but from memory, and
+    refused when it leaves ``root``; files are opened with ``O_NOFOLLOW``."""
+
+    def __init__(self, source: str, root: str) -> None:
+        self.source = source
+        self.root = root
+        self.links: Dict[str, str] = {}  # relative path -> link target, as made
+        self.dirs: Dict[str, int] = {"": 0o755}  # relative path -> archived mode
+        self.files: Dict[str, Future[None]] = {}  # relative path -> its write
+        self.pending = 0  # bytes handed to the writers and not yet written
+        self.room = threading.Condition()
+        self.pool = ThreadPoolExecutor(_WRITERS, thread_name_prefix="envserve-extract")
+        self.error: Optional[BaseException] = None
+
+    def __enter__(self) -> _Writer:
+        return self
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        self.pool.shutdown(wait=True)  # nothing is still writing when the caller removes a failed tree
+        if kind is None:
+            if self.error is not None:
+                raise self.error
+            for future in self.files.values():
+                future.result()
+            self._directory_modes()
+
+    # -- paths ----------------------------------------------------------------------------------------
+
+    def _resolve(self, name: str) -> str:
+        """``name`` (inside by the member checks) with every link among its parents followed."""
+        parts = [p for p in posixpath.normpath(name).split("/") if p not in ("", ".")]
+        if not self.links:
+            return "/".join(parts)
+        last = parts.pop() if parts else ""
+        done: List[str] = []
+        hops = 0
+        while parts:
+            part = parts.pop(0)
+            if part == "..":
+                if not done:
+                    raise UnsafeArchive(
+                        "%s: member %r leads outside the environment directory through a link"
+                        % (self.source, name)
+                    )
+                done.pop()
+                continue
+            done.append(part)
+            target = self.links.get("/".join(done))
+            if target is not None:
+                hops += 1
+                if hops > 40 or posixpath.isabs(target):
+                    raise UnsafeArchive(
+                        "%s: member %r is written through the link %r -> %r; refusing"
+                        % (self.source, name, "/".join(done), target)
+                    )
+                done.pop()
+                parts[:0] = [p for p in target.split("/") if p not in ("", ".")]
+        if last == "..":
+            if not done:
+                raise UnsafeArchive(
+                    "%s: member %r leads outside the environment directory through a link"
+                    % (self.source, name)
+                )
+            done.pop()
+            last = ""
+        return "/".join(done + [last] if last else done)
+
+    def _parent(self, rel: str) -> None:
+        """Make the directories of ``rel``'s parent (resolved, so no link among them)."""
+        parent = posixpath.dirname(rel)
+        if parent in self.dirs:
+            return
+        self._parent(parent)
+        if parent in self.links or parent in self.files:
+            raise UnsafeArchive(
+                "%s: %r is not a directory, yet members are written under it" % (self.source, parent)
+            )
+        with contextlib.suppress(FileExistsError):  # a destination that existed before
+            os.mkdir(os.path.join(self.root, parent), 0o700)
+        self.dirs.setdefault(parent, 0o755)
+
+    def _clear(self, rel: str) -> None:
+        """Make room for a member replacing an earlier one of the same name (the last one wins, as in tar)."""
+        if rel in self.files:
+            self.files.pop(rel).result()
+            os.unlink(os.path.join(self.root, rel))
+        elif rel in self.links:
+            del self.links[rel]
+            os.unlink(os.path.join(self.root, rel))
+
+    # -- members --------------------------------------------------------------------------------------
+
+    def member(self, tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
+        if self.error is not None:
+            raise self.error
+        # never restore owners or odd permission bits from the archive
+        mode = (m.mode & 0o755) | (0o700 if m.isdir() else 0o600)
+        rel = self._resolve(m.name)
+        if m.isdir():
+            if rel in self.dirs:
+                self.dirs[rel] = mode
+                return
+            if rel in self.links:  # a directory member where a link was made: the link stays, as in tar
+                return
+            self._parent(rel)
+            self._clear(rel)
+            with contextlib.suppress(FileExistsError):  # a destination that existed before
+                os.mkdir(os.path.join(self.root, rel), 0o700)
+            self.dirs[rel] = mode
+            return
+        if not rel or rel in self.dirs:
+            raise UnsafeArchive("%s: member %r would replace a directory" % (self.source, m.name))
+        self._parent(rel)
+        self._clear(rel)
+        path = os.path.join(self.root, rel)
+        if m.issym():
+            os.symlink(m.linkname, path)
+            self.links[rel] = m.linkname
+        elif m.islnk():
+            target = self._resolve(m.linkname)
+            write = self.files.get(target)
+            if write is None:
+                raise UnsafeArchive(
+                    "%s: hardlink %r -> %r names no file written before it"
+                    % (self.source, m.name, m.linkname)
+                )
+            write.result()
+            os.link(os.path.join(self.root, target), path, follow_symlinks=False)
+            self.files[rel] = write
+        else:
+            source = tar.extractfile(m)
+            assert source is not None
+            if m.size > _SMALL:  # streamed here: never a whole large library in memory
+                _write(path, source, mode, m.mtime)
+                done: Future[None] = Future()
+                done.set_result(None)
+                self.files[rel] = done
+                return
+            data = source.read()
+            size = len(data) + 4096  # an empty file costs its inode too
+            self._acquire(size)
+            future = self.pool.submit(self._write_small, path, data, mode, m.mtime, size)
+            self.files[rel] = future
+
+    def _acquire(self, size: int) -> None:
+        with self.room:
+            while self.pending and self.pending + size > _PENDING_BYTES:
+                self.room.wait()
+            self.pending += size
+
+    def _write_small(self, path: str, data: bytes, mode: int, mtime: float, size: int) -> None:
+        try:
+            _write(path, io.BytesIO(data), mode, mtime)
+        except BaseException as exc:
+            if self.error is None:
+                self.error = exc
+            raise
+        finally:
+            self._release(size)
+
+    def _release(self, size: int) -> None:
+        with self.room:
+            self.pending -= size
+            self.room.notify()
+
+    def _directory_modes(self) -> None:
+        # a directory's own mode once its content is written (made 0700 meanwhile): an environment is read
+        # by whichever uid runs it (an image's user, OpenShift's arbitrary one)
+        for rel, mode in sorted(self.dirs.items(), reverse=True):
+            if rel:
+                os.chmod(os.path.join(self.root, rel), mode)
+
+
+def _write(path: str, source: Any, mode: int, mtime: float) -> None:
+    fd = os.open(path, _FILE_FLAGS, 0o600)
+    try:
+        while True:
+            chunk = source.read(1 << 20)
+            if not chunk:
+                break
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+        os.fchmod(fd, mode)
+        os.utime(fd, (mtime, mtime))
+    finally:
+        os.close(fd)

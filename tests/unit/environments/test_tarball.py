@@ -198,3 +198,68 @@ def test_directories_keep_their_archived_mode_without_odd_bits(tmp_path):
         name: (out / name).stat().st_mode & 0o7777 for name in ("lib", "lib/python3.8", "private", "odd")
     }
     assert modes == {"lib": 0o755, "lib/python3.8": 0o755, "private": 0o750, "odd": 0o755}
+
+
+def test_nothing_is_written_through_a_chain_of_links_that_leaves(tmp_path):
+    """Each link alone stays inside (``d/c -> ..``; ``e -> d/c/..``), but together ``e`` is the parent of the
+    environment: a member under ``e`` is refused instead of written there."""
+    root = tmp_path / "deep" / "er"
+    root.mkdir(parents=True)
+    archive = _tar(
+        tmp_path / "chain.tar.gz",
+        [_file("d/keep"), _link("d/c", ".."), _link("e", "d/c/.."), _file("e/evil.txt", b"pwned")],
+    )
+    with pytest.raises(UnsafeArchive, match="outside the environment directory through a link"):
+        safe_extract(str(archive), str(root / "out"))
+    assert not list(tmp_path.rglob("evil.txt"))
+    assert not (root / "out").exists()
+
+
+def test_links_to_links_and_replaced_members(tmp_path):
+    archive = _tar(
+        tmp_path / "env.tar.gz",
+        [
+            _file("lib/python3.8/site.py", b"# site"),
+            _link("lib64", "lib"),
+            _link("alias", "lib64/python3.8"),
+            _file("alias/extra.py", b"# through two links"),  # written where the links lead, inside
+            _file("bin/tool", b"old"),
+            _file("bin/tool", b"new"),  # the last member of a name wins, as in tar
+            _link("bin/t", "tool"),
+            _file("bin/t", b"a file now"),  # replaces the link instead of writing through it
+            _link("bin/hard", "bin/tool", tarfile.LNKTYPE),
+        ],
+    )
+    out = tmp_path / "out"
+    safe_extract(str(archive), str(out))
+    assert (out / "lib" / "python3.8" / "extra.py").read_bytes() == b"# through two links"
+    assert (out / "bin" / "tool").read_bytes() == b"new"
+    assert not (out / "bin" / "t").is_symlink() and (out / "bin" / "t").read_bytes() == b"a file now"
+    assert (out / "bin" / "hard").read_bytes() == b"new"
+    assert os.stat(out / "bin" / "hard").st_ino == os.stat(out / "bin" / "tool").st_ino
+
+
+def test_a_link_loop_and_a_write_through_the_interpreter_link_are_refused(tmp_path):
+    loop = _tar(tmp_path / "loop.tar.gz", [_link("a", "b"), _link("b", "a"), _file("a/x")])
+    with pytest.raises(UnsafeArchive, match="through the link"):
+        safe_extract(str(loop), str(tmp_path / "out"))
+    interp = _tar(
+        tmp_path / "interp.tar.gz", [_link("bin/python3", "/usr/bin/python3"), _file("bin/python3/evil")]
+    )
+    with pytest.raises(UnsafeArchive, match="through the link"):
+        safe_extract(str(interp), str(tmp_path / "out2"))
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out2").exists()
+
+
+def test_many_files_and_a_large_one_extract_intact(tmp_path):
+    """The writer threads (small files) and the reading thread (a member above the in-memory bound)."""
+    import hashlib
+
+    members = [_file("pkg/m%03d/f%d.py" % (i // 50, i), os.urandom(i % 3000)) for i in range(600)]
+    big = os.urandom(5 << 20)
+    members.append(_file("lib/libbig.so", big))
+    archive = _compressed(tmp_path / "env.tar.zst", "zst", members)
+    out = tmp_path / "out"
+    safe_extract(str(archive), str(out))
+    for info, data in members:
+        assert hashlib.sha256((out / info.name).read_bytes()).digest() == hashlib.sha256(data).digest()
