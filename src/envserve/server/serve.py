@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import signal
 import socket
@@ -112,6 +113,10 @@ class Server:
             logger.info("gRPC is off (grpc_port -1)")
             return None
         try:
+            # imported on a thread (h2, hpack and protobuf take ~0.25 s) while the loop starts the models
+            await asyncio.get_running_loop().run_in_executor(
+                None, importlib.import_module, __package__ + ".grpc.service"
+            )
             from .grpc.service import start_grpc_server
             from .grpc.transport import Limits
         except ImportError as exc:
@@ -136,6 +141,15 @@ class Server:
             ", server reflection" if s.grpc_reflection else "",
         )
         return server
+
+    async def _load_at_startup(self) -> None:
+        if not self.settings.load_models_at_startup:
+            logger.info("load_models_at_startup is false: models load when the repository API asks")
+            return
+        try:
+            await self.registry.load_repository()
+        except SettingsError as exc:
+            logger.error("%s", exc)
 
     async def _serve_metrics(self, host: str, port: int) -> _UvicornServer:
         sock = _bind(host, port)
@@ -186,16 +200,17 @@ class Server:
         if s.console:
             logger.info("console on %s/console/", self.http_address)
         extra = []
-        grpc_server = await self._start_grpc()
-        if s.metrics_port:
-            extra.append(await self._serve_metrics(s.host, s.metrics_port))
+        # models start loading first: their environments and workers do not wait for the other listeners
+        loading = asyncio.ensure_future(self._load_at_startup())
         try:
-            if s.load_models_at_startup:
-                await self.registry.load_repository()
-            else:
-                logger.info("load_models_at_startup is false: models load when the repository API asks")
-        except SettingsError as exc:
-            logger.error("%s", exc)
+            grpc_server = await self._start_grpc()
+            if s.metrics_port:
+                extra.append(await self._serve_metrics(s.host, s.metrics_port))
+        except BaseException:
+            loading.cancel()
+            await asyncio.gather(loading, return_exceptions=True)
+            raise
+        await loading
         self.dataplane.started = True
         for row in self.registry.index():
             label = row["name"] + ("@" + row["version"] if row.get("version") else "")
