@@ -154,7 +154,9 @@ def test_env_pack_zstd_by_default_and_served_from_it(tmp_path, start_server, old
     assert packed.returncode == 0, packed.stderr
     tarball = tmp_path / (os.path.basename(env_path) + ".tar.zst")
     assert tarball.read_bytes()[:4] == b"\x28\xb5\x2f\xfd", "not a zstd stream"
-    assert "packed Python 3.8." in packed.stdout
+    assert "packed Python 3.8." in packed.stdout and "bytecode of" in packed.stdout
+    unused = os.path.join("lib", "python3.8", "__pycache__", "tabnanny.cpython-38.pyc")  # never imported
+    assert not os.path.exists(os.path.join(env_path, unused)), "env pack wrote into the environment"
     repo = tmp_path / "second"
     for name in ("zstd-a", "zstd-b"):  # one tarball, two models: one extraction
         folder = _scenario_model(repo, old_sklearn, name=name, environment_tarball="./env.tar.zst")
@@ -166,6 +168,8 @@ def test_env_pack_zstd_by_default_and_served_from_it(tmp_path, start_server, old
             assert r.status_code == 200, r.text
             assert r.json()["outputs"][0]["data"] == expected["predictions"][:20]
             assert _status(client, name)["environment"]["python"].startswith("3.8.")
+        # the bytecode compiled by env pack came with the environment
+        assert os.path.isfile(os.path.join(_status(client, "zstd-a")["environment"]["path"], unused))
     # two copies of one tarball: the first extracted (and hashed as read), the second found the same hash
     assert second.log.count("extracting") == 1 and "found in the cache" in second.log, second.log
     assert second.stop() == 0

@@ -82,16 +82,30 @@ def env_prune(cache_dir: Optional[str], older_than: float, everything: bool) -> 
 @click.option(
     "--level", type=click.IntRange(1, 19), help="Compression level (zstd 1-19, default 3; gzip 1-9)."
 )
-def env_pack(environment: str, output: Optional[str], level: Optional[int]) -> None:
+@click.option(
+    "--compile/--no-compile",
+    "compile_bytecode",
+    default=True,
+    show_default=True,
+    help="Pack the bytecode of every module (compiled by the environment's interpreter; ENVIRONMENT is not "
+    "changed), so the first start after unpacking, and every start from a read-only copy, does not compile.",
+)
+def env_pack(environment: str, output: Optional[str], level: Optional[int], compile_bytecode: bool) -> None:
     """Pack a venv, with its interpreter, into a tarball that runs on machines without that Python."""
     from ..environments.pack import pack_environment
 
     if output is None:
         output = os.path.basename(os.path.abspath(environment)) + ".tar.zst"
-    manifest = pack_environment(environment, output, level)
+    manifest = pack_environment(environment, output, level, compile_bytecode)
     click.echo(
-        "packed Python %s from %s into %s (%s)"
-        % (manifest["python"], environment, output, size(manifest["size"]))
+        "packed Python %s from %s into %s (%s%s)"
+        % (
+            manifest["python"],
+            environment,
+            output,
+            size(manifest["size"]),
+            ", bytecode of %d modules" % manifest["bytecode"] if manifest["bytecode"] else "",
+        )
     )
 
 

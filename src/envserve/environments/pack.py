@@ -20,10 +20,12 @@ import contextlib
 import io
 import json
 import os
+import posixpath
 import subprocess
 import tarfile
+import tempfile
 import time
-from typing import Any, BinaryIO, Dict, Iterator, Optional, Set
+from typing import Any, BinaryIO, Dict, Iterator, List, Optional, Set, Tuple
 
 from ..errors import EnvironmentSetupError
 from .cache import find_python, runtime_env
@@ -61,13 +63,35 @@ print(json.dumps({
     "libdir": sysconfig.get_config_var("LIBDIR"),
     "ldlibrary": sysconfig.get_config_var("LDLIBRARY"),
     "shared": bool(sysconfig.get_config_var("Py_ENABLE_SHARED")),
+    "cache_tag": sys.implementation.cache_tag,
 }))
+"""
+
+# Run by the environment's own interpreter (Python 3.6+): compiles the listed sources to the listed files.
+_COMPILE = r"""
+import json, py_compile, sys
+from concurrent.futures import ProcessPoolExecutor
+
+def one(job):
+    kw = {}
+    if hasattr(py_compile, "PycInvalidationMode"):  # 3.7+: valid whatever mtime the unpacked file gets
+        kw["invalidation_mode"] = py_compile.PycInvalidationMode.CHECKED_HASH
+    try:
+        py_compile.compile(job[0], cfile=job[1], doraise=True, **kw)
+        return 1
+    except Exception:  # a file of another Python version (a template, a test fixture): left as it is
+        return 0
+
+if __name__ == "__main__":
+    jobs = json.load(sys.stdin)
+    with ProcessPoolExecutor() as pool:
+        print(sum(pool.map(one, jobs, chunksize=64)))
 """
 
 
 def _inspect(python: str, root: str) -> Dict[str, Any]:
     proc = subprocess.run(
-        [python, "-c", _INSPECT], capture_output=True, text=True, env=runtime_env(root), timeout=60
+        [python, "-B", "-c", _INSPECT], capture_output=True, text=True, env=runtime_env(root), timeout=60
     )
     if proc.returncode != 0:
         raise EnvironmentSetupError("cannot run %s to inspect it: %s" % (python, proc.stderr.strip()[-2000:]))
@@ -129,9 +153,17 @@ def _compressed(path: str, kind: str, level: Optional[int]) -> Iterator[BinaryIO
                 yield gz
 
 
-def pack_environment(env: str, output: str, level: Optional[int] = None) -> Dict[str, Any]:
+def pack_environment(
+    env: str, output: str, level: Optional[int] = None, compile_bytecode: bool = True
+) -> Dict[str, Any]:
     """Write a portable tarball of the venv (or Python prefix) at ``env``: zstd for ``.tar.zst``/``.tzst``
-    (multi-threaded), gzip for ``.tar.gz``/``.tgz``; returns what was packed."""
+    (multi-threaded), gzip for ``.tar.gz``/``.tgz``; returns what was packed.
+
+    With ``compile_bytecode``, every module without bytecode in ``env`` is compiled by the environment's
+    own interpreter (hash-checked ``.pyc``, into a temporary directory: ``env`` is left as it is) and packed
+    beside its source: the first start after unpacking imports instead of compiling (the Python 3.8
+    example's worker: ~2.5 s less), and an environment on a read-only filesystem, where Python cannot
+    write bytecode, does not compile at every start."""
     kind = pack_format(output)
     python = find_python(env)
     if python is None:
@@ -148,31 +180,88 @@ def pack_environment(env: str, output: str, level: Optional[int] = None) -> Dict
         "compression": kind,
         "created": time.time(),
     }
+    trees = [(info["stdlib"], lib, _STDLIB_SKIP)]
+    trees += [(site, lib + "/site-packages", set()) for site in sorted({info["purelib"], info["platlib"]})]
+    trees = [t for t in trees if os.path.isdir(t[0])]
     tmp = output + ".partial"
-    try:
-        with _compressed(tmp, kind, level) as stream, tarfile.open(fileobj=stream, mode="w|") as tar:
-            tar.add(binary, "bin/python" + short, filter=_plain)
-            for link in ("python", "python3"):
-                _symlink(tar, "bin/" + link, "python" + short)
-            if info["shared"] and info["ldlibrary"]:
-                _add_shared_lib(tar, info)
-            _add_tree(tar, info["stdlib"], lib, skip=_STDLIB_SKIP)
-            site_dirs = {info["purelib"], info["platlib"]}
-            for site in sorted(site_dirs):
-                if os.path.isdir(site):
-                    _add_tree(tar, site, lib + "/site-packages", skip=set())
-            data = json.dumps(manifest, indent=2).encode()
-            member = tarfile.TarInfo("envserve-pack.json")
-            member.size = len(data)
-            member.mtime = int(time.time())
-            tar.addfile(member, io.BytesIO(data))
-        os.replace(tmp, output)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with tempfile.TemporaryDirectory(prefix="envserve-pack-") as scratch:
+        bytecode = _compile(python, env, info["cache_tag"], trees, scratch) if compile_bytecode else []
+        manifest["bytecode"] = len(bytecode)
+        try:
+            with _compressed(tmp, kind, level) as stream, tarfile.open(fileobj=stream, mode="w|") as tar:
+                tar.add(binary, "bin/python" + short, filter=_plain)
+                for link in ("python", "python3"):
+                    _symlink(tar, "bin/" + link, "python" + short)
+                if info["shared"] and info["ldlibrary"]:
+                    _add_shared_lib(tar, info)
+                for source, arcname, skip in trees:
+                    _add_tree(tar, source, arcname, skip)
+                for path, arcname in bytecode:
+                    tar.add(path, arcname, filter=_plain)
+                data = json.dumps(manifest, indent=2).encode()
+                member = tarfile.TarInfo("envserve-pack.json")
+                member.size = len(data)
+                member.mtime = int(time.time())
+                tar.addfile(member, io.BytesIO(data))
+            os.replace(tmp, output)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
     manifest["size"] = os.path.getsize(output)
     return manifest
+
+
+def _sources(source: str, arcname: str, skip: Set[str]) -> Iterator[Tuple[str, str]]:
+    """The ``.py`` files ``_add_tree`` packs from ``source``: (path, name in the archive)."""
+    for root, dirs, files in os.walk(source):
+        rel = os.path.relpath(root, source).replace(os.sep, "/")
+        rel = "" if rel == "." else rel
+        dirs[:] = [
+            d
+            for d in dirs
+            if (rel + "/" + d if rel else d) not in skip and not os.path.islink(os.path.join(root, d))
+        ]
+        for name in files:
+            path = os.path.join(root, name)
+            if name.endswith(".py") and not os.path.islink(path):
+                yield path, "/".join(p for p in (arcname, rel, name) if p)
+
+
+def _compile(
+    python: str, env: str, tag: str, trees: List[Tuple[str, str, Set[str]]], scratch: str
+) -> List[Tuple[str, str]]:
+    """Bytecode for the packed modules that have none in ``env``, compiled by its interpreter into
+    ``scratch``: (compiled file, name in the archive) for each one that compiled."""
+    jobs, names = [], []
+    for source, arcname, skip in trees:
+        for path, name in _sources(source, arcname, skip):
+            folder, module = os.path.split(path)
+            pyc = "%s.%s.pyc" % (module[:-3], tag)
+            if os.path.exists(os.path.join(folder, "__pycache__", pyc)):
+                continue  # packed with the tree
+            jobs.append((path, os.path.join(scratch, "%d.pyc" % len(jobs))))
+            arcdir, _ = posixpath.split(name)
+            names.append(posixpath.join(arcdir, "__pycache__", pyc))
+    if not jobs:
+        return []
+    script = os.path.join(scratch, "envserve_compile.py")  # a file: spawned pool processes import it
+    with open(script, "w") as f:
+        f.write(_COMPILE)
+    proc = subprocess.run(
+        [python, "-B", script],
+        input=json.dumps(jobs),
+        capture_output=True,
+        text=True,
+        env=runtime_env(env),
+        cwd=scratch,
+    )
+    if proc.returncode != 0:
+        raise EnvironmentSetupError(
+            "compiling the bytecode of %s failed (pack with --no-compile to leave it out): %s"
+            % (env, proc.stderr.strip()[-2000:])
+        )
+    return [(job[1], name) for job, name in zip(jobs, names) if os.path.exists(job[1])]
 
 
 def _symlink(tar: tarfile.TarFile, name: str, target: str) -> None:
