@@ -233,7 +233,8 @@ def _compile(
 ) -> List[Tuple[str, str]]:
     """Bytecode for the packed modules that have none in ``env``, compiled by its interpreter into
     ``scratch``: (compiled file, name in the archive) for each one that compiled."""
-    jobs, names = [], []
+    jobs: List[Tuple[str, str]] = []
+    names: List[str] = []
     for source, arcname, skip in trees:
         for path, name in _sources(source, arcname, skip):
             folder, module = os.path.split(path)
