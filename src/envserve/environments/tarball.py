@@ -21,7 +21,7 @@ import re
 import shutil
 import tarfile
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any, BinaryIO, Dict, List, Optional, cast
 
 from ..errors import UnsafeArchive
@@ -285,14 +285,52 @@ class _Prefetch(io.RawIOBase):
 _SMALL = 4 << 20
 #: What the reading thread may hand over before the writers catch up.
 _PENDING_BYTES = 64 << 20
+#: Writer threads. Files go to a thread by their directory: creating a file holds its directory's lock, so
+#: two threads in one directory mostly wait for each other, while two directories are created side by side
+#: (the Python 3.8 example's 5,600 files on this machine's disk: 2.6 s, against 4.0 s from a shared pool of
+#: two and 3.9-4.5 s from one thread).
 _WRITERS = 2
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
+class _Shard(threading.Thread):
+    """A writer thread: runs the work handed to it in order; the first failure is kept for the reader."""
+
+    def __init__(self, writer: _Writer) -> None:
+        super().__init__(name="envserve-extract", daemon=True)
+        self.writer = writer
+        self.work: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.start()
+
+    def run(self) -> None:
+        while True:
+            item = self.work.get()
+            if item is None:
+                return
+            fn, args, size = item
+            try:
+                # after a failure no more files, but every directory still settles its future: another
+                # thread may be waiting for it
+                if self.writer.error is None or fn is not _write:
+                    fn(*args)
+            except BaseException as exc:
+                if self.writer.error is None:
+                    self.writer.error = exc
+            finally:
+                if size:
+                    self.writer.release(size)
+
+    def drain(self) -> None:
+        """Return once everything handed over so far is done."""
+        done = threading.Event()
+        self.work.put((done.set, (), 0))
+        done.wait()
+
+
 class _Writer:
     """Writes checked members under ``root``; the reading thread decompresses and parses while writer
-    threads create the files (file creation is what an extraction spends most on, and it runs in the kernel
-    without the GIL).
+    threads create the directories and files (creation is what an extraction spends most on, and it runs in
+    the kernel without the GIL). A directory and the files in it are made by one thread, in archive order.
 
     Nothing is written through a link: a member's path is resolved against the symlinks this extraction
     made (the destination is new, so they are the only ones there), like ``realpath`` but from memory, and
@@ -303,22 +341,26 @@ class _Writer:
         self.root = root
         self.links: Dict[str, str] = {}  # relative path -> link target, as made
         self.dirs: Dict[str, int] = {"": 0o755}  # relative path -> archived mode
-        self.files: Dict[str, Future[None]] = {}  # relative path -> its write
+        done: Future[None] = Future()
+        done.set_result(None)
+        self.made: Dict[str, Future[None]] = {"": done}  # directory -> its creation
+        self.files: Dict[str, int] = {}  # file -> the shard writing it
         self.pending = 0  # bytes handed to the writers and not yet written
         self.room = threading.Condition()
-        self.pool = ThreadPoolExecutor(_WRITERS, thread_name_prefix="envserve-extract")
         self.error: Optional[BaseException] = None
+        self.shards = [_Shard(self) for _ in range(_WRITERS)]
 
     def __enter__(self) -> _Writer:
         return self
 
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
-        self.pool.shutdown(wait=True)  # nothing is still writing when the caller removes a failed tree
+        for shard in self.shards:  # nothing is still writing when the caller removes a failed tree
+            shard.work.put(None)
+        for shard in self.shards:
+            shard.join()
         if kind is None:
             if self.error is not None:
                 raise self.error
-            for future in self.files.values():
-                future.result()
             self._directory_modes()
 
     # -- paths ----------------------------------------------------------------------------------------
@@ -362,24 +404,38 @@ class _Writer:
             last = ""
         return "/".join(done + [last] if last else done)
 
-    def _parent(self, rel: str) -> None:
-        """Make the directories of ``rel``'s parent (resolved, so no link among them)."""
-        parent = posixpath.dirname(rel)
-        if parent in self.dirs:
+    def _shard(self, directory: str) -> int:
+        return hash(directory) % _WRITERS
+
+    def _directory(self, rel: str) -> None:
+        """Have the directory ``rel`` (resolved: no link among its parents) and its parents made, each by
+        the thread of its own files, after its parent (the only wait between threads: always for a
+        directory handed over earlier, so never in a cycle)."""
+        if rel in self.made:
             return
-        self._parent(parent)
-        if parent in self.links or parent in self.files:
+        parent = posixpath.dirname(rel)
+        self._directory(parent)
+        if rel in self.links or rel in self.files:
             raise UnsafeArchive(
-                "%s: %r is not a directory, yet members are written under it" % (self.source, parent)
+                "%s: %r is not a directory, yet members are written under it" % (self.source, rel)
             )
-        with contextlib.suppress(FileExistsError):  # a destination that existed before
-            os.mkdir(os.path.join(self.root, parent), 0o700)
-        self.dirs.setdefault(parent, 0o755)
+        made: Future[None] = Future()
+        self.made[rel] = made
+        self.dirs.setdefault(rel, 0o755)
+        work = (_mkdir, (os.path.join(self.root, rel), self.made[parent], made), 0)
+        self.shards[self._shard(rel)].work.put(work)
+
+    def _settle(self, rel: str) -> None:
+        """Wait until what was handed over for the directory of ``rel`` is done."""
+        self.shards[self._shard(posixpath.dirname(rel))].drain()
+        if self.error is not None:
+            raise self.error
 
     def _clear(self, rel: str) -> None:
         """Make room for a member replacing an earlier one of the same name (the last one wins, as in tar)."""
         if rel in self.files:
-            self.files.pop(rel).result()
+            del self.files[rel]
+            self._settle(rel)
             os.unlink(os.path.join(self.root, rel))
         elif rel in self.links:
             del self.links[rel]
@@ -394,50 +450,46 @@ class _Writer:
         mode = (m.mode & 0o755) | (0o700 if m.isdir() else 0o600)
         rel = self._resolve(m.name)
         if m.isdir():
-            if rel in self.dirs:
-                self.dirs[rel] = mode
-                return
             if rel in self.links:  # a directory member where a link was made: the link stays, as in tar
                 return
-            self._parent(rel)
             self._clear(rel)
-            with contextlib.suppress(FileExistsError):  # a destination that existed before
-                os.mkdir(os.path.join(self.root, rel), 0o700)
+            self._directory(rel)
             self.dirs[rel] = mode
             return
-        if not rel or rel in self.dirs:
+        if not rel or rel in self.made:
             raise UnsafeArchive("%s: member %r would replace a directory" % (self.source, m.name))
-        self._parent(rel)
+        parent = posixpath.dirname(rel)
+        self._directory(parent)
         self._clear(rel)
         path = os.path.join(self.root, rel)
         if m.issym():
+            self._settle(rel)
             os.symlink(m.linkname, path)
             self.links[rel] = m.linkname
         elif m.islnk():
             target = self._resolve(m.linkname)
-            write = self.files.get(target)
-            if write is None:
+            if target not in self.files:
                 raise UnsafeArchive(
                     "%s: hardlink %r -> %r names no file written before it"
                     % (self.source, m.name, m.linkname)
                 )
-            write.result()
+            self._settle(target)
+            self._settle(rel)
             os.link(os.path.join(self.root, target), path, follow_symlinks=False)
-            self.files[rel] = write
+            self.files[rel] = self._shard(parent)
         else:
             source = tar.extractfile(m)
             assert source is not None
+            shard = self._shard(parent)
+            self.files[rel] = shard
             if m.size > _SMALL:  # streamed here: never a whole large library in memory
+                self._settle(rel)
                 _write(path, source, mode, m.mtime)
-                done: Future[None] = Future()
-                done.set_result(None)
-                self.files[rel] = done
                 return
             data = source.read()
             size = len(data) + 4096  # an empty file costs its inode too
             self._acquire(size)
-            future = self.pool.submit(self._write_small, path, data, mode, m.mtime, size)
-            self.files[rel] = future
+            self.shards[shard].work.put((_write, (path, io.BytesIO(data), mode, m.mtime), size))
 
     def _acquire(self, size: int) -> None:
         with self.room:
@@ -445,17 +497,7 @@ class _Writer:
                 self.room.wait()
             self.pending += size
 
-    def _write_small(self, path: str, data: bytes, mode: int, mtime: float, size: int) -> None:
-        try:
-            _write(path, io.BytesIO(data), mode, mtime)
-        except BaseException as exc:
-            if self.error is None:
-                self.error = exc
-            raise
-        finally:
-            self._release(size)
-
-    def _release(self, size: int) -> None:
+    def release(self, size: int) -> None:
         with self.room:
             self.pending -= size
             self.room.notify()
@@ -466,6 +508,17 @@ class _Writer:
         for rel, mode in sorted(self.dirs.items(), reverse=True):
             if rel:
                 os.chmod(os.path.join(self.root, rel), mode)
+
+
+def _mkdir(path: str, parent: Future[None], made: Future[None]) -> None:
+    try:
+        parent.result()
+        with contextlib.suppress(FileExistsError):  # a destination that existed before
+            os.mkdir(path, 0o700)
+    except BaseException as exc:
+        made.set_exception(exc)
+        raise
+    made.set_result(None)
 
 
 def _write(path: str, source: Any, mode: int, mtime: float) -> None:
