@@ -228,15 +228,22 @@ def _sources(source: str, arcname: str, skip: Set[str]) -> Iterator[Tuple[str, s
                 yield path, "/".join(p for p in (arcname, rel, name) if p)
 
 
+_TESTS = {"tests", "test"}
+
+
 def _compile(
     python: str, env: str, tag: str, trees: List[Tuple[str, str, Set[str]]], scratch: str
 ) -> List[Tuple[str, str]]:
     """Bytecode for the packed modules that have none in ``env``, compiled by its interpreter into
-    ``scratch``: (compiled file, name in the archive) for each one that compiled."""
+    ``scratch``: (compiled file, name in the archive) for each one that compiled. Test suites shipped inside
+    packages (a third of scikit-learn's modules) are left to compile if ever imported: a server does not
+    run them, and every file is one more to create at each first start."""
     jobs: List[Tuple[str, str]] = []
     names: List[str] = []
     for source, arcname, skip in trees:
         for path, name in _sources(source, arcname, skip):
+            if _TESTS & set(name.split("/")[:-1]):
+                continue
             folder, module = os.path.split(path)
             pyc = "%s.%s.pyc" % (module[:-3], tag)
             if os.path.exists(os.path.join(folder, "__pycache__", pyc)):

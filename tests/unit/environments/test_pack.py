@@ -25,6 +25,8 @@ def small_venv(tmp_path_factory):
     (site / "pkg" / "__init__.py").write_text("from .inner import NAME\n")
     (site / "pkg" / "inner.py").write_text("NAME = 'inner'\n")
     (site / "py2_only.py").write_text("print 'a Python 2 file some packages still ship'\n")
+    (site / "pkg" / "tests").mkdir()
+    (site / "pkg" / "tests" / "test_inner.py").write_text("def test(): pass\n")
     return root
 
 
@@ -50,6 +52,9 @@ def test_pack_carries_bytecode_compiled_by_the_environment_and_leaves_it_unchang
     assert site + "__pycache__/mod_a.%s.pyc" % tag in names
     assert site + "pkg/__pycache__/inner.%s.pyc" % tag in names
     assert site + "py2_only.py" in names and site + "__pycache__/py2_only.%s.pyc" % tag not in names
+    # a package's own test suite is packed as source only
+    assert site + "pkg/tests/test_inner.py" in names
+    assert not any(n.startswith(site + "pkg/tests/__pycache__") for n in names)
     assert manifest["bytecode"] >= 3
     # no member needs a PAX header (whole-second mtimes, no owners)
     assert all(not m.pax_headers for m in _members(tmp_path / "env.tar.zst"))
