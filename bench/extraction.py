@@ -12,8 +12,9 @@ The Python 3.8 + scikit-learn 0.24.2 example (``examples/models/mnist-svm-py38``
 
 Each is the median of 3 runs, taken interleaved (floor, gz, zst, warm, floor, ...) so drift of the
 machine hits all of them alike. Nothing is deleted until the end: on ext4 without a journal (this
-machine's disk) the inode allocator skips inodes freed in the last ~30 s, and removing the previous
-round's 3,400 files right before an extraction made every file creation 10-20x slower. Targets
+machine's disk) the inode allocator skips inodes freed in the last minute (six while their inode table
+block is not yet written out), checking each one it passes, and removing the previous round's 3,400 files
+right before an extraction made every file creation 10-20x slower. Targets
 (issue 17): first start from ``.tar.gz`` <= 1.0x the floor; from ``.tar.zst`` <= 0.5x; warm <= 1.5 s.
 """
 
@@ -92,7 +93,8 @@ def run(seconds: float) -> List[str]:
     warm_cache = work / "warm-cache"
     samples: Dict[str, List[float]] = {"tar": [], "start": [], "gz": [], "zst": [], "warm": []}
     _time_to_ready(gz_repo, warm_cache, work / "warm-fill.log")  # fills the warm cache
-    time.sleep(35)  # inodes freed before the run are no longer recent (see above)
+    os.sync()  # written out, inodes freed before the run stop counting as recent after a minute (see above)
+    time.sleep(65)
     for i in range(ROUNDS):
         untar, start = _by_hand(example, tarball, work, logs / ("by-hand-%d.log" % i))
         samples["tar"].append(untar)
