@@ -233,9 +233,11 @@ except EnvserveError as exc:
 """
 
 
-def test_a_write_failing_mid_extraction_leaves_nothing(tmp_path):
+@pytest.mark.parametrize("size_mb", [3, 6])
+def test_a_write_failing_mid_extraction_leaves_nothing(tmp_path, size_mb):
     """A disk that fills up (here: a file size limit, the same failed write): a clear reason, no partial
-    environment in the cache."""
+    environment in the cache. A 3 MiB member is written by a writer thread, a 6 MiB one streamed by the
+    reading thread."""
     import subprocess
 
     big = tmp_path / "env.tar.gz"
@@ -244,7 +246,11 @@ def test_a_write_failing_mid_extraction_leaves_nothing(tmp_path):
         link.type = tarfile.SYMTYPE
         link.linkname = os.path.realpath(sys.executable)
         tar.addfile(link)
-        data = os.urandom(3 << 20)
+        for i in range(20):  # files handed to the writers before the one that fails
+            small = tarfile.TarInfo("lib/small%d.py" % i)
+            small.size = 10
+            tar.addfile(small, io.BytesIO(b"x" * 10))
+        data = os.urandom(size_mb << 20)
         info = tarfile.TarInfo("lib/big.bin")
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
