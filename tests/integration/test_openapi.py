@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import time
 
 import httpx
@@ -30,7 +31,7 @@ EXCLUDED = "positive_data_acceptance"
 def server(tmp_path_factory, digits_model_file):
     repo = tmp_path_factory.mktemp("openapi")
     custom_model(repo, "echo", "Echo")
-    custom_model(repo, "typed", "Echo", settings={"inputs": TYPED})
+    custom_model(repo, "typed", "Echo", settings={"inputs": TYPED, "outputs": TYPED})  # echoed back
     write_model(repo, "digits", {"name": "digits", "implementation": "sklearn"}, digits_model_file)
     proc = ServerProcess(repo, [])
     try:
@@ -40,6 +41,13 @@ def server(tmp_path_factory, digits_model_file):
 
 
 def _schemathesis(url, examples):
+    # in a directory of its own: schemathesis keeps a crash cache in its working directory and would
+    # replay an earlier run's cases (and leave files in the checkout)
+    with tempfile.TemporaryDirectory(prefix="schemathesis-") as cwd:
+        return _run_schemathesis(url, examples, cwd)
+
+
+def _run_schemathesis(url, examples, cwd):
     proc = subprocess.run(
         [
             sys.executable,
@@ -66,6 +74,7 @@ def _schemathesis(url, examples):
         capture_output=True,
         text=True,
         timeout=900,
+        cwd=cwd,
     )
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-2000:]
     assert "Tested:" in proc.stdout, proc.stdout[-4000:]
@@ -97,6 +106,15 @@ def test_a_models_own_document(server, model):
             ("x", "FP32"),
             ("label", "BYTES"),
         ]
+        # and its declared outputs, which every answer of the schemathesis run below must match
+        outputs = doc["components"]["schemas"]["ModelOutput"]["oneOf"]
+        assert [v["properties"]["name"]["const"] for v in outputs] == ["x", "label"]
+        infer = doc["paths"]["/v2/models/typed/infer"]["post"]
+        assert infer["responses"]["200"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ModelInferenceResponse"
+        }
+    else:  # nothing declared: the general schemas
+        assert "ModelOutput" not in doc["components"]["schemas"]
     _schemathesis(server.url + "/v2/models/%s/docs/dataplane.json" % model, 25)
     r = httpx.get(server.url + "/v2/models/nope/docs/dataplane.json", timeout=30)
     assert r.status_code == 404 and "nope" in r.json()["error"]

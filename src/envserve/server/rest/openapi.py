@@ -1,5 +1,5 @@
 """The OpenAPI 3 document of the REST data plane (MLServer's ``/v2/docs/dataplane.json``), and one per
-model whose request schema names that model's own inputs (``/v2/models/{name}/docs/dataplane.json``).
+model whose schemas name that model's own inputs and outputs (``/v2/models/{name}/docs/dataplane.json``).
 
 Written from the Open Inference Protocol's REST specification and from what envserve answers: every
 status an operation can return is listed with its body, so a client generated from the document (or a
@@ -312,8 +312,8 @@ def dataplane(version: str) -> Dict[str, Any]:
 
 
 def for_model(version: str, metadata: Dict[str, Any]) -> Dict[str, Any]:
-    """The document of one model's operations, its request schema naming the model's own inputs (names,
-    datatypes, ranks from its metadata) when the metadata declares them."""
+    """The document of one model's operations, its request and response schemas naming the model's own
+    inputs and outputs (names, datatypes, ranks from its metadata) when the metadata declares them."""
     name = str(metadata.get("name", ""))
     whole = dataplane(version)
     base = "/v2/models/{model_name}"
@@ -331,8 +331,9 @@ def for_model(version: str, metadata: Dict[str, Any]) -> Dict[str, Any]:
         paths[path.replace(base, "/v2/models/" + name.replace("/", "%2F"))] = item
     inputs = metadata.get("inputs") or []
     schemas = whole["components"]["schemas"]
+    infer = paths["/v2/models/%s/infer" % name.replace("/", "%2F")]["post"]
     if inputs:
-        schemas["ModelInput"] = _model_input(inputs)
+        schemas["ModelInput"] = _declared(inputs, ["name", "shape", "datatype", "data"])
         request = copy.deepcopy(schemas["InferenceRequest"])
         request["properties"]["inputs"] = {
             "type": "array",
@@ -341,17 +342,24 @@ def for_model(version: str, metadata: Dict[str, Any]) -> Dict[str, Any]:
             "maxItems": len(inputs),
         }
         schemas["ModelInferenceRequest"] = request
-        infer = paths["/v2/models/%s/infer" % name.replace("/", "%2F")]["post"]
         infer["requestBody"]["content"][_JSON]["schema"] = _ref("ModelInferenceRequest")
+    outputs = metadata.get("outputs") or []
+    if outputs:
+        schemas["ModelOutput"] = _declared(outputs, ["name", "shape", "datatype"])
+        response = copy.deepcopy(schemas["InferenceResponse"])
+        response["properties"]["outputs"] = {"type": "array", "items": _ref("ModelOutput"), "minItems": 1}
+        schemas["ModelInferenceResponse"] = response
+        infer["responses"]["200"] = _ok(_ref("ModelInferenceResponse"), "The model's outputs.")
     whole["paths"] = paths
     whole["info"]["title"] = "envserve: model %s" % name
     return whole
 
 
-def _model_input(inputs: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """One of the model's declared inputs: its name, its datatype, its rank."""
+def _declared(tensors: List[Dict[str, Any]], required: List[str]) -> Dict[str, Any]:
+    """One of the model's declared inputs or outputs: its name, its datatype, its rank (an output may leave
+    ``data`` out: its bytes travel after the JSON when asked for as binary)."""
     variants: List[Dict[str, Any]] = []
-    for tensor in inputs:
+    for tensor in tensors:
         shape: Optional[List[Any]] = tensor.get("shape")
         dims: Dict[str, Any] = {"type": "array", "items": {"type": "integer", "minimum": 0}}
         if isinstance(shape, list):
@@ -359,7 +367,7 @@ def _model_input(inputs: List[Dict[str, Any]]) -> Dict[str, Any]:
         variants.append(
             {
                 "type": "object",
-                "required": ["name", "shape", "datatype", "data"],
+                "required": required,
                 "properties": {
                     "name": {"const": tensor.get("name")},
                     "datatype": {"const": tensor.get("datatype")},
