@@ -9,7 +9,7 @@ Suites:
   overload      see bench/overload.py: probe latency while models compute, shedding at twice the capacity.
   batching      see bench/batching.py: adaptive batching on vs off.
   environments  see bench/environments.py: worker vs in-process, time to ready, environment build time.
-  extraction    see bench/extraction.py: first start from a .tar.gz and a .tar.zst vs tar -xzf + warm start.
+  extraction    see bench/extraction.py: first start from a .tar.gz and a .tar.zst vs tar -xzf, then a start.
   pickles       see bench/pickles.py: the pickle scan before load vs joblib.load of the same file.
   core   single-row and 100-row infer of the digits model at 1, 8 and 64 connections, envserve (in
          process) vs the floor (bench/floor_app.py). Target: single-row req/s at 8 connections >= 0.8x the
