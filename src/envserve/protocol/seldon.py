@@ -20,7 +20,7 @@ from ..errors import InvalidRequest
 from .datatypes import datatype_of
 from .v2 import InferenceResponse
 
-__all__ = ["error_body", "response_meta", "to_seldon_response", "to_v2_request"]
+__all__ = ["data_array", "error_body", "response_meta", "to_seldon_response", "to_v2_request"]
 
 
 def _tensor_input(arr: np.ndarray) -> Dict[str, Any]:
@@ -41,6 +41,46 @@ def _tensor_input(arr: np.ndarray) -> Dict[str, Any]:
     }
 
 
+def data_array(doc: Dict[str, Any]) -> Tuple[np.ndarray, str, List[str]]:
+    """(array, kind, column names) of a Seldon message's ``data`` (``ndarray`` or ``tensor``)."""
+    data = doc["data"]
+    if not isinstance(data, dict):
+        raise InvalidRequest("'data' must be an object with 'ndarray' or 'tensor'")
+    names = data.get("names") or []
+    if not isinstance(names, list):
+        raise InvalidRequest("data.names must be a list of column names")
+    if "ndarray" in data:
+        try:
+            arr = np.asarray(data["ndarray"])
+        except ValueError:
+            raise InvalidRequest("data.ndarray is ragged: every row must have the same length") from None
+        if arr.dtype == object:
+            raise InvalidRequest("data.ndarray mixes types or is ragged")
+        if arr.ndim == 1:
+            arr = arr.reshape(1, -1) if names else arr
+        kind = "ndarray"
+    elif "tensor" in data:
+        tensor = data["tensor"]
+        if not isinstance(tensor, dict) or "values" not in tensor or "shape" not in tensor:
+            raise InvalidRequest("data.tensor needs 'shape' and 'values'")
+        values = np.asarray(tensor["values"], dtype=np.float64)
+        shape = tensor["shape"]
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise InvalidRequest("data.tensor.shape must be a list of non-negative integers")
+        count = 1
+        for d in shape:
+            count *= d
+        if count != values.size:
+            raise InvalidRequest(
+                "data.tensor.shape %r needs %d values but has %d" % (shape, count, values.size)
+            )
+        arr = values.reshape(shape)
+        kind = "tensor"
+    else:
+        raise InvalidRequest("'data' needs 'ndarray' or 'tensor'")
+    return arr, kind, [str(n) for n in names]
+
+
 def to_v2_request(doc: Any) -> Tuple[Dict[str, Any], str, List[str]]:
     """(V2 request document, kind, column names) for a Seldon v1 request body."""
     if not isinstance(doc, dict):
@@ -51,41 +91,9 @@ def to_v2_request(doc: Any) -> Tuple[Dict[str, Any], str, List[str]]:
     request_id = meta.get("puid") if isinstance(meta, dict) else None
     v2: Dict[str, Any] = {"id": request_id} if isinstance(request_id, str) else {}
     if "data" in doc:
-        data = doc["data"]
-        if not isinstance(data, dict):
-            raise InvalidRequest("'data' must be an object with 'ndarray' or 'tensor'")
-        names = data.get("names") or []
-        if "ndarray" in data:
-            try:
-                arr = np.asarray(data["ndarray"])
-            except ValueError:
-                raise InvalidRequest("data.ndarray is ragged: every row must have the same length") from None
-            if arr.dtype == object:
-                raise InvalidRequest("data.ndarray mixes types or is ragged")
-            if arr.ndim == 1:
-                arr = arr.reshape(1, -1) if names else arr
-            kind = "ndarray"
-        elif "tensor" in data:
-            tensor = data["tensor"]
-            if not isinstance(tensor, dict) or "values" not in tensor or "shape" not in tensor:
-                raise InvalidRequest("data.tensor needs 'shape' and 'values'")
-            values = np.asarray(tensor["values"], dtype=np.float64)
-            shape = tensor["shape"]
-            if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-                raise InvalidRequest("data.tensor.shape must be a list of non-negative integers")
-            count = 1
-            for d in shape:
-                count *= d
-            if count != values.size:
-                raise InvalidRequest(
-                    "data.tensor.shape %r needs %d values but has %d" % (shape, count, values.size)
-                )
-            arr = values.reshape(shape)
-            kind = "tensor"
-        else:
-            raise InvalidRequest("'data' needs 'ndarray' or 'tensor'")
+        arr, kind, names = data_array(doc)
         v2["inputs"] = [_tensor_input(arr)]
-        return v2, kind, [str(n) for n in names]
+        return v2, kind, names
     if "strData" in doc:
         v2["inputs"] = [
             {

@@ -17,9 +17,10 @@ import os
 import pickle
 from typing import Any, Dict, List, Optional
 
+from ..codecs import encode_outputs
 from ..codecs.mlflow import Signature, enforce_schema, from_v2, parse_invocation, predictions
 from ..errors import InvalidRequest, ModelLoadError
-from ..protocol.v2 import InferenceRequest, MetadataTensor
+from ..protocol.v2 import InferenceRequest, InferenceResponse, MetadataTensor
 from .base import Runtime
 from .pickles import model_files
 
@@ -203,10 +204,39 @@ class MLflowRuntime(Runtime):
                 raise _input_error(exc) from None
         return predictions(raw)
 
+    def score_seldon(
+        self, message: Dict[str, Any], call: str, request_path: Dict[str, str]
+    ) -> Dict[str, Any]:
+        """With Seldon's MLFLOW_SERVER parameter ``xtype`` (``PREDICTIVE_UNIT_PARAMETERS``), a ``data``
+        message reaches the model as that server hands it over: the array itself (``ndarray``, its default)
+        or a DataFrame whose columns are ``data.names`` (``DataFrame``). Without ``xtype``, the message is
+        decoded by the model's signature like any other request."""
+        xtype = self.settings.extra.get("xtype")
+        if call != "predict" or xtype not in ("ndarray", "DataFrame") or "data" not in message:
+            return super().score_seldon(message, call, request_path)
+        from ..protocol import seldon
+
+        arr, kind, names = seldon.data_array(message)
+        data: Any = arr
+        if xtype == "DataFrame":
+            import pandas as pd
+
+            data = pd.DataFrame(data=arr, columns=names or None)
+        s = self.settings
+        response = InferenceResponse(
+            s.name, encode_outputs(self._predict(data), self.default_output), s.version
+        )
+        return seldon.to_seldon_response(
+            response, kind, seldon.response_meta(message.get("meta"), request_path)
+        )
+
     def predict(self, request: InferenceRequest) -> Any:
         data = self.decode_mlflow(request)
         if not self._pyfunc:  # mlflow's pyfunc enforces the schema itself
             data = enforce_schema(data, self._signature)
+        return self._predict(data)
+
+    def _predict(self, data: Any) -> Any:
         try:
             result = self._model.predict(data)
         except (ValueError, TypeError, KeyError) as exc:
