@@ -39,7 +39,7 @@ from .builder import RESOLVED_FILE, build_environment
 from .interpreters import probe_python
 from .source import EnvironmentSource
 from .spec import EnvironmentSpec, read_spec
-from .tarball import safe_extract
+from .tarball import extract_in_subprocess
 
 __all__ = [
     "Environment",
@@ -457,7 +457,7 @@ class EnvironmentCache:
         """Extract (checking every member) and return the tarball's SHA-256, in one read of it."""
         logger.info("extracting %s", tarball)
         started = time.monotonic()
-        digest = safe_extract(tarball, target)
+        digest = extract_in_subprocess(tarball, target)
         logger.info("extracted %s in %.1f s", os.path.basename(tarball), time.monotonic() - started)
         return digest
 
