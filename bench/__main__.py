@@ -10,6 +10,7 @@ Suites:
   batching      see bench/batching.py: adaptive batching on vs off.
   environments  see bench/environments.py: worker vs in-process, time to ready, environment build time.
   extraction    see bench/extraction.py: first start from a .tar.gz and a .tar.zst vs tar -xzf, then a start.
+  mlserver-start see bench/mlserver_start.py: first start from a venv-pack tarball, vs MLServer 1.7.1.
   pickles       see bench/pickles.py: the pickle scan before load vs joblib.load of the same file.
   core   single-row and 100-row infer of the digits model at 1, 8 and 64 connections, envserve (in
          process) vs the floor (bench/floor_app.py). Target: single-row req/s at 8 connections >= 0.8x the
@@ -140,6 +141,12 @@ def extraction(seconds: float) -> List[str]:
     return run(seconds)
 
 
+def mlserver_start(seconds: float) -> List[str]:
+    from .mlserver_start import run
+
+    return run(seconds)
+
+
 def pickles(seconds: float) -> List[str]:
     from .pickles import run
 
@@ -183,6 +190,7 @@ SUITES = {
     "environments": environments,
     "extraction": extraction,
     "pickles": pickles,
+    "mlserver-start": mlserver_start,
     "batching": batching,
     "grpc": grpc,
     "overload": overload,
