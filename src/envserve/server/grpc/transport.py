@@ -71,6 +71,8 @@ __all__ = [
     "parse_timeout",
 ]
 
+from .hpack_memo import MemoDecoder, MemoEncoder
+
 logger = logging.getLogger("envserve.grpc")
 
 Metadata = List[Tuple[str, str]]
@@ -261,6 +263,11 @@ class _Connection(asyncio.Protocol):
             normalize_outbound_headers=False,
         )
         self.conn = h2.connection.H2Connection(config=config)
+        # the same header blocks call after call: hpack's results remembered while its table is unchanged
+        decoder = MemoDecoder()
+        decoder.max_header_list_size = self.conn.decoder.max_header_list_size
+        decoder.max_allowed_table_size = self.conn.decoder.max_allowed_table_size
+        self.conn.encoder, self.conn.decoder = MemoEncoder(), decoder
         self.transport: Optional[asyncio.Transport] = None
         self.streams: Dict[int, _Stream] = {}  # open streams: receiving, running or sending
         self.receiving: Dict[int, _Stream] = {}  # streams whose request message is not complete yet
