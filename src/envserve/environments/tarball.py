@@ -179,7 +179,7 @@ def extract_in_subprocess(archive: str, destination: str, max_bytes: Optional[in
     argv = [sys.executable, "-m", __name__, archive, destination]
     if max_bytes is not None:
         argv.append(str(max_bytes))
-    proc = subprocess.run(argv, capture_output=True, text=True)
+    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     lines = proc.stdout.strip().splitlines()
     try:
         answer = json.loads(lines[-1])
