@@ -298,16 +298,14 @@ async def _load(side: Side, settings: ModelSettings, cache: EnvironmentCache, so
         handle = WorkerPool(settings, source, cache, sockets, 1, 600.0)
     started = time.perf_counter()
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            await handle.load()
+        await handle.load()
     except Exception as exc:
         side.error = str(exc) if isinstance(exc, EnvserveError) else "%s: %s" % (type(exc).__name__, exc)
         with contextlib.suppress(Exception):
             await handle.unload()
         return None
     side.load_seconds = time.perf_counter() - started
-    seen = ["%s: %s" % (w.category.__name__, w.message) for w in caught]
+    seen: List[str] = []
     for worker in getattr(handle, "workers", []):
         seen += [line.strip() for line in worker.output if _WARNING.search(line)]
     side.warnings = list(dict.fromkeys(seen))
@@ -393,10 +391,19 @@ async def check_upgrade(
         except EnvserveError as exc:
             proposed.error = str(exc)
             other = None
-        first, second = await asyncio.gather(
-            _load(current, settings, cache, sockets),
-            _load(proposed, other, cache, sockets) if other is not None else _none(),
-        )
+        # one capture around both loads: two concurrent catch_warnings blocks restore each other's state
+        # and lose what the other recorded. What Python warned in this process is the in-process side's
+        # (a worker's warnings are lines of its output, read by _load).
+        with warnings.catch_warnings(record=True) as recorded:
+            warnings.simplefilter("always")
+            first, second = await asyncio.gather(
+                _load(current, settings, cache, sockets),
+                _load(proposed, other, cache, sockets) if other is not None else _none(),
+            )
+        caught = ["%s: %s" % (w.category.__name__, w.message) for w in recorded]
+        for side in (current, proposed):
+            if side.environment == {"kind": "server"} and side.error is None:
+                side.warnings = list(dict.fromkeys(caught + side.warnings))
         handles = [h for h in (first, second) if h is not None]
         loaded = first or second
         if loaded is None:
