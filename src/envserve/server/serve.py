@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import signal
 import socket
@@ -113,10 +112,8 @@ class Server:
             logger.info("gRPC is off (grpc_port -1)")
             return None
         try:
-            # imported on a thread (h2, hpack and protobuf take ~0.25 s) while the loop starts the models
-            await asyncio.get_running_loop().run_in_executor(
-                None, importlib.import_module, __package__ + ".grpc.service"
-            )
+            # imported here, on the loop's thread: importing it on another thread while models load (and
+            # import their own code) failed once with KeyError for a module being imported (CI, 11-29)
             from .grpc.service import start_grpc_server
             from .grpc.transport import Limits
         except ImportError as exc:
@@ -200,17 +197,10 @@ class Server:
         if s.console:
             logger.info("console on %s/console/", self.http_address)
         extra = []
-        # models start loading first: their environments and workers do not wait for the other listeners
-        loading = asyncio.ensure_future(self._load_at_startup())
-        try:
-            grpc_server = await self._start_grpc()
-            if s.metrics_port:
-                extra.append(await self._serve_metrics(s.host, s.metrics_port))
-        except BaseException:
-            loading.cancel()
-            await asyncio.gather(loading, return_exceptions=True)
-            raise
-        await loading
+        grpc_server = await self._start_grpc()
+        if s.metrics_port:
+            extra.append(await self._serve_metrics(s.host, s.metrics_port))
+        await self._load_at_startup()
         self.dataplane.started = True
         for row in self.registry.index():
             label = row["name"] + ("@" + row["version"] if row.get("version") else "")
