@@ -25,7 +25,8 @@ from .harness import OUT, ROOT, ROUNDS, envserve, free_port, paired, run_wrk, wa
 CONNECTIONS = (1, 8, 64)
 
 
-def _time_to_ready(repo: Path, cache: Path, log: Path) -> float:
+def _time_to_ready(repo: Path, cache: Path, log: Path, ready: str = "/v2/health/ready") -> float:
+    """Seconds from ``envserve serve`` to ``ready`` answering 200 (a model's ready path: that model alone)."""
     port = free_port()
     started = time.monotonic()
     with open(log, "w") as out:
@@ -36,7 +37,7 @@ def _time_to_ready(repo: Path, cache: Path, log: Path) -> float:
             env={**__import__("os").environ, "ENVSERVE_ENV_CACHE": str(cache), "ENVSERVE_GRPC_PORT": "0"},
         )
         try:
-            wait_http("http://127.0.0.1:%d/v2/health/ready" % port, proc=proc)
+            wait_http("http://127.0.0.1:%d%s" % (port, ready), proc=proc)
             elapsed = time.monotonic() - started
         finally:
             proc.terminate()
