@@ -5,10 +5,9 @@ The public names are few and re-exported here, lazily: ``import envserve`` stays
 ``envserve.runtimes`` and friends without any server dependency.
 """
 
-import importlib as _importlib
 import sys as _sys
-from typing import Any as _Any
 
+from ._lazy import lazy_exports as _lazy_exports
 from .errors import EnvserveError
 
 __version__ = "0.1.0"
@@ -39,11 +38,4 @@ if _sys.version_info < (3, 7):  # noqa: UP036 - Python 3.6 model environments: n
     from .runtimes.base import Runtime
     from .settings.model import ModelSettings
 
-
-def __getattr__(name: str) -> _Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError("module 'envserve' has no attribute %r" % name)
-    value = getattr(_importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = _lazy_exports(__name__, _LAZY, globals())

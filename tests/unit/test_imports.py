@@ -30,7 +30,14 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "envserve"
 
 #: Every module that runs inside a model's environment: the worker entry point and all it can import.
 WORKER_SIDE = (
-    ["envserve", "envserve.errors", "envserve.settings", "envserve.settings.model", "envserve.settings.paths"]
+    [
+        "envserve",
+        "envserve._lazy",
+        "envserve.errors",
+        "envserve.settings",
+        "envserve.settings.model",
+        "envserve.settings.paths",
+    ]
     + ["envserve.protocol." + p.stem for p in sorted((SRC / "protocol").glob("*.py")) if p.stem != "__init__"]
     + ["envserve.codecs." + p.stem for p in sorted((SRC / "codecs").glob("*.py")) if p.stem != "__init__"]
     + ["envserve.runtimes." + p.stem for p in sorted((SRC / "runtimes").glob("*.py")) if p.stem != "__init__"]
@@ -41,6 +48,7 @@ WORKER_CLOSURE = tuple(WORKER_SIDE)
 
 #: The layers (STYLE.md): a module may import its own layer or lower ones, never higher.
 LAYERS = {
+    "_lazy": 0,
     "errors": 0,
     "logcontext": 0,
     "compat": 0,  # the stand-in packages (mlserver) import nothing of envserve
@@ -183,3 +191,21 @@ def test_every_module_has_a_layer():
     tops = {p.stem if p.is_file() else p.name for p in SRC.iterdir() if not p.name.startswith("__")}
     tops -= {"py", "console_static"}
     assert tops - set(LAYERS) == set(), "give the new module a layer in LAYERS (STYLE.md)"
+
+
+def test_lazy_exports_import_on_first_use_and_name_what_is_missing():
+    code = (
+        "import sys, envserve.environments as e\n"
+        "assert 'envserve.environments.cache' not in sys.modules\n"
+        "assert e.EnvironmentCache is sys.modules['envserve.environments.cache'].EnvironmentCache\n"
+        "assert 'EnvironmentCache' in vars(e)\n"
+        "import envserve.settings as s\n"
+        "assert s.scan_repository.__module__ == 'envserve.settings.repository'\n"
+        "try:\n"
+        "    envserve.settings.nothing\n"
+        "except AttributeError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", "import envserve\n" + code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "module 'envserve.settings' has no attribute 'nothing'"

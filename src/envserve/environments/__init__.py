@@ -5,8 +5,9 @@ names are re-exported lazily, so that a submodule (``tarball``, run as the extra
 without the cache, the settings and numpy.
 """
 
-import importlib as _importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from ..settings.paths import default_cache_root
@@ -27,22 +28,15 @@ __all__ = [
 ]
 
 _LAZY = {
-    "Environment": "envserve.environments.cache",
-    "EnvironmentCache": "envserve.environments.cache",
-    "find_python": "envserve.environments.cache",
-    "runtime_env": "envserve.environments.cache",
-    "EnvironmentSource": "envserve.environments.source",
-    "environment_source": "envserve.environments.source",
-    "EnvironmentSpec": "envserve.environments.spec",
-    "read_spec": "envserve.environments.spec",
+    "Environment": ".cache",
+    "EnvironmentCache": ".cache",
+    "find_python": ".cache",
+    "runtime_env": ".cache",
+    "EnvironmentSource": ".source",
+    "environment_source": ".source",
+    "EnvironmentSpec": ".spec",
+    "read_spec": ".spec",
     "default_cache_root": "envserve.settings.paths",
 }
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError("module %r has no attribute %r" % (__name__, name))
-    value = getattr(_importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _LAZY, globals())

@@ -7,9 +7,7 @@ side) are imported from :mod:`.server` and :mod:`.repository` by the server's co
 here lazily for everyone else.
 """
 
-import importlib
-from typing import Any
-
+from .._lazy import lazy_exports
 from .model import MODEL_SETTINGS_FILE, ModelSettings
 
 __all__ = [
@@ -23,16 +21,11 @@ __all__ = [
 ]
 
 _LAZY = {
-    "ENV_PREFIX": "server",
-    "SERVER_SETTINGS_FILE": "server",
-    "ServerSettings": "server",
-    "RepositoryEntry": "repository",
-    "scan_repository": "repository",
+    "ENV_PREFIX": ".server",
+    "SERVER_SETTINGS_FILE": ".server",
+    "ServerSettings": ".server",
+    "RepositoryEntry": ".repository",
+    "scan_repository": ".repository",
 }
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError("module 'envserve.settings' has no attribute %r" % name)
-    return getattr(importlib.import_module("envserve.settings." + module), name)
+__getattr__ = lazy_exports(__name__, _LAZY, globals())
