@@ -32,6 +32,7 @@ from ..errors import UnsafeArchive
 __all__ = [
     "MAX_MEMBERS",
     "MAX_UNPACKED_BYTES",
+    "Extraction",
     "UnsafeArchive",
     "extract_in_subprocess",
     "open_stream",
@@ -171,29 +172,50 @@ def open_stream(raw: Any, magic: bytes, source: str) -> Any:
     return raw
 
 
+class Extraction:
+    """:func:`safe_extract` running in a process of its own (``python -m envserve.environments.tarball``):
+    its parsing does not hold the server's GIL while models load in the server's threads (the in-process
+    example beside an extraction was ready 1.3 s later than alone), a decompressor that crashes fails that
+    extraction alone, and a server can start it before its own imports and collect it later."""
+
+    def __init__(self, archive: str, destination: str, max_bytes: Optional[int] = None) -> None:
+        self.archive = archive
+        self.destination = destination
+        argv = [sys.executable, "-m", __name__, archive, destination]
+        if max_bytes is not None:
+            argv.append(str(max_bytes))
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    def result(self) -> str:
+        """Wait for it; the archive's SHA-256, or :class:`UnsafeArchive` saying why it failed."""
+        out, err = self.proc.communicate()
+        lines = out.strip().splitlines()
+        try:
+            answer = json.loads(lines[-1])
+        except (IndexError, ValueError):
+            answer = {}
+        if self.proc.returncode == 0 and "sha256" in answer:
+            return str(answer["sha256"])
+        if "error" in answer:
+            raise UnsafeArchive(str(answer["error"]))
+        shutil.rmtree(self.destination, ignore_errors=True)
+        raise UnsafeArchive(
+            "extracting environment tarball %s failed: the extraction process exited with %s: %s"
+            % (self.archive, self.proc.returncode, (err or out).strip()[-2000:])
+        )
+
+    def cancel(self) -> None:
+        """Stop it (nobody will use what it writes); the caller removes the destination."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
+
+
 def extract_in_subprocess(archive: str, destination: str, max_bytes: Optional[int] = None) -> str:
-    """:func:`safe_extract` in a process of its own (``python -m envserve.environments.tarball``): its
-    parsing does not hold the server's GIL while models load in the server's threads (the in-process
-    example beside an extraction was ready 1.3 s later than alone), and a decompressor that crashes fails
-    that extraction alone."""
-    argv = [sys.executable, "-m", __name__, archive, destination]
-    if max_bytes is not None:
-        argv.append(str(max_bytes))
-    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-    lines = proc.stdout.strip().splitlines()
-    try:
-        answer = json.loads(lines[-1])
-    except (IndexError, ValueError):
-        answer = {}
-    if proc.returncode == 0 and "sha256" in answer:
-        return str(answer["sha256"])
-    if "error" in answer:
-        raise UnsafeArchive(str(answer["error"]))
-    shutil.rmtree(destination, ignore_errors=True)
-    raise UnsafeArchive(
-        "extracting environment tarball %s failed: the extraction process exited with %s: %s"
-        % (archive, proc.returncode, (proc.stderr or proc.stdout).strip()[-2000:])
-    )
+    """:func:`safe_extract` in a process of its own (:class:`Extraction`), waited for."""
+    return Extraction(archive, destination, max_bytes).result()
 
 
 def _main(argv: List[str]) -> int:
@@ -416,7 +438,8 @@ class _Writer:
         parts = [p for p in posixpath.normpath(name).split("/") if p not in ("", ".")]
         if not self.links:
             return "/".join(parts)
-        last = parts.pop() if parts else ""
+        # the member's own name is made, not followed; a trailing ".." is a step like any other
+        last = parts.pop() if parts and parts[-1] != ".." else ""
         done: List[str] = []
         hops = 0
         while parts:
@@ -440,14 +463,6 @@ class _Writer:
                     )
                 done.pop()
                 parts[:0] = [p for p in target.split("/") if p not in ("", ".")]
-        if last == "..":
-            if not done:
-                raise UnsafeArchive(
-                    "%s: member %r leads outside the environment directory through a link"
-                    % (self.source, name)
-                )
-            done.pop()
-            last = ""
         return "/".join(done + [last] if last else done)
 
     def _shard(self, directory: str) -> int:
