@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+import os
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
 import click
+
+from ..errors import EnvserveError
+
+if TYPE_CHECKING:
+    from ..environments.cache import EnvironmentCache
+    from ..settings.server import ServerSettings
 
 __all__ = ["health", "serve"]
 
@@ -60,8 +67,7 @@ def serve(model_repository: Optional[str], **flags: Any) -> None:
     MLSERVER_* as KServe and Seldon Core 2 set them; docs/deploy.md), MODEL_REPOSITORY/settings.json,
     built-in defaults. Started with no arguments under a contract, it serves what the contract names.
     """
-    from ..server.logs import configure
-    from ..server.serve import serve as run
+    from ..server.logs import announce, configure
     from ..settings.server import ServerSettings
 
     overrides: Dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
@@ -69,7 +75,34 @@ def serve(model_repository: Optional[str], **flags: Any) -> None:
         overrides["model_repository"] = ""  # only the --model-uri model, no repository scan
     settings = ServerSettings.from_sources(model_repository, overrides)
     configure(settings.log_level, settings.log_format, settings.logging_settings)
-    run(settings)
+    announce(settings.contract)
+    environments = _begin_extractions(settings)
+    from ..server.serve import serve as run  # imported while the extractions run
+
+    run(settings, environments=environments, announced=True)
+
+
+def _begin_extractions(settings: ServerSettings) -> EnvironmentCache:
+    """The environment cache, with the repository's tarballs that it has never seen already extracting
+    (each in a process of its own), so that the server's imports and start overlap them: a first start
+    from a tarball is what every new pod pays."""
+    from ..environments import EnvironmentCache, environment_source
+    from ..settings.repository import scan_repository
+
+    cache = EnvironmentCache(settings.environments_dir or None)
+    repository = settings.model_repository
+    if not settings.load_models_at_startup or not repository or not os.path.isdir(repository):
+        return cache
+    for entry in scan_repository(repository):
+        if entry.settings is None:
+            continue
+        try:
+            source = environment_source(entry.settings, settings.env_tarball or None)
+        except EnvserveError:
+            continue  # the registry reports it when it loads the model
+        if source is not None:
+            cache.begin(source)
+    return cache
 
 
 @click.command()

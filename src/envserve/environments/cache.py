@@ -39,7 +39,7 @@ from .builder import RESOLVED_FILE, build_environment
 from .interpreters import probe_python
 from .source import EnvironmentSource
 from .spec import EnvironmentSpec, read_spec
-from .tarball import extract_in_subprocess
+from .tarball import Extraction
 
 __all__ = [
     "Environment",
@@ -127,6 +127,28 @@ def _dir_size(path: str) -> int:
     return total
 
 
+@dataclass
+class _Early:
+    """An extraction under way: the tarball's identity when it began, its work directory, its process."""
+
+    identity: Tuple[int, ...]
+    work: str
+    extraction: Extraction
+    started: float
+
+    def result(self) -> str:
+        """The tarball's SHA-256 once the extraction is done (:class:`UnsafeArchive` if it failed)."""
+        digest = self.extraction.result()
+        elapsed = time.monotonic() - self.started
+        logger.info("extracted %s in %.1f s", os.path.basename(self.extraction.archive), elapsed)
+        return digest
+
+    def drop(self) -> None:
+        self.extraction.cancel()
+        if self.work:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+
 class EnvironmentCache:
     def __init__(self, root: Optional[str] = None) -> None:
         self.root = os.path.abspath(root or default_cache_root())
@@ -136,6 +158,8 @@ class EnvironmentCache:
         self.tmp = os.path.join(self.root, "tmp")
         self._locks: Dict[int, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        #: Extractions started by :meth:`begin`, by tarball path, until ``prepare`` collects them.
+        self._early: Dict[str, _Early] = {}
 
     # -- public API ---------------------------------------------------------------------------------------
 
@@ -152,6 +176,35 @@ class EnvironmentCache:
                 spec.digest(), source, model, lambda work: self._build(spec, work, model), spec
             )
         raise EnvironmentSetupError("unknown environment source kind %r" % source.kind)
+
+    def begin(self, source: EnvironmentSource) -> None:
+        """Start extracting a tarball this cache has never seen, before anyone asks for it: ``envserve
+        serve`` calls this for its models' tarballs before importing the server, whose imports then overlap
+        the extraction. :meth:`prepare` collects it; :meth:`drop_early` stops what nobody collected.
+        Anything unusual (a known digest, a cached environment from a tarball of the same size, an
+        unreadable file) is left to :meth:`prepare`, which says what is wrong."""
+        path = source.location
+        if source.kind != "tarball" or path in self._early:
+            return
+        try:
+            identity = _identity(path)
+            if any(e.identity[0] == identity[0] for e in self._early.values()):
+                return  # a copy of a tarball begun already: prepare finds its environment by hash
+            if self._known_digest(path) is not None or self._holds_tarball_of_size(identity[0]):
+                return
+            work = self._workdir("unhashed-", path)
+        except (OSError, EnvironmentSetupError):
+            return
+        logger.info("extracting %s (begun while the server starts)", path)
+        extraction = Extraction(path, os.path.join(work, "env"))
+        self._early[path] = _Early(identity, work, extraction, time.monotonic())
+
+    def drop_early(self) -> None:
+        """Stop the extractions :meth:`begin` started that nobody collected, and remove what they wrote."""
+        for path in list(self._early):
+            early = self._early.pop(path, None)
+            if early is not None:
+                early.drop()
 
     def list(self) -> List[Dict[str, Any]]:
         rows: List[Dict[str, Any]] = []
@@ -208,39 +261,49 @@ class EnvironmentCache:
         the same tarball (or a copy of it) waits for the first and then finds it."""
         path = source.location
         with self._lock_for(_identity(path)[0]):  # by size: copies of one tarball in several model folders
-            digest = self._known_digest(path)
-            if digest is None and self._holds_tarball_of_size(_identity(path)[0]):
-                # the cache holds an environment from a tarball of this size (a copy in another model
-                # folder, or one baked into the image): when the hash says this is it (a read, no
-                # extraction), its environment is this one's
-                candidate = file_digest(path)
-                if self._read_record(candidate) is not None:
-                    self._remember_digest(path, candidate)
-                    digest = candidate
-            if digest is not None:
-                known = digest
+            early = self._early.pop(path, None)
+            try:
+                digest = self._known_digest(path)
+                if digest is None and self._holds_tarball_of_size(_identity(path)[0]):
+                    # the cache holds an environment from a tarball of this size (a copy in another model
+                    # folder, or one baked into the image): when the hash says this is it (a read, no
+                    # extraction), its environment is this one's
+                    candidate = file_digest(path)
+                    if self._read_record(candidate) is not None:
+                        self._remember_digest(path, candidate)
+                        digest = candidate
+                if digest is not None:
+                    known = digest
 
-                def extract(target: str) -> None:
-                    if self._extract(path, target) != known:
+                    def extract(target: str) -> None:
+                        if self._extract(path, target) != known:
+                            raise EnvironmentSetupError(
+                                "environment tarball %s changed while it was read; start the model again"
+                                % path
+                            )
+
+                    return self._ensure(digest, source, model, extract)
+                if early is not None and early.identity == _identity(path):
+                    running, early = early, None  # begun before the server's imports: collected here
+                    work, before, extract_it = running.work, running.identity, running.result
+                else:
+                    work, before = self._workdir("unhashed-", path), _identity(path)
+                    extract_it = lambda: self._extract(path, os.path.join(work, "env"))  # noqa: E731
+                try:
+                    digest = extract_it()
+                    if _identity(path) != before:
                         raise EnvironmentSetupError(
                             "environment tarball %s changed while it was read; start the model again" % path
                         )
-
-                return self._ensure(digest, source, model, extract)
-            work = self._workdir("unhashed-", path)
-            try:
-                before = _identity(path)
-                digest = self._extract(path, os.path.join(work, "env"))
-                if _identity(path) != before:
-                    raise EnvironmentSetupError(
-                        "environment tarball %s changed while it was read; start the model again" % path
+                    self._remember_digest(path, digest, before)
+                    return self._ensure(
+                        digest, source, model, lambda target: os.rename(os.path.join(work, "env"), target)
                     )
-                self._remember_digest(path, digest, before)
-                return self._ensure(
-                    digest, source, model, lambda target: os.rename(os.path.join(work, "env"), target)
-                )
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
             finally:
-                shutil.rmtree(work, ignore_errors=True)
+                if early is not None:  # begun, but the cache had its environment after all
+                    early.drop()
 
     def _lock_for(self, key: int) -> threading.Lock:
         with self._locks_guard:
@@ -456,10 +519,7 @@ class EnvironmentCache:
     def _extract(self, tarball: str, target: str) -> str:
         """Extract (checking every member) and return the tarball's SHA-256, in one read of it."""
         logger.info("extracting %s", tarball)
-        started = time.monotonic()
-        digest = extract_in_subprocess(tarball, target)
-        logger.info("extracted %s in %.1f s", os.path.basename(tarball), time.monotonic() - started)
-        return digest
+        return _Early(_identity(tarball), "", Extraction(tarball, target), time.monotonic()).result()
 
     def _build(self, spec: EnvironmentSpec, target: str, model: str) -> None:
         logger.info("building an environment for Python %s from %s", spec.python, spec.source)

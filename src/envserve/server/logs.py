@@ -26,6 +26,7 @@ __all__ = [
     "JsonFormatter",
     "TextFormatter",
     "access",
+    "announce",
     "configure",
     "request_id",
 ]
@@ -148,6 +149,13 @@ class _LinesToLog:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+def announce(contract: str) -> None:
+    """A server's first log line: its version and the contract it follows (or its own settings)."""
+    from .. import __version__
+
+    logging.getLogger("envserve").info("envserve %s: %s", __version__, contract or "envserve's own settings")
 
 
 def configure(level: str, fmt: str = "text", logging_settings: str = "") -> None:

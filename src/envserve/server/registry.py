@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Protocol, Set, Tuple
 
 from ..environments import EnvironmentCache, environment_source
@@ -109,9 +109,12 @@ class ModelRegistry:
     models: Dict[str, Dict[Optional[str], ModelRecord]] = field(default_factory=dict)
     #: Settings files that could not be parsed: name -> reason (shown in the index as UNAVAILABLE).
     broken: Dict[str, str] = field(default_factory=dict)
+    #: The environment cache, when the caller made it first (``envserve serve`` begins extracting the
+    #: repository's tarballs before the server's imports); otherwise the settings' cache.
+    cache: InitVar[Optional[EnvironmentCache]] = None
 
-    def __post_init__(self) -> None:
-        self.environments = EnvironmentCache(self.settings.environments_dir or None)
+    def __post_init__(self, cache: Optional[EnvironmentCache]) -> None:
+        self.environments = cache or EnvironmentCache(self.settings.environments_dir or None)
         self._socket_dir: Optional[str] = None
         #: Called with (settings, batch size) for every batch a batched model runs (metrics).
         self.batch_observer: Optional[Callable[[ModelSettings, int], None]] = None
@@ -269,7 +272,10 @@ class ModelRegistry:
     async def load_repository(self) -> None:
         """Load every model found in the repository, concurrently; failures are recorded, not raised."""
         entries = self._scan()
-        await asyncio.gather(*(self._load_entry(e) for e in entries))
+        try:
+            await asyncio.gather(*(self._load_entry(e) for e in entries))
+        finally:
+            self.environments.drop_early()  # begun for a model that did not ask for it after all
 
     async def load_model(self, name: str) -> List[ModelRecord]:
         """(Re)load every version of ``name`` from the repository (repository extension ``load``)."""
@@ -478,5 +484,6 @@ class ModelRegistry:
             task.cancel()
         await asyncio.gather(*self._shadow_loads, return_exceptions=True)
         await asyncio.gather(*(self.unload_model(n, missing_ok=True) for n in list(self.models)))
+        self.environments.drop_early()
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)

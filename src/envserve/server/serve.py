@@ -22,10 +22,11 @@ from typing import Any, Callable, Iterator, List, Optional
 
 import uvicorn
 
-from .. import __version__
+from ..environments.cache import EnvironmentCache
 from ..errors import SettingsError
 from ..settings.server import ServerSettings
 from .dataplane import DataPlane
+from .logs import announce
 from .metrics import Metrics
 from .registry import ModelRegistry
 from .rest.app import MetricsApp, RestApp
@@ -62,9 +63,9 @@ def _bind(host: str, port: int) -> socket.socket:
 class Server:
     """One envserve server: the registry, the data plane and the HTTP edge, with their lifecycle."""
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, environments: Optional[EnvironmentCache] = None) -> None:
         self.settings = settings
-        self.registry = ModelRegistry(settings)
+        self.registry = ModelRegistry(settings, cache=environments)
         self.metrics = Metrics(self.registry)
         self.dataplane = DataPlane(self.registry, self.metrics)
         if settings.tracing_endpoint:
@@ -258,10 +259,19 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return uvloop.new_event_loop
 
 
-def serve(settings: ServerSettings, install_signal_handlers: bool = True) -> None:
-    """Run a server until SIGTERM/SIGINT (an entry point: it owns the event loop and the signals)."""
-    logger.info("envserve %s: %s", __version__, settings.contract or "envserve's own settings")
-    server = Server(settings)
+def serve(
+    settings: ServerSettings,
+    install_signal_handlers: bool = True,
+    environments: Optional[EnvironmentCache] = None,
+    announced: bool = False,
+) -> None:
+    """Run a server until SIGTERM/SIGINT (an entry point: it owns the event loop and the signals).
+    ``environments``: the environment cache, if the caller made it first (``envserve serve`` does, to begin
+    extracting the repository's tarballs before importing this module); ``announced``: the caller logged
+    the first line (:func:`.logs.announce`)."""
+    if not announced:
+        announce(settings.contract)
+    server = Server(settings, environments)
     if sys.version_info >= (3, 11):
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(_main(server, install_signal_handlers))

@@ -6,6 +6,7 @@ import io
 import json
 import multiprocessing
 import os
+import shutil
 import sys
 import tarfile
 import time
@@ -331,3 +332,66 @@ def test_a_baked_read_only_cache_serves_a_copy_of_its_tarball_without_extracting
     assert sorted(p.name for p in root.rglob("*") if p.name != "tarball-hashes.json") == [
         n for n in before if n != "tarball-hashes.json"
     ]
+
+
+class _CountingCache(EnvironmentCache):
+    """Counts the extractions ``prepare`` starts itself (not those :meth:`begin` started)."""
+
+    extracted = 0
+
+    def _extract(self, tarball, target):
+        self.extracted += 1
+        return super()._extract(tarball, target)
+
+
+def test_an_extraction_begun_early_is_collected_by_prepare(tmp_path):
+    cache = _CountingCache(str(tmp_path / "cache"))
+    tarball = _tiny_env_tarball(tmp_path / "env.tar.gz")
+    shutil.copy(tarball, tmp_path / "copy.tar.gz")
+    cache.begin(EnvironmentSource("tarball", tarball))
+    cache.begin(EnvironmentSource("tarball", str(tmp_path / "copy.tar.gz")))  # a copy: found by hash later
+    (early,) = cache._early.values()
+    env = cache.prepare(EnvironmentSource("tarball", tarball), "model-a")
+    assert cache.extracted == 0 and not cache._early and early.extraction.proc.returncode == 0
+    assert env.python_version == "%d.%d.%d" % sys.version_info[:3]
+    copy = cache.prepare(EnvironmentSource("tarball", str(tmp_path / "copy.tar.gz")), "model-b")
+    assert copy.digest == env.digest and cache.extracted == 0
+    assert os.listdir(cache.tmp) == []  # the work directory went with the rename
+    env.release()
+    copy.release()
+    # seen before: nothing begins, and prepare finds it
+    cache.begin(EnvironmentSource("tarball", tarball))
+    assert not cache._early
+
+
+def test_an_extraction_nobody_collects_is_stopped_and_leaves_nothing(tmp_path):
+    cache = EnvironmentCache(str(tmp_path / "cache"))
+    cache.begin(EnvironmentSource("tarball", _tiny_env_tarball(tmp_path / "env.tar.gz")))
+    (early,) = cache._early.values()
+    cache.drop_early()
+    assert early.extraction.proc.returncode is not None and not cache._early
+    assert os.listdir(cache.tmp) == [] and cache.list() == []
+
+
+def test_an_early_extraction_of_a_tarball_replaced_meanwhile_is_not_used(tmp_path):
+    cache = _CountingCache(str(tmp_path / "cache"))
+    tarball = _tiny_env_tarball(tmp_path / "env.tar.gz")
+    cache.begin(EnvironmentSource("tarball", tarball))
+    (early,) = cache._early.values()
+    early.extraction.proc.wait()
+    replacement = str(tmp_path / "new.tar.gz")
+    _tiny_env_tarball(replacement, conda_unpack=True)  # another environment, another size
+    os.replace(replacement, tarball)
+    env = cache.prepare(EnvironmentSource("tarball", tarball))
+    assert cache.extracted == 1 and os.path.exists(os.path.join(env.root, "UNPACKED"))
+    assert os.listdir(cache.tmp) == []
+    env.release()
+
+
+def test_begin_leaves_what_is_wrong_to_prepare(tmp_path):
+    cache = EnvironmentCache(str(tmp_path / "cache"))
+    cache.begin(EnvironmentSource("tarball", str(tmp_path / "missing.tar.gz")))
+    cache.begin(EnvironmentSource("path", str(tmp_path)))
+    assert not cache._early
+    with pytest.raises(EnvironmentSetupError, match=r"missing\.tar\.gz"):
+        cache.prepare(EnvironmentSource("tarball", str(tmp_path / "missing.tar.gz")))
