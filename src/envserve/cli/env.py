@@ -155,7 +155,7 @@ def env_prepare(
     from . import configure_logging
 
     configure_logging("info")
-    cache = EnvironmentCache(cache_dir)
+    cache = EnvironmentCache(cache_dir, compile_bytecode=True)  # for images run read-only
     todo: List[Tuple[str, Any]] = []  # (name, model settings or an --environment target)
     default_tarball = None
     if model_repository is not None or not (environments or worker_code):

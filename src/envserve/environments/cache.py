@@ -127,6 +127,29 @@ def _dir_size(path: str) -> int:
     return total
 
 
+def _compile_bytecode(python: str, root: str) -> None:
+    """The bytecode of every module under ``root``'s ``lib`` that has none, by the environment's own
+    interpreter, on every core; package test suites left out (a server does not run them). A module that
+    does not compile (Python 2 syntax in a package's data, say) is left as it is, as pip does."""
+    lib = os.path.join(root, "lib")
+    if not os.path.isdir(lib):
+        return
+    started = time.monotonic()
+    proc = subprocess.run(
+        [python, "-m", "compileall", "-q", "-j", "0", "-x", r"[/\\]tests?[/\\]", lib],
+        capture_output=True,
+        text=True,
+        env=runtime_env(root),
+        timeout=1800,
+    )
+    logger.info(
+        "compiled the bytecode of %s in %.1f s%s",
+        root,
+        time.monotonic() - started,
+        "" if proc.returncode == 0 else " (some modules did not compile: %s)" % proc.stdout.strip()[-300:],
+    )
+
+
 @dataclass
 class _Early:
     """An extraction under way: the tarball's identity when it began, its work directory, its process."""
@@ -150,8 +173,14 @@ class _Early:
 
 
 class EnvironmentCache:
-    def __init__(self, root: Optional[str] = None) -> None:
+    """``compile_bytecode``: environments made here get the bytecode of their modules at once (``envserve
+    env prepare``, which bakes environments into images: run with a read-only root filesystem or as another
+    uid, Python could never write it, and every start would compile what the model imports). A writable
+    cache does without: Python writes the bytecode of what is imported, once."""
+
+    def __init__(self, root: Optional[str] = None, compile_bytecode: bool = False) -> None:
         self.root = os.path.abspath(root or default_cache_root())
+        self.compile_bytecode = compile_bytecode
         #: What this cache did, for the server's metrics (read when /metrics is scraped).
         self.stats: Dict[str, float] = {"hits": 0, "misses": 0, "builds": 0, "build_seconds": 0.0}
         self.envs = os.path.join(self.root, "envs")
@@ -480,6 +509,8 @@ class EnvironmentCache:
                         % source.location
                     )
                 version = probe_python(python, runtime_env(final))
+                if self.compile_bytecode:
+                    _compile_bytecode(python, final)
             except BaseException:
                 shutil.rmtree(final, ignore_errors=True)
                 raise

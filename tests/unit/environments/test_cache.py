@@ -395,3 +395,32 @@ def test_begin_leaves_what_is_wrong_to_prepare(tmp_path):
     assert not cache._early
     with pytest.raises(EnvironmentSetupError, match=r"missing\.tar\.gz"):
         cache.prepare(EnvironmentSource("tarball", str(tmp_path / "missing.tar.gz")))
+
+
+def _env_with_modules(path):
+    """The tiny environment with a package of two modules and a test suite under lib/."""
+    _tiny_env_tarball(path)
+    site = "lib/python%d.%d/site-packages/pkg/" % sys.version_info[:2]
+    with tarfile.open(path, "r:gz") as old:
+        members = [(m, old.extractfile(m).read() if m.isfile() else None) for m in old.getmembers()]
+    with tarfile.open(path, "w:gz") as tar:
+        for m, data in members:
+            tar.addfile(m, io.BytesIO(data) if data is not None else None)
+        for name, text in (("__init__.py", b"X = 1\n"), ("core.py", b"Y = 2\n"), ("tests/test_core.py", b"")):
+            info = tarfile.TarInfo(site + name)
+            info.size = len(text)
+            tar.addfile(info, io.BytesIO(text))
+    return str(path), site
+
+
+@pytest.mark.parametrize("compile_bytecode", [True, False])
+def test_environments_made_for_an_image_carry_their_bytecode(tmp_path, compile_bytecode):
+    tarball, site = _env_with_modules(tmp_path / "env.tar.gz")
+    cache = EnvironmentCache(str(tmp_path / "cache"), compile_bytecode=compile_bytecode)
+    env = cache.prepare(EnvironmentSource("tarball", tarball))
+    tag = sys.implementation.cache_tag
+    package = os.path.join(env.root, site)
+    assert os.path.isfile(os.path.join(package, "__pycache__", "core.%s.pyc" % tag)) is compile_bytecode
+    assert os.path.isfile(os.path.join(package, "__pycache__", "__init__.%s.pyc" % tag)) is compile_bytecode
+    assert not os.path.exists(os.path.join(package, "tests", "__pycache__"))  # test suites left out
+    env.release()
