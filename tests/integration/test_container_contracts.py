@@ -186,6 +186,13 @@ def test_mlserver_seed_run_read_only_as_an_arbitrary_uid(base_image, containers,
         assert [int(v) for v in r.json()["outputs"][0]["data"]] == model.predict(rows).tolist()
         status = {m["name"]: m for m in httpx.get(url + "/envserve/models", timeout=10).json()}
         assert status["mnist-svm-py38"]["environment"]["python"].startswith("3.8.")
+        # baked with its bytecode: this read-only root could never be given it at run time
+        svm = (
+            "%s/lib/python*/site-packages/sklearn/svm/__pycache__"
+            % status["digits-spec"]["environment"]["path"]
+        )
+        found = _run(["podman", "exec", box.name, "sh", "-c", "ls " + svm], env=containers, check=False)
+        assert "_classes.cpython-" in found.stdout, "baked without bytecode: %s" % found.stderr
         logs = box.logs()
         assert "envserve's own settings" in logs.splitlines()[0] or "envserve" in logs.splitlines()[0]
         _assert_served_from_the_image(logs)
