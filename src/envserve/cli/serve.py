@@ -83,15 +83,21 @@ def serve(model_repository: Optional[str], **flags: Any) -> None:
 
 
 def _begin_extractions(settings: ServerSettings) -> EnvironmentCache:
-    """The environment cache, with the repository's tarballs that it has never seen already extracting
-    (each in a process of its own), so that the server's imports and start overlap them: a first start
-    from a tarball is what every new pod pays."""
-    from ..environments import EnvironmentCache, environment_source
+    """The environment cache, with the tarballs it has never seen already extracting (each in a process of
+    its own): the server's default one (``MLSERVER_ENV_TARBALL``, as KServe and Seldon Core set it for a
+    model fetched at run time) and the repository's models'. The server's imports and start then overlap
+    them: a first start from a tarball is what every new pod pays. One that no model asks for after all is
+    stopped once the models have loaded."""
+    from ..environments import EnvironmentCache, EnvironmentSource, environment_source
     from ..settings.repository import scan_repository
 
     cache = EnvironmentCache(settings.environments_dir or None)
+    if not settings.load_models_at_startup:
+        return cache
+    if settings.env_tarball:  # the path environment_source gives every model without one of its own
+        cache.begin(EnvironmentSource("tarball", os.path.abspath(os.path.expanduser(settings.env_tarball))))
     repository = settings.model_repository
-    if not settings.load_models_at_startup or not repository or not os.path.isdir(repository):
+    if not repository or not os.path.isdir(repository):
         return cache
     for entry in scan_repository(repository):
         if entry.settings is None:

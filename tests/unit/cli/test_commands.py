@@ -178,3 +178,25 @@ def test_deploy_target_choices_are_the_renderers_targets():
     for command in ("manifest", "wizard"):
         (target,) = [p for p in deploy.commands[command].params if p.name == "target"]
         assert tuple(target.type.choices) == TARGETS, command
+
+
+def test_serve_begins_the_default_and_the_repositorys_tarballs_before_the_server(tmp_path):
+    """MLSERVER_ENV_TARBALL with a model fetched at run time (KServe, Seldon Core), and a repository model's
+    own tarball: both start extracting before the server is imported; none without models to load."""
+    from envserve.cli.serve import _begin_extractions
+    from envserve.settings.server import ServerSettings
+    from tests.unit.environments.test_cache import _tiny_env_tarball
+
+    default = _tiny_env_tarball(tmp_path / "default.tar.gz")
+    repo = tmp_path / "repo"
+    own = write_model(repo, "m", {"name": "m", "parameters": {"environment_tarball": "./own.tar.gz"}})
+    _tiny_env_tarball(own / "own.tar.gz", conda_unpack=True)  # another size: not taken for a copy
+    overrides = {"env_tarball": default, "environments_dir": str(tmp_path / "cache")}
+    cache = _begin_extractions(ServerSettings.from_sources(str(repo), overrides))
+    try:
+        assert sorted(cache._early) == sorted([default, str(own / "own.tar.gz")])
+    finally:
+        cache.drop_early()
+    assert not cache._early and not any((tmp_path / "cache" / "tmp").iterdir())
+    overrides["load_models_at_startup"] = False
+    assert not _begin_extractions(ServerSettings.from_sources(str(repo), overrides))._early
