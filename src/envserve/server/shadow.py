@@ -2,7 +2,8 @@
 request path, and the answers are compared with the primary's.
 
 A model names ``parameters.shadow_environment`` (a tarball, an environment directory, a spec file, or
-``server``); ``parameters.shadow_sample`` is the share of requests mirrored (default 0.1). The shadow is a
+``server``); ``parameters.shadow_sample`` is the share of requests mirrored (default 0.1; exactly and
+evenly: every tenth request at 0.1, the first one included). The shadow is a
 second copy of the model, loaded beside the primary in that environment. After the primary has answered,
 a sampled request is sent to the shadow in a task of its own: the client has its answer already, a slow
 shadow only delays the comparison, a failing one only counts an error, and at most ``MAX_IN_FLIGHT``
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from typing import Any, Dict, List, Optional, Set
 
 from ..protocol.v2 import InferenceRequest, InferenceResponse, RequestInput
@@ -51,7 +51,7 @@ class Shadow:
         self.largest: List[Dict[str, Any]] = []
         self.last_error = ""
         self._tasks: Set[asyncio.Task[Any]] = set()
-        self._random = random.Random()
+        self._credit = 1.0 - 1e-9 if sample > 0 else 0.0  # the first request is mirrored
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
@@ -82,8 +82,13 @@ class Shadow:
 
     def take(self, request: InferenceRequest) -> Optional[InferenceRequest]:
         """A copy of the request to mirror, if this one is sampled (before the primary sees it)."""
-        if self.state != "READY" or self._random.random() >= self.sample:
+        if self.state != "READY":
             return None
+        # an exact share, spread evenly: each request adds the share to a credit, one whole credit mirrors
+        self._credit += self.sample
+        if self._credit < 1.0:
+            return None
+        self._credit -= 1.0
         if any(key in request.parameters for key in _NOT_MIRRORED):
             return None
         if len(self._tasks) >= MAX_IN_FLIGHT:
