@@ -312,14 +312,17 @@ class EnvironmentCache:
                             )
 
                     return self._ensure(digest, source, model, extract)
+                running: Optional[_Early] = None
                 if early is not None and early.identity == _identity(path):
                     running, early = early, None  # begun before the server's imports: collected here
-                    work, before, extract_it = running.work, running.identity, running.result
+                    work, before = running.work, running.identity
                 else:
                     work, before = self._workdir("unhashed-", path), _identity(path)
-                    extract_it = lambda: self._extract(path, os.path.join(work, "env"))  # noqa: E731
                 try:
-                    digest = extract_it()
+                    if running is not None:
+                        digest = running.result()
+                    else:
+                        digest = self._extract(path, os.path.join(work, "env"))
                     if _identity(path) != before:
                         raise EnvironmentSetupError(
                             "environment tarball %s changed while it was read; start the model again" % path
