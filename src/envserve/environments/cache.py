@@ -6,7 +6,9 @@ Layout under the cache root (``ENVSERVE_ENV_CACHE``, default ``~/.cache/envserve
     envs/<hash>.json      its record: kind, source, Python version, size, created, last used, models
                           (and a tarball's size: a tarball of that size is hashed before extraction)
     envs/<hash>.lock      flock: exclusive while it is made, shared while a server uses it
-    tmp/                  work directories, renamed into envs/ only when complete
+    tmp/                  work directories, renamed into envs/ only when complete, each named after
+                          its owner: tmp/.owners/<owner>.lock is flock'ed while that process lives, so
+                          what a dead one left (a SIGKILLed server's extraction) is swept by the next
     tarball-hashes.json   memo of tarball digests keyed by (path, size, mtime, inode)
 
 ``<hash>`` is the SHA-256 of the tarball's bytes, or of the normalised spec (with Python version and
@@ -150,6 +152,31 @@ def _compile_bytecode(python: str, root: str) -> None:
     )
 
 
+#: Under tmp/: one lock file per process using the cache (see _owner_in).
+_OWNERS = ".owners"
+#: tmp/ directory -> this process's owner name there. Process-wide, like the lock each name stands for.
+_OWNED: Dict[str, str] = {}
+_OWNED_GUARD = threading.Lock()
+
+
+def _owner_in(tmp: str, sweep: Any) -> str:
+    """This process's owner name in ``tmp``, made on first use (after ``sweep`` removed what dead owners
+    left): its lock file is held, by a descriptor never closed, for as long as the process lives."""
+    with _OWNED_GUARD:
+        name = _OWNED.get(tmp)
+        if name is None:
+            owners = os.path.join(tmp, _OWNERS)
+            os.makedirs(owners, exist_ok=True)
+            sweep()
+            name = "%d%s" % (os.getpid(), os.urandom(4).hex())
+            path = os.path.join(owners, name + ".lock")
+            fd = os.open(path + ".new", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.rename(path + ".new", path)  # a sweep only ever sees it locked
+            _OWNED[tmp] = name
+        return name
+
+
 @dataclass
 class _Early:
     """An extraction under way: the tarball's identity when it began, its work directory, its process."""
@@ -269,7 +296,8 @@ class EnvironmentCache:
                 removed.append(record)
             finally:
                 lock.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if os.path.isdir(self.tmp):
+            self._sweep()
         return removed
 
     def tarball_digest(self, path: str) -> str:
@@ -394,14 +422,51 @@ class EnvironmentCache:
 
     def _workdir(self, prefix: str, what: str) -> str:
         try:
-            os.makedirs(self.tmp, exist_ok=True)
-            return tempfile.mkdtemp(prefix=prefix, dir=self.tmp)
+            return tempfile.mkdtemp(prefix="%s-%s" % (self._own(), prefix), dir=self.tmp)
         except OSError as exc:
             raise EnvironmentSetupError(
                 "the environment cache %s cannot be written (%s), so environment %s cannot be made "
                 "there; bake it into the image (envserve image build --environment ...) or point "
                 "ENVSERVE_ENV_CACHE at a writable folder" % (self.root, exc.strerror or exc, what)
             ) from None
+
+    def _own(self) -> str:
+        """This process's owner name in ``tmp/`` (see :func:`_owner_in`)."""
+        return _owner_in(self.tmp, self._sweep)
+
+    def _sweep(self) -> None:
+        """Remove from ``tmp/`` what no live owner holds: work directories of processes that died (their lock
+        files are free), and those of servers from before owners once an hour old (one may still run on a
+        shared cache). The directories are listed before the owners, so one made meanwhile belongs to an
+        owner this sweep sees locked."""
+        entries = [e for e in os.listdir(self.tmp) if e != _OWNERS]
+        owners = os.path.join(self.tmp, _OWNERS)
+        live, dead = [], []
+        for name in os.listdir(owners) if os.path.isdir(owners) else []:
+            if not name.endswith(".lock"):
+                continue
+            path = os.path.join(owners, name)
+            with open(path, "a") as probe:
+                try:
+                    fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    live.append(name[: -len(".lock")] + "-")
+                    continue
+            dead.append(path)
+        owned = tuple(p[: -len(".lock")] + "-" for p in map(os.path.basename, dead)) + tuple(live)
+        for entry in entries:
+            path = os.path.join(self.tmp, entry)
+            if entry.startswith(tuple(live)):
+                continue
+            if not entry.startswith(owned):  # from before owners
+                with contextlib.suppress(OSError):
+                    if time.time() - os.lstat(path).st_mtime < 3600:
+                        continue
+            logger.info("removing %s, left in the environment cache by a process that died", entry)
+            shutil.rmtree(path, ignore_errors=True)
+        for path in dead:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
     def _write_quietly(self, path: str, doc: Dict[str, Any]) -> None:
         """Bookkeeping (last use, the digest memo) that a read-only cache goes without."""

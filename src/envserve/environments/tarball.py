@@ -218,7 +218,19 @@ def extract_in_subprocess(archive: str, destination: str, max_bytes: Optional[in
     return Extraction(archive, destination, max_bytes).result()
 
 
+def _stop_with_server() -> None:
+    """Linux: the kernel kills this extraction when the server that started it dies (SIGKILL, the OOM
+    killer): nobody would collect it, and the next server sweeps its directory."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            import ctypes
+            import signal
+
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def _main(argv: List[str]) -> int:
+    _stop_with_server()
     archive, destination = argv[0], argv[1]
     try:
         digest = safe_extract(archive, destination, int(argv[2]) if len(argv) > 2 else None)

@@ -185,7 +185,7 @@ def test_serve_begins_the_default_and_the_repositorys_tarballs_before_the_server
     own tarball: both start extracting before the server is imported; none without models to load."""
     from envserve.cli.serve import _begin_extractions
     from envserve.settings.server import ServerSettings
-    from tests.unit.environments.test_cache import _tiny_env_tarball
+    from tests.unit.environments.test_cache import _tiny_env_tarball, _work_dirs
 
     default = _tiny_env_tarball(tmp_path / "default.tar.gz")
     repo = tmp_path / "repo"
@@ -197,6 +197,6 @@ def test_serve_begins_the_default_and_the_repositorys_tarballs_before_the_server
         assert sorted(cache._early) == sorted([default, str(own / "own.tar.gz")])
     finally:
         cache.drop_early()
-    assert not cache._early and not any((tmp_path / "cache" / "tmp").iterdir())
+    assert not cache._early and _work_dirs(tmp_path / "cache" / "tmp") == []
     overrides["load_models_at_startup"] = False
     assert not _begin_extractions(ServerSettings.from_sources(str(repo), overrides))._early

@@ -17,6 +17,11 @@ from envserve.environments import EnvironmentCache, EnvironmentSource
 from envserve.errors import EnvironmentSetupError
 
 
+def _work_dirs(tmp):
+    """What ``tmp/`` holds besides the owners' lock files."""
+    return [name for name in os.listdir(tmp) if name != ".owners"]
+
+
 def _tiny_env_tarball(path, conda_unpack=False):
     """An 'environment' whose bin/python links to this interpreter (as venv-pack writes it)."""
     with tarfile.open(path, "w:gz") as tar:
@@ -217,7 +222,7 @@ def test_a_tarball_replaced_while_read_is_refused_and_leaves_nothing(tmp_path):
     with pytest.raises(EnvironmentSetupError, match="changed while it was read"):
         cache.prepare(source, "model-a")
     assert not os.path.isdir(cache.envs) or os.listdir(cache.envs) == []
-    assert os.listdir(cache.tmp) == []
+    assert _work_dirs(cache.tmp) == []
 
 
 _FULL_DISK = r"""
@@ -263,7 +268,7 @@ def test_a_write_failing_mid_extraction_leaves_nothing(tmp_path, size_mb):
     assert "failed: File too large" in out.stdout and "corrupt" not in out.stdout, out.stdout
     assert str(big) in out.stdout
     assert os.listdir(root / "envs") == [] if (root / "envs").exists() else True
-    assert os.listdir(root / "tmp") == []
+    assert _work_dirs(root / "tmp") == []
 
 
 _READ_ONLY_PREPARE = r"""
@@ -356,7 +361,7 @@ def test_an_extraction_begun_early_is_collected_by_prepare(tmp_path):
     assert env.python_version == "%d.%d.%d" % sys.version_info[:3]
     copy = cache.prepare(EnvironmentSource("tarball", str(tmp_path / "copy.tar.gz")), "model-b")
     assert copy.digest == env.digest and cache.extracted == 0
-    assert os.listdir(cache.tmp) == []  # the work directory went with the rename
+    assert _work_dirs(cache.tmp) == []  # the work directory went with the rename
     env.release()
     copy.release()
     # seen before: nothing begins, and prepare finds it
@@ -370,7 +375,7 @@ def test_an_extraction_nobody_collects_is_stopped_and_leaves_nothing(tmp_path):
     (early,) = cache._early.values()
     cache.drop_early()
     assert early.extraction.proc.returncode is not None and not cache._early
-    assert os.listdir(cache.tmp) == [] and cache.list() == []
+    assert _work_dirs(cache.tmp) == [] and cache.list() == []
 
 
 def test_an_early_extraction_of_a_tarball_replaced_meanwhile_is_not_used(tmp_path):
@@ -384,7 +389,7 @@ def test_an_early_extraction_of_a_tarball_replaced_meanwhile_is_not_used(tmp_pat
     os.replace(replacement, tarball)
     env = cache.prepare(EnvironmentSource("tarball", tarball))
     assert cache.extracted == 1 and os.path.exists(os.path.join(env.root, "UNPACKED"))
-    assert os.listdir(cache.tmp) == []
+    assert _work_dirs(cache.tmp) == []
     env.release()
 
 
@@ -424,3 +429,45 @@ def test_environments_made_for_an_image_carry_their_bytecode(tmp_path, compile_b
     assert os.path.isfile(os.path.join(package, "__pycache__", "__init__.%s.pyc" % tag)) is compile_bytecode
     assert not os.path.exists(os.path.join(package, "tests", "__pycache__"))  # test suites left out
     env.release()
+
+
+_OWNER = """
+import sys
+from envserve.environments.cache import EnvironmentCache
+work = EnvironmentCache(sys.argv[1])._workdir("unhashed-", "a tarball")
+open(work + "/half-written", "w").write("x")
+print(work, flush=True)
+sys.stdin.read()  # alive until told
+"""
+
+
+def _owner(root):
+    import subprocess
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _OWNER, root], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    return proc, proc.stdout.readline().strip()
+
+
+def test_what_a_dead_process_left_is_swept_and_a_live_ones_kept(tmp_path):
+    """A server SIGKILLed mid-extraction leaves its work directory; the next one to use the cache removes
+    it, but never one whose owner still runs (two servers sharing a cache), nor prune."""
+    root = str(tmp_path / "cache")
+    alive, kept = _owner(root)
+    dying, left = _owner(root)
+    dying.kill()
+    dying.communicate()
+    legacy = os.path.join(root, "tmp", "unhashed-legacy")  # a server from before owners: an hour's grace
+    os.makedirs(legacy)
+    cache = EnvironmentCache(root)
+    mine = cache._workdir("unhashed-", "x")
+    assert os.path.isdir(kept) and os.path.isdir(mine) and os.path.isdir(legacy)
+    assert not os.path.exists(left)
+    os.utime(legacy, (time.time() - 7200, time.time() - 7200))
+    cache.prune()
+    assert os.path.isdir(kept) and os.path.isdir(mine) and not os.path.exists(legacy)
+    alive.communicate("")  # ends normally, without cleaning up
+    cache.prune()
+    assert not os.path.exists(kept) and os.path.isdir(mine)
+    assert os.listdir(os.path.join(root, "tmp", ".owners")) == [cache._own() + ".lock"]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -263,3 +265,42 @@ def test_many_files_and_a_large_one_extract_intact(tmp_path):
     safe_extract(str(archive), str(out))
     for info, data in members:
         assert hashlib.sha256((out / info.name).read_bytes()).digest() == hashlib.sha256(data).digest()
+
+
+def test_an_extraction_stops_when_the_server_that_started_it_dies(tmp_path):
+    """A server SIGKILLed (the OOM killer) mid-extraction: the kernel ends the extraction too (Linux)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    archive = tmp_path / "never-written.tar.gz"
+    os.mkfifo(archive)  # the extraction blocks opening it: in flight for as long as the test needs
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from envserve.environments.tarball import Extraction\n"
+            "print(Extraction(sys.argv[1], sys.argv[2]).proc.pid, flush=True); sys.stdin.read()",
+            str(archive),
+            str(tmp_path / "env"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    pid = int(server.stdout.readline())
+    deadline = time.monotonic() + 60
+    proc = Path("/proc/%d" % pid)
+    while (proc / "syscall").read_text().split()[0] != "257":  # not yet blocked in openat
+        assert time.monotonic() < deadline, "the extraction never opened its archive"
+        time.sleep(0.05)
+    server.send_signal(signal.SIGKILL)
+    server.communicate()
+    try:
+        while proc.exists() and (proc / "stat").read_text().split()[2] != "Z":  # gone, or a zombie
+            assert time.monotonic() < deadline, "the extraction outlived its server"
+            time.sleep(0.05)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
