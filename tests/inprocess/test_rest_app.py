@@ -109,13 +109,17 @@ def test_kserve_v1_protocol(tmp_path, digits_model_file, digits, arun):
     import joblib
 
     write_model(tmp_path, "digits", {"name": "digits", "implementation": "sklearn"}, digits_model_file)
+    write_model(tmp_path, "broken", {"name": "broken", "implementation": "sklearn"})  # no model file
     x, _ = digits
     expected = joblib.load(digits_model_file).predict(x[:4]).tolist()
 
     async def scenario():
         async with served(tmp_path) as server, client(server) as c:
-            assert (await c.get("/v1/models")).json() == {"models": ["digits"]}
+            assert (await c.get("/v1/models")).json() == {"models": ["broken", "digits"]}
             assert (await c.get("/v1/models/digits")).json() == {"name": "digits", "ready": True}
+            r = await c.get("/v1/models/broken")  # as KServe's server: 503 with an error
+            assert r.status_code == 503 and set(r.json()) == {"error"}, r.text
+            assert "model 'broken' is not ready: UNAVAILABLE: " in r.json()["error"], r.text
             r = await c.get("/v1/models/nope")
             assert r.status_code == 404 and "model 'nope' not found" in r.json()["error"]
             for key in ("instances", "inputs"):

@@ -27,9 +27,16 @@ class KServeV1Handlers:
         return json_response({"models": sorted({r.name for r in self.dp.registry.records()})})
 
     async def model(self, request: Request) -> Response:
+        """``{"name", "ready": true}``; a model not ready: 503 with an error, as KServe's server answers."""
         name = request.params["name"]
-        ready = self.dp.model_ready(name)
-        return json_response({"name": name, "ready": ready}, 200 if ready else 503)
+        if self.dp.model_ready(name):
+            return json_response({"name": name, "ready": True})
+        record = self.dp.registry.get(name)
+        raise HTTPError(
+            503,
+            "model %r is not ready: %s%s"
+            % (name, record.state, ": %s" % record.reason if record.reason else ""),
+        )
 
     async def call(self, request: Request) -> Response:
         name, _, verb = request.params["name"].rpartition(":")
