@@ -333,3 +333,15 @@ class Reference:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self._log.close()
+
+
+@contextlib.contextmanager
+def side_by_side(reference: Reference, envserve: ServerProcess) -> Iterator[None]:
+    """A reference server and envserve, both ready for the block, both stopped after it."""
+    try:
+        reference.wait()
+        envserve.wait_ready(120)
+        yield
+    finally:
+        reference.stop()
+        envserve.stop()

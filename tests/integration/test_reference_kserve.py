@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import Reference, ServerProcess, free_port, reference_venv, write_model
+from tests.conftest import Reference, ServerProcess, free_port, reference_venv, side_by_side, write_model
 
 pytestmark = pytest.mark.slow  # builds KServe's venv once per machine
 
@@ -84,13 +84,8 @@ def servers(request, tmp_path_factory, digits_model_file, digits):
         cwd=str(root),
     )
     envserve = ServerProcess(root / "repo", [])
-    try:
-        kserve.wait()
-        envserve.wait_ready(120)
+    with side_by_side(kserve, envserve):
         yield kserve, envserve, kind
-    finally:
-        kserve.stop()
-        envserve.stop()
 
 
 def _cases(x, name):

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Reference, ServerProcess, free_port, reference_venv, write_model
+from tests.conftest import Reference, ServerProcess, free_port, reference_venv, side_by_side, write_model
 
 pytestmark = pytest.mark.slow  # builds MLServer's venv once per machine
 
@@ -71,13 +71,8 @@ def servers(repo, tmp_path_factory):
         },
     )
     envserve = ServerProcess(repo, [])
-    try:
-        mlserver.wait()
-        envserve.wait_ready(120)
+    with side_by_side(mlserver, envserve):
         yield mlserver, envserve
-    finally:
-        mlserver.stop()
-        envserve.stop()
 
 
 def _pair(servers, path: str, body):

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Reference, ServerProcess, free_port, reference_venv, write_model
+from tests.conftest import Reference, ServerProcess, free_port, reference_venv, side_by_side, write_model
 
 pytestmark = pytest.mark.slow  # builds the Seldon wrapper's venv once per machine
 
@@ -95,13 +95,8 @@ def servers(request, tmp_path_factory, digits_model_file, digits):
     envserve = ServerProcess(
         root / "repo", [], env={**unit, "PREDICTIVE_UNIT_METRICS_SERVICE_PORT": str(free_port())}
     )
-    try:
-        seldon.wait()
-        envserve.wait_ready(120)
+    with side_by_side(seldon, envserve):
         yield seldon, envserve, method
-    finally:
-        seldon.stop()
-        envserve.stop()
 
 
 def _send(url: str, body, kind: str):
