@@ -177,26 +177,25 @@ def _owner_in(tmp: str, sweep: Any) -> str:
         return name
 
 
+def _collect(extraction: Extraction) -> str:
+    """The tarball's SHA-256 once ``extraction`` is done (:class:`UnsafeArchive` if it failed)."""
+    digest = extraction.result()
+    elapsed = time.monotonic() - extraction.started
+    logger.info("extracted %s in %.1f s", os.path.basename(extraction.archive), elapsed)
+    return digest
+
+
 @dataclass
 class _Early:
-    """An extraction under way: the tarball's identity when it began, its work directory, its process."""
+    """An extraction begun early: the tarball's identity when it began, its work directory, its process."""
 
     identity: Tuple[int, ...]
     work: str
     extraction: Extraction
-    started: float
-
-    def result(self) -> str:
-        """The tarball's SHA-256 once the extraction is done (:class:`UnsafeArchive` if it failed)."""
-        digest = self.extraction.result()
-        elapsed = time.monotonic() - self.started
-        logger.info("extracted %s in %.1f s", os.path.basename(self.extraction.archive), elapsed)
-        return digest
 
     def drop(self) -> None:
         self.extraction.cancel()
-        if self.work:
-            shutil.rmtree(self.work, ignore_errors=True)
+        shutil.rmtree(self.work, ignore_errors=True)
 
 
 class EnvironmentCache:
@@ -253,7 +252,7 @@ class EnvironmentCache:
             return
         logger.info("extracting %s (begun while the server starts)", path)
         extraction = Extraction(path, os.path.join(work, "env"))
-        self._early[path] = _Early(identity, work, extraction, time.monotonic())
+        self._early[path] = _Early(identity, work, extraction)
 
     def drop_early(self) -> None:
         """Stop the extractions :meth:`begin` started that nobody collected, and remove what they wrote."""
@@ -348,7 +347,7 @@ class EnvironmentCache:
                     work, before = self._workdir("unhashed-", path), _identity(path)
                 try:
                     if running is not None:
-                        digest = running.result()
+                        digest = _collect(running.extraction)
                     else:
                         digest = self._extract(path, os.path.join(work, "env"))
                     if _identity(path) != before:
@@ -441,32 +440,31 @@ class EnvironmentCache:
         owner this sweep sees locked."""
         entries = [e for e in os.listdir(self.tmp) if e != _OWNERS]
         owners = os.path.join(self.tmp, _OWNERS)
-        live, dead = [], []
+        live: List[str] = []  # owner names, each followed by "-" as in its directories' names
+        dead: List[str] = []
         for name in os.listdir(owners) if os.path.isdir(owners) else []:
             if not name.endswith(".lock"):
                 continue
-            path = os.path.join(owners, name)
-            with open(path, "a") as probe:
+            with open(os.path.join(owners, name), "a") as probe:
                 try:
                     fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:
                     live.append(name[: -len(".lock")] + "-")
                     continue
-            dead.append(path)
-        owned = tuple(p[: -len(".lock")] + "-" for p in map(os.path.basename, dead)) + tuple(live)
+            dead.append(name[: -len(".lock")] + "-")
         for entry in entries:
             path = os.path.join(self.tmp, entry)
             if entry.startswith(tuple(live)):
                 continue
-            if not entry.startswith(owned):  # from before owners
+            if not entry.startswith(tuple(dead)):  # from before owners
                 with contextlib.suppress(OSError):
                     if time.time() - os.lstat(path).st_mtime < 3600:
                         continue
             logger.info("removing %s, left in the environment cache by a process that died", entry)
             shutil.rmtree(path, ignore_errors=True)
-        for path in dead:
+        for owner in dead:
             with contextlib.suppress(OSError):
-                os.unlink(path)
+                os.unlink(os.path.join(owners, owner[:-1] + ".lock"))
 
     def _write_quietly(self, path: str, doc: Dict[str, Any]) -> None:
         """Bookkeeping (last use, the digest memo) that a read-only cache goes without."""
@@ -618,7 +616,7 @@ class EnvironmentCache:
     def _extract(self, tarball: str, target: str) -> str:
         """Extract (checking every member) and return the tarball's SHA-256, in one read of it."""
         logger.info("extracting %s", tarball)
-        return _Early(_identity(tarball), "", Extraction(tarball, target), time.monotonic()).result()
+        return _collect(Extraction(tarball, target))
 
     def _build(self, spec: EnvironmentSpec, target: str, model: str) -> None:
         logger.info("building an environment for Python %s from %s", spec.python, spec.source)

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any, BinaryIO, Dict, List, Optional, cast
 
@@ -34,7 +35,6 @@ __all__ = [
     "MAX_UNPACKED_BYTES",
     "Extraction",
     "UnsafeArchive",
-    "extract_in_subprocess",
     "open_stream",
     "safe_extract",
 ]
@@ -181,6 +181,7 @@ class Extraction:
     def __init__(self, archive: str, destination: str, max_bytes: Optional[int] = None) -> None:
         self.archive = archive
         self.destination = destination
+        self.started = time.monotonic()
         argv = [sys.executable, "-m", __name__, archive, destination]
         if max_bytes is not None:
             argv.append(str(max_bytes))
@@ -211,11 +212,6 @@ class Extraction:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.communicate()
-
-
-def extract_in_subprocess(archive: str, destination: str, max_bytes: Optional[int] = None) -> str:
-    """:func:`safe_extract` in a process of its own (:class:`Extraction`), waited for."""
-    return Extraction(archive, destination, max_bytes).result()
 
 
 def _stop_with_server() -> None:
