@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -35,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any, Dict, List, Optional, Tuple
 
-from ..errors import EnvironmentSetupError
+from ..errors import EnvironmentSetupError, EnvserveError
 from ..settings.paths import default_cache_root
 from .builder import RESOLVED_FILE, build_environment
 from .interpreters import probe_python
@@ -316,8 +317,11 @@ class EnvironmentCache:
         environment meanwhile). One extraction per tarball at a time in this server: a second model with
         the same tarball (or a copy of it) waits for the first and then finds it."""
         path = source.location
-        with self._lock_for(_identity(path)[0]):  # by size: copies of one tarball in several model folders
+        size = _identity(path)[0]
+        with self._lock_for(size):  # by size: copies of one tarball in several model folders
             early = self._early.pop(path, None)
+            if early is None:
+                self._settle_early_copies(size)
             try:
                 digest = self._known_digest(path)
                 if digest is None and self._holds_tarball_of_size(_identity(path)[0]):
@@ -363,6 +367,24 @@ class EnvironmentCache:
             finally:
                 if early is not None:  # begun, but the cache had its environment after all
                     early.drop()
+
+    def _settle_early_copies(self, size: int) -> None:
+        """Finish the extractions begun early for tarballs of ``size`` in other model folders, into the
+        cache: when the one being prepared is a copy of one of them, its hash then finds that environment
+        instead of extracting it a second time (loads run in any order, so the model whose tarball began
+        early need not be the first to get here). What fails here is left to that model's own prepare."""
+        for other in [p for p, e in self._early.items() if e.identity[0] == size]:
+            early = self._early.pop(other)
+            try:
+                digest = _collect(early.extraction)
+                if _identity(other) == early.identity:
+                    self._remember_digest(other, digest, early.identity)
+                    made = functools.partial(os.rename, os.path.join(early.work, "env"))
+                    self._ensure(digest, EnvironmentSource("tarball", other), "", made).release()
+            except (EnvserveError, OSError):
+                pass
+            finally:
+                shutil.rmtree(early.work, ignore_errors=True)
 
     def _lock_for(self, key: int) -> threading.Lock:
         with self._locks_guard:

@@ -369,6 +369,53 @@ def test_an_extraction_begun_early_is_collected_by_prepare(tmp_path):
     assert not cache._early
 
 
+def test_a_copy_prepared_before_the_tarball_begun_early_waits_for_that_extraction(tmp_path):
+    """Loads run in any order: the model with the copy may ask first, and gets the environment the early
+    extraction makes instead of extracting its copy beside it (the second 'extracting' CI once saw)."""
+    cache = _CountingCache(str(tmp_path / "cache"))
+    tarball = _tiny_env_tarball(tmp_path / "env.tar.gz")
+    shutil.copy(tarball, tmp_path / "copy.tar.gz")
+    cache.begin(EnvironmentSource("tarball", tarball))
+    (early,) = cache._early.values()
+    copy = cache.prepare(EnvironmentSource("tarball", str(tmp_path / "copy.tar.gz")), "model-b")
+    assert cache.extracted == 0 and not cache._early and early.extraction.proc.returncode == 0
+    env = cache.prepare(EnvironmentSource("tarball", tarball), "model-a")
+    assert env.digest == copy.digest and cache.extracted == 0
+    assert _work_dirs(cache.tmp) == []
+    (record,) = cache.list()
+    assert record["models"] == ["model-a", "model-b"]
+    env.release()
+    copy.release()
+
+
+def _plain_tar(path, marker):
+    """An uncompressed environment tarball: two small members make 10,240 bytes whatever ``marker`` is."""
+    with tarfile.open(path, "w") as tar:
+        link = tarfile.TarInfo("bin/python")
+        link.type = tarfile.SYMTYPE
+        link.linkname = os.path.realpath(sys.executable)
+        tar.addfile(link)
+        info = tarfile.TarInfo(marker)
+        tar.addfile(info, io.BytesIO(b""))
+    return str(path)
+
+
+def test_a_tarball_of_the_same_size_is_not_taken_for_the_one_begun_early(tmp_path):
+    cache = _CountingCache(str(tmp_path / "cache"))
+    tarball = _plain_tar(tmp_path / "env.tar", "FIRST")
+    other = _plain_tar(tmp_path / "other.tar", "OTHER")
+    assert os.path.getsize(tarball) == os.path.getsize(other)
+    cache.begin(EnvironmentSource("tarball", tarball))
+    second = cache.prepare(EnvironmentSource("tarball", other), "model-b")
+    assert cache.extracted == 1 and os.path.exists(os.path.join(second.root, "OTHER"))
+    first = cache.prepare(EnvironmentSource("tarball", tarball), "model-a")
+    assert first.digest != second.digest and cache.extracted == 1  # the early one became model-a's
+    assert os.path.exists(os.path.join(first.root, "FIRST"))
+    assert _work_dirs(cache.tmp) == []
+    first.release()
+    second.release()
+
+
 def test_an_extraction_nobody_collects_is_stopped_and_leaves_nothing(tmp_path):
     cache = EnvironmentCache(str(tmp_path / "cache"))
     cache.begin(EnvironmentSource("tarball", _tiny_env_tarball(tmp_path / "env.tar.gz")))
