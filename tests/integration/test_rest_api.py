@@ -319,7 +319,7 @@ def test_bad_requests_do_not_disturb_other_models(client, digits):
 # -- repository extension -----------------------------------------------------------------------------------
 
 
-def test_repository_index_shows_states_and_reasons(client):
+def test_repository_index_shows_states_and_reasons(client, server):
     rows = client.post("/v2/repository/index").json()
     by_name = {(r["name"], r.get("version")): r for r in rows}
     assert by_name[("mnist-svm", "1")]["state"] == "READY"
@@ -330,6 +330,14 @@ def test_repository_index_shows_states_and_reasons(client):
     assert missing["state"] == "UNAVAILABLE" and "model.joblib" in missing["reason"]
     bad = by_name[("bad-json", None)]
     assert bad["state"] == "UNAVAILABLE" and "not valid JSON" in bad["reason"]
+    # the log shows where the model's own load() raised; envserve's own reasons come without a traceback
+    log = server.log
+    failed = log[log.index("model broken-load failed to load") :]
+    trace = failed[failed.index("\nTraceback (most recent call last)") :]
+    assert trace.index('runtimes.py", line') < trace.index("\nRuntimeError: weights file is corrupt"), log
+    missing_line = next(line for line in log.splitlines() if "model no-artifact failed to load" in line)
+    following = log.splitlines()[log.splitlines().index(missing_line) + 1]
+    assert not following.startswith("Traceback"), log
     ready = client.post("/v2/repository/index", json={"ready": True}).json()
     assert {r["state"] for r in ready} == {"READY"} and len(ready) < len(rows)
 

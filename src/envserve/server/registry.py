@@ -359,7 +359,10 @@ class ModelRegistry:
             record.reason = (
                 str(exc) if isinstance(exc, EnvserveError) else "%s: %s" % (type(exc).__name__, exc)
             )
-            logger.error("model %s failed to load: %s", record.settings.key, record.reason)
+            # the traceback of what the model's own code (or a framework) raised; none for our own errors
+            cause = exc.__cause__ if isinstance(exc, EnvserveError) else exc
+            shown = cause if cause is not None and not isinstance(cause, EnvserveError) else None
+            logger.error("model %s failed to load: %s", record.settings.key, record.reason, exc_info=shown)
             return
         record.handle, record.state = handle, ModelState.READY
         logger.info("model %s is ready", record.settings.key)
