@@ -172,10 +172,9 @@ def _import_custom_module(settings: ModelSettings, module_name: str) -> Any:
 
 def _exec_fresh(top: str, folder: str) -> Any:
     """Run ``folder``'s module ``top`` afresh and leave it in ``sys.modules`` (its submodules and the
-    model's siblings import it by that name). Executed here rather than by ``import_module``, which pops
-    ``sys.modules[top]`` after running it and failed with ``KeyError: 'runtimes'`` once in a busy server
-    that loaded three models' ``runtimes.py`` one after another: the new module is registered, run and
-    returned by reference, whatever else happens to the table meanwhile."""
+    model's siblings import it by that name): found in ``folder`` only, so another model's module of the
+    same name, imported earlier, is never what this model gets; registered, run and returned by
+    reference."""
     for cached in [m for m in list(sys.modules) if m == top or m.startswith(top + ".")]:
         sys.modules.pop(cached, None)
     spec = importlib.machinery.PathFinder.find_spec(top, [folder])

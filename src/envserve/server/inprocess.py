@@ -86,10 +86,11 @@ class InProcessModel:
         self.runtime = runtime
 
     def _create_and_load(self) -> Runtime:
-        """Import the runtime and load the model, one in-process model at a time: frameworks import their
-        submodules lazily while loading (joblib, narwhals, ...), and CPython's imports of one package from
-        two threads at once have failed with KeyError for a module mid-import. Loads in worker processes
-        still run in parallel."""
+        """Import the runtime and load the model, one in-process model at a time: importing a model
+        folder's module puts that folder first on the process-wide ``sys.path``, where another model's
+        imports of the same names (its ``runtimes``, ``utils``, ...) would find it. Loads in worker
+        processes still run in parallel. (The KeyErrors for a module mid-import once seen here came from
+        coverage.py's measurement of the test suite, coveragepy#2247; the suite pins a version without it.)"""
         with _LOAD_LOCK:
             runtime = create_runtime(self.settings)
             try:
