@@ -465,6 +465,11 @@ class EnvironmentCache:
         live: List[str] = []  # owner names, each followed by "-" as in its directories' names
         dead: List[str] = []
         for name in os.listdir(owners) if os.path.isdir(owners) else []:
+            if name.endswith(".lock.new"):  # its process died between making and renaming it (microseconds)
+                with contextlib.suppress(OSError):
+                    if time.time() - os.lstat(os.path.join(owners, name)).st_mtime > 60:
+                        os.unlink(os.path.join(owners, name))
+                continue
             if not name.endswith(".lock"):
                 continue
             with open(os.path.join(owners, name), "a") as probe:

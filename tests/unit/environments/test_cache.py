@@ -507,10 +507,18 @@ def test_what_a_dead_process_left_is_swept_and_a_live_ones_kept(tmp_path):
     dying.communicate()
     legacy = os.path.join(root, "tmp", "unhashed-legacy")  # a server from before owners: an hour's grace
     os.makedirs(legacy)
+    owners = os.path.join(root, "tmp", ".owners")
+    # a process that died between making its lock file and renaming it into place; and one doing it now
+    for name, age in (("1dead.lock.new", 120), ("2busy.lock.new", 0)):
+        with open(os.path.join(owners, name), "w"):
+            pass
+        os.utime(os.path.join(owners, name), (time.time() - age, time.time() - age))
     cache = EnvironmentCache(root)
     mine = cache._workdir("unhashed-", "x")
     assert os.path.isdir(kept) and os.path.isdir(mine) and os.path.isdir(legacy)
     assert not os.path.exists(left)
+    assert not os.path.exists(os.path.join(owners, "1dead.lock.new"))
+    os.unlink(os.path.join(owners, "2busy.lock.new"))  # kept: seconds old (its process renames it next)
     os.utime(legacy, (time.time() - 7200, time.time() - 7200))
     cache.prune()
     assert os.path.isdir(kept) and os.path.isdir(mine) and not os.path.exists(legacy)
