@@ -30,8 +30,9 @@ __all__ = ["SELDON_METHODS", "SELDON_XTYPES", "Contract", "detect", "parse_unit_
 #: SKLEARN_SERVER's ``method`` values, and MLFLOW_SERVER's ``xtype`` values
 SELDON_METHODS = ("predict_proba", "predict", "decision_function")
 SELDON_XTYPES = ("ndarray", "DataFrame")
-_BOOL_WORDS = {"y": True, "yes": True, "t": True, "true": True, "on": True, "1": True}
-_BOOL_WORDS.update({"n": False, "no": False, "f": False, "false": False, "off": False, "0": False})
+#: The words a boolean setting may be, as Seldon's wrapper (strtobool) and MLServer (pydantic) read them.
+BOOL_WORDS = {"y": True, "yes": True, "t": True, "true": True, "on": True, "1": True}
+BOOL_WORDS.update({"n": False, "no": False, "f": False, "false": False, "off": False, "0": False})
 _SKLEARN_FILES = ("model.joblib", "model.pkl", "model.pickle")
 
 
@@ -61,7 +62,7 @@ def parse_unit_parameters(value: Any, where: str) -> Dict[str, Any]:
             elif kind in ("FLOAT", "DOUBLE"):
                 parsed[name] = float(raw)  # type: ignore[arg-type]
             elif kind == "BOOL":
-                parsed[name] = raw if isinstance(raw, bool) else _BOOL_WORDS[str(raw).strip().lower()]
+                parsed[name] = raw if isinstance(raw, bool) else BOOL_WORDS[str(raw).strip().lower()]
             elif kind == "JSON":
                 parsed[name] = json.loads(raw) if isinstance(raw, str) else raw
             elif kind == "STRING":
@@ -192,9 +193,9 @@ def _mlserver(environ: Mapping[str, str]) -> Contract:
             raise SettingsError("MLSERVER_PARALLEL_WORKERS must be a number, got %r" % workers) from None
     load = environ.get("MLSERVER_LOAD_MODELS_AT_STARTUP")
     if load:
-        if load.strip().lower() not in _BOOL_WORDS:
+        if load.strip().lower() not in BOOL_WORDS:
             raise SettingsError("MLSERVER_LOAD_MODELS_AT_STARTUP must be true or false, got %r" % load)
-        settings["load_models_at_startup"] = _BOOL_WORDS[load.strip().lower()]
+        settings["load_models_at_startup"] = BOOL_WORDS[load.strip().lower()]
     what = "Seldon Core 2" if not settings.get("load_models_at_startup", True) and models_dir else "MLServer"
     if environ.get("K_SERVICE") or environ.get("KSERVE_CONTAINER"):
         what = "KServe (kserve-mlserver)"

@@ -24,6 +24,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Dict, Mapping, Optional
 
 from ..errors import SettingsError
+from .contracts import BOOL_WORDS
 from .contracts import detect as detect_contract
 
 __all__ = ["ENV_PREFIX", "SERVER_SETTINGS_FILE", "ServerSettings"]
@@ -296,10 +297,8 @@ def _coerce(name: str, raw: Any, annotation: Any, where: str) -> Any:
         if isinstance(raw, bool):
             return raw
         text = str(raw).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off", ""):
-            return False
+        if text in BOOL_WORDS or not text:
+            return BOOL_WORDS.get(text, False)  # an empty variable is false
         raise SettingsError("%s must be true or false, got %r" % (where, raw))
     if isinstance(raw, kind) and not isinstance(raw, bool):
         return raw

@@ -117,6 +117,19 @@ def test_server_settings_errors(tmp_path):
         ServerSettings.from_sources(str(tmp_path), environ={})
 
 
+@pytest.mark.parametrize(
+    "word, value", [("yes", True), ("Y", True), ("t", True), ("on", True), ("f", False), ("0", False), ("", False)]
+)
+def test_boolean_settings_take_the_words_seldon_and_mlserver_take(tmp_path, word, value):
+    settings = ServerSettings.from_sources(str(tmp_path), environ={"ENVSERVE_PICKLE_SCAN": word})
+    assert settings.pickle_scan is value
+
+
+def test_a_boolean_setting_that_is_not_one_is_named(tmp_path):
+    with pytest.raises(SettingsError, match="ENVSERVE_PICKLE_SCAN must be true or false, got 'maybe'"):
+        ServerSettings.from_sources(str(tmp_path), environ={"ENVSERVE_PICKLE_SCAN": "maybe"})
+
+
 def test_scan_reports_broken_files_without_raising(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "model-settings.json").write_text('{"name": "a"}')
