@@ -118,7 +118,8 @@ def test_server_settings_errors(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "word, value", [("yes", True), ("Y", True), ("t", True), ("on", True), ("f", False), ("0", False), ("", False)]
+    "word, value",
+    [("yes", True), ("Y", True), ("t", True), ("on", True), ("f", False), ("0", False), ("", False)],
 )
 def test_boolean_settings_take_the_words_seldon_and_mlserver_take(tmp_path, word, value):
     settings = ServerSettings.from_sources(str(tmp_path), environ={"ENVSERVE_PICKLE_SCAN": word})
