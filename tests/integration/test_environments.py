@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -137,7 +138,6 @@ def test_warm_cache_restart_and_worker_processes(tmp_path, start_server, old_skl
 def test_env_pack_zstd_by_default_and_served_from_it(tmp_path, start_server, old_sklearn, env_cache):
     """`envserve env pack` writes zstd unless told otherwise; the .tar.zst serves the model as the .tar.gz
     did, and the two models in one server extracted their tarballs once each."""
-    import subprocess
     import sys
 
     expected = envs.expected(old_sklearn)
@@ -254,6 +254,13 @@ def test_spec_environment_on_python312(tmp_path, start_server, digits_model_file
         status = _status(client, "py312")
         assert status["environment"]["python"].startswith("3.12.") and status["environment"]["kind"] == "spec"
     assert "building an environment for Python 3.12" in server.log
+    # the environment was made in a work directory and moved: its console scripts run where it is now
+    root = status["environment"]["path"]
+    with open(os.path.join(root, "envserve-resolved.txt")) as f:
+        (numpy,) = [line.strip().split("==")[1] for line in f if line.startswith("numpy==")]
+    script = os.path.join(root, "bin", "numpy-config")
+    ran = subprocess.run([script, "--version"], capture_output=True, text=True)
+    assert ran.returncode == 0 and ran.stdout.strip() == numpy, ran
 
 
 def test_worker_crash_fails_in_flight_requests_and_restarts(tmp_path, start_server, env_cache, old_sklearn):

@@ -178,6 +178,25 @@ def _owner_in(tmp: str, sweep: Any) -> str:
         return name
 
 
+def _relocate_scripts(root: str, made_at: str) -> None:
+    """Point the scripts in ``root/bin`` at ``root`` where they name ``made_at``, the work directory the
+    environment was made in: a venv writes its own path into its console scripts' shebangs (``bin/mlserver``,
+    ``bin/f2py``, ...) and its activate scripts, which would otherwise name a directory that is gone."""
+    old, new = made_at.encode(), root.encode()
+    bin_dir = os.path.join(root, "bin")
+    for entry in os.scandir(bin_dir) if os.path.isdir(bin_dir) else ():
+        if not entry.is_file(follow_symlinks=False) or entry.stat().st_size > 1 << 20:
+            continue  # links (bin/python) and binaries large enough not to be scripts
+        with open(entry.path, "rb") as f:
+            data = f.read()
+        if old in data and b"\0" not in data:
+            mode = entry.stat().st_mode
+            with open(entry.path + ".relocating", "wb") as f:
+                f.write(data.replace(old, new))
+            os.chmod(entry.path + ".relocating", mode & 0o7777)
+            os.replace(entry.path + ".relocating", entry.path)
+
+
 def _collect(extraction: Extraction) -> str:
     """The tarball's SHA-256 once ``extraction`` is done (:class:`UnsafeArchive` if it failed)."""
     digest = extraction.result()
@@ -594,6 +613,7 @@ class EnvironmentCache:
             make(target)
             os.rename(target, final)
             try:
+                _relocate_scripts(final, target)
                 self._post_install(final)
                 python = find_python(final)
                 if python is None:

@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import subprocess
 import sys
 import tarfile
 import time
@@ -475,6 +476,33 @@ def test_environments_made_for_an_image_carry_their_bytecode(tmp_path, compile_b
     assert os.path.isfile(os.path.join(package, "__pycache__", "core.%s.pyc" % tag)) is compile_bytecode
     assert os.path.isfile(os.path.join(package, "__pycache__", "__init__.%s.pyc" % tag)) is compile_bytecode
     assert not os.path.exists(os.path.join(package, "tests", "__pycache__"))  # test suites left out
+    env.release()
+
+
+def test_an_environment_made_in_a_work_directory_has_its_scripts_pointed_where_it_is(tmp_path):
+    """A venv writes its path into its console scripts and activate scripts; made in tmp/ and moved into
+    envs/, they must name envs/ (bin/mlserver in a model's environment would not run otherwise)."""
+    cache = EnvironmentCache(str(tmp_path / "cache"))
+
+    def make(target):
+        os.makedirs(os.path.join(target, "bin"))
+        os.symlink(os.path.realpath(sys.executable), os.path.join(target, "bin", "python"))
+        script = os.path.join(target, "bin", "hello")
+        with open(script, "w") as f:
+            f.write("#!%s/bin/python\nprint('hello from', __import__('sys').prefix)\n" % target)
+        os.chmod(script, 0o755)
+        with open(os.path.join(target, "bin", "activate"), "w") as f:
+            f.write("VIRTUAL_ENV='%s'\n" % target)
+        with open(os.path.join(target, "bin", "binary"), "wb") as f:
+            f.write(b"\0" + target.encode())  # not a script: left as it is
+
+    env = cache._ensure("ab" * 32, EnvironmentSource("tarball", "made-by-the-test"), "m", make)
+    ran = subprocess.run([os.path.join(env.root, "bin", "hello")], capture_output=True, text=True)
+    assert ran.returncode == 0 and ran.stdout.startswith("hello from"), ran
+    with open(os.path.join(env.root, "bin", "activate")) as f:
+        assert f.read() == "VIRTUAL_ENV='%s'\n" % env.root
+    with open(os.path.join(env.root, "bin", "binary"), "rb") as f:
+        assert b"/tmp/" in f.read() and os.access(os.path.join(env.root, "bin", "hello"), os.X_OK)
     env.release()
 
 
