@@ -29,13 +29,13 @@ def pytest_runtest_setup(item):
     """Under ``--dist loadgroup`` (scripts/test), pytest-xdist marks a grouped test by suffixing its node id
     with ``@group`` in each worker; when that stops working (it did with pytest 9.2: pytest-xdist#1386),
     the podman modules silently run on both processes at once, building images twice. Fail them instead."""
-    if getattr(item.config.option, "loadgroup", False) and item.get_closest_marker("xdist_group"):
-        if "@" not in item.nodeid:
-            pytest.fail(
-                "pytest-xdist's loadgroup did not group this test: this pytest and pytest-xdist do not work "
-                "together; see the bound on pytest in pyproject.toml",
-                pytrace=False,
-            )
+    grouped = getattr(item.config.option, "loadgroup", False) and item.get_closest_marker("xdist_group")
+    if grouped and "@" not in item.nodeid:
+        pytest.fail(
+            "pytest-xdist's loadgroup did not group this test: this pytest and pytest-xdist do not work "
+            "together; see the bound on pytest in pyproject.toml",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")
