@@ -24,6 +24,10 @@ EXAMPLES = ROOT / "examples"
 #: The test runtimes (envserve custom runtimes), copied into a model folder as ``runtimes.py``.
 CUSTOM = ROOT / "tests" / "fixtures" / "custom" / "runtimes.py"
 
+#: The tests that use the MLflow tracking server (``registered_digits``), kept on one of the suite's two
+#: processes, which then starts it once.
+MLFLOW_SERVER_GROUP = pytest.mark.xdist_group("mlflow-server")
+
 
 def pytest_runtest_setup(item):
     """Under ``--dist loadgroup`` (scripts/test), pytest-xdist marks a grouped test by suffixing its node id

@@ -12,6 +12,9 @@ import pytest
 from tests.conftest import custom_model, write_model
 from tests.integration.test_mlflow_models import mlflow_models  # noqa: F401 - shared fixture
 
+# one process sets up the module's servers (MLflow models in their environments), not both
+pytestmark = pytest.mark.xdist_group("compat-protocols")
+
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, mlflow_models, digits_model_file):  # noqa: F811

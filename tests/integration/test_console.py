@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from envserve.deploy.validate import validate_documents
-from tests.conftest import ROOT, write_model
+from tests.conftest import MLFLOW_SERVER_GROUP, ROOT, write_model
 
 pytestmark = pytest.mark.slow
 
@@ -44,6 +44,7 @@ def browser():
         browser.close()
 
 
+@MLFLOW_SERVER_GROUP
 def test_console_end_to_end(tmp_path, start_server, browser, registered_digits, digits, digits_model_file):
     import joblib
 

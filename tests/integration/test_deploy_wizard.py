@@ -12,6 +12,7 @@ import yaml
 
 from envserve.deploy.manifest import TARGETS
 from envserve.deploy.validate import validate_files
+from tests.conftest import MLFLOW_SERVER_GROUP
 
 pytestmark = pytest.mark.slow
 
@@ -34,6 +35,7 @@ def _spawn(tmp_path, tracking_uri, *args):
     )
 
 
+@MLFLOW_SERVER_GROUP
 def test_wizard_in_a_terminal_with_invalid_answers_reasked(tmp_path, registered_digits):
     child = _spawn(tmp_path, registered_digits)
     child.expect(r"Model source \(registry/uri\) \[registry\]: ")
@@ -107,6 +109,7 @@ def test_wizard_in_a_terminal_with_invalid_answers_reasked(tmp_path, registered_
     assert container["resources"]["requests"] == {"cpu": "500m", "memory": "1Gi"}
 
 
+@MLFLOW_SERVER_GROUP
 def test_wizard_replays_an_answers_file(tmp_path, registered_digits):
     answers = tmp_path / "answers.yaml"
     answers.write_text(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_model
+from tests.conftest import MLFLOW_SERVER_GROUP, write_model
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +33,7 @@ def _predictions(mlflow_url, name, version, x):
         return mlflow.sklearn.load_model("models:/%s/%s" % (name, version)).predict(x).tolist()
 
 
+@MLFLOW_SERVER_GROUP
 def test_models_and_runs_uris_from_a_real_mlflow_server(tmp_path, start_server, registered_digits, digits):
     x, _ = digits
     rows = x[-25:]
@@ -95,6 +96,7 @@ def test_models_and_runs_uris_from_a_real_mlflow_server(tmp_path, start_server, 
         )
 
 
+@MLFLOW_SERVER_GROUP
 def test_baking_an_mlflow_model_uri_fetches_only_its_environment_files(tmp_path, registered_digits):
     """envserve image build --environment models:/digits/2: MLmodel and the environment files come from
     the real tracking server, the model itself does not; the spec hashes as the full model's does, so the

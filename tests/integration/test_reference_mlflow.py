@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 
 from tests.conftest import ServerProcess
 
-pytestmark = pytest.mark.slow  # starts three MLflow scoring servers
+# starts three MLflow scoring servers, on one of the suite's processes
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("reference-mlflow")]
 
 
 def _free_port() -> int:
