@@ -24,7 +24,14 @@ from joblib import load
 
 from examples import old_sklearn
 from tests.conftest import EXAMPLES, ROOT, free_port, write_model
-from tests.integration.test_image import BASE, _base_image, _run, containers, wheelhouse  # noqa: F401
+from tests.integration.test_image import (  # noqa: F401
+    BASE,
+    _base_image,
+    _drop_replaced_images,
+    _run,
+    containers,
+    wheelhouse,
+)
 
 # podman's storage and the images built there are shared: these modules run on one test process
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("podman")]
@@ -73,6 +80,7 @@ def base_image(containers, wheelhouse, models, tmp_path_factory):  # noqa: F811
     with open(log, "w") as out:
         proc = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=containers, timeout=1800)
     assert proc.returncode == 0, log.read_text()[-6000:]
+    _drop_replaced_images(containers)
     return IMAGE
 
 
