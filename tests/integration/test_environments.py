@@ -59,6 +59,13 @@ def _status(client, name):
     return rows[0]
 
 
+def _workers(client, name):
+    """The model's workers; a model that has none (not loaded) fails the test with its state and reason."""
+    status = _status(client, name)
+    assert "workers" in status, status
+    return status["workers"]
+
+
 def _wait(predicate, timeout=10.0, what="condition", log=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -125,7 +132,7 @@ def test_warm_cache_restart_and_worker_processes(tmp_path, start_server, old_skl
     second = start_server(tmp_path, env=env_cache)
     assert "found in the cache" in second.log and "extracting" not in second.log
     with second.client() as client:
-        pids = {w["pid"] for w in _status(client, "two-workers")["workers"]}
+        pids = {w["pid"] for w in _workers(client, "two-workers")}
         assert len(pids) == 2
         r = client.post("/v2/models/two-workers/infer", json=_body(expected["rows"][:10]))
         assert r.json()["outputs"][0]["data"] == expected["predictions"][:10]
@@ -283,7 +290,7 @@ def test_worker_crash_fails_in_flight_requests_and_restarts(tmp_path, start_serv
     )
     server = start_server(tmp_path, env=env_cache)
     with server.client() as client:
-        (worker,) = _status(client, "slow")["workers"]
+        (worker,) = _workers(client, "slow")
         result = {}
 
         def call():
@@ -304,9 +311,7 @@ def test_worker_crash_fails_in_flight_requests_and_restarts(tmp_path, start_serv
         assert "was killed by SIGKILL while handling this request" in r.json()["error"]
         assert time.monotonic() - killed_at < 30  # failed by the kill, not after the 60 s predict
         fresh = _wait(
-            lambda: [
-                w for w in _status(client, "slow")["workers"] if w["alive"] and w["pid"] != worker["pid"]
-            ],
+            lambda: [w for w in _workers(client, "slow") if w["alive"] and w["pid"] != worker["pid"]],
             timeout=60,
             what="a restarted worker",
         )
@@ -322,7 +327,7 @@ def test_server_sigkill_leaves_no_worker_behind(tmp_path, start_server, env_cach
     _scenario_model(tmp_path, old_sklearn, parallel_workers=2)
     server = start_server(tmp_path, env=env_cache)
     with server.client() as client:
-        pids = [w["pid"] for w in _status(client, "mnist-svm")["workers"]]
+        pids = [w["pid"] for w in _workers(client, "mnist-svm")]
     assert pids and all(_alive(p) for p in pids)
     server.proc.send_signal(signal.SIGKILL)
     server.proc.wait(10)
