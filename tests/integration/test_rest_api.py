@@ -335,9 +335,9 @@ def test_repository_index_shows_states_and_reasons(client, server):
     failed = log[log.index("model broken-load failed to load") :]
     trace = failed[failed.index("\nTraceback (most recent call last)") :]
     assert trace.index('runtimes.py", line') < trace.index("\nRuntimeError: weights file is corrupt"), log
-    missing_line = next(line for line in log.splitlines() if "model no-artifact failed to load" in line)
-    following = log.splitlines()[log.splitlines().index(missing_line) + 1]
-    assert not following.startswith("Traceback"), log
+    lines = log.splitlines()
+    at = next(i for i, line in enumerate(lines) if "model no-artifact failed to load" in line)
+    assert not lines[at + 1].startswith("Traceback"), log
     ready = client.post("/v2/repository/index", json={"ready": True}).json()
     assert {r["state"] for r in ready} == {"READY"} and len(ready) < len(rows)
 

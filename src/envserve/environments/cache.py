@@ -185,16 +185,24 @@ def _relocate_scripts(root: str, made_at: str) -> None:
     old, new = made_at.encode(), root.encode()
     bin_dir = os.path.join(root, "bin")
     for entry in os.scandir(bin_dir) if os.path.isdir(bin_dir) else ():
-        if not entry.is_file(follow_symlinks=False) or entry.stat().st_size > 1 << 20:
-            continue  # links (bin/python) and binaries large enough not to be scripts
+        if not entry.is_file(follow_symlinks=False):
+            continue  # links (bin/python)
+        stat = entry.stat()
+        if stat.st_size > 1 << 20:
+            continue  # binaries large enough not to be scripts
         with open(entry.path, "rb") as f:
             data = f.read()
         if old in data and b"\0" not in data:
-            mode = entry.stat().st_mode
             with open(entry.path + ".relocating", "wb") as f:
                 f.write(data.replace(old, new))
-            os.chmod(entry.path + ".relocating", mode & 0o7777)
+            os.chmod(entry.path + ".relocating", stat.st_mode & 0o7777)
             os.replace(entry.path + ".relocating", entry.path)
+
+
+def _changed_while_read(path: str) -> EnvironmentSetupError:
+    return EnvironmentSetupError(
+        "environment tarball %s changed while it was read; start the model again" % path
+    )
 
 
 def _collect(extraction: Extraction) -> str:
@@ -343,7 +351,7 @@ class EnvironmentCache:
                 self._settle_early_copies(size)
             try:
                 digest = self._known_digest(path)
-                if digest is None and self._holds_tarball_of_size(_identity(path)[0]):
+                if digest is None and self._holds_tarball_of_size(size):
                     # the cache holds an environment from a tarball of this size (a copy in another model
                     # folder, or one baked into the image): when the hash says this is it (a read, no
                     # extraction), its environment is this one's
@@ -356,10 +364,7 @@ class EnvironmentCache:
 
                     def extract(target: str) -> None:
                         if self._extract(path, target) != known:
-                            raise EnvironmentSetupError(
-                                "environment tarball %s changed while it was read; start the model again"
-                                % path
-                            )
+                            raise _changed_while_read(path)
 
                     return self._ensure(digest, source, model, extract)
                 running: Optional[_Early] = None
@@ -373,14 +378,7 @@ class EnvironmentCache:
                         digest = _collect(running.extraction)
                     else:
                         digest = self._extract(path, os.path.join(work, "env"))
-                    if _identity(path) != before:
-                        raise EnvironmentSetupError(
-                            "environment tarball %s changed while it was read; start the model again" % path
-                        )
-                    self._remember_digest(path, digest, before)
-                    return self._ensure(
-                        digest, source, model, lambda target: os.rename(os.path.join(work, "env"), target)
-                    )
+                    return self._install(path, before, digest, work, source, model)
                 finally:
                     shutil.rmtree(work, ignore_errors=True)
             finally:
@@ -396,14 +394,28 @@ class EnvironmentCache:
             early = self._early.pop(other)
             try:
                 digest = _collect(early.extraction)
-                if _identity(other) == early.identity:
-                    self._remember_digest(other, digest, early.identity)
-                    made = functools.partial(os.rename, os.path.join(early.work, "env"))
-                    self._ensure(digest, EnvironmentSource("tarball", other), "", made).release()
+                source = EnvironmentSource("tarball", other)
+                self._install(other, early.identity, digest, early.work, source, "").release()
             except (EnvserveError, OSError):
                 pass
             finally:
                 shutil.rmtree(early.work, ignore_errors=True)
+
+    def _install(
+        self,
+        path: str,
+        before: Tuple[int, ...],
+        digest: str,
+        work: str,
+        source: EnvironmentSource,
+        model: str,
+    ) -> Environment:
+        """The extraction of ``path`` in ``work/env``, begun when the file's identity was ``before``, moved
+        into the cache under ``digest`` (refused when the file changed while it was read)."""
+        if _identity(path) != before:
+            raise _changed_while_read(path)
+        self._remember_digest(path, digest, before)
+        return self._ensure(digest, source, model, functools.partial(os.rename, os.path.join(work, "env")))
 
     def _lock_for(self, key: int) -> threading.Lock:
         with self._locks_guard:
