@@ -3,7 +3,8 @@
     scripts/bench [--seconds N] [--suite core]
 
 Suites:
-  ab            see bench/ab.py: this tree vs an earlier commit (--against REV), single-row in process.
+  ab            see bench/ab.py: this tree vs an earlier commit (--against REV), single-row in process,
+                REST and gRPC.
   soak          see bench/soak.py: 10 minutes of mixed traffic, a worker killed every minute (not in "all").
   grpc          see bench/grpc.py: gRPC ModelInfer (h2load) vs REST infer (wrk).
   overload      see bench/overload.py: probe latency while models compute, shedding at twice the capacity.

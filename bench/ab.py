@@ -1,5 +1,5 @@
 """Suite ``ab``: this tree against an earlier commit, single-row infer of the digits model in process at 8
-connections (the core suite's target point), in interleaved pairs.
+connections (the core suite's target point) over REST (wrk) and over gRPC (h2load), in interleaved pairs.
 
     scripts/bench --suite ab [--against REV]     (default REV: HEAD~1)
 
@@ -15,6 +15,8 @@ import subprocess
 import sys
 from typing import List
 
+from .grpc import PATH as GRPC_PATH
+from .grpc import _grpc_body, _h2load
 from .harness import OUT, ROOT, ROUNDS, Process, free_port, paired, run_wrk
 
 AGAINST = os.environ.get("ENVSERVE_BENCH_AGAINST", "HEAD~1")
@@ -22,7 +24,9 @@ AGAINST = os.environ.get("ENVSERVE_BENCH_AGAINST", "HEAD~1")
 
 def _server(src: str, repo: object, tag: str) -> Process:
     port = free_port()
+    grpc_port = free_port()
     env = {"PYTHONPATH": src} if src else {}
+    env["ENVSERVE_GRPC_PORT"] = str(grpc_port)
     proc = Process(
         [
             sys.executable,
@@ -40,6 +44,7 @@ def _server(src: str, repo: object, tag: str) -> Process:
         env,
     )
     proc.url = "http://127.0.0.1:%d" % port
+    proc.grpc_url = "http://127.0.0.1:%d%s" % (grpc_port, GRPC_PATH)
     return proc
 
 
@@ -57,17 +62,26 @@ def run(seconds: float) -> List[str]:
     old.mkdir()
     archive = subprocess.run(["git", "archive", rev, "src"], cwd=ROOT, capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+    grpc_body = OUT / "ab-grpc-body.bin"
+    grpc_body.write_bytes(_grpc_body(body))
     with _server(str(old / "src"), repo, rev) as before, _server("", repo, "now") as now:
         path = "/v2/models/mnist-svm/infer"
         run_wrk(before.url + path, body, 8, 2)  # warm-up
         run_wrk(now.url + path, body, 8, 2)
-        ratio = paired(
-            "single-row @8 req/s %s vs this tree" % rev,
+        _h2load(before.grpc_url, str(grpc_body), 8, 1, 2)
+        _h2load(now.grpc_url, str(grpc_body), 8, 1, 2)
+        rest = paired(
+            "REST single-row @8 req/s %s vs this tree" % rev,
             lambda: run_wrk(before.url + path, body, 8, seconds).rps,
             lambda: run_wrk(now.url + path, body, 8, seconds).rps,
         )
+        grpc = paired(
+            "gRPC single-row @8 req/s %s vs this tree" % rev,
+            lambda: _h2load(before.grpc_url, str(grpc_body), 8, 1, seconds),
+            lambda: _h2load(now.grpc_url, str(grpc_body), 8, 1, seconds),
+        )
     return [
         "",
-        "this tree vs %s, single-row @8 in process (median of %d interleaved pairs): %.3fx"
-        % (rev, ROUNDS, ratio),
+        "this tree vs %s, single-row @8 in process (median of %d interleaved pairs): REST %.3fx, gRPC %.3fx"
+        % (rev, ROUNDS, rest, grpc),
     ]
