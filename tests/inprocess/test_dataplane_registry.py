@@ -6,9 +6,12 @@ import pytest
 
 from envserve.errors import InvalidRequest, ModelNotFound, ModelNotReady
 from envserve.protocol.v2 import parse_inference_request
+from envserve.server.call import Call, Protocol
 from envserve.server.inprocess import INLINE_BUDGET, CallCost
 from tests.conftest import custom_model
 from tests.inprocess.conftest import served
+
+V2 = Protocol.V2_REST
 
 
 def body():  # a fresh document each time: the data plane releases a document's data once parsed
@@ -37,21 +40,22 @@ def test_states_reasons_and_transport_neutral_errors(tmp_path, arun):
                 and "not valid JSON" in rows[("bad", None)]["reason"]
             )
             assert dp.ready()  # failed models do not hold readiness back
-            response = await dp.infer("echo", None, body(), protocol="test")
+            response = await dp.infer(Call(V2), "echo", None, body())
             assert response.outputs[0].data.tolist() == [1, 2]
-            assert (await dp.infer("versioned", None, body())).model_version == "2"  # the highest by default
-            assert (await dp.infer("versioned", "1", body())).model_version == "1"
+            highest = await dp.infer(Call(V2), "versioned", None, body())
+            assert highest.model_version == "2"  # the highest by default
+            assert (await dp.infer(Call(V2), "versioned", "1", body())).model_version == "1"
             with pytest.raises(ModelNotFound) as info:
-                await dp.infer("missing", None, body())
+                await dp.infer(Call(V2), "missing", None, body())
             assert "/v2" not in str(info.value)  # the same text reaches REST, gRPC and CLI users
             with pytest.raises(InvalidRequest):
-                await dp.infer("echo", None, {"inputs": []})
+                await dp.infer(Call(V2), "echo", None, {"inputs": []})
             await dp.unload("echo")
             with pytest.raises(ModelNotReady) as info:
-                await dp.infer("echo", None, body())
+                await dp.infer(Call(V2), "echo", None, body())
             assert "unloaded" in str(info.value) and "/v2" not in str(info.value)
             await dp.load("echo")
-            assert (await dp.infer("echo", None, body())).outputs[0].data.tolist() == [1, 2]
+            assert (await dp.infer(Call(V2), "echo", None, body())).outputs[0].data.tolist() == [1, 2]
 
     arun(scenario())
 
@@ -64,11 +68,11 @@ def test_in_process_calls_learn_their_cost_and_go_inline_when_fast(tmp_path, aru
 
     async def scenario():
         async with served(tmp_path) as server:
-            handle = server.registry.ready_handle("rows")
+            handle = server.registry.get("rows").ready_handle()
             first = parse_inference_request(one_row())
             assert not handle.inline_ok(first)  # nothing known yet: the model's thread
             for _ in range(5):
-                await server.dataplane.infer("rows", None, one_row())
+                await server.dataplane.infer(Call(V2), "rows", None, one_row())
             learnt = handle.cost.predict(1)
             assert learnt is not None and learnt > 0  # learnt from the calls (how fast: the machine's load)
             # the decision, from a known cost (a measured one would make the test depend on the load)

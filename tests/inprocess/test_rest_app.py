@@ -27,8 +27,8 @@ def test_router_matches_patterns_decodes_parameters_and_says_405_or_404():
             Route("GET", "/v2/health/live", _noop),
         ]
     )
-    handler, params = router.find("POST", "/v2/models/my%20model/infer")
-    assert handler is _noop and params == {"name": "my model"}
+    route, params = router.find("POST", "/v2/models/my%20model/infer")
+    assert route.handler is _noop and params == {"name": "my model"}
     assert router.find("HEAD", "/v2/models/m")[1] == {"name": "m"}  # HEAD is served by GET routes
     with pytest.raises(HTTPError) as info:
         router.find("GET", "/v2/models/m/infer")

@@ -35,7 +35,7 @@ def test_calls_a_killed_worker_and_the_bounded_queue(tmp_path, arun):
 
     async def scenario():
         async with served(tmp_path, environments_dir=str(tmp_path / "cache")) as server:
-            pool = server.registry.ready_handle("slow")
+            pool = server.registry.get("slow").ready_handle()
             (worker,) = pool.describe()["workers"]
             assert worker["state"] == "ready" and worker["alive"]
             assert (await pool.infer(_request())).outputs[0].data.tolist() == [0.3]

@@ -13,8 +13,7 @@ from typing import Any, List
 import numpy as np
 
 from ..errors import InvalidRequest, ShapeMismatch
-from .datatypes import DATATYPES
-from .v2 import check_shape_size
+from .datatypes import DATATYPES, check_shape_size
 
 __all__ = ["tensor_bytes", "tensor_from_bytes"]
 

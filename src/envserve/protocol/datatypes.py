@@ -1,10 +1,13 @@
-"""Open Inference Protocol datatypes and their numpy equivalents (worker closure: stdlib + numpy, py3.6+)."""
+"""Open Inference Protocol datatypes, their numpy equivalents, and the bound on what a shape may declare
+(worker closure: stdlib + numpy, py3.6+)."""
 
-from typing import Dict
+from typing import Dict, Sequence
 
 import numpy as np
 
-__all__ = ["DATATYPES", "datatype_of", "dtype_of"]
+from ..errors import ShapeMismatch
+
+__all__ = ["DATATYPES", "MAX_ELEMENTS", "check_shape_size", "datatype_of", "dtype_of"]
 
 #: V2 datatype name -> numpy dtype. BYTES elements are Python ``bytes`` in an object array.
 DATATYPES: Dict[str, np.dtype] = {
@@ -39,3 +42,19 @@ def datatype_of(dtype: np.dtype) -> str:
     if dtype.kind in "USO":
         return "BYTES"
     raise TypeError("numpy dtype %s has no Open Inference Protocol datatype" % dtype)
+
+
+#: Most elements a shape may declare (counting zero-sized dimensions as 1): far beyond any request the
+#: body limit allows, and well inside what numpy can describe without overflowing.
+MAX_ELEMENTS = 2**40
+
+
+def check_shape_size(shape: Sequence[int], where: str) -> None:
+    """Refuse shapes numpy could not even describe (zero dimensions do not make huge ones harmless)."""
+    size = 1
+    for dim in shape:
+        size *= max(dim, 1)
+        if size > MAX_ELEMENTS:
+            raise ShapeMismatch(
+                "%s.shape %r declares more than %d elements" % (where, list(shape), MAX_ELEMENTS)
+            )

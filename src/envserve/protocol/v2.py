@@ -14,7 +14,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from ..errors import DatatypeMismatch, InvalidRequest, ShapeMismatch
-from .datatypes import DATATYPES
+from .binary import tensor_bytes, tensor_from_bytes
+from .datatypes import DATATYPES, check_shape_size
+from .envelope import RESERVED_PREFIX, Passthrough, Report
 
 __all__ = [
     "InferenceRequest",
@@ -25,13 +27,10 @@ __all__ = [
     "ResponseOutput",
     "array_from_data",
     "parse_inference_request",
+    "reserved_parameter",
 ]
 
 NO_INPUTS = "the request must have a non-empty 'inputs' list"
-
-#: Most elements a shape may declare (counting zero-sized dimensions as 1): far beyond any request the
-#: body limit allows, and well inside what numpy can describe without overflowing.
-MAX_ELEMENTS = 2**40
 
 #: Largest number of dimensions accepted in a shape; numpy itself stops at 64.
 MAX_DIMS = 32
@@ -78,7 +77,10 @@ class RequestOutput:
 
 
 class InferenceRequest:
-    __slots__ = ("id", "inputs", "outputs", "parameters")
+    """A V2 inference request. ``passthrough`` (never from a client) marks a protocol body handed to the
+    model's runtime as it arrived (:class:`~envserve.protocol.envelope.Passthrough`)."""
+
+    __slots__ = ("id", "inputs", "outputs", "parameters", "passthrough")
 
     def __init__(
         self,
@@ -86,11 +88,13 @@ class InferenceRequest:
         id: Optional[str] = None,
         parameters: Optional[Dict[str, Any]] = None,
         outputs: Optional[List[RequestOutput]] = None,
+        passthrough: Optional[Passthrough] = None,
     ) -> None:
         self.inputs = inputs
         self.id = id
         self.parameters = parameters or {}
         self.outputs = outputs or []
+        self.passthrough = passthrough
 
     @property
     def content_type(self) -> Optional[str]:
@@ -130,7 +134,10 @@ class ResponseOutput:
 
 
 class InferenceResponse:
-    __slots__ = ("id", "model_name", "model_version", "outputs", "parameters")
+    """A V2 inference response. ``report`` (never sent to a client) is what the layers beneath the data
+    plane found while answering (:class:`~envserve.protocol.envelope.Report`)."""
+
+    __slots__ = ("id", "model_name", "model_version", "outputs", "parameters", "report")
 
     def __init__(
         self,
@@ -145,6 +152,7 @@ class InferenceResponse:
         self.outputs = outputs
         self.id = id
         self.parameters = parameters or {}
+        self.report = Report()
 
     def output(self, name: str) -> ResponseOutput:
         for item in self.outputs:
@@ -174,8 +182,6 @@ class InferenceResponse:
                 "datatype": out.datatype,
             }
             if binary is not None and (binary_all or out.parameters.get("binary_data") is True):
-                from .binary import tensor_bytes
-
                 raw = tensor_bytes(out.data, out.datatype)
                 binary.append(raw)
                 item["parameters"] = dict(out.parameters, binary_data_size=memoryview(raw).nbytes)
@@ -263,17 +269,6 @@ def parse_shape(value: Any, where: str) -> List[int]:
             raise InvalidRequest("%s.shape must be a list of non-negative integers, got %r" % (where, value))
     check_shape_size(value, where)
     return value
-
-
-def check_shape_size(shape: Sequence[int], where: str) -> None:
-    """Refuse shapes numpy could not even describe (zero dimensions do not make huge ones harmless)."""
-    size = 1
-    for dim in shape:
-        size *= max(dim, 1)
-        if size > MAX_ELEMENTS:
-            raise ShapeMismatch(
-                "%s.shape %r declares more than %d elements" % (where, list(shape), MAX_ELEMENTS)
-            )
 
 
 def _element_count(shape: Sequence[int]) -> int:
@@ -387,8 +382,6 @@ class _Binary:
         self.offset = 0
 
     def take(self, size: Any, shape: List[int], datatype: str, where: str) -> np.ndarray:
-        from .binary import tensor_from_bytes
-
         if self.data is None:
             raise InvalidRequest(
                 "%s has parameters.binary_data_size but the request has no binary part "
@@ -450,3 +443,17 @@ def parse_inference_request(doc: Any, binary: Any = None) -> InferenceRequest:
                 RequestOutput(item["name"], _parameters(item.get("parameters"), "outputs[%d]" % i))
             )
     return InferenceRequest(inputs, request_id, _parameters(doc.get("parameters"), "request"), outputs)
+
+
+def reserved_parameter(request: InferenceRequest) -> Optional[str]:
+    """Where the request uses a ``parameters`` key envserve reserves (``envserve_...``), for the error
+    message; None when it uses none."""
+    for key in request.parameters:
+        if key.startswith(RESERVED_PREFIX):
+            return "parameters.%s" % key
+    for tensors, kind in ((request.inputs, "input"), (request.outputs, "output")):
+        for tensor in tensors:
+            for key in tensor.parameters:
+                if key.startswith(RESERVED_PREFIX):
+                    return "%s %r parameters.%s" % (kind, tensor.name, key)
+    return None

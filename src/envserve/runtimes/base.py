@@ -24,42 +24,11 @@ import numpy as np
 
 from ..codecs import decode_input, decode_request, encode_outputs, input_content_types
 from ..errors import InferenceError, InvalidRequest, ModelLoadError
+from ..protocol.envelope import Passthrough
 from ..protocol.v2 import InferenceRequest, InferenceResponse, MetadataTensor, RequestInput, ResponseOutput
 from ..settings.model import ModelSettings
 
-__all__ = [
-    "CUSTOM_METRICS",
-    "HANDLER_ANSWER",
-    "HANDLER_CALL",
-    "MLFLOW_SCORING",
-    "SELDON_CALL",
-    "SELDON_PATH",
-    "TIMINGS",
-    "Runtime",
-]
-
-#: A request parameter marking an MLflow ``/invocations`` body passed through as it arrived (its value is
-#: the body's media type; the body is the single BYTES element of the first input). The runtime parses it
-#: as MLflow's scoring server would (with the model's signature when it has one) and answers MLflow's JSON.
-MLFLOW_SCORING = "envserve_mlflow_scoring"
-#: A request parameter marking a Seldon v1 call passed through (``predict``, ``feedback`` or ``metadata``):
-#: the SeldonMessage's JSON is the single BYTES element of the first input; the runtime answers the
-#: response message's JSON (one BYTES output). ``SELDON_PATH`` carries the unit's ``requestPath`` entry.
-SELDON_CALL = "envserve_seldon"
-SELDON_PATH = "envserve_seldon_path"
-#: A response parameter: the custom metrics a model reported with this call (Seldon's ``metrics()``
-#: format: ``[{"type": "COUNTER"|"GAUGE"|"TIMER", "key", "value", "tags"}]``), for the server's /metrics.
-CUSTOM_METRICS = "envserve_custom_metrics"
-#: Response parameter in which the layers under the data plane report when each stage of a call ran:
-#: {"predict"|"ipc"|"queue"|"batch": [start, end]} in wall-clock seconds (the traces' spans); the data
-#: plane takes it out before the response leaves.
-TIMINGS = "envserve_timings"
-#: A request parameter marking a call of one of the model's own REST routes (:meth:`Runtime.custom_handlers`):
-#: its value is ``{"name", "method", "path", "query", "headers"}`` and the HTTP body is the single BYTES
-#: element of the first input. The answer's body is its single BYTES output, and ``HANDLER_ANSWER`` in the
-#: response parameters holds ``{"status", "headers"}``.
-HANDLER_CALL = "envserve_handler"
-HANDLER_ANSWER = "envserve_handler_answer"
+__all__ = ["Runtime", "user_code_error"]
 
 
 class Runtime:
@@ -277,31 +246,34 @@ class Runtime:
         return seldon.to_seldon_response(response, kind, meta)
 
     def infer(self, request: InferenceRequest) -> InferenceResponse:
-        params = request.parameters
-        mime = params.get(MLFLOW_SCORING)
-        if mime is not None:
-            body = request.inputs[0].data.ravel()[0]
-            return self._raw_answer("predictions", self.score_mlflow(bytes(body), str(mime)))
-        handler = params.get(HANDLER_CALL)
-        if isinstance(handler, dict):
-            raw = bytes(request.inputs[0].data.ravel()[0])
-            status, headers, content = self.call_handler(str(handler.get("name")), raw, handler)
-            response = self._raw_answer("body", content)
-            response.parameters[HANDLER_ANSWER] = {"status": status, "headers": headers}
+        """Answer one request: V2 tensors through :meth:`predict`, or a protocol body passed through as it
+        arrived (``request.passthrough``) in that protocol."""
+        passthrough = request.passthrough
+        if passthrough is None:
+            response = self._infer(request)
+            self.report_metrics(response)
             return response
-        call = params.get(SELDON_CALL)
-        if call is not None:
+        body = bytes(request.inputs[0].data.ravel()[0])
+        options = passthrough.options
+        if passthrough.kind == Passthrough.MLFLOW:
+            return self._raw_answer("predictions", self.score_mlflow(body, str(options.get("media_type"))))
+        if passthrough.kind == Passthrough.HANDLER:
+            status, headers, content = self.call_handler(str(options.get("name")), body, options)
+            response = self._raw_answer("body", content)
+            response.report.handler = {"status": status, "headers": headers}
+            return response
+        if passthrough.kind == Passthrough.SELDON:
             import json
 
-            message = json.loads(bytes(request.inputs[0].data.ravel()[0]).decode("utf-8"))
-            path = params.get(SELDON_PATH)
-            answer = self.score_seldon(message, str(call), path if isinstance(path, dict) else {})
+            message = json.loads(body.decode("utf-8"))
+            path = options.get("request_path")
+            answer = self.score_seldon(
+                message, str(options.get("call")), path if isinstance(path, dict) else {}
+            )
             response = self._raw_answer("seldon", json.dumps(answer, default=_json_default).encode("utf-8"))
             self.report_metrics(response)
             return response
-        response = self._infer(request)
-        self.report_metrics(response)
-        return response
+        raise InvalidRequest("model %r cannot answer a %r call" % (self.settings.name, passthrough.kind))
 
     def custom_metrics(self) -> List[Dict[str, Any]]:
         """Metrics the model reports after each call (Seldon's ``metrics()`` format); none by default."""
@@ -310,7 +282,7 @@ class Runtime:
     def report_metrics(self, response: InferenceResponse) -> None:
         metrics = self.custom_metrics()
         if metrics:
-            response.parameters[CUSTOM_METRICS] = metrics
+            response.report.metrics = metrics
 
     def _raw_answer(self, name: str, answer: bytes) -> InferenceResponse:
         s = self.settings

@@ -221,7 +221,7 @@ class MLServerModelRuntime(Runtime):
         if request.id is not None:
             doc["id"] = request.id
         if request.parameters:
-            doc["parameters"] = {k: v for k, v in request.parameters.items() if not k.startswith("envserve_")}
+            doc["parameters"] = dict(request.parameters)
         if request.outputs:
             doc["outputs"] = [{"name": o.name, "parameters": o.parameters or None} for o in request.outputs]
         return doc

@@ -39,7 +39,7 @@ from ..errors import InferenceError, InvalidRequest, ModelLoadError, SettingsErr
 from ..protocol.v2 import InferenceRequest
 from ..settings.contracts import parse_unit_parameters
 from ..settings.model import ModelSettings
-from .base import CUSTOM_METRICS, Runtime, user_code_error
+from .base import Runtime, user_code_error
 
 __all__ = ["SeldonModelRuntime", "is_seldon_class", "parse_parameters"]
 
@@ -315,7 +315,7 @@ class SeldonModelRuntime(Runtime):
         metrics = self._raw_metrics + self.custom_metrics()
         self._raw_metrics = []
         if metrics:
-            response.parameters[CUSTOM_METRICS] = metrics
+            response.report.metrics = metrics
 
     # -- V2 -----------------------------------------------------------------------------------------------
 

@@ -19,20 +19,18 @@ import asyncio
 import json
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..errors import EnvserveError
 from ..logcontext import REQUEST_ID
 from ..protocol.v2 import InferenceRequest, InferenceResponse, RequestInput, ResponseOutput
-from ..runtimes.base import CUSTOM_METRICS, TIMINGS
 from ..workers.admission import ClientGone, admit, drop_when_client_leaves
+from .handle import ModelHandle
 
 __all__ = ["BatchingHandle"]
 
 
-# (request, its future, its batching signature computed once when it is queued)
 # (request, its caller's future, its batch signature, its request id for log lines, when it was queued
 # in wall-clock seconds for the traces)
 _Item = Tuple[InferenceRequest, "asyncio.Future[InferenceResponse]", Optional[Tuple[Any, ...]], str, float]
@@ -40,7 +38,7 @@ _Item = Tuple[InferenceRequest, "asyncio.Future[InferenceResponse]", Optional[Tu
 
 def _signature(request: InferenceRequest) -> Optional[Tuple[Any, ...]]:
     """What must match for two requests to share a batch; None when the request cannot be batched."""
-    if any(key.startswith("envserve_") for key in request.parameters):
+    if request.passthrough is not None:
         return None  # a protocol body passed through as it arrived (MLflow's /invocations): alone
     rows = None
     parts: List[Any] = []
@@ -66,10 +64,9 @@ class BatchingHandle:
 
     def __init__(
         self,
-        inner: Any,
+        inner: ModelHandle,
         max_batch_size: int,
         max_batch_time: float,
-        on_batch: Optional[Callable[[int], None]] = None,
         max_queue: int = 0,
         max_rows: int = 1024,
     ) -> None:
@@ -80,7 +77,6 @@ class BatchingHandle:
         self.settings = inner.settings
         self.max_batch_size = max(1, max_batch_size)
         self.max_batch_time = max(0.0, max_batch_time)
-        self.on_batch = on_batch
         self.max_queue = max_queue
         self._queue: Deque[_Item] = deque()
         self._worker: Optional[asyncio.Task[None]] = None
@@ -115,8 +111,7 @@ class BatchingHandle:
         return dict(self.inner.metadata())
 
     def capabilities(self) -> Dict[str, Any]:
-        result: Dict[str, Any] = self.inner.capabilities()
-        return result
+        return self.inner.capabilities()
 
     def describe(self) -> Dict[str, Any]:
         info = dict(self.inner.describe())
@@ -126,8 +121,7 @@ class BatchingHandle:
         return info
 
     def problem(self) -> Optional[str]:
-        result: Optional[str] = self.inner.problem()
-        return result
+        return self.inner.problem()
 
     # -- batching -----------------------------------------------------------------------------------------
 
@@ -185,8 +179,6 @@ class BatchingHandle:
             batch = [item for item in await self._gather() if not item[1].done()]
             if not batch:
                 continue
-            if self.on_batch is not None:
-                self.on_batch(len(batch))
             if len(batch) == 1:
                 await self._one(batch[0])
                 continue
@@ -202,6 +194,7 @@ class BatchingHandle:
                 for item in batch:
                     await self._one(item)
                 continue
+            parts[0].report.batch_size = len(batch)
             for (request, future, _, _, queued), part in zip(batch, parts):
                 part.id = request.id
                 _waited(part, queued, started)
@@ -210,10 +203,8 @@ class BatchingHandle:
 
     async def _call(self, request: InferenceRequest) -> InferenceResponse:
         if self.inner.inline_ok(request):
-            result: InferenceResponse = self.inner.infer_inline(request)
-            return result
-        result = await self.inner.infer(request)
-        return result
+            return self.inner.infer_inline(request)
+        return await self.inner.infer(request)
 
     async def _one(self, item: _Item) -> None:
         request, future, _, rid, queued = item
@@ -221,11 +212,8 @@ class BatchingHandle:
         try:
             started = time.time()
             response = await self._call(request)
+            response.report.batch_size = 1
             _waited(response, queued, started)
-        except EnvserveError as exc:
-            if not future.done():
-                future.set_exception(exc)
-            return
         except Exception as exc:
             if not future.done():
                 future.set_exception(exc)
@@ -235,11 +223,8 @@ class BatchingHandle:
 
 
 def _waited(response: InferenceResponse, queued: float, started: float) -> None:
-    """Report the request's wait for its batch with the call's own timings (a copy per request)."""
-    timings = response.parameters.get(TIMINGS)
-    timings = dict(timings) if isinstance(timings, dict) else {}
-    timings["batch"] = [queued, started]
-    response.parameters[TIMINGS] = timings
+    """Report the request's wait for its batch beside the model call's own timings."""
+    response.report.timings["batch"] = [queued, started]
 
 
 def _merge(requests: List[InferenceRequest]) -> Tuple[InferenceRequest, List[int]]:
@@ -262,8 +247,6 @@ def _split(response: InferenceResponse, sizes: List[int]) -> Optional[List[Infer
             return None
     parts: List[InferenceResponse] = []
     start = 0
-    # The model's custom metrics describe the one call: reported once, with the first part.
-    rest = {k: v for k, v in response.parameters.items() if k != CUSTOM_METRICS}
     for n in sizes:
         outputs = [
             ResponseOutput(
@@ -271,14 +254,12 @@ def _split(response: InferenceResponse, sizes: List[int]) -> Optional[List[Infer
             )
             for o in response.outputs
         ]
-        parts.append(
-            InferenceResponse(
-                response.model_name,
-                outputs,
-                response.model_version,
-                None,
-                dict(response.parameters if not parts else rest),
-            )
+        part = InferenceResponse(
+            response.model_name, outputs, response.model_version, None, dict(response.parameters)
         )
+        part.report.timings = dict(response.report.timings)
+        if not parts:  # the model's own metrics describe the one call: reported once, with the first part
+            part.report.metrics = response.report.metrics
+        parts.append(part)
         start += n
     return parts

@@ -22,8 +22,11 @@ import mimetypes
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..environments import EnvironmentCache
 from ..errors import EnvserveError, InvalidRequest, SettingsError
 from ..storage import redact
+from .dataplane import DataPlane
+from .metrics import Metrics
 
 __all__ = ["STATIC_DIR", "ConsoleAPI", "check_console_settings"]
 
@@ -56,9 +59,12 @@ def static_file(path: str) -> Optional[Tuple[bytes, str]]:
 
 
 class ConsoleAPI:
-    def __init__(self, dataplane: Any, metrics: Any) -> None:
+    def __init__(
+        self, dataplane: DataPlane, metrics: Optional[Metrics], environments: EnvironmentCache
+    ) -> None:
         self.dp = dataplane
         self.metrics = metrics
+        self.environment_cache = environments
 
     # -- reads ---------------------------------------------------------------------------------------------
 
@@ -92,7 +98,7 @@ class ConsoleAPI:
         return result
 
     def environments(self) -> List[Dict[str, Any]]:
-        rows = self.dp.registry.environments.list()
+        rows = self.environment_cache.list()
         for row in rows:
             row["source"] = redact(str(row.get("source", "")))
         return list(rows)
@@ -136,9 +142,7 @@ class ConsoleAPI:
 
     async def prune(self) -> Dict[str, Any]:
         loop = asyncio.get_running_loop()
-        removed = await loop.run_in_executor(
-            None, lambda: self.dp.registry.environments.prune(everything=True)
-        )
+        removed = await loop.run_in_executor(None, lambda: self.environment_cache.prune(everything=True))
         return {"removed": [r["hash"] for r in removed]}
 
     def set_image(self, doc: Any) -> Dict[str, Any]:

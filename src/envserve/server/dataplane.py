@@ -1,31 +1,62 @@
-"""The transport-agnostic data plane: what every protocol edge (REST, gRPC, Seldon v1) calls.
+"""The data plane: the one pipeline every edge's inference call goes through, and the repository's calls.
 
-It works on decoded documents and protocol objects and raises envserve errors; each transport maps
-those errors to its own status codes in one table.
+An edge decodes its protocol, begins a :class:`~.call.Call`, and calls :meth:`DataPlane.infer` (a V2
+request) or :meth:`DataPlane.passthrough` (a body the model's runtime answers in its own protocol). Both
+go through :meth:`DataPlane._serve`, in this order:
+
+1. the model is looked up once (its record: state, version, handle);
+2. admission: the model is READY and the call's deadline has not passed (the model's own queue bound is
+   its handle's: a full queue raises :class:`~envserve.errors.Overloaded`);
+3. ``parse``: the V2 document becomes an :class:`~envserve.protocol.InferenceRequest`; ``parameters`` keys
+   envserve reserves are refused; the HTTP headers go in as ``parameters.headers`` for models that read
+   them (MLServer runtimes);
+4. ``model``: the handle answers (inline on the event loop when it says it may, else awaited); a
+   sampled copy goes to the model's shadow;
+5. what the layers beneath reported (:class:`~envserve.protocol.envelope.Report`) becomes spans, the
+   model's own metrics and the call's response headers; V2 answers of MLServer runtimes get MLServer's
+   output shapes;
+6. the call is counted in the metrics under its protocol, with its status in one vocabulary (HTTP codes).
+
+It raises envserve errors; each edge maps them to its protocol in one table.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import re
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
 from .. import __version__
-from ..errors import EnvserveError, InvalidRequest, ModelLoadError, ModelNotFound, ModelNotReady
-from ..protocol.v2 import InferenceRequest, InferenceResponse, RequestInput, parse_inference_request
-from ..runtimes.base import CUSTOM_METRICS, HANDLER_ANSWER, HANDLER_CALL, TIMINGS
-from ..settings import ModelSettings
-from ..workers.admission import ClientGone
-from .registry import ModelRegistry, ModelState
-from .shadow import Shadow
+from ..errors import (
+    InferenceTimeout,
+    InvalidRequest,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+)
+from ..protocol.envelope import Passthrough
+from ..protocol.v2 import (
+    InferenceRequest,
+    InferenceResponse,
+    RequestInput,
+    parse_inference_request,
+    reserved_parameter,
+)
+from ..settings import ModelSettings, ServerSettings
+from .call import Call
+from .handle import ModelHandle, ModelState
+from .metrics import Metrics
+from .registry import ModelRecord, ModelRegistry
 
 __all__ = ["DataPlane", "take_response_headers"]
 
 EXTENSIONS = ["model_repository"]
 
+#: A decoded V2 JSON document, or a request an edge built itself (gRPC, KServe V1).
+Payload = Union[Dict[str, Any], InferenceRequest]
 
 _HEADER_NAME = re.compile(r"^[0-9a-z!#$%&'*+.^_`|~-]+$")
 _RESERVED_HEADERS = {"content-type", "content-length", "transfer-encoding", "connection", "te", "trailer"}
@@ -51,27 +82,36 @@ def take_response_headers(response: InferenceResponse) -> Dict[str, str]:
     return headers
 
 
-def _release_json_data(doc: Any) -> None:
+def _release_json_data(doc: Dict[str, Any]) -> None:
     """Drop a parsed document's ``data`` lists (their values now live in numpy arrays).
 
     The caller's frames keep the document alive while the call waits (for a batch, for a worker), and
     nested lists are what the cyclic garbage collector spends its time on: with many waiting requests its
-    passes grew long enough to cost batching its gain (bench/RESULTS.md, batching). Nothing reads the data
+    passes grow long enough to cost batching its gain (bench/RESULTS.md, batching). Nothing reads the data
     after parsing.
     """
-    if isinstance(doc, dict):
-        for inp in doc.get("inputs") or ():
-            if isinstance(inp, dict):
-                inp.pop("data", None)
+    for inp in doc.get("inputs") or ():
+        if isinstance(inp, dict):
+            inp.pop("data", None)
+
+
+def _body_request(body: bytes, passthrough: Passthrough) -> InferenceRequest:
+    """A passed-through body as the request the handle carries: its single BYTES element."""
+    data = np.empty(1, dtype=object)
+    data[0] = body
+    return InferenceRequest([RequestInput("body", [1], "BYTES", data)], passthrough=passthrough)
 
 
 class DataPlane:
-    def __init__(self, registry: ModelRegistry, metrics: Optional[Any] = None) -> None:
+    def __init__(self, registry: ModelRegistry, metrics: Optional[Metrics] = None) -> None:
         self.registry = registry
-        self.metrics = metrics  # envserve.server.metrics.Metrics, when metrics are on
+        self.metrics = metrics
         self.started = False  # set once the startup load has finished
         self.draining = False  # set when shutdown begins: readiness turns false first
-        self.tracing: Optional[Any] = None  # a server.tracing.Tracing when tracing_endpoint is set
+
+    @property
+    def settings(self) -> ServerSettings:
+        return self.registry.settings
 
     # -- health and metadata ------------------------------------------------------------------------------
 
@@ -85,167 +125,160 @@ class DataPlane:
         return {"name": self.registry.settings.server_name, "version": __version__, "extensions": EXTENSIONS}
 
     def model_metadata(self, name: str, version: Optional[str] = None) -> Dict[str, Any]:
-        return self.registry.ready_handle(name, version).metadata()
+        return self.registry.get(name, version).ready_handle().metadata()
 
     def model_settings(self, name: str, version: Optional[str] = None) -> ModelSettings:
         return self.registry.get(name, version).settings
 
     def model_ready(self, name: str, version: Optional[str] = None) -> bool:
-        return self.registry.get(name, version).state == ModelState.READY
+        return self.registry.get(name, version).state is ModelState.READY
 
-    # -- inference ----------------------------------------------------------------------------------------
+    def model(self, name: str, version: Optional[str] = None) -> ModelRecord:
+        """The model's record (state, reason, settings); ModelNotFound when there is none."""
+        return self.registry.get(name, version)
 
-    async def infer(
-        self,
-        name: str,
-        version: Optional[str],
-        payload: Any,
-        binary: Any = None,
-        protocol: str = "",
-        gone: Optional[ClientGone] = None,
-        mlserver_shapes: bool = False,
-    ) -> InferenceResponse:
-        """Run one inference. ``payload`` is a decoded V2 JSON document (with ``binary`` for the binary
-        tensor extension) or an already built :class:`InferenceRequest`. Counted in the metrics under the
-        edge's ``protocol`` label, with the outcome (the edge's own table names its status). ``gone``
-        completes when the client disconnects: a call still waiting in a queue then never runs. With
-        ``mlserver_shapes`` (the V2 edges), models that name an MLServer runtime answer one-dimensional
-        outputs as [N, 1], as MLServer does (``ModelSettings.mlserver_shapes``)."""
-        metrics = self.metrics
-        if metrics is None:
-            return await self._infer(name, version, payload, binary, gone, mlserver_shapes)
-        started = time.perf_counter()
-        outcome: Optional[BaseException] = None
-        try:
-            response = await self._infer(name, version, payload, binary, gone, mlserver_shapes)
-            version = response.model_version  # the version that answered, also when none was asked for
-            return response
-        except BaseException as exc:
-            outcome = exc
-            if isinstance(exc, ModelNotFound):
-                name, version = "", None  # names from requests are not labels: they would grow without bound
-            else:
-                with contextlib.suppress(EnvserveError):
-                    version = self.registry.get(name, version).version
-            raise
-        finally:
-            metrics.observe(name, version, protocol, outcome, time.perf_counter() - started)
-
-    async def _infer(
-        self,
-        name: str,
-        version: Optional[str],
-        payload: Any,
-        binary: Any,
-        gone: Optional[ClientGone],
-        mlserver_shapes: bool,
-    ) -> InferenceResponse:
-        handle = self.registry.ready_handle(name, version)
-        tracing = self.tracing
-        if tracing is not None:
-            return await self._traced(tracing, handle, payload, binary, gone, mlserver_shapes)
-        if isinstance(payload, InferenceRequest):
-            request = payload
-        else:
-            request = parse_inference_request(payload, binary)
-            _release_json_data(payload)
-        shadow, mirrored = self._mirror(handle, request)
-        if handle.inline_ok(request):
-            response = handle.infer_inline(request)
-        else:
-            response = await handle.infer(request, gone)
-        response.parameters.pop(TIMINGS, None)
-        if mirrored is not None and shadow is not None:
-            shadow.mirror(mirrored, response)
-        return self._finish(handle, response, mlserver_shapes)
-
-    async def _traced(
-        self,
-        tracing: Any,
-        handle: Any,
-        payload: Any,
-        binary: Any,
-        gone: Optional[ClientGone],
-        mlserver_shapes: bool,
-    ) -> InferenceResponse:
-        """:meth:`_infer` with its stages as spans (server/tracing.py)."""
-        with tracing.span("parse"):
-            if isinstance(payload, InferenceRequest):
-                request = payload
-            else:
-                request = parse_inference_request(payload, binary)
-                _release_json_data(payload)
-        attributes = {
-            "envserve.model": handle.settings.name,
-            "envserve.model_version": handle.settings.version or "",
-        }
-        shadow, mirrored = self._mirror(handle, request)
-        with tracing.span("model", attributes):
-            if handle.inline_ok(request):
-                response = handle.infer_inline(request)
-            else:
-                response = await handle.infer(request, gone)
-            tracing.record(response.parameters.pop(TIMINGS, None))
-        if mirrored is not None and shadow is not None:
-            shadow.mirror(mirrored, response)
-        return self._finish(handle, response, mlserver_shapes)
-
-    def _mirror(
-        self, handle: Any, request: InferenceRequest
-    ) -> Tuple[Optional[Shadow], Optional[InferenceRequest]]:
-        """The model's shadow and the copy of ``request`` to send it, when this request is sampled."""
-        shadow = self.registry.shadows.get(handle.settings.key) if self.registry.shadows else None
-        return shadow, shadow.take(request) if shadow is not None else None
-
-    def _finish(self, handle: Any, response: InferenceResponse, mlserver_shapes: bool) -> InferenceResponse:
-        custom = response.parameters.pop(CUSTOM_METRICS, None)
-        if custom and self.metrics is not None:
-            self.metrics.custom(handle.settings, custom)
-        if mlserver_shapes and handle.settings.mlserver_shapes:
-            for out in response.outputs:
-                if len(out.shape) == 1:
-                    out.shape = [out.shape[0], 1]
-                    out.data = out.data.reshape(out.shape)
-        return response
-
-    def wants_headers(self, name: str, version: Optional[str] = None) -> bool:
-        """Whether the model reads the request's HTTP headers (MLServer runtimes: ``parameters.headers``)."""
-        try:
-            return bool(self.registry.ready_handle(name, version).capabilities().get("headers"))
-        except EnvserveError:
-            return False  # the inference call itself says what is wrong
-
-    def custom_route(self, method: str, path: str) -> Optional[Tuple[str, str]]:
-        """The model and handler name of a model's own REST route (MLServer's ``@custom_handler``)."""
-        found = self.registry.custom_route(method, path)
-        return None if found is None else (found[0].name, found[1]["name"])
-
-    async def call_handler(
-        self, name: str, handler: str, body: bytes, call: Dict[str, Any], gone: Optional[ClientGone] = None
-    ) -> Tuple[int, Dict[str, str], bytes]:
-        """Call a model's own REST route: the body and ``call`` (method, path, query, headers) go to the
-        model as they arrived; the answer is its status, headers and body."""
-        data = np.empty(1, dtype=object)
-        data[0] = body
-        request = InferenceRequest(
-            [RequestInput("body", [1], "BYTES", data)], parameters={HANDLER_CALL: dict(call, name=handler)}
-        )
-        response = await self.infer(name, None, request, protocol="rest", gone=gone)
-        answer = response.parameters.get(HANDLER_ANSWER) or {}
-        headers = answer.get("headers") or {}
-        return int(answer.get("status", 200)), dict(headers), bytes(response.outputs[0].data.ravel()[0])
+    def model_names(self) -> List[str]:
+        return sorted({r.name for r in self.registry.records()})
 
     def pick_model(self, name: Optional[str]) -> str:
         """The model a protocol without model names in its paths (MLflow scoring, Seldon v1) talks to."""
         if name:
             return name
-        names = sorted({r.name for r in self.registry.records()})
+        names = self.model_names()
         if len(names) == 1:
             return names[0]
         raise InvalidRequest(
             "%d models are served (%s); name one with the query parameter ?model=NAME or the header "
             "X-Model-Name" % (len(names), ", ".join(names) or "none")
         )
+
+    def custom_route(self, method: str, path: str) -> Optional[Tuple[str, str]]:
+        """The model and handler name of a model's own REST route (MLServer's ``@custom_handler``)."""
+        found = self.registry.custom_route(method, path)
+        return None if found is None else (found[0].name, found[1]["name"])
+
+    # -- inference ----------------------------------------------------------------------------------------
+
+    async def infer(
+        self,
+        call: Call,
+        name: str,
+        version: Optional[str],
+        payload: Payload,
+        binary: Optional[memoryview] = None,
+    ) -> InferenceResponse:
+        """One V2 inference: ``payload`` is a decoded V2 JSON document (with ``binary``, the bytes after
+        its JSON header, for the binary tensor extension) or a request the edge built."""
+        return await self._serve(call, name, version, payload, binary)
+
+    async def passthrough(self, call: Call, name: str, body: bytes) -> InferenceResponse:
+        """The body as it arrived, answered by the model's runtime in the protocol ``call.passthrough``
+        names; the answer's single BYTES output is the body to send."""
+        if call.passthrough is None:
+            raise ValueError("a passthrough call names what it passes through (call.passthrough)")
+        return await self._serve(call, name, None, _body_request(body, call.passthrough), None)
+
+    async def _serve(
+        self,
+        call: Call,
+        name: str,
+        version: Optional[str],
+        payload: Payload,
+        binary: Optional[memoryview],
+    ) -> InferenceResponse:
+        record: Optional[ModelRecord] = None
+        outcome: Optional[BaseException] = None
+        try:
+            record = self.registry.get(name, version)
+            handle = self._admit(call, record)
+            with call.span("parse"):
+                request = self._request(call, handle, payload, binary)
+            shadow = self.registry.shadows.get(handle.settings.key) if self.registry.shadows else None
+            mirrored = shadow.take(request) if shadow is not None else None
+            attributes = None
+            if call.tracer.enabled:
+                attributes = {
+                    "envserve.model": handle.settings.name,
+                    "envserve.model_version": handle.settings.version or "",
+                }
+            with call.span("model", attributes):
+                if handle.inline_ok(request):
+                    response = handle.infer_inline(request)
+                else:
+                    response = await handle.infer(request, call.gone)
+                call.tracer.record(response.report.timings)
+            if mirrored is not None and shadow is not None:
+                shadow.mirror(mirrored, response)
+            self._finish(call, handle.settings, response)
+            return response
+        except BaseException as exc:
+            outcome = exc
+            raise
+        finally:
+            if self.metrics is not None:
+                self._count(call, name, version, record, outcome)
+
+    def _admit(self, call: Call, record: ModelRecord) -> ModelHandle:
+        """The handle that may take this call now: the model is READY and the call's deadline is ahead."""
+        handle = record.ready_handle()
+        if call.deadline is not None and time.monotonic() >= call.deadline:
+            raise InferenceTimeout(
+                "the call's deadline passed before model %r was called" % record.name, model=record.name
+            )
+        return handle
+
+    def _request(
+        self, call: Call, handle: ModelHandle, payload: Payload, binary: Optional[memoryview]
+    ) -> InferenceRequest:
+        if isinstance(payload, InferenceRequest):
+            request = payload
+        else:
+            request = parse_inference_request(payload, binary)
+            _release_json_data(payload)
+        if request.passthrough is None:
+            where = reserved_parameter(request)
+            if where is not None:
+                raise InvalidRequest(
+                    "%s: parameters beginning with 'envserve_' are reserved for envserve's own use; rename "
+                    "it" % where
+                )
+        if handle.capabilities().get("headers"):
+            # MLServer runtimes read the HTTP headers (gRPC: the metadata) as parameters.headers
+            request.parameters = dict(request.parameters, headers=call.headers)
+        return request
+
+    def _finish(self, call: Call, settings: ModelSettings, response: InferenceResponse) -> None:
+        report = response.report
+        metrics = self.metrics
+        if metrics is not None:
+            if report.metrics:
+                metrics.custom(settings, report.metrics)
+            if report.batch_size:
+                metrics.observe_batch(settings, report.batch_size)
+        if response.parameters:
+            extra = take_response_headers(response)
+            if extra:
+                call.response_headers.update(extra)
+        if call.protocol.v2 and settings.mlserver_shapes:
+            for out in response.outputs:
+                if len(out.shape) == 1:
+                    out.shape = [out.shape[0], 1]
+                    out.data = out.data.reshape(out.shape)
+
+    def _count(
+        self,
+        call: Call,
+        name: str,
+        version: Optional[str],
+        record: Optional[ModelRecord],
+        outcome: Optional[BaseException],
+    ) -> None:
+        assert self.metrics is not None
+        if record is not None:
+            name, version = record.name, record.version  # the version that answered, also when none was asked
+        elif isinstance(outcome, ModelNotFound):
+            name, version = "", None  # names from requests are not labels: they would grow without bound
+        self.metrics.observe(call.protocol.value, name, version, outcome, time.perf_counter() - call.started)
 
     # -- repository extension -----------------------------------------------------------------------------
 
@@ -265,14 +298,12 @@ class DataPlane:
 
     async def model_bom(self, name: str, version: Optional[str] = None) -> Dict[str, Any]:
         """The model's CycloneDX ML-BOM: its files, the Python and packages of the environment it runs in."""
-        import asyncio
-
         from ..environments.bom import model_bom
         from ..runtimes import runtime_name
 
         record = self.registry.get(name, version)
         handle = record.handle
-        if record.state != ModelState.READY or handle is None:
+        if record.state is not ModelState.READY or handle is None:
             raise ModelNotReady(
                 "model %r is %s: its bill of materials describes the environment it runs in, so it is made "
                 "once the model is READY" % (name, record.state),
@@ -307,7 +338,7 @@ class DataPlane:
     async def load(self, name: str) -> None:
         await self.registry.load_model(name)
         record = self.registry.get(name)
-        if record.state != ModelState.READY:
+        if record.state is not ModelState.READY:
             raise ModelLoadError("model %r failed to load: %s" % (name, record.reason), model=name)
 
     async def unload(self, name: str) -> None:

@@ -26,7 +26,6 @@ from typing import Any, Dict, Optional
 from ..errors import EnvserveError, InferenceError, ModelLoadError, ModelNotReady
 from ..protocol.v2 import InferenceRequest, InferenceResponse
 from ..runtimes import Runtime, create_runtime
-from ..runtimes.base import TIMINGS
 from ..settings import ModelSettings
 from ..workers.admission import ClientGone, admit, drop_when_client_leaves
 
@@ -89,8 +88,7 @@ class InProcessModel:
         """Import the runtime and load the model, one in-process model at a time: importing a model
         folder's module puts that folder first on the process-wide ``sys.path``, where another model's
         imports of the same names (its ``runtimes``, ``utils``, ...) would find it. Loads in worker
-        processes still run in parallel. (The KeyErrors for a module mid-import once seen here came from
-        coverage.py's measurement of the test suite, coveragepy#2247; the suite pins a version without it.)"""
+        processes still run in parallel."""
         with _LOAD_LOCK:
             runtime = create_runtime(self.settings)
             try:
@@ -160,7 +158,7 @@ class InProcessModel:
         try:
             started = time.time()
             response = runtime.infer(request)
-            response.parameters[TIMINGS] = {"predict": [started, time.time()]}  # for the traces
+            response.report.timings["predict"] = [started, time.time()]
             return response
         except EnvserveError:
             raise

@@ -2,7 +2,8 @@
 
 Recorded on the request path (cheap: one counter and one histogram update per request):
 
-- ``envserve_requests_total{model, version, protocol, status}``
+- ``envserve_requests_total{model, version, protocol, status}`` (``status``: the HTTP status, for every
+  protocol)
 - ``envserve_request_duration_seconds{model, version, protocol}``
 - ``envserve_batch_size{model, version}`` (adaptive batching)
 
@@ -24,12 +25,15 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from .registry import ModelRegistry, ModelState
+from ..settings.model import ModelSettings
+from .handle import ModelState
+from .registry import ModelRegistry
+from .status import status_label
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -70,7 +74,7 @@ class _StateCollector:
         )
         for record in self.registry.records():
             labels = [record.name, record.version or ""]
-            ready.add_metric(labels, 1.0 if record.state == ModelState.READY else 0.0)
+            ready.add_metric(labels, 1.0 if record.state is ModelState.READY else 0.0)
             if record.handle is not None:
                 info = record.handle.describe()
                 if "queued" in info:
@@ -188,10 +192,6 @@ class _CustomCollector:
             yield family
 
 
-def _default_status(outcome: Optional[BaseException]) -> str:
-    return "ok" if outcome is None else type(outcome).__name__
-
-
 class Metrics:
     def __init__(self, registry: Optional[ModelRegistry] = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
@@ -219,28 +219,19 @@ class Metrics:
         self.registry.register(self._custom)
         if registry is not None:
             self.registry.register(_StateCollector(registry))
-            registry.batch_observer = self.observe_batch
-        self._children: dict = {}  # type: ignore[type-arg]
-        #: protocol label -> how that edge names an outcome (None: success, else the error raised)
-        self._status: Dict[str, Callable[[Optional[BaseException]], str]] = {}
-
-    def name_statuses(
-        self, protocols: Iterable[str], status: Callable[[Optional[BaseException]], str]
-    ) -> None:
-        """An edge says how its protocols name outcomes in the ``status`` label (REST: 200, 503, ...)."""
-        for protocol in protocols:
-            self._status[protocol] = status
+        self._children: Dict[Tuple[str, Optional[str], str, str], Tuple[Any, Any]] = {}
 
     def observe(
         self,
+        protocol: str,
         model: str,
         version: Optional[str],
-        protocol: str,
         outcome: Optional[BaseException],
         seconds: float,
     ) -> None:
-        namer = self._status.get(protocol, _default_status)
-        status = namer(outcome)
+        """One inference call: its protocol label, the model and version that answered (``""`` for a name
+        no model has), how it ended (None: answered; else what was raised) and how long it took."""
+        status = status_label(outcome)
         key = (model, version, protocol, status)
         children = self._children.get(key)
         if children is None:  # label look-ups cached: the request path pays two updates, not four
@@ -252,13 +243,12 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def custom(self, settings: Any, items: Any) -> None:
+    def custom(self, settings: ModelSettings, items: List[Any]) -> None:
         """A model's own metrics reported with an answer (malformed entries are left out; the runtime that
         produced them already refused them to the model's author)."""
-        if isinstance(items, list):
-            self._custom.update(settings.name, settings.version or "", items)
+        self._custom.update(settings.name, settings.version or "", items)
 
-    def observe_batch(self, settings: Any, size: int) -> None:
+    def observe_batch(self, settings: ModelSettings, size: int) -> None:
         self.batch_size.labels(settings.name, settings.version or "").observe(size)
 
     def render(self) -> bytes:

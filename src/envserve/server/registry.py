@@ -13,12 +13,10 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
-from dataclasses import InitVar, dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Protocol, Set, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from ..environments import EnvironmentCache, environment_source
+from ..environments import EnvironmentCache
 from ..errors import (
     EnvserveError,
     ModelLoadError,
@@ -26,62 +24,26 @@ from ..errors import (
     ModelNotReady,
     SettingsError,
 )
-from ..protocol.v2 import InferenceRequest, InferenceResponse
 from ..settings.model import ModelSettings
 from ..settings.repository import RepositoryEntry, scan_repository
 from ..settings.server import ServerSettings
 from ..storage import fetch, is_remote, name_from_uri, redact
-from ..workers.admission import ClientGone
-from ..workers.pool import WorkerPool
-from .batching import BatchingHandle
-from .inprocess import InProcessModel
+from .handle import ModelHandle, ModelState
+from .placement import Placement
 from .shadow import Shadow
 
-__all__ = ["ModelHandle", "ModelRecord", "ModelRegistry", "ModelState"]
+__all__ = ["ModelRecord", "ModelRegistry"]
 
 logger = logging.getLogger("envserve.registry")
 
-
-class ModelState:
-    LOADING = "LOADING"
-    READY = "READY"
-    UNLOADING = "UNLOADING"
-    UNAVAILABLE = "UNAVAILABLE"
-
-
-class ModelHandle(Protocol):
-    """What the registry needs from a loaded model, wherever it runs (in process or in workers)."""
-
-    settings: ModelSettings
-
-    async def load(self) -> None: ...
-
-    async def unload(self) -> None: ...
-
-    def inline_ok(self, request: InferenceRequest) -> bool:
-        """True when ``infer_inline`` may serve this request now, on the event loop thread."""
-
-    def infer_inline(self, request: InferenceRequest) -> InferenceResponse: ...
-
-    async def infer(self, request: InferenceRequest, gone: Optional[ClientGone] = None) -> InferenceResponse:
-        """Serve the request; ``gone`` completes when its client disconnects (the call may then be dropped
-        while it waits). Raises :class:`~envserve.errors.Overloaded` when the model's queue is full."""
-
-    def metadata(self) -> Dict[str, Any]: ...
-
-    def capabilities(self) -> Dict[str, Any]:
-        """What the loaded runtime declared beyond its metadata: ``handlers`` (its own REST routes,
-        ``[{"name", "method", "path"}]``) and ``headers`` (whether it reads the HTTP request headers)."""
-
-    def describe(self) -> Dict[str, Any]: ...
-
-    def problem(self) -> Optional[str]: ...
+#: Whether the server answers (method, path) itself: a model's own REST route there would never be reached.
+RouteTaken = Callable[[str, str], bool]
 
 
 @dataclass
 class ModelRecord:
     settings: ModelSettings
-    state: str = ModelState.LOADING
+    state: ModelState = ModelState.LOADING
     reason: str = ""
     handle: Optional[ModelHandle] = None
 
@@ -93,6 +55,21 @@ class ModelRecord:
     def version(self) -> Optional[str]:
         return self.settings.version
 
+    def ready_handle(self) -> ModelHandle:
+        """The handle, when the model is READY; ModelNotReady saying its state and why otherwise."""
+        handle = self.handle
+        if self.state is not ModelState.READY or handle is None:
+            detail = ": %s" % self.reason if self.reason else ""
+            hint = ""
+            if self.reason == "unloaded":
+                hint = "; load it again through the repository API (load %s)" % self.name
+            raise ModelNotReady(
+                "model %r is %s%s%s" % (self.name, self.state, detail, hint),
+                model=self.name,
+                version=self.version,
+            )
+        return handle
+
 
 def _version_key(version: Optional[str]) -> List[Any]:
     # "10" after "9"; non-numeric parts compared as text; no version sorts first.
@@ -101,64 +78,32 @@ def _version_key(version: Optional[str]) -> List[Any]:
     return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", version) if p]
 
 
-@dataclass
 class ModelRegistry:
-    """All models of the repository, by name and version."""
+    """All models of the repository, by name and version.
 
-    settings: ServerSettings
-    models: Dict[str, Dict[Optional[str], ModelRecord]] = field(default_factory=dict)
-    #: Settings files that could not be parsed: name -> reason (shown in the index as UNAVAILABLE).
-    broken: Dict[str, str] = field(default_factory=dict)
-    #: The environment cache, when the caller made it first (``envserve serve`` begins extracting the
-    #: repository's tarballs before the server's imports); otherwise the settings' cache.
-    cache: InitVar[Optional[EnvironmentCache]] = None
+    ``placement`` makes each version's handle (in process or in workers); ``route_taken`` says which
+    REST routes the server answers itself, so a model whose own route is one of them fails to load.
+    """
 
-    def __post_init__(self, cache: Optional[EnvironmentCache]) -> None:
-        self.environments = cache or EnvironmentCache(self.settings.environments_dir or None)
-        self._socket_dir: Optional[str] = None
-        #: Called with (settings, batch size) for every batch a batched model runs (metrics).
-        self.batch_observer: Optional[Callable[[ModelSettings, int], None]] = None
+    def __init__(
+        self,
+        settings: ServerSettings,
+        placement: Optional[Placement] = None,
+        route_taken: Optional[RouteTaken] = None,
+    ) -> None:
+        self.settings = settings
+        self.placement = placement or Placement(settings, EnvironmentCache(settings.environments_dir or None))
+        self.route_taken = route_taken
+        self.models: Dict[str, Dict[Optional[str], ModelRecord]] = {}
+        #: Settings files that could not be parsed: name -> reason (shown in the index as UNAVAILABLE).
+        self.broken: Dict[str, str] = {}
         #: Shadows of the models that name a ``shadow_environment``, by model key (server/shadow.py).
         self.shadows: Dict[str, Shadow] = {}
         self._shadow_loads: Set[asyncio.Task[Any]] = set()
-        #: Whether the server answers (method, path) itself (set by the REST edge): a model's own REST
-        #: route there would never be reached, so such a model fails to load.
-        self.route_taken: Optional[Callable[[str, str], bool]] = None
 
-    def _handle_for(self, settings: ModelSettings) -> ModelHandle:
-        """In process, unless the model names an environment (or the server has a default one)."""
-        source = environment_source(settings, self.settings.env_tarball or None)
-        max_queue = int(settings.parameters.get("max_queue_size") or self.settings.max_queue_size)
-        handle: ModelHandle
-        if source is None:
-            handle = InProcessModel(settings, max_queue)
-        else:
-            if self._socket_dir is None:
-                self._socket_dir = tempfile.mkdtemp(prefix="envserve-")
-            workers = settings.parallel_workers or self.settings.parallel_workers
-            memory = int(settings.parameters.get("worker_memory_limit") or self.settings.worker_memory_limit)
-            handle = WorkerPool(
-                settings,
-                source,
-                self.environments,
-                self._socket_dir,
-                workers,
-                self.settings.inference_timeout,
-                memory,
-                max_queue,
-            )
-        if settings.max_batch_size > 1:
-            observer = self.batch_observer
-            on_batch = None if observer is None else (lambda n: observer(settings, n))
-            handle = BatchingHandle(
-                handle,
-                settings.max_batch_size,
-                settings.max_batch_time,
-                on_batch,
-                max_queue,
-                self.settings.max_batch_rows,
-            )
-        return handle
+    @property
+    def environments(self) -> EnvironmentCache:
+        return self.placement.environments
 
     # -- lookups ------------------------------------------------------------------------------------------
 
@@ -184,18 +129,6 @@ class ModelRegistry:
             record = found
         return record
 
-    def ready_handle(self, name: str, version: Optional[str] = None) -> ModelHandle:
-        record = self.get(name, version)
-        if record.state != ModelState.READY or record.handle is None:
-            detail = ": %s" % record.reason if record.reason else ""
-            hint = ""
-            if record.reason == "unloaded":
-                hint = "; load it again through the repository API (load %s)" % name
-            raise ModelNotReady(
-                "model %r is %s%s%s" % (name, record.state, detail, hint), model=name, version=record.version
-            )
-        return record.handle
-
     def records(self) -> List[ModelRecord]:
         return [
             r
@@ -210,10 +143,10 @@ class ModelRegistry:
     def index(self, ready_only: bool = False) -> List[Dict[str, Any]]:
         rows = []
         for r in self.records():
-            if ready_only and r.state != ModelState.READY:
+            if ready_only and r.state is not ModelState.READY:
                 continue
             reason = r.reason
-            if r.state == ModelState.READY and r.handle is not None:
+            if r.state is ModelState.READY and r.handle is not None:
                 reason = r.handle.problem() or ""
             row: Dict[str, Any] = {"name": r.name, "state": r.state, "reason": reason}
             if r.version is not None:
@@ -285,7 +218,7 @@ class ModelRegistry:
                 "no model named %r in repository %s" % (name, self.settings.model_repository), model=name
             )
         previous = self.models.get(name, {})
-        if not any(r.state == ModelState.READY for r in previous.values()):
+        if not any(r.state is ModelState.READY for r in previous.values()):
             await self.unload_model(name, missing_ok=True)
             self.models.pop(name, None)
             await asyncio.gather(*(self._load_entry(e) for e in entries))
@@ -295,7 +228,7 @@ class ModelRegistry:
         problems = ["%s: %s" % (e.path, e.error) for e in entries if e.settings is None]
         fresh = {e.settings.version: ModelRecord(e.settings) for e in entries if e.settings is not None}
         await asyncio.gather(*(self.load_record(r) for r in fresh.values()))
-        problems += [r.reason for r in fresh.values() if r.state != ModelState.READY]
+        problems += [r.reason for r in fresh.values() if r.state is not ModelState.READY]
         if problems:
             await asyncio.gather(*(self._unload_record(r) for r in fresh.values()))
             raise ModelLoadError(
@@ -311,7 +244,7 @@ class ModelRegistry:
 
     def add_settings(self, settings: ModelSettings) -> ModelRecord:
         versions = self.models.setdefault(settings.name, {})
-        if settings.version in versions and versions[settings.version].state != ModelState.UNAVAILABLE:
+        if settings.version in versions and versions[settings.version].state is not ModelState.UNAVAILABLE:
             raise SettingsError(
                 "two model settings declare %r; give them different parameters.version values" % settings.key
             )
@@ -347,7 +280,7 @@ class ModelRegistry:
                 local = await loop.run_in_executor(None, fetch, settings.uri, downloads)
                 settings = dataclasses.replace(settings, uri=local)
             settings = self._with_pickle_policy(settings)
-            handle = self._handle_for(settings)
+            handle = self.placement.make(settings)
             await handle.load()
             try:
                 self._check_routes(record.settings, handle)
@@ -384,10 +317,10 @@ class ModelRegistry:
             atol = float(settings.parameters.get("shadow_atol", 0.0))
             target = environment if environment == "server" else settings.resolve(str(environment))
             shadow = Shadow(settings.key, str(environment), sample, rtol, atol)
-            handle = self._handle_for(with_environment(settings, target))
+            handle = self.placement.make(with_environment(settings, target))
         except (ValueError, TypeError, EnvserveError) as exc:
             shadow = Shadow(settings.key, str(environment), 0.0)
-            shadow.state, shadow.error = "UNAVAILABLE", "invalid shadow settings: %s" % exc
+            shadow.state, shadow.error = ModelState.UNAVAILABLE.value, "invalid shadow settings: %s" % exc
             self.shadows[settings.key] = shadow
             logger.error("model %s: %s", settings.key, shadow.error)
             return
@@ -431,7 +364,7 @@ class ModelRegistry:
         """The READY model whose own REST route (``@custom_handler``) is (method, path), and the route."""
         for versions in self.models.values():
             for record in versions.values():
-                if record.state != ModelState.READY or record.handle is None:
+                if record.state is not ModelState.READY or record.handle is None:
                     continue
                 for route in record.handle.capabilities().get("handlers") or ():
                     if route["path"] == path and route["method"] == method:
@@ -488,5 +421,4 @@ class ModelRegistry:
         await asyncio.gather(*self._shadow_loads, return_exceptions=True)
         await asyncio.gather(*(self.unload_model(n, missing_ok=True) for n in list(self.models)))
         self.environments.drop_early()
-        if self._socket_dir is not None:
-            shutil.rmtree(self._socket_dir, ignore_errors=True)
+        self.placement.close()

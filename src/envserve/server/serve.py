@@ -18,18 +18,24 @@ import logging
 import signal
 import socket
 import sys
-from typing import Any, Callable, Iterator, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional
 
 import uvicorn
 
 from ..environments.cache import EnvironmentCache
 from ..errors import SettingsError
 from ..settings.server import ServerSettings
+from .call import Calls
 from .dataplane import DataPlane
 from .logs import announce
 from .metrics import Metrics
+from .placement import Placement
 from .registry import ModelRegistry
-from .rest.app import MetricsApp, RestApp
+from .rest.app import MetricsApp, RestApp, route_taken
+from .tracing import NO_TRACING, Tracer
+
+if TYPE_CHECKING:  # gRPC is optional (envserve[grpc]); imported when it starts
+    from .grpc.transport import GrpcServer
 
 __all__ = ["Server", "serve"]
 
@@ -61,36 +67,37 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 class Server:
-    """One envserve server: the registry, the data plane and the HTTP edge, with their lifecycle."""
+    """One envserve server: its parts, each built here with what it needs, and their lifecycle."""
 
     def __init__(self, settings: ServerSettings, environments: Optional[EnvironmentCache] = None) -> None:
         self.settings = settings
-        self.registry = ModelRegistry(settings, cache=environments)
-        self.metrics = Metrics(self.registry)
-        self.dataplane = DataPlane(self.registry, self.metrics)
+        environments = environments or EnvironmentCache(settings.environments_dir or None)
+        self.tracer: Tracer = NO_TRACING
         if settings.tracing_endpoint:
             from .tracing import Tracing
 
-            self.dataplane.tracing = Tracing(settings.tracing_endpoint, settings.server_name)
-        origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+            self.tracer = Tracing(settings.tracing_endpoint, settings.server_name)
+        self.registry = ModelRegistry(
+            settings, Placement(settings, environments), route_taken(console=settings.console)
+        )
+        self.metrics = Metrics(self.registry)
+        self.dataplane = DataPlane(self.registry, self.metrics)
+        self.calls = Calls(self.tracer, settings.access_log)
         console = None
         if settings.console:
             from .console import ConsoleAPI, check_console_settings
 
             check_console_settings(settings.host, settings.admin_token)
-            console = ConsoleAPI(self.dataplane, self.metrics)
-        from .rest.errors import status_label
-
-        self.metrics.name_statuses(("rest", "mlflow", "seldon"), status_label)
+            console = ConsoleAPI(self.dataplane, self.metrics, environments)
         self.app = RestApp(
             self.dataplane,
+            self.calls,
             settings.max_request_size,
             self.metrics,
             settings.admin_token,
-            origins,
+            [o.strip() for o in settings.cors_origins.split(",") if o.strip()],
             console,
             settings.max_connections,
-            settings.access_log,
         )
         self._http: Optional[_UvicornServer] = None
         self._metrics_task: Optional[asyncio.Task[None]] = None
@@ -107,14 +114,12 @@ class Server:
                 self._http.force_exit = True
             self._http.should_exit = True
 
-    async def _start_grpc(self) -> Any:
+    async def _start_grpc(self) -> Optional[GrpcServer]:
         s = self.settings
         if s.grpc_port < 0:
             logger.info("gRPC is off (grpc_port -1)")
             return None
         try:
-            # imported here, on the loop's thread: importing it on another thread while models load (and
-            # import their own code) failed once with KeyError for a module being imported (CI, 11-29)
             from .grpc.service import start_grpc_server
             from .grpc.transport import Limits
         except ImportError as exc:
@@ -125,11 +130,8 @@ class Server:
             max_connections=s.max_connections or 2**31,
             idle_timeout=s.grpc_idle_timeout,
         )
-        from .grpc.errors import status_label
-
-        self.metrics.name_statuses(("grpc",), status_label)
         server, port = await start_grpc_server(
-            self.dataplane, s.host, s.grpc_port, limits, s.admin_token, s.grpc_reflection, s.access_log
+            self.dataplane, self.calls, s.host, s.grpc_port, limits, s.admin_token, s.grpc_reflection
         )
         shown = "[%s]" % s.host if ":" in s.host else s.host
         self.grpc_address = "%s:%d" % (shown, port)
@@ -226,8 +228,7 @@ class Server:
             self.dataplane.draining = True
             await self.registry.close()
             sock.close()
-            if self.dataplane.tracing is not None:
-                self.dataplane.tracing.shutdown()  # export the spans still pending
+            self.tracer.shutdown()  # export the spans still pending
             logger.info("stopped")
 
 

@@ -19,7 +19,6 @@ import logging
 from typing import Any, Dict, List, Optional, Set
 
 from ..protocol.v2 import InferenceRequest, InferenceResponse, RequestInput
-from ..runtimes.base import HANDLER_CALL, MLFLOW_SCORING, SELDON_CALL
 from .compare import compare_responses
 
 __all__ = ["MAX_IN_FLIGHT", "Shadow"]
@@ -28,7 +27,6 @@ logger = logging.getLogger("envserve.shadow")
 
 MAX_IN_FLIGHT = 4
 _LARGEST = 5
-_NOT_MIRRORED = (HANDLER_CALL, MLFLOW_SCORING, SELDON_CALL)  # passed-through calls with their own bodies
 
 
 class Shadow:
@@ -89,7 +87,7 @@ class Shadow:
         if self._credit < 1.0:
             return None
         self._credit -= 1.0
-        if any(key in request.parameters for key in _NOT_MIRRORED):
+        if request.passthrough is not None:  # a protocol body with its own answer: nothing to compare
             return None
         if len(self._tasks) >= MAX_IN_FLIGHT:
             self.counts["skipped"] += 1

@@ -1,7 +1,8 @@
-"""OpenTelemetry traces of inference requests, exported over OTLP/HTTP (setting ``tracing_endpoint``,
-off by default; ``pip install 'envserve[tracing]'``).
+"""Traces of the calls the server answers: OpenTelemetry spans exported over OTLP/HTTP (setting
+``tracing_endpoint``; ``pip install 'envserve[tracing]'``), or :data:`NO_TRACING`, which does nothing, when
+it is off. The request path calls the same methods either way.
 
-A request's span continues the caller's trace (W3C ``traceparent`` on REST headers or gRPC metadata; a
+A call's span continues the caller's trace (W3C ``traceparent`` on REST headers or gRPC metadata; a
 malformed one is ignored and a new trace begins). Below it: ``parse``, ``model`` (the model's call) and
 ``encode``; below ``model``, from the timings the layers underneath report with the response (so the
 worker side needs no OpenTelemetry, and neither does the model's environment): ``batch`` (waiting for
@@ -12,18 +13,84 @@ the server and its workers share.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from typing import Any, Dict, Iterator, List, Mapping, Optional
+from typing import Any, ContextManager, Dict, List, Mapping, Optional, Protocol, Tuple
 
 from ..errors import SettingsError
 
-__all__ = ["Tracing"]
+__all__ = ["NO_TRACING", "NoTracing", "Tracer", "Tracing"]
 
 logger = logging.getLogger("envserve.tracing")
 
+Timings = Mapping[str, List[float]]
+
+
+class Tracer(Protocol):
+    """What the request path asks of tracing."""
+
+    #: False for :class:`NoTracing`: the edges then skip building the request span's attributes.
+    enabled: bool
+
+    def open(self, name: str, carrier: Mapping[str, str], attributes: Dict[str, Any]) -> Any:
+        """Begin a call's span (the current one until :meth:`close`); returns what ``close`` needs."""
+
+    def close(self, opened: Any, attributes: Dict[str, Any], error: bool) -> None:
+        """End a call's span with its status attributes; ``error``: the call failed on the server's side."""
+
+    def span(self, name: str, attributes: Optional[Dict[str, Any]] = None) -> ContextManager[Any]:
+        """A stage of the current call, as a child span."""
+
+    def record(self, timings: Timings) -> None:
+        """Child spans of the current one from the (start, end) wall-clock seconds the layers reported."""
+
+    def shutdown(self) -> None:
+        """Export what is pending, then stop."""
+
+
+class _NoSpan:
+    """A context manager that does nothing, shared by every stage of every call when tracing is off."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_SPAN = _NoSpan()
+
+
+class NoTracing:
+    """Tracing off: every method does nothing, at the cost of a call."""
+
+    enabled = False
+
+    def open(self, name: str, carrier: Mapping[str, str], attributes: Dict[str, Any]) -> Any:
+        return None
+
+    def close(self, opened: Any, attributes: Dict[str, Any], error: bool) -> None:
+        return None
+
+    def span(self, name: str, attributes: Optional[Dict[str, Any]] = None) -> ContextManager[Any]:
+        return _NO_SPAN
+
+    def record(self, timings: Timings) -> None:
+        return None
+
+    def shutdown(self) -> None:
+        return None
+
+
+NO_TRACING = NoTracing()
+
 
 class Tracing:
+    """Spans exported over OTLP/HTTP to ``endpoint`` (``/v1/traces`` is appended when missing)."""
+
+    enabled = True
+
     def __init__(self, endpoint: str, service_name: str) -> None:
         try:
             from opentelemetry import trace
@@ -46,24 +113,27 @@ class Tracing:
         self.propagator = TraceContextTextMapPropagator()
         self._trace = trace
         self._server_kind = trace.SpanKind.SERVER
+        self._error = trace.Status(trace.StatusCode.ERROR)
         logger.info("tracing: spans exported over OTLP/HTTP to %s", url)
 
-    @contextlib.contextmanager
-    def request(self, name: str, carrier: Mapping[str, str], attributes: Dict[str, Any]) -> Iterator[Any]:
-        """The span of one request, continuing the trace its ``traceparent`` names (if well-formed)."""
+    def open(self, name: str, carrier: Mapping[str, str], attributes: Dict[str, Any]) -> Tuple[Any, Any]:
         context = self.propagator.extract(carrier)
-        with self.tracer.start_as_current_span(
+        manager = self.tracer.start_as_current_span(
             name, context=context, kind=self._server_kind, attributes=attributes
-        ) as span:
-            yield span
+        )
+        return manager, manager.__enter__()
 
-    @contextlib.contextmanager
-    def span(self, name: str, attributes: Optional[Dict[str, Any]] = None) -> Iterator[Any]:
-        with self.tracer.start_as_current_span(name, attributes=attributes) as span:
-            yield span
+    def close(self, opened: Tuple[Any, Any], attributes: Dict[str, Any], error: bool) -> None:
+        manager, span = opened
+        span.set_attributes(attributes)
+        if error:
+            span.set_status(self._error)
+        manager.__exit__(None, None, None)
 
-    def record(self, timings: Optional[Dict[str, List[float]]]) -> None:
-        """Spans under the current one from the (start, end) wall-clock seconds the layers reported."""
+    def span(self, name: str, attributes: Optional[Dict[str, Any]] = None) -> ContextManager[Any]:
+        return self.tracer.start_as_current_span(name, attributes=attributes)
+
+    def record(self, timings: Timings) -> None:
         if not timings:
             return
         trace = self._trace
@@ -86,5 +156,4 @@ class Tracing:
         return span
 
     def shutdown(self) -> None:
-        """Export what is pending, then stop."""
         self.provider.shutdown()

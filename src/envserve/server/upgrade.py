@@ -19,8 +19,6 @@ import json
 import os
 import re
 import resource
-import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -28,14 +26,15 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..environments import EnvironmentCache, environment_source
+from ..environments import EnvironmentCache
 from ..environments.source import with_environment
 from ..errors import EnvserveError, SettingsError
 from ..protocol.v2 import InferenceRequest, InferenceResponse, RequestInput, parse_inference_request
 from ..settings.model import ModelSettings
-from ..workers.pool import WorkerPool
+from ..settings.server import ServerSettings
 from .compare import compare_responses
-from .inprocess import InProcessModel
+from .handle import ModelHandle
+from .placement import Placement
 
 __all__ = ["Side", "UpgradeReport", "check_upgrade", "load_inputs"]
 
@@ -284,18 +283,15 @@ def _memory_mb(handle: Any) -> Optional[float]:
     return round(total, 1)
 
 
-async def _load(side: Side, settings: ModelSettings, cache: EnvironmentCache, sockets: str) -> Optional[Any]:
+async def _load(side: Side, settings: ModelSettings, placement: Placement) -> Optional[ModelHandle]:
     try:
-        source = environment_source(settings, None)
+        source = placement.source(settings)
+        handle = placement.make(settings, batching=False)
     except EnvserveError as exc:
         side.error = str(exc)
         return None
-    handle: Any
     if source is None:
-        handle = InProcessModel(settings)
         side.environment = {"kind": "server"}
-    else:
-        handle = WorkerPool(settings, source, cache, sockets, 1, 600.0)
     started = time.perf_counter()
     try:
         await handle.load()
@@ -324,7 +320,7 @@ def _copy(request: InferenceRequest) -> InferenceRequest:
 
 
 async def _call(
-    side: Side, handle: Any, request: InferenceRequest
+    side: Side, handle: ModelHandle, request: InferenceRequest
 ) -> Tuple[Optional[InferenceResponse], str]:
     started = time.perf_counter()
     try:
@@ -380,11 +376,12 @@ async def check_upgrade(
 ) -> UpgradeReport:
     """Load ``settings``'s model in its environment and in ``candidate``, replay the inputs through both,
     and compare."""
-    cache = cache or EnvironmentCache()
-    sockets = tempfile.mkdtemp(prefix="envserve-upgrade-")
+    # one worker per side, no queue bound, no default environment, time for a slow first call
+    server = ServerSettings(parallel_workers=1, inference_timeout=600.0, max_queue_size=0)
+    placement = Placement(server, cache or EnvironmentCache())
     current, proposed = Side("current"), Side("candidate")
     report = UpgradeReport(settings.name, candidate, "", rtol, atol, current, proposed)
-    handles: List[Any] = []
+    handles: List[ModelHandle] = []
     try:
         try:
             other = with_environment(settings, candidate)
@@ -397,8 +394,8 @@ async def check_upgrade(
         with warnings.catch_warnings(record=True) as recorded:
             warnings.simplefilter("always")
             first, second = await asyncio.gather(
-                _load(current, settings, cache, sockets),
-                _load(proposed, other, cache, sockets) if other is not None else _none(),
+                _load(current, settings, placement),
+                _load(proposed, other, placement) if other is not None else _none(),
             )
         caught = ["%s: %s" % (w.category.__name__, w.message) for w in recorded]
         for side in (current, proposed):
@@ -425,7 +422,7 @@ async def check_upgrade(
         for handle in handles:
             with contextlib.suppress(Exception):
                 await handle.unload()
-        shutil.rmtree(sockets, ignore_errors=True)
+        placement.close()
 
 
 async def _none() -> None:

@@ -21,12 +21,12 @@ from typing import Any, Callable, Deque, Dict, List, Optional
 from ..errors import EnvserveError, InferenceTimeout, WorkerUnavailable
 from ..logcontext import REQUEST_ID
 from ..protocol.v2 import InferenceRequest, InferenceResponse
-from ..runtimes.base import TIMINGS
 from . import ipc
 from .admission import ClientGone, admit, drop_when_client_leaves
-from .process import WorkerProcess, WorkerState, server_dumps
+from .ipc import Op
+from .process import PendingCall, WorkerProcess, WorkerState, server_dumps
 
-__all__ = ["DEPTH", "Call", "Dispatcher"]
+__all__ = ["DEPTH", "Dispatcher"]
 
 logger = logging.getLogger("envserve.workers")
 
@@ -37,22 +37,7 @@ logger = logging.getLogger("envserve.workers")
 DEPTH = 8
 
 
-class Call:
-    __slots__ = ("deadline", "future", "id", "payload", "sent", "submitted", "worker")
-
-    def __init__(
-        self, call_id: int, payload: bytes, future: asyncio.Future[InferenceResponse], deadline: float
-    ) -> None:
-        self.id = call_id
-        self.payload = payload
-        self.future = future
-        self.deadline = deadline
-        self.worker: Optional[WorkerProcess] = None
-        self.submitted = time.time()  # wall clock, as the worker reports its own times (the traces)
-        self.sent = 0.0
-
-
-def settle(call: Call, result: Any = None, exc: Optional[BaseException] = None) -> None:
+def settle(call: PendingCall, result: Any = None, exc: Optional[BaseException] = None) -> None:
     if call.future.done():
         return
     if exc is not None:
@@ -69,10 +54,10 @@ class Dispatcher:
         self.timeout = timeout
         self.max_queue = max_queue
         self.workers = workers  # the pool's current workers
-        self.queue: Deque[Call] = deque()
+        self.queue: Deque[PendingCall] = deque()
         # Every call in creation order, for the deadline sweep; answered calls are dropped from the front
         # as new calls come in.
-        self._deadlines: Deque[Call] = deque()
+        self._deadlines: Deque[PendingCall] = deque()
         self._sweeper: Optional[asyncio.TimerHandle] = None
         self._ids = itertools.count(1)
 
@@ -84,7 +69,7 @@ class Dispatcher:
             admit(len(self.queue), self.max_queue, self.model)
         loop = asyncio.get_running_loop()
         call_id = next(self._ids)
-        call = Call(
+        call = PendingCall(
             call_id,
             b"".join(ipc.encode_request(call_id, request, server_dumps, REQUEST_ID.get())),
             loop.create_future(),
@@ -114,7 +99,7 @@ class Dispatcher:
                 best = w
         return best
 
-    def _dispatch(self, worker: WorkerProcess, call: Call) -> None:
+    def _dispatch(self, worker: WorkerProcess, call: PendingCall) -> None:
         assert worker.link is not None
         call.worker = worker
         worker.inflight[call.id] = call
@@ -135,13 +120,12 @@ class Dispatcher:
         call = worker.inflight.pop(header.get("id"), None)  # type: ignore[arg-type]
         if call is None:
             return
-        if header.get("op") == "result":
+        if header.get("op") == Op.RESULT:
             try:
                 response = ipc.decode_response(header, body)
-                timings = response.parameters.get(TIMINGS)
-                if isinstance(timings, dict):
-                    timings["queue"] = [call.submitted, call.sent]
-                    timings["ipc"] = [call.sent, time.time()]
+                timings = response.report.timings
+                timings["queue"] = [call.submitted, call.sent]
+                timings["ipc"] = [call.sent, time.time()]
                 settle(call, response)
             except Exception as exc:  # a malformed frame is a worker bug, not the caller's
                 settle(call, exc=WorkerUnavailable("bad answer from the worker: %s" % exc))
@@ -175,7 +159,7 @@ class Dispatcher:
         if deadlines:
             self._sweeper = loop.call_at(deadlines[0].deadline, self._sweep)
 
-    def _expire(self, call: Call) -> None:
+    def _expire(self, call: PendingCall) -> None:
         worker = call.worker
         running = worker is not None and call.id in worker.inflight
         settle(

@@ -26,8 +26,8 @@ import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from ..errors import EnvserveError
-from ..runtimes.base import TIMINGS
 from . import ipc
+from .ipc import Op
 from .link import FrameReader, encode_frame
 
 
@@ -155,7 +155,7 @@ def serve(conn: Connection, worker: int) -> int:
     conn.send(
         encode_frame(
             {
-                "op": "hello",
+                "op": Op.HELLO,
                 "pid": os.getpid(),
                 "worker": worker,
                 "python": "%d.%d.%d" % sys.version_info[:3],
@@ -166,18 +166,18 @@ def serve(conn: Connection, worker: int) -> int:
     )
     conn.flush()
     header, _ = conn.receive()
-    if header.get("op") != "load":
+    if header.get("op") != Op.LOAD:
         return 2
     try:
         runtime = _load(header)
     except BaseException as exc:
-        conn.send(encode_frame(dict({"op": "loaded", "ok": False}, **ipc.error_to_wire(exc))))
+        conn.send(encode_frame(dict({"op": Op.LOADED, "ok": False}, **ipc.error_to_wire(exc))))
         conn.flush()
         return 1
     conn.send(
         encode_frame(
             {
-                "op": "loaded",
+                "op": Op.LOADED,
                 "ok": True,
                 "metadata": runtime.metadata(),
                 "capabilities": runtime.capabilities(),
@@ -192,24 +192,24 @@ def serve(conn: Connection, worker: int) -> int:
         except (EOFError, OSError):
             break
         op = header.get("op")
-        if op == "infer":
+        if op == Op.INFER:
             call_id = header["id"]
             _Tagged.current = str(header.get("rid") or "")
             try:
                 request = ipc.decode_request(header, body)
                 started = time.time()
                 response = runtime.infer(request)
-                response.parameters[TIMINGS] = {"predict": [started, time.time()]}  # for the traces
+                response.report.timings["predict"] = [started, time.time()]
                 frame = ipc.encode_response(call_id, response)
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as exc:
-                frame = encode_frame(dict({"op": "error", "id": call_id}, **_model_error(exc, runtime)))
+                frame = encode_frame(dict({"op": Op.ERROR, "id": call_id}, **_model_error(exc, runtime)))
             _Tagged.current = ""
             conn.send(frame)
-        elif op == "ping":
-            conn.send(encode_frame({"op": "pong", "id": header.get("id")}))
-        elif op == "stop":
+        elif op == Op.PING:
+            conn.send(encode_frame({"op": Op.PONG, "id": header.get("id")}))
+        elif op == Op.STOP:
             break
     conn.flush()
     with contextlib.suppress(Exception):

@@ -5,19 +5,24 @@ datatypes, shapes and where their bytes are; the body the tensors' raw bytes, co
 travel as they are (no JSON, no base64): numeric tensors in native C order, BYTES tensors as
 ``<u32 length><bytes>`` per element.
 
-Operations: ``hello``/``load``/``loaded`` at start, ``infer``/``result``/``error``, ``ping``/``pong``,
-``stop``.
+The operations (a header's ``op``) are :class:`Op`'s: ``hello``/``load``/``loaded`` at start,
+``infer``/``result``/``error`` per call, ``ping``/``pong`` while idle, ``stop``. A request's
+:class:`~envserve.protocol.envelope.Passthrough` and a response's
+:class:`~envserve.protocol.envelope.Report` travel as header fields of their own, never in the V2
+``parameters``.
 """
 
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .. import errors as _errors
 from ..protocol.binary import tensor_bytes, tensor_from_bytes
+from ..protocol.envelope import Passthrough, Report
 from ..protocol.v2 import InferenceRequest, InferenceResponse, RequestInput, RequestOutput, ResponseOutput
 from .link import _dumps, encode_frame
 
 __all__ = [
     "OUTPUT_TAG",
+    "Op",
     "decode_request",
     "decode_response",
     "encode_request",
@@ -30,6 +35,21 @@ __all__ = [
 #: (ASCII record separators, which log lines do not contain); the server strips the mark and tags its
 #: log record with the id.
 OUTPUT_TAG = "\x1e"
+
+
+class Op:
+    """The operations of the worker protocol (a frame header's ``op``), in the order a worker meets them."""
+
+    HELLO = "hello"  # worker -> server, once connected: its index, pid and Python
+    LOAD = "load"  # server -> worker: the model's settings
+    LOADED = "loaded"  # worker -> server: ok with metadata and capabilities, or the error
+    INFER = "infer"  # server -> worker: one call
+    RESULT = "result"  # worker -> server: the call's response
+    ERROR = "error"  # worker -> server: the call's error
+    PING = "ping"  # server -> idle worker
+    PONG = "pong"  # worker -> server
+    STOP = "stop"  # server -> worker: finish and exit
+
 
 # -- tensors ------------------------------------------------------------------------------------------------
 
@@ -66,17 +86,15 @@ def encode_request(
     """``request_id``: the server's id of the request(s) this call answers; the worker tags the lines
     it writes meanwhile with it."""
     inputs, buffers = _pack_tensors(request.inputs)
-    header = {
-        "op": "infer",
-        "id": call_id,
-        "rid": request_id,
-        "request": {
-            "id": request.id,
-            "parameters": request.parameters,
-            "outputs": [{"name": o.name, "parameters": o.parameters} for o in request.outputs],
-            "inputs": inputs,
-        },
+    doc = {
+        "id": request.id,
+        "parameters": request.parameters,
+        "outputs": [{"name": o.name, "parameters": o.parameters} for o in request.outputs],
+        "inputs": inputs,
     }
+    if request.passthrough is not None:
+        doc["passthrough"] = request.passthrough.to_wire()
+    header = {"op": Op.INFER, "id": call_id, "rid": request_id, "request": doc}
     return encode_frame(header, buffers, dumps)
 
 
@@ -98,13 +116,14 @@ def decode_request(header: Dict[str, Any], body: Any) -> InferenceRequest:
     doc = header["request"]
     inputs = _unpack_tensors(doc["inputs"], body, RequestInput)
     outputs = [RequestOutput(o["name"], o["parameters"]) for o in doc["outputs"]]
-    return InferenceRequest(inputs, doc["id"], doc["parameters"], outputs)
+    passthrough = Passthrough.from_wire(doc.get("passthrough"))
+    return InferenceRequest(inputs, doc["id"], doc["parameters"], outputs, passthrough)
 
 
 def encode_response(call_id: int, response: InferenceResponse) -> List[Any]:
     outputs, buffers = _pack_tensors(response.outputs)
     header = {
-        "op": "result",
+        "op": Op.RESULT,
         "id": call_id,
         "response": {
             "model_name": response.model_name,
@@ -112,6 +131,7 @@ def encode_response(call_id: int, response: InferenceResponse) -> List[Any]:
             "id": response.id,
             "parameters": response.parameters,
             "outputs": outputs,
+            "report": response.report.to_wire(),
         },
     }
     return encode_frame(header, buffers)
@@ -120,7 +140,11 @@ def encode_response(call_id: int, response: InferenceResponse) -> List[Any]:
 def decode_response(header: Dict[str, Any], body: Any) -> InferenceResponse:
     doc = header["response"]
     outputs = _unpack_tensors(doc["outputs"], body, ResponseOutput)
-    return InferenceResponse(doc["model_name"], outputs, doc["model_version"], doc["id"], doc["parameters"])
+    response = InferenceResponse(
+        doc["model_name"], outputs, doc["model_version"], doc["id"], doc["parameters"]
+    )
+    response.report = Report.from_wire(doc.get("report"))
+    return response
 
 
 # -- errors -------------------------------------------------------------------------------------------------

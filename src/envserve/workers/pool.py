@@ -30,6 +30,7 @@ from ..protocol.v2 import InferenceRequest, InferenceResponse
 from ..settings.model import ModelSettings
 from .admission import ClientGone
 from .dispatch import DEPTH, Dispatcher
+from .ipc import Op
 from .process import WorkerLink, WorkerProcess, WorkerState, exit_text, send_frame, worker_code_dir
 
 __all__ = ["DEPTH", "WorkerPool", "worker_code_dir"]
@@ -168,7 +169,7 @@ class WorkerPool:
         op = header.get("op")
         if worker is None:  # a new connection: the first frame says which worker it is
             index = header.get("worker")
-            if op != "hello" or not isinstance(index, int) or not 0 <= index < len(self.workers):
+            if op != Op.HELLO or not isinstance(index, int) or not 0 <= index < len(self.workers):
                 link.close()
                 return
             worker = self.workers[index]
@@ -178,14 +179,14 @@ class WorkerPool:
             link.worker, worker.link = worker, link
             worker.connected.set_result(header)
             return
-        if op == "result" or op == "error":
+        if op == Op.RESULT or op == Op.ERROR:
             self.dispatcher.answered(worker, header, body)
             if worker.state is WorkerState.RECYCLING and not worker.inflight:
                 worker.kill()  # its last call is answered: now restart it
             self.dispatcher.feed(worker)
-        elif op == "pong":
+        elif op == Op.PONG:
             worker.ping_sent = None
-        elif op == "loaded" and not worker.handshake.done():
+        elif op == Op.LOADED and not worker.handshake.done():
             worker.handshake.set_result(header)
 
     def _on_lost(self, link: WorkerLink) -> None:
@@ -194,7 +195,7 @@ class WorkerPool:
             return
         if not worker.handshake.done():
             worker.handshake.set_result(
-                {"op": "loaded", "ok": False, "error": "the worker closed its connection"}
+                {"op": Op.LOADED, "ok": False, "error": "the worker closed its connection"}
             )
         if worker.state is not WorkerState.DEAD and worker.state is not WorkerState.STARTING:
             task = asyncio.ensure_future(self._on_death(worker))
@@ -240,7 +241,7 @@ class WorkerPool:
             send_frame(
                 worker.link,
                 {
-                    "op": "load",
+                    "op": Op.LOAD,
                     "settings": self.settings.to_dict(),
                     "folder": self.settings.folder,
                     "source": self.settings.source,
@@ -284,7 +285,7 @@ class WorkerPool:
     async def _stop(self, worker: WorkerProcess) -> None:
         worker.state = WorkerState.DEAD
         with contextlib.suppress(Exception):
-            send_frame(worker.link, {"op": "stop"})
+            send_frame(worker.link, {"op": Op.STOP})
         if worker.proc is not None and worker.proc.returncode is None:
             try:
                 await asyncio.wait_for(worker.proc.wait(), STOP_GRACE)
@@ -364,7 +365,7 @@ class WorkerPool:
                     continue
                 if worker.ping_sent is None:
                     worker.ping_sent = now
-                    send_frame(worker.link, {"op": "ping", "id": 0})
+                    send_frame(worker.link, {"op": Op.PING, "id": 0})
                 elif now - worker.ping_sent > PING_TIMEOUT:
                     logger.warning(
                         "model %s: idle worker %d (pid %s) has not answered a ping for %.0f s; killing it",

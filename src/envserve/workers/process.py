@@ -16,18 +16,24 @@ import os
 import signal
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional
+from typing import Any, Callable, Deque, Dict, List, Optional
 
 import orjson
 
 from ..logcontext import REQUEST_ID
+from ..protocol.v2 import InferenceResponse
 from . import ipc
 from .link import FrameReader, encode_frame, json_default
 
-if TYPE_CHECKING:
-    from .dispatch import Call
-
-__all__ = ["WorkerLink", "WorkerProcess", "WorkerState", "exit_text", "send_frame", "worker_code_dir"]
+__all__ = [
+    "PendingCall",
+    "WorkerLink",
+    "WorkerProcess",
+    "WorkerState",
+    "exit_text",
+    "send_frame",
+    "worker_code_dir",
+]
 
 logger = logging.getLogger("envserve.workers")
 
@@ -123,6 +129,24 @@ class WorkerLink(asyncio.Protocol):
             self.transport.close()
 
 
+class PendingCall:
+    """One call handed to the pool: its encoded frame, its caller's future, its deadline, the worker it
+    went to (None while queued), and when it was submitted and sent (wall clock, for the traces)."""
+
+    __slots__ = ("deadline", "future", "id", "payload", "sent", "submitted", "worker")
+
+    def __init__(
+        self, call_id: int, payload: bytes, future: asyncio.Future[InferenceResponse], deadline: float
+    ) -> None:
+        self.id = call_id
+        self.payload = payload
+        self.future = future
+        self.deadline = deadline
+        self.worker: Optional[WorkerProcess] = None
+        self.submitted = time.time()
+        self.sent = 0.0
+
+
 class WorkerProcess:
     """One worker: its process, link, state, the calls sent to it, its ping."""
 
@@ -134,7 +158,7 @@ class WorkerProcess:
         self.link: Optional[WorkerLink] = None
         self.connected: asyncio.Future[Dict[str, Any]] = loop.create_future()
         self.handshake: asyncio.Future[Dict[str, Any]] = loop.create_future()
-        self.inflight: Dict[int, Call] = {}
+        self.inflight: Dict[int, PendingCall] = {}
         self.ping_sent: Optional[float] = None
         self.started = time.monotonic()
         self.output: Deque[str] = deque(maxlen=40)

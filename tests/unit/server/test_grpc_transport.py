@@ -22,32 +22,37 @@ from envserve.server.grpc.transport import GrpcError, GrpcServer, Limits, Status
 MAX_MESSAGE = 4 << 20
 
 
-async def _echo(message, metadata):
+async def _echo(message, metadata, timeout=None):
     return message
 
 
-async def _meta(message, metadata):
+async def _meta(message, metadata, timeout=None):
     return ";".join(
         "%s=%s" % kv for kv in metadata if not kv[0].startswith(("grpc-", "user-agent", "te"))
     ).encode()
 
 
-async def _slow(message, metadata):
+async def _timeout(message, metadata, timeout=None):
+    return repr(timeout).encode()
+
+
+async def _slow(message, metadata, timeout=None):
     await asyncio.sleep(float(message.decode()))
     return b"done"
 
 
-async def _fail(message, metadata):
+async def _fail(message, metadata, timeout=None):
     raise GrpcError(StatusCode.NOT_FOUND, "nöt here: 100% sure")
 
 
-async def _crash(message, metadata):
+async def _crash(message, metadata, timeout=None):
     raise RuntimeError("boom")
 
 
 HANDLERS = {
     "/t.T/Echo": _echo,
     "/t.T/Meta": _meta,
+    "/t.T/Timeout": _timeout,
     "/t.T/Slow": _slow,
     "/t.T/Fail": _fail,
     "/t.T/Crash": _crash,
@@ -337,8 +342,13 @@ def test_deadline_from_grpc_timeout_header(server):
     _headers, _data, trailers = client.response(1)
     assert trailers["grpc-status"] == str(StatusCode.DEADLINE_EXCEEDED)
     assert time.monotonic() - started < 30  # the deadline, not the handler's 60 s, ended the call
-    client.call(3, "/t.T/Slow", b"0", extra=[("grpc-timeout", "soon")])
-    _headers, _data, trailers = client.response(3)
+    client.call(3, "/t.T/Timeout", b"", extra=[("grpc-timeout", "250m")])
+    _headers, data, trailers = client.response(3)
+    assert trailers["grpc-status"] == "0" and data[5:] == b"0.25"  # the handler knows the deadline
+    client.call(5, "/t.T/Timeout", b"")
+    assert client.response(5)[1][5:] == b"None"
+    client.call(7, "/t.T/Slow", b"0", extra=[("grpc-timeout", "soon")])
+    _headers, _data, trailers = client.response(7)
     assert (
         trailers["grpc-status"] == str(StatusCode.INVALID_ARGUMENT)
         and "grpc-timeout" in trailers["grpc-message"]
@@ -579,7 +589,7 @@ def test_windows_are_handed_back_as_messages_complete_not_as_bytes_arrive(server
 
 
 def test_long_status_messages_are_capped_and_the_connection_survives(server):
-    async def long_error(message, metadata):
+    async def long_error(message, metadata, timeout=None):
         raise GrpcError(StatusCode.NOT_FOUND, "model " + "x" * 100_000 + " not found")
 
     server.server.handlers["/t.T/Long"] = long_error

@@ -1,8 +1,8 @@
-"""The one table from envserve errors to gRPC status codes."""
+"""The gRPC edge's one error table: envserve errors to gRPC status codes (anything else: INTERNAL)."""
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple, Type
+from typing import List, Tuple, Type
 
 from ...errors import (
     EnvserveError,
@@ -19,7 +19,7 @@ from ...errors import (
 )
 from .transport import StatusCode
 
-__all__ = ["code_for", "status_label"]
+__all__ = ["code_for"]
 
 # Most specific first; the first isinstance match wins.
 STATUS_CODES: List[Tuple[Type[EnvserveError], int]] = [
@@ -34,11 +34,6 @@ STATUS_CODES: List[Tuple[Type[EnvserveError], int]] = [
     (Overloaded, StatusCode.UNAVAILABLE),
     (InferenceTimeout, StatusCode.DEADLINE_EXCEEDED),
 ]
-
-
-def status_label(outcome: Optional[BaseException]) -> str:
-    """The ``status`` label of a gRPC call in the metrics."""
-    return "OK" if outcome is None else StatusCode.NAMES[code_for(outcome)]
 
 
 def code_for(exc: BaseException) -> int:

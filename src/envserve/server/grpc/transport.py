@@ -76,10 +76,10 @@ from .hpack_memo import MemoDecoder, MemoEncoder
 logger = logging.getLogger("envserve.grpc")
 
 Metadata = List[Tuple[str, str]]
-# A handler gets the request message's bytes and the call's metadata, returns the response message's bytes
-# (or those bytes and metadata to send as trailers before ``grpc-status``), and raises GrpcError for a
-# non-OK status.
-Handler = Callable[[bytes, Metadata], Awaitable[Union[bytes, Tuple[bytes, Metadata]]]]
+# A handler gets the request message's bytes, the call's metadata and its ``grpc-timeout`` in seconds (None:
+# no deadline; the transport enforces it), returns the response message's bytes (or those bytes and
+# metadata to send as trailers before ``grpc-status``), and raises GrpcError for a non-OK status.
+Handler = Callable[[bytes, Metadata, Optional[float]], Awaitable[Union[bytes, Tuple[bytes, Metadata]]]]
 # A bidirectional streaming handler gets the request messages as they arrive (the iterator ends when the
 # client half-closes) and yields response messages; raising GrpcError ends the call with that status.
 StreamHandler = Callable[[AsyncIterator[bytes], Metadata], AsyncGenerator[bytes, None]]
@@ -505,11 +505,11 @@ class _Connection(asyncio.Protocol):
             seconds = _deadline(timeout)
             if seconds is not None:
                 try:
-                    reply = await asyncio.wait_for(handler(message, metadata), seconds)
+                    reply = await asyncio.wait_for(handler(message, metadata, seconds), seconds)
                 except asyncio.TimeoutError:
                     raise GrpcError(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded") from None
             else:
-                reply = await handler(message, metadata)
+                reply = await handler(message, metadata, None)
         except GrpcError as exc:
             self._respond_error(stream, exc.code, exc.message, exc.metadata)
         except asyncio.CancelledError:

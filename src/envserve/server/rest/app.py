@@ -1,34 +1,35 @@
-"""The REST edge: a plain ASGI application over the data plane, routed by one table (:meth:`RestApp.routes`).
+"""The REST edge: a plain ASGI application over the data plane, routed by one table (:func:`routes`).
 
 No framework: the inference path is the product's hot path, and a table indexed by segment count and
 first segment finds its route with a dict lookup (bench/ measures it against a minimal ASGI floor).
-Every error leaves as ``{"error": "..."}`` with the status from :mod:`.errors` (503s also say
-``Retry-After``); unexpected exceptions are logged with their traceback and answered 500 without one.
+For every request the app finds the route, begins the :class:`~envserve.server.call.Call` (request id,
+span, access line), runs the handler, and maps whatever it raised through the one error table
+(:mod:`.errors`), in the shape of the route's protocol. Unexpected exceptions are logged with their
+traceback and answered 500 without one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import time
 import urllib.parse
-from typing import Any, Awaitable, Callable, List, MutableMapping, Optional, Sequence
+from typing import Any, Awaitable, Callable, Dict, List, MutableMapping, Optional, Sequence, Tuple
 
 from ...errors import EnvserveError, Overloaded
-from ...logcontext import REQUEST_ID
+from ...protocol.envelope import Passthrough
+from ..call import Call, Calls, Protocol
+from ..console import ConsoleAPI
 from ..dataplane import DataPlane
-from ..logs import access, request_id
 from ..metrics import CONTENT_TYPE, Metrics
 from .envserve_api import EnvserveAPI
-from .errors import status_for
+from .errors import error_response, http_status
 from .guards import admin_only, cors_headers, same_origin
 from .kserve import KServeV1Handlers
-from .mlflow import MLflowHandlers, mlflow_errors
-from .routing import JSON, HTTPError, Request, Response, Route, Router, dumps
-from .seldon import SeldonHandlers, seldon_errors
+from .mlflow import MLflowHandlers
+from .routing import JSON, Guard, Handler, HTTPError, Request, Response, Route, Router, dumps
+from .seldon import SeldonHandlers
 from .v2 import V2Handlers
 
-__all__ = ["MetricsApp", "RestApp"]
+__all__ = ["MetricsApp", "RestApp", "route_taken", "routes"]
 
 logger = logging.getLogger("envserve.rest")
 
@@ -36,8 +37,6 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
-#: 503 says "try again shortly": the model is loading, its worker restarting, or its queue full.
-_RETRY = JSON + [(b"retry-after", b"1")]
 #: Health probes are never shed: a pod under load must not look dead to its orchestrator.
 _PROBES = frozenset(
     (
@@ -58,132 +57,166 @@ _PREFLIGHT = [
     (b"access-control-max-age", b"600"),
 ]
 
+V2, KSERVE, MLFLOW, SELDON = Protocol.V2_REST, Protocol.KSERVE_V1, Protocol.MLFLOW, Protocol.SELDON
+ADMIN, CHANGES = Guard.ADMIN, Guard.CHANGES
+
+
+def routes(console: bool) -> List[Route]:
+    """Every REST route, in one list: method, path, handler, protocol, guard."""
+    v2, kserve, mlflow, seldon, own = (
+        V2Handlers,
+        KServeV1Handlers,
+        MLflowHandlers,
+        SeldonHandlers,
+        EnvserveAPI,
+    )
+    table = [
+        # Open Inference Protocol V2
+        Route("POST", "/v2/models/{name}/infer", v2.infer),
+        Route("POST", "/v2/models/{name}/versions/{version}/infer", v2.infer),
+        Route("GET", "/v2/models/{name}", v2.model_metadata),
+        Route("GET", "/v2/models/{name}/versions/{version}", v2.model_metadata),
+        Route("GET", "/v2/models/{name}/ready", v2.model_ready),
+        Route("GET", "/v2/models/{name}/versions/{version}/ready", v2.model_ready),
+        Route("GET", "/v2", v2.server_metadata),
+        Route("GET", "/v2/health/live", v2.live),
+        Route("GET", "/v2/health/ready", v2.ready),
+        Route("GET", "/v2/docs", v2.docs_page),
+        Route("GET", "/v2/docs/dataplane.json", v2.docs),
+        Route("GET", "/v2/models/{name}/docs", v2.docs_page),
+        Route("GET", "/v2/models/{name}/docs/dataplane.json", v2.model_docs),
+        Route("POST", "/v2/repository/index", v2.repository_index),
+        Route("POST", "/v2/repository/models/{name}/load", v2.load, V2, CHANGES),
+        Route("POST", "/v2/repository/models/{name}/unload", v2.unload, V2, CHANGES),
+        # KServe V1 (POST /v1/models/NAME:predict; the verb is part of the last segment)
+        Route("GET", "/v1/models", kserve.models, KSERVE),
+        Route("GET", "/v1/models/{name}", kserve.model, KSERVE),
+        Route("POST", "/v1/models/{name}", kserve.call, KSERVE),
+        # MLflow's scoring server
+        Route("POST", "/invocations", mlflow.invocations, MLFLOW),
+        Route("GET", "/ping", mlflow.ping, MLFLOW),
+        Route("GET", "/health", mlflow.ping, MLFLOW),
+        Route("GET", "/version", mlflow.version, MLFLOW),
+        # Seldon Core v1, the routes of its Python wrapper
+        Route("POST", "/api/v1.0/predictions", seldon.predictions, SELDON),
+        Route("POST", "/api/v0.1/predictions", seldon.predictions, SELDON),
+        Route("POST", "/predict", seldon.predictions, SELDON),
+        Route("GET", "/predict", seldon.predictions, SELDON),
+        Route("POST", "/send-feedback", seldon.feedback, SELDON),
+        Route("POST", "/api/v1.0/feedback", seldon.feedback, SELDON),
+        Route("GET", "/health/ping", seldon.ping, SELDON),
+        Route("GET", "/health/status", seldon.status, SELDON),
+        Route("GET", "/api/v1.0/health/status", seldon.status, SELDON),
+        Route("GET", "/metadata", seldon.metadata, SELDON),
+        Route("GET", "/api/v1.0/metadata", seldon.metadata, SELDON),
+        # envserve's own API
+        Route("GET", "/envserve/models", own.models),
+        Route("GET", "/envserve/models/{name}/bom", own.bom),
+        Route("GET", "/envserve/models/{name}/versions/{version}/bom", own.bom),
+        Route("GET", "/envserve/models/{name}/shadow", own.shadow),
+        Route("GET", "/envserve/models/{name}/versions/{version}/shadow", own.shadow),
+    ]
+    if not console:
+        return table + [
+            Route("GET", "/envserve/{call}", own.console_off),
+            Route("GET", "/envserve/{group}/{call}", own.console_off),
+        ]
+    return table + [
+        Route("GET", "/envserve/environments", own.environments, V2, ADMIN),
+        Route("GET", "/envserve/registry/models", own.registry_models, V2, ADMIN),
+        Route("GET", "/envserve/platform", own.platform, V2, ADMIN),
+        Route("POST", "/envserve/environments/prune", own.prune, V2, CHANGES),
+        Route("POST", "/envserve/deploy/render", own.render, V2, CHANGES),
+        Route("POST", "/envserve/platform/image", own.set_image, V2, CHANGES),
+    ]
+
+
+def route_taken(console: bool) -> Callable[[str, str], bool]:
+    """Whether the server answers (method, path) itself (a model's own route there is refused): the same
+    table, before any handler exists."""
+    router = Router(routes(console))
+
+    def taken(method: str, path: str) -> bool:
+        if path in ("/metrics", "/console") or path.startswith("/console/"):
+            return True
+        try:
+            router.find(method, path)
+        except HTTPError as exc:
+            return exc.status != 404
+        return True
+
+    return taken
+
 
 class RestApp:
     def __init__(
         self,
         dataplane: DataPlane,
+        calls: Calls,
         max_request_size: int,
         metrics: Optional[Metrics] = None,
         admin_token: str = "",
         cors_origins: Sequence[str] = (),
-        console: Optional[Any] = None,
+        console: Optional[ConsoleAPI] = None,
         max_requests: int = 0,
-        access_log: bool = False,
     ) -> None:
         self.dataplane = dataplane
-        self.access_log = access_log
+        self.calls = calls
         self.max_request_size = max_request_size
         self.metrics = metrics
-        self.console = console  # a ConsoleAPI when the console is on
+        self.console = console
         self.admin_token = admin_token.encode() if admin_token else b""
         self.cors_origins = frozenset(o.encode() for o in cors_origins)
         self.max_requests = max_requests  # requests in flight beyond which 503 is answered (0: no bound)
         self.active = 0
-        self.router = Router(self.routes())
-        dataplane.registry.route_taken = self.route_taken
+        handlers: Dict[str, object] = {
+            "V2Handlers": V2Handlers(dataplane),
+            "KServeV1Handlers": KServeV1Handlers(dataplane),
+            "MLflowHandlers": MLflowHandlers(dataplane),
+            "SeldonHandlers": SeldonHandlers(dataplane),
+            "EnvserveAPI": EnvserveAPI(dataplane, console),
+        }
+        self.router = Router([r.bind(handlers, self._guard) for r in routes(console is not None)])
 
-    def routes(self) -> List[Route]:
-        """Every REST route, in one list."""
-        v2 = V2Handlers(self.dataplane)
-        mlflow = MLflowHandlers(self.dataplane)
-        seldon = SeldonHandlers(self.dataplane)
-        own = EnvserveAPI(self.dataplane, self.console)
-        kserve = KServeV1Handlers(self.dataplane)
+    def _guard(self, guard: Guard, handler: Handler) -> Handler:
+        guarded = admin_only(handler, self.admin_token)
+        if guard is Guard.CHANGES:
+            guarded = same_origin(guarded, self.cors_origins)
+        return guarded
 
-        def admin(handler: Any) -> Any:
-            return admin_only(handler, self.admin_token)
-
-        def changes(handler: Any) -> Any:  # a state-changing call: same origin, then the admin token
-            return same_origin(admin(handler), self.cors_origins)
-
-        routes = [
-            # Open Inference Protocol V2
-            Route("POST", "/v2/models/{name}/infer", v2.infer),
-            Route("POST", "/v2/models/{name}/versions/{version}/infer", v2.infer),
-            Route("GET", "/v2/models/{name}", v2.model_metadata),
-            Route("GET", "/v2/models/{name}/versions/{version}", v2.model_metadata),
-            Route("GET", "/v2/models/{name}/ready", v2.model_ready),
-            Route("GET", "/v2/models/{name}/versions/{version}/ready", v2.model_ready),
-            Route("GET", "/v2", v2.server_metadata),
-            Route("GET", "/v2/health/live", v2.live),
-            Route("GET", "/v2/health/ready", v2.ready),
-            Route("GET", "/v2/docs", v2.docs_page),
-            Route("GET", "/v2/docs/dataplane.json", v2.docs),
-            Route("GET", "/v2/models/{name}/docs", v2.docs_page),
-            Route("GET", "/v2/models/{name}/docs/dataplane.json", v2.model_docs),
-            Route("POST", "/v2/repository/index", v2.repository_index),
-            Route("POST", "/v2/repository/models/{name}/load", changes(v2.load)),
-            Route("POST", "/v2/repository/models/{name}/unload", changes(v2.unload)),
-            # KServe V1 (POST /v1/models/NAME:predict; the verb is part of the last segment)
-            Route("GET", "/v1/models", kserve.models),
-            Route("GET", "/v1/models/{name}", kserve.model),
-            Route("POST", "/v1/models/{name}", kserve.call),
-            # MLflow's scoring server
-            Route("POST", "/invocations", mlflow_errors(mlflow.invocations)),
-            Route("GET", "/ping", mlflow.ping),
-            Route("GET", "/health", mlflow.ping),
-            Route("GET", "/version", mlflow.version),
-            # Seldon Core v1, the routes of its Python wrapper (errors in Seldon's body)
-            Route("POST", "/api/v1.0/predictions", seldon_errors(seldon.predictions)),
-            Route("POST", "/api/v0.1/predictions", seldon_errors(seldon.predictions)),
-            Route("POST", "/predict", seldon_errors(seldon.predictions)),
-            Route("GET", "/predict", seldon_errors(seldon.predictions)),
-            Route("POST", "/send-feedback", seldon_errors(seldon.feedback)),
-            Route("POST", "/api/v1.0/feedback", seldon_errors(seldon.feedback)),
-            Route("GET", "/health/ping", seldon_errors(seldon.ping)),
-            Route("GET", "/health/status", seldon_errors(seldon.status)),
-            Route("GET", "/api/v1.0/health/status", seldon_errors(seldon.status)),
-            Route("GET", "/metadata", seldon_errors(seldon.metadata)),
-            Route("GET", "/api/v1.0/metadata", seldon_errors(seldon.metadata)),
-            # envserve's own API
-            Route("GET", "/envserve/models", own.models),
-            Route("GET", "/envserve/models/{name}/bom", own.bom),
-            Route("GET", "/envserve/models/{name}/versions/{version}/bom", own.bom),
-            Route("GET", "/envserve/models/{name}/shadow", own.shadow),
-            Route("GET", "/envserve/models/{name}/versions/{version}/shadow", own.shadow),
-        ]
-        if self.console is None:
-            routes.append(Route("GET", "/envserve/{call}", own.console_off))
-            routes.append(Route("GET", "/envserve/{group}/{call}", own.console_off))
-            return routes
-        return routes + [
-            Route("GET", "/envserve/environments", admin(own.environments)),
-            Route("GET", "/envserve/registry/models", admin(own.registry_models)),
-            Route("GET", "/envserve/platform", admin(own.platform)),
-            Route("POST", "/envserve/environments/prune", changes(own.prune)),
-            Route("POST", "/envserve/deploy/render", changes(own.render)),
-            Route("POST", "/envserve/platform/image", changes(own.set_image)),
-        ]
-
-    def route_taken(self, method: str, path: str) -> bool:
-        """Whether the server answers (method, path) itself (a model's own route there is refused)."""
-        if path in ("/metrics", "/console") or path.startswith("/console/"):
-            return True
-        try:
-            self.router.find(method, path)
-        except HTTPError as exc:
-            return exc.status != 404
-        return True
-
-    async def _custom(self, request: Request) -> Response:
+    async def _custom(self, request: Request, call: Call) -> Response:
         """A model's own REST route (MLServer's ``@custom_handler``), when one is (method, path)."""
         found = self.dataplane.custom_route(request.method, request.path)
         if found is None:
             raise HTTPError(404, "no route for %s %s" % (request.method, request.path))
+        name, handler = found
         query_string = request.scope.get("query_string", b"").decode("latin-1")
-        call = {
-            "method": request.method,
-            "path": request.path,
-            "query_string": query_string,
-            "query": dict(urllib.parse.parse_qsl(query_string)),
-            "headers": request.headers(),
-        }
-        status, headers, body = await self.dataplane.call_handler(
-            found[0], found[1], await request.body(), call, gone=request.gone
+        call.model = name
+        call.passthrough = Passthrough(
+            Passthrough.HANDLER,
+            {
+                "name": handler,
+                "method": request.method,
+                "path": request.path,
+                "query_string": query_string,
+                "query": dict(urllib.parse.parse_qsl(query_string)),
+                "headers": call.headers,
+            },
         )
-        encoded = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-        return Response(status, body, encoded)
+        response = await self.dataplane.passthrough(call, name, await request.body())
+        answer = response.report.handler or {}
+        headers = answer.get("headers") or {}
+        encoded = [(str(k).lower().encode("latin-1"), str(v).encode("latin-1")) for k, v in headers.items()]
+        return Response(int(answer.get("status", 200)), bytes(response.outputs[0].data.ravel()[0]), encoded)
+
+    def _route(self, method: str, path: str) -> Tuple[Optional[Route], Dict[str, str], Optional[HTTPError]]:
+        try:
+            route, params = self.router.find(method, path)
+        except HTTPError as exc:
+            if exc.status != 404:
+                return None, {}, exc
+            return None, {}, None  # perhaps a model's own route
+        return route, params, None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -197,7 +230,7 @@ class RestApp:
         if self.console is not None and (path == "/console" or path.startswith("/console/")):
             await _send(send, *_console_page(path))
             return
-        started = time.perf_counter()
+        method = scope["method"]
         cors: List[Any] = []
         incoming = None
         for key, value in scope["headers"]:
@@ -205,69 +238,55 @@ class RestApp:
                 incoming = value.decode("latin-1")
             elif key == b"origin" and self.cors_origins:
                 cors = cors_headers(value, self.cors_origins)
-        if scope["method"] == "OPTIONS" and cors:  # a preflight from an allowed origin
+        if method == "OPTIONS" and cors:  # a preflight from an allowed origin
             await _send(send, 204, cors + _PREFLIGHT, b"")
             return
-        rid = request_id(incoming)
-        token = REQUEST_ID.set(rid)
-        model = ""
-        tracing = self.dataplane.tracing
-        # the request's span (continuing the caller's trace) ends on every way out, a cancelled call too
-        with contextlib.ExitStack() as stack:
-            span = None
-            if tracing is not None:
-                carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-                attributes = {
-                    "http.request.method": scope["method"],
-                    "url.path": path,
-                    "envserve.request_id": rid,
-                }
-                span = stack.enter_context(
-                    tracing.request("%s %s" % (scope["method"], path), carrier, attributes)
-                )
-            self.active += 1
-            try:
-                if self.max_requests and self.active > self.max_requests and path not in _PROBES:
-                    raise Overloaded(
-                        "the server is serving %d requests, its limit (max_connections); retry shortly"
-                        % self.max_requests
-                    )
-                try:
-                    handler, params = self.router.find(scope["method"], path)
-                except HTTPError as exc:
-                    if exc.status != 404:
-                        raise
-                    handler, params = self._custom, {}
-                model = params.get("name", "")
-                response = await handler(Request(scope, receive, params, self.max_request_size))
-                status, body, headers = response.status, response.body, response.headers
-            except EnvserveError as exc:
-                status, body, headers = status_for(exc), dumps({"error": exc.message}), JSON
-                if status == 503:
-                    headers = _RETRY
-                elif status >= 500:
-                    logger.warning("%s %s -> %d: %s", scope["method"], path, status, exc.message)
-            except HTTPError as exc:
-                status, body = exc.status, dumps({"error": exc.message})
-                headers = JSON + [(b"allow", exc.allow.encode())] if exc.allow else JSON
-            except Exception:
-                logger.exception("unexpected error serving %s %s", scope["method"], path)
-                status, body, headers = (
-                    500,
-                    dumps({"error": "internal server error; see the server log"}),
-                    JSON,
-                )
-            finally:
-                self.active -= 1
-            headers = headers + [(b"x-request-id", rid.encode("latin-1"))]
-            if span is not None:
-                span.set_attribute("http.response.status_code", status)
+        route, params, refused = self._route(method, path)
+        protocol = route.protocol if route is not None else Protocol.V2_REST
+        request = Request(scope, receive, params, self.max_request_size)
+        call = self.calls.begin(protocol, method, path, scope["headers"], incoming, request.gone)
+        call.model = params.get("name", "")
+        status = 500
         try:
-            await _send(send, status, headers + cors if cors else headers, body)
+            response = await self._answer(request, call, route, refused)
+            status = response.status
+            headers = response.headers + [(b"x-request-id", call.request_id.encode("latin-1"))]
+            if call.response_headers:
+                headers += [(k.encode("ascii"), v.encode("ascii")) for k, v in call.response_headers.items()]
+            await _send(send, status, headers + cors if cors else headers, response.body)
         finally:
-            if self.access_log:
-                access(scope["method"], path, model, status, started, "rest")
-            REQUEST_ID.reset(token)
+            self.calls.end(call, status)
+
+    async def _answer(
+        self, request: Request, call: Call, route: Optional[Route], refused: Optional[HTTPError]
+    ) -> Response:
+        """The handler's answer, or the error table's."""
+        self.active += 1
+        try:
+            if self.max_requests and self.active > self.max_requests and call.path not in _PROBES:
+                raise Overloaded(
+                    "the server is serving %d requests, its limit (max_connections); retry shortly"
+                    % self.max_requests
+                )
+            if refused is not None:
+                raise refused
+            handler = route.handler if route is not None else self._custom
+            return await handler(request, call)
+        except EnvserveError as exc:
+            status = http_status(exc)
+            if status >= 500 and status != 503:
+                logger.warning("%s %s -> %d: %s", call.method, call.path, status, exc.message)
+            return error_response(call.protocol, status, exc.message)
+        except HTTPError as exc:
+            answer = error_response(Protocol.V2_REST, exc.status, exc.message)
+            if exc.allow:
+                answer.headers = answer.headers + [(b"allow", exc.allow.encode())]
+            return answer
+        except Exception:
+            logger.exception("unexpected error serving %s %s", call.method, call.path)
+            return error_response(call.protocol, 500, "internal server error; see the server log")
+        finally:
+            self.active -= 1
 
 
 async def _send(send: Send, status: int, headers: List[Any], body: bytes) -> None:
@@ -281,7 +300,7 @@ async def _send(send: Send, status: int, headers: List[Any], body: bytes) -> Non
     await send({"type": "http.response.body", "body": body})
 
 
-def _console_page(path: str) -> Any:
+def _console_page(path: str) -> Tuple[int, List[Tuple[bytes, bytes]], bytes]:
     from ..console import static_file
 
     if path == "/console":

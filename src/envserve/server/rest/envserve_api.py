@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
+from ..call import Call
+from ..console import ConsoleAPI
 from ..dataplane import DataPlane
 from .routing import HTTPError, Request, Response, json_response
 
@@ -11,43 +13,48 @@ __all__ = ["EnvserveAPI"]
 
 
 class EnvserveAPI:
-    def __init__(self, dataplane: DataPlane, console: Optional[Any]) -> None:
+    def __init__(self, dataplane: DataPlane, console: Optional[ConsoleAPI]) -> None:
         self.dp = dataplane
-        self.console: Any = console  # a ConsoleAPI when the console is on
+        self.console = console
 
-    async def models(self, request: Request) -> Response:
+    async def models(self, request: Request, call: Call) -> Response:
         """Runtimes, environments, workers (and traffic when the console is on)."""
         return json_response(self.console.models() if self.console is not None else self.dp.model_status())
 
-    async def bom(self, request: Request) -> Response:
+    async def bom(self, request: Request, call: Call) -> Response:
         """The model's CycloneDX ML-BOM (``/envserve/models/{name}[/versions/{version}]/bom``)."""
         return json_response(await self.dp.model_bom(request.params["name"], request.params.get("version")))
 
-    async def shadow(self, request: Request) -> Response:
+    async def shadow(self, request: Request, call: Call) -> Response:
         """What the model's shadow environment answered (``/envserve/models/{name}/shadow``)."""
         return json_response(self.dp.shadow(request.params["name"], request.params.get("version")))
 
-    async def console_off(self, request: Request) -> Response:
+    async def console_off(self, request: Request, call: Call) -> Response:
         raise HTTPError(
             404, "no route for %s; start the server with --console for the console API" % request.path
         )
 
     # the console's calls (routed only when it is on)
-    async def environments(self, request: Request) -> Response:
-        return json_response(self.console.environments())
+    def _console(self) -> ConsoleAPI:
+        if self.console is None:
+            raise HTTPError(404, "the console is off; start the server with --console")
+        return self.console
 
-    async def registry_models(self, request: Request) -> Response:
-        return json_response(self.console.registry_models())
+    async def environments(self, request: Request, call: Call) -> Response:
+        return json_response(self._console().environments())
 
-    async def platform(self, request: Request) -> Response:
-        return json_response(self.console.platform())
+    async def registry_models(self, request: Request, call: Call) -> Response:
+        return json_response(self._console().registry_models())
 
-    async def prune(self, request: Request) -> Response:
+    async def platform(self, request: Request, call: Call) -> Response:
+        return json_response(self._console().platform())
+
+    async def prune(self, request: Request, call: Call) -> Response:
         await request.json()
-        return json_response(await self.console.prune())
+        return json_response(await self._console().prune())
 
-    async def render(self, request: Request) -> Response:
-        return json_response(self.console.render(await request.json()))
+    async def render(self, request: Request, call: Call) -> Response:
+        return json_response(self._console().render(await request.json()))
 
-    async def set_image(self, request: Request) -> Response:
-        return json_response(self.console.set_image(await request.json()))
+    async def set_image(self, request: Request, call: Call) -> Response:
+        return json_response(self._console().set_image(await request.json()))

@@ -1,51 +1,53 @@
-"""The one table from envserve errors to HTTP status codes."""
+"""The REST edge's one error table: an error becomes an HTTP status (:mod:`..status`) and a body in the
+shape the call's protocol uses for errors.
+
+- Open Inference Protocol V2, KServe V1 and envserve's own API: ``{"error": "..."}``;
+- MLflow's scoring protocol: ``{"error_code", "message"}`` as MLflow's server writes them, with envserve's
+  ``error`` beside them;
+- Seldon v1: Seldon's ``{"status": {"code", "info", "reason", "status": "FAILURE"}}``.
+
+Every 503 says ``Retry-After: 1``: the model is loading, its worker restarting, or its queue full.
+"""
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple, Type
+from typing import Any, Callable, Dict, List, Tuple
 
-from ...errors import (
-    EnvserveError,
-    InferenceError,
-    InferenceTimeout,
-    InvalidRequest,
-    ModelLoadError,
-    ModelNotFound,
-    ModelNotReady,
-    Overloaded,
-    PayloadTooLarge,
-    SettingsError,
-    UnsupportedMediaType,
-    WorkerUnavailable,
-)
+from ...protocol import seldon
+from ..call import Protocol
+from ..status import http_status
+from .routing import JSON, Response, dumps
 
-__all__ = ["status_for", "status_label"]
+__all__ = ["error_response", "http_status"]
 
-# Most specific first; the first isinstance match wins.
-STATUS_CODES: List[Tuple[Type[EnvserveError], int]] = [
-    (UnsupportedMediaType, 415),
-    (InvalidRequest, 400),
-    (ModelNotFound, 404),
-    (PayloadTooLarge, 413),
-    (InferenceError, 500),
-    (ModelLoadError, 500),
-    (SettingsError, 500),
-    (ModelNotReady, 503),
-    (WorkerUnavailable, 503),
-    (Overloaded, 503),
-    (InferenceTimeout, 504),
-]
+_RETRY: List[Tuple[bytes, bytes]] = JSON + [(b"retry-after", b"1")]
+
+#: MLflow's error_code for our statuses
+_MLFLOW_CODES = {
+    400: "BAD_REQUEST",
+    404: "RESOURCE_DOES_NOT_EXIST",
+    413: "BAD_REQUEST",
+    415: "BAD_REQUEST",
+    503: "TEMPORARILY_UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
 
 
-def status_label(outcome: Optional[BaseException]) -> str:
-    """The ``status`` label of a REST request in the metrics."""
-    if outcome is None:
-        return "200"
-    return str(status_for(outcome) if isinstance(outcome, EnvserveError) else 500)
+def _mlflow(status: int, message: str) -> Dict[str, Any]:
+    return {"error_code": _MLFLOW_CODES.get(status, "INTERNAL_ERROR"), "message": message, "error": message}
 
 
-def status_for(exc: EnvserveError) -> int:
-    for cls, status in STATUS_CODES:
-        if isinstance(exc, cls):
-            return status
-    return 500
+def _plain(status: int, message: str) -> Dict[str, Any]:
+    return {"error": message}
+
+
+_BODIES: Dict[Protocol, Callable[[int, str], Dict[str, Any]]] = {
+    Protocol.MLFLOW: _mlflow,
+    Protocol.SELDON: seldon.error_body,
+}
+
+
+def error_response(protocol: Protocol, status: int, message: str) -> Response:
+    """The answer to a call of ``protocol`` that failed with ``status`` and ``message``."""
+    body = _BODIES.get(protocol, _plain)(status, message)
+    return Response(status, dumps(body), _RETRY if status == 503 else JSON)

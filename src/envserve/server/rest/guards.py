@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 from typing import AbstractSet, List, Tuple
 
+from ..call import Call
 from .routing import Handler, HTTPError, Request, Response
 
 __all__ = ["admin_only", "cors_headers", "same_origin"]
@@ -16,11 +17,11 @@ def admin_only(handler: Handler, token: bytes) -> Handler:
         return handler
     expected = b"Bearer " + token
 
-    async def guarded(request: Request) -> Response:
+    async def guarded(request: Request, call: Call) -> Response:
         value = request.header(b"authorization")
         if value is None or not hmac.compare_digest(value, expected):
             raise HTTPError(401, "this call needs the admin token: send 'Authorization: Bearer <token>'")
-        return await handler(request)
+        return await handler(request, call)
 
     return guarded
 
@@ -28,7 +29,7 @@ def admin_only(handler: Handler, token: bytes) -> Handler:
 def same_origin(handler: Handler, allowed: AbstractSet[bytes]) -> Handler:
     """A browser's state-changing call must come from this server's pages or an allowed origin (CSRF)."""
 
-    async def guarded(request: Request) -> Response:
+    async def guarded(request: Request, call: Call) -> Response:
         origin = request.header(b"origin")
         if origin is not None:  # None: not a browser's cross-site call
             host = request.header(b"host")
@@ -42,7 +43,7 @@ def same_origin(handler: Handler, allowed: AbstractSet[bytes]) -> Handler:
                     "cross-site request refused: origin %s may not change this server"
                     % origin.decode("latin-1"),
                 )
-        return await handler(request)
+        return await handler(request, call)
 
     return guarded
 

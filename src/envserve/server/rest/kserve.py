@@ -11,6 +11,7 @@ import numpy as np
 
 from ...errors import InvalidRequest
 from ...protocol.v2 import InferenceRequest, RequestInput
+from ..call import Call
 from ..dataplane import DataPlane
 from .routing import HTTPError, Request, Response, json_response
 
@@ -23,22 +24,22 @@ class KServeV1Handlers:
     def __init__(self, dataplane: DataPlane) -> None:
         self.dp = dataplane
 
-    async def models(self, request: Request) -> Response:
-        return json_response({"models": sorted({r.name for r in self.dp.registry.records()})})
+    async def models(self, request: Request, call: Call) -> Response:
+        return json_response({"models": self.dp.model_names()})
 
-    async def model(self, request: Request) -> Response:
+    async def model(self, request: Request, call: Call) -> Response:
         """``{"name", "ready": true}``; a model not ready: 503 with an error, as KServe's server answers."""
         name = request.params["name"]
         if self.dp.model_ready(name):
             return json_response({"name": name, "ready": True})
-        record = self.dp.registry.get(name)
+        record = self.dp.model(name)
         raise HTTPError(
             503,
             "model %r is not ready: %s%s"
             % (name, record.state, ": %s" % record.reason if record.reason else ""),
         )
 
-    async def call(self, request: Request) -> Response:
+    async def call(self, request: Request, call: Call) -> Response:
         name, _, verb = request.params["name"].rpartition(":")
         if not name or verb not in _VERBS:
             raise HTTPError(
@@ -57,7 +58,7 @@ class KServeV1Handlers:
             raise InvalidRequest('Expected "instances" or "inputs" to be a list')
         if not rows:
             raise InvalidRequest('"instances" is empty: send at least one row')
-        response = await self.dp.infer(name, None, _v2_request(rows), protocol="kserve-v1", gone=request.gone)
+        response = await self.dp.infer(call, name, None, _v2_request(rows))
         if not response.outputs:
             raise InvalidRequest("model %r answered no output" % name)
         out = response.outputs[0]

@@ -3,59 +3,28 @@
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable, Dict
-
-import numpy as np
+from typing import Dict, Optional
 
 from ... import __version__
-from ...errors import EnvserveError, UnsupportedMediaType
+from ...errors import UnsupportedMediaType
 from ...protocol import mlflow_scoring
-from ...protocol.v2 import InferenceRequest, RequestInput
-from ...runtimes.base import MLFLOW_SCORING
+from ...protocol.envelope import Passthrough
+from ..call import Call
 from ..dataplane import DataPlane
-from .errors import status_for
-from .routing import JSON, Handler, Request, Response, dumps, json_response
+from .routing import Request, Response, json_response
 
-__all__ = ["MLflowHandlers", "mlflow_errors", "model_hint"]
+__all__ = ["MLflowHandlers", "model_hint"]
 
 #: The media types MLflow's scoring server takes
 MEDIA_TYPES = ("text/csv", "application/json", "application/vnd.apache.parquet")
-#: MLflow's error_code for our statuses (its error body has error_code and message; ours adds error)
-_ERROR_CODES = {
-    400: "BAD_REQUEST",
-    404: "RESOURCE_DOES_NOT_EXIST",
-    413: "BAD_REQUEST",
-    415: "BAD_REQUEST",
-    503: "TEMPORARILY_UNAVAILABLE",
-    504: "DEADLINE_EXCEEDED",
-}
 
 
-def model_hint(request: Request) -> str | None:
+def model_hint(request: Request) -> Optional[str]:
     """The model a protocol without model names in its paths addresses: ``X-Model-Name`` or ``?model=``."""
     value = request.header(b"x-model-name")
     if value:
         return value.decode("latin-1")
     return request.query("model") or None
-
-
-def mlflow_errors(handler: Callable[[Request], Awaitable[Response]]) -> Handler:
-    """Errors in MLflow's body (``error_code``, ``message``) with envserve's ``error`` beside them."""
-
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except EnvserveError as exc:
-            status = status_for(exc)
-            doc = {
-                "error_code": _ERROR_CODES.get(status, "INTERNAL_ERROR"),
-                "message": exc.message,
-                "error": exc.message,
-            }
-            headers = JSON + [(b"retry-after", b"1")] if status == 503 else JSON
-            return Response(status, dumps(doc), headers)
-
-    return wrapped
 
 
 def media_type(request: Request) -> str:
@@ -85,23 +54,21 @@ class MLflowHandlers:
     def __init__(self, dataplane: DataPlane) -> None:
         self.dp = dataplane
 
-    async def ping(self, request: Request) -> Response:
+    async def ping(self, request: Request, call: Call) -> Response:
         ready = self.dp.ready()  # 200 when the model(s) can serve
         return json_response({"status": "ok" if ready else "not ready"}, 200 if ready else 503)
 
-    async def version(self, request: Request) -> Response:
+    async def version(self, request: Request, call: Call) -> Response:
         return json_response(__version__)
 
-    async def invocations(self, request: Request) -> Response:
+    async def invocations(self, request: Request, call: Call) -> Response:
         """The body goes to the model as it arrived: its runtime parses it as MLflow would (with the
         model's signature) and answers MLflow's JSON."""
         mime = media_type(request)
         body = await request.body()
-        name = self.dp.pick_model(model_hint(request))
-        data = np.empty(1, dtype=object)
-        data[0] = body
-        raw = InferenceRequest([RequestInput("body", [1], "BYTES", data)], parameters={MLFLOW_SCORING: mime})
-        response = await self.dp.infer(name, None, raw, protocol="mlflow", gone=request.gone)
+        name = call.model = self.dp.pick_model(model_hint(request))
+        call.passthrough = Passthrough(Passthrough.MLFLOW, {"media_type": mime})
+        response = await self.dp.passthrough(call, name, body)
         out = response.outputs[0] if response.outputs else None
         if out is not None and out.name == "predictions" and out.datatype == "BYTES":
             return Response(200, bytes(out.data.ravel()[0]))

@@ -5,22 +5,29 @@ indexed by their segment count and first segment, so finding the inference route
 a few string comparisons (the hot path's budget; bench/). A path that matches with another method answers
 405 with ``Allow``; a path that matches nothing answers 404.
 
-Handlers are ``async def handler(request) -> Response``; guards (admin token, same-origin) wrap a handler
-and return a new one.
+Handlers are ``async def handler(request, call) -> Response``: the HTTP request, and the
+:class:`~envserve.server.call.Call` the edge began for it. A route also names the protocol its calls
+speak (their metrics label and error bodies) and the guard it sits behind (admin token, same origin).
+The table is written with unbound handler functions and bound to the handler objects when the app is
+built, so which paths the server answers is known before any handler exists (a model's own route there
+is refused at load).
 """
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Dict, List, MutableMapping, Optional, Sequence, Tuple
+import enum
+from typing import Any, Awaitable, Callable, Dict, List, Mapping, MutableMapping, Optional, Sequence, Tuple
 from urllib.parse import unquote
 
 import numpy as np
 import orjson
 
 from ...errors import InvalidRequest, PayloadTooLarge
+from ..call import Call, Protocol
 
 __all__ = [
     "JSON",
+    "Guard",
     "HTTPError",
     "Handler",
     "Request",
@@ -172,17 +179,42 @@ class Request:
         return None
 
 
-Handler = Callable[[Request], Awaitable[Response]]
+Handler = Callable[[Request, Call], Awaitable[Response]]
+
+
+class Guard(enum.Enum):
+    """What a route sits behind."""
+
+    ADMIN = "admin"  # the admin token, when one is set
+    CHANGES = "changes"  # a state-changing call: same origin (CSRF), then the admin token
 
 
 class Route:
-    __slots__ = ("handler", "method", "parts", "pattern")
+    __slots__ = ("guard", "handler", "method", "parts", "pattern", "protocol")
 
-    def __init__(self, method: str, pattern: str, handler: Handler) -> None:
+    def __init__(
+        self,
+        method: str,
+        pattern: str,
+        handler: Callable[..., Awaitable[Response]],
+        protocol: Protocol = Protocol.V2_REST,
+        guard: Optional[Guard] = None,
+    ) -> None:
         self.method = method
         self.pattern = pattern
         self.parts = pattern.strip("/").split("/")
         self.handler = handler
+        self.protocol = protocol
+        self.guard = guard
+
+    def bind(self, owners: Mapping[str, object], guard: Callable[[Guard, Handler], Handler]) -> Route:
+        """This route with its handler bound to the object of the class that defines it (``owners``: by
+        class name), behind its guard."""
+        owner = owners[self.handler.__qualname__.split(".")[0]]
+        handler: Handler = self.handler.__get__(owner)
+        if self.guard is not None:
+            handler = guard(self.guard, handler)
+        return Route(self.method, self.pattern, handler, self.protocol)
 
     def match(self, parts: Sequence[str]) -> Optional[Dict[str, str]]:
         params: Dict[str, str] = {}
@@ -205,8 +237,8 @@ class Router:
             key = (len(route.parts), "" if first[0] == "{" else first)
             self._index.setdefault(key, []).append(route)
 
-    def find(self, method: str, path: str) -> Tuple[Handler, Dict[str, str]]:
-        """The handler and path parameters for a request; HTTPError 404 or 405 when there is none."""
+    def find(self, method: str, path: str) -> Tuple[Route, Dict[str, str]]:
+        """The route and path parameters for a request; HTTPError 404 or 405 when there is none."""
         parts = path.strip("/").split("/")
         candidates = self._index.get((len(parts), parts[0]), []) + self._index.get((len(parts), ""), [])
         allowed: List[str] = []
@@ -215,7 +247,7 @@ class Router:
             if params is None:
                 continue
             if route.method == method or (route.method == "GET" and method == "HEAD"):
-                return route.handler, params
+                return route, params
             allowed.append(route.method)
         if allowed:
             raise HTTPError(

@@ -8,31 +8,16 @@ import email.parser
 import email.policy
 import json
 import urllib.parse
-from typing import Any, Awaitable, Callable, Dict
+from typing import Any, Dict
 
-import numpy as np
-
-from ...errors import EnvserveError, InvalidRequest
-from ...protocol import seldon
-from ...protocol.v2 import InferenceRequest, RequestInput
-from ...runtimes.base import SELDON_CALL, SELDON_PATH
+from ...errors import InvalidRequest
+from ...protocol.envelope import Passthrough
+from ..call import Call
 from ..dataplane import DataPlane
-from .errors import status_for
 from .mlflow import model_hint
-from .routing import Handler, Request, Response, dumps, json_response, loads
+from .routing import Request, Response, dumps, json_response, loads
 
 __all__ = ["SeldonHandlers"]
-
-
-def seldon_errors(handler: Callable[[Request], Awaitable[Response]]) -> Handler:
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except EnvserveError as exc:
-            status = status_for(exc)
-            return Response(status, dumps(seldon.error_body(status, exc.message)))
-
-    return wrapped
 
 
 async def seldon_message(request: Request) -> Any:
@@ -82,43 +67,40 @@ class SeldonHandlers:
         self.dp = dataplane
 
     def _request_path(self, name: str) -> Dict[str, str]:
-        settings = self.dp.registry.settings
+        settings = self.dp.settings
         return {settings.predictive_unit_id or name: settings.predictive_unit_image}
 
-    async def _call(self, request: Request, call: str, message: Any) -> Response:
+    async def _call(self, request: Request, call: Call, kind: str, message: Any) -> Response:
         """One Seldon call, passed to the model's runtime as it arrived (the runtime answers Seldon's JSON:
         built-in runtimes through V2, Seldon model classes as Seldon's wrapper does)."""
-        name = self.dp.pick_model(model_hint(request))
-        data = np.empty(1, dtype=object)
-        data[0] = dumps(message)
-        raw = InferenceRequest(
-            [RequestInput("message", [1], "BYTES", data)],
-            parameters={SELDON_CALL: call, SELDON_PATH: self._request_path(name)},
+        name = call.model = self.dp.pick_model(model_hint(request))
+        call.passthrough = Passthrough(
+            Passthrough.SELDON, {"call": kind, "request_path": self._request_path(name)}
         )
-        response = await self.dp.infer(name, None, raw, protocol="seldon", gone=request.gone)
+        response = await self.dp.passthrough(call, name, dumps(message))
         return Response(200, bytes(response.outputs[0].data.ravel()[0]))
 
-    async def predictions(self, request: Request) -> Response:
+    async def predictions(self, request: Request, call: Call) -> Response:
         message = await seldon_message(request)
         if not isinstance(message, dict):
             raise InvalidRequest(
                 "the Seldon request must be a JSON object with 'data', 'strData', 'jsonData' or 'binData'"
             )
-        return await self._call(request, "predict", message)
+        return await self._call(request, call, "predict", message)
 
-    async def feedback(self, request: Request) -> Response:
+    async def feedback(self, request: Request, call: Call) -> Response:
         """A model without its own send_feedback answers an empty SeldonMessage, as Seldon's wrapper does."""
         message = await seldon_message(request)
         if not isinstance(message, dict):
             raise InvalidRequest("feedback must be a JSON object (a Seldon Feedback message)")
-        return await self._call(request, "feedback", message)
+        return await self._call(request, call, "feedback", message)
 
-    async def ping(self, request: Request) -> Response:
+    async def ping(self, request: Request, call: Call) -> Response:
         return Response(200, b"pong", [(b"content-type", b"text/html; charset=utf-8")])
 
-    async def status(self, request: Request) -> Response:
+    async def status(self, request: Request, call: Call) -> Response:
         ready = self.dp.ready()
         return json_response({"status": "ok" if ready else "not ready"}, 200 if ready else 503)
 
-    async def metadata(self, request: Request) -> Response:
-        return await self._call(request, "metadata", {})
+    async def metadata(self, request: Request, call: Call) -> Response:
+        return await self._call(request, call, "metadata", {})

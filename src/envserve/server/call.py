@@ -1,0 +1,192 @@
+"""One request, from the moment an edge receives it until it has answered: the :class:`Call`.
+
+An edge (REST, gRPC) begins a call with :meth:`Calls.begin`, hands it to the data plane with the decoded
+request, encodes what comes back, maps an error through its one table, and ends the call with
+:meth:`Calls.end`. Everything per call that is not the edge's own protocol lives here or in the data
+plane, once: the request id (the client's ``X-Request-Id`` when sane, else a new one; on every log line
+written meanwhile), the call's span (continuing the caller's trace; :data:`~.tracing.NO_TRACING` when
+tracing is off), the access line, the headers in (read by models that ask for them, and by the tracer)
+and out (set by models), the deadline, the client's disconnection, and what the model is asked beyond
+V2 tensors (:class:`~envserve.protocol.envelope.Passthrough`). Each layer reads and adds to the call;
+none reaches sideways for it.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from contextvars import Token
+from typing import Any, ContextManager, Dict, Optional, Sequence, Tuple, Union
+
+from ..logcontext import REQUEST_ID
+from ..protocol.envelope import Passthrough
+from ..workers.admission import ClientGone
+from .logs import access, request_id
+from .tracing import NO_TRACING, Tracer
+
+__all__ = ["Call", "Calls", "Protocol"]
+
+#: A call's headers as its transport delivered them: (name, value) pairs, bytes (REST) or text (gRPC).
+RawHeaders = Sequence[Tuple[Union[bytes, str], Union[bytes, str]]]
+
+#: gRPC codes that are the server's failure, not the client's (OpenTelemetry's rule for server spans).
+_GRPC_SERVER_ERRORS = frozenset((2, 4, 12, 13, 14, 15))
+
+
+class Protocol(enum.Enum):
+    """The protocol a call came in; its value is the ``protocol`` label in the metrics."""
+
+    V2_REST = "rest"
+    V2_GRPC = "grpc"
+    KSERVE_V1 = "kserve-v1"
+    MLFLOW = "mlflow"
+    SELDON = "seldon"
+
+    @property
+    def transport(self) -> str:
+        """``grpc`` or ``rest``: the access log's ``protocol`` field."""
+        return "grpc" if self is Protocol.V2_GRPC else "rest"
+
+    @property
+    def v2(self) -> bool:
+        """Open Inference Protocol V2 (whose answers follow MLServer's output shapes for its runtimes)."""
+        return self is Protocol.V2_REST or self is Protocol.V2_GRPC
+
+
+class Call:
+    """One request in flight. Made by :meth:`Calls.begin`; tests may make one directly."""
+
+    __slots__ = (
+        "_headers",
+        "_opened",
+        "_raw_headers",
+        "_token",
+        "deadline",
+        "gone",
+        "method",
+        "model",
+        "passthrough",
+        "path",
+        "protocol",
+        "request_id",
+        "response_headers",
+        "started",
+        "tracer",
+    )
+
+    def __init__(
+        self,
+        protocol: Protocol,
+        method: str = "POST",
+        path: str = "",
+        headers: RawHeaders = (),
+        request_id: str = "",
+        gone: Optional[ClientGone] = None,
+        deadline: Optional[float] = None,
+        tracer: Tracer = NO_TRACING,
+    ) -> None:
+        self.protocol = protocol
+        self.method = method
+        self.path = path
+        self.request_id = request_id
+        #: ``time.perf_counter()`` when the call arrived: its latency in the metrics and the access log.
+        self.started = time.perf_counter()
+        #: ``time.monotonic()`` by which the client wants its answer (gRPC's ``grpc-timeout``); None: none.
+        self.deadline = deadline
+        #: Completes when the client disconnects (REST); gRPC cancels the call's task instead.
+        self.gone = gone
+        #: The model the call names, as the client wrote it (the access log's ``model``).
+        self.model = ""
+        #: What the model is asked beyond V2 tensors (MLflow, Seldon, a model's own route); None: V2.
+        self.passthrough: Optional[Passthrough] = None
+        #: Headers the model set on its answer (MLServer's ``parameters.headers``), safe to send.
+        self.response_headers: Dict[str, str] = {}
+        self.tracer = tracer
+        self._raw_headers = headers
+        self._headers: Optional[Dict[str, str]] = None
+        self._opened: Any = None
+        self._token: Optional[Token[str]] = None
+
+    @property
+    def headers(self) -> Dict[str, str]:
+        """The request's headers (gRPC: its text metadata), names in lower case, repeated ones joined with
+        commas; decoded on first use."""
+        if self._headers is None:
+            found: Dict[str, str] = {}
+            for key, value in self._raw_headers:
+                name = key.decode("latin-1").lower() if isinstance(key, bytes) else key.lower()
+                if name.endswith("-bin"):  # gRPC's binary metadata is not text
+                    continue
+                text = value.decode("latin-1") if isinstance(value, bytes) else value
+                found[name] = found[name] + ", " + text if name in found else text
+            self._headers = found
+        return self._headers
+
+    def span(self, name: str, attributes: Optional[Dict[str, Any]] = None) -> ContextManager[Any]:
+        """A stage of this call in its trace (nothing when tracing is off)."""
+        return self.tracer.span(name, attributes)
+
+
+class Calls:
+    """What every edge does at the beginning and the end of a call, shared by the REST and gRPC edges."""
+
+    def __init__(self, tracer: Tracer = NO_TRACING, access_log: bool = False) -> None:
+        self.tracer = tracer
+        self.access_log = access_log
+
+    def begin(
+        self,
+        protocol: Protocol,
+        method: str,
+        path: str,
+        headers: RawHeaders,
+        incoming_id: Optional[str] = None,
+        gone: Optional[ClientGone] = None,
+        deadline: Optional[float] = None,
+    ) -> Call:
+        """A new call: its request id (``incoming_id`` when sane) set for the log lines written meanwhile,
+        and its span begun."""
+        call = Call(protocol, method, path, headers, request_id(incoming_id), gone, deadline, self.tracer)
+        call._token = REQUEST_ID.set(call.request_id)
+        if self.tracer.enabled:
+            call._opened = self.tracer.open(*_span_of(call))
+        return call
+
+    def end(self, call: Call, status: int, shown: Optional[str] = None) -> None:
+        """The call has answered ``status`` (HTTP status, or gRPC code shown as ``shown``): its span ends
+        and its access line is written."""
+        grpc = call.protocol is Protocol.V2_GRPC
+        if call._opened is not None:
+            if grpc:
+                self.tracer.close(
+                    call._opened, {"rpc.grpc.status_code": status}, status in _GRPC_SERVER_ERRORS
+                )
+            else:
+                self.tracer.close(call._opened, {"http.response.status_code": status}, status >= 500)
+            call._opened = None
+        if self.access_log:
+            access(
+                call.method,
+                call.path,
+                call.model,
+                shown if shown is not None else status,
+                call.started,
+                call.protocol.transport,
+            )
+        if call._token is not None:
+            REQUEST_ID.reset(call._token)
+            call._token = None
+
+
+def _span_of(call: Call) -> Tuple[str, Dict[str, str], Dict[str, Any]]:
+    """The name, trace carrier and attributes of a call's span, by its transport's conventions."""
+    if call.protocol is Protocol.V2_GRPC:
+        service, _, method = call.path.strip("/").rpartition("/")
+        attributes: Dict[str, Any] = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
+        return call.path, call.headers, attributes
+    attributes = {
+        "http.request.method": call.method,
+        "url.path": call.path,
+        "envserve.request_id": call.request_id,
+    }
+    return "%s %s" % (call.method, call.path), call.headers, attributes
