@@ -26,8 +26,11 @@ _CODES = {code.value[0]: code for code in grpc.StatusCode}
 def _method(handler: Callable[..., Any]) -> Any:
     async def call(request: bytes, context: Any) -> bytes:
         try:
-            reply: bytes = await handler(request, [tuple(m) for m in context.invocation_metadata()])
-            return reply
+            remaining = context.time_remaining()
+            reply = await handler(request, [tuple(m) for m in context.invocation_metadata()], remaining)
+            payload, trailing = reply if isinstance(reply, tuple) else (reply, [])
+            context.set_trailing_metadata(trailing)
+            return payload
         except GrpcError as exc:
             await context.abort(_CODES[exc.code], exc.message)
             raise
@@ -40,7 +43,7 @@ async def main(repo: str, http_port: int, grpc_port: int) -> None:
     server = Server(settings)
     methods = {
         path.rsplit("/", 1)[1]: _method(handler)
-        for path, handler in InferenceService(server.dataplane).handlers().items()
+        for path, handler in InferenceService(server.dataplane, server.calls).handlers().items()
     }
     aio = grpc.aio.server()
     aio.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, methods),))

@@ -16,7 +16,7 @@ from hpack import Decoder, Encoder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from envserve.server.grpc import transport
+from envserve.server.grpc import connection, flow, wire
 from envserve.server.grpc.transport import GrpcError, GrpcServer, Limits, StatusCode, parse_timeout
 
 MAX_MESSAGE = 4 << 20
@@ -376,7 +376,7 @@ def test_not_http2_is_closed(server):
 
 
 def test_connection_without_preface_is_dropped(server, monkeypatch):
-    monkeypatch.setattr(transport, "PREFACE_TIMEOUT", 0.3)
+    monkeypatch.setattr(connection, "PREFACE_TIMEOUT", 0.3)
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
     OPEN.append(sock)
     sock.sendall(PREFACE[:10])  # a valid start, then silence
@@ -579,10 +579,10 @@ def test_windows_are_handed_back_as_messages_complete_not_as_bytes_arrive(server
     client = H2Client(server.port)
     sids = [client.open("/t.T/Echo") for _ in range(100)]
     sent = client.fill(sids, MAX_MESSAGE)  # as much as the windows allow, never ending a stream
-    connection = next(iter(server.server.connections))
+    conn = next(iter(server.server.connections))
     limits = server.server.limits
-    bound = transport.CONNECTION_BUFFER + limits.max_concurrent_streams * limits.stream_window + MAX_MESSAGE
-    assert connection.buffered <= bound and sent <= bound
+    bound = flow.CONNECTION_BUFFER + limits.max_concurrent_streams * limits.stream_window + MAX_MESSAGE
+    assert conn.windows.buffered <= bound and sent <= bound
     # the oldest stream was always acknowledged: it can complete, and its answer arrives
     client.finish(sids[0], MAX_MESSAGE)
     assert client.response(sids[0]) == MAX_MESSAGE
@@ -599,7 +599,7 @@ def test_long_status_messages_are_capped_and_the_connection_survives(server):
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
         details = info.value.details()
         assert details.startswith("model xxx") and details.endswith("...")
-        assert len(details) == transport.MAX_STATUS_MESSAGE
+        assert len(details) == wire.MAX_STATUS_MESSAGE
         assert _unary(channel, "/t.T/Echo")(b"same connection", timeout=30) == b"same connection"
 
 
@@ -646,9 +646,9 @@ def test_a_peer_that_never_reads_cannot_make_the_server_buffer_without_bound(ser
         for _ in range(200):  # up to 800k PINGs; the server stops reading long before
             client.sock.sendall(pings)
             sent += 1
-    connection = next(iter(server.server.connections))
+    conn = next(iter(server.server.connections))
     assert sent < 200  # the server stopped reading: our sends blocked
-    assert connection.transport.get_write_buffer_size() <= 2 * transport.WRITE_BUFFER_HIGH
+    assert conn.transport.get_write_buffer_size() <= 2 * connection.WRITE_BUFFER_HIGH
     _still_serving(server.port)
 
 

@@ -17,7 +17,7 @@ from ...errors import (
     SettingsError,
     WorkerUnavailable,
 )
-from .transport import StatusCode
+from .wire import StatusCode
 
 __all__ = ["code_for"]
 

@@ -15,7 +15,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
 from .generated import inference_pb2
-from .transport import GrpcError, Metadata, StatusCode, StreamHandler
+from .wire import GrpcError, Metadata, StatusCode, StreamHandler
 
 __all__ = ["Reflection"]
 

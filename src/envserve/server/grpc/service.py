@@ -19,7 +19,8 @@ from . import converters
 from .errors import code_for
 from .generated import inference_pb2 as pb
 from .reflection import Reflection
-from .transport import GrpcError, GrpcServer, Handler, Limits, Metadata, StatusCode
+from .transport import GrpcServer, Limits
+from .wire import GrpcError, Handler, Metadata, StatusCode
 
 __all__ = ["InferenceService", "start_grpc_server"]
 
