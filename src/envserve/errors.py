@@ -1,10 +1,11 @@
 """envserve's domain errors: one root, no transport codes.
 
-Each edge of the product maps these to its own codes in exactly one table (REST status codes in
-``envserve.server.rest.errors``, gRPC codes in ``envserve.server.grpc.errors``, CLI exit codes in
-``envserve.cli``). Messages name what went wrong and what to change, never a transport's route or
-status: the same error reaches REST, gRPC and CLI users. This module is part of the worker's
-import closure, so it uses the standard library only and stays Python 3.6-compatible.
+Each edge of the product maps these to its own codes in exactly one table (HTTP status codes in
+``envserve.server.status``, which are also the metrics' status label; gRPC codes in
+``envserve.server.grpc.errors``; CLI exit codes in ``envserve.cli``). Messages name what went wrong and
+what to change, never a transport's route or status: the same error reaches REST, gRPC and CLI users.
+This module is part of the worker's import closure, so it uses the standard library only and stays
+Python 3.6-compatible.
 
     EnvserveError
     ├── InvalidRequest                 the request is malformed; the caller must change it

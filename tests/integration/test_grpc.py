@@ -94,6 +94,8 @@ def _flatten(data):
 
 def _proto(model, body, version=None):
     request = pb.ModelInferRequest(model_name=model, model_version=version or "", id=body.get("id") or "")
+    for key, value in (body.get("parameters") or {}).items():
+        request.parameters[key].string_param = value
     for inp in body["inputs"]:
         tensor = request.inputs.add(name=inp["name"], datatype=inp["datatype"], shape=inp["shape"])
         for key, value in (inp.get("parameters") or {}).items():
@@ -119,7 +121,7 @@ def test_error_vectors_over_grpc(server):
             stub.ModelInfer(_proto(case["model"], case["body"], case.get("version")), timeout=30)
         assert info.value.code() == HTTP_TO_GRPC[case["status"]], case["case"]
         assert case["error"] in info.value.details(), (case["case"], info.value.details())
-    assert tried == {c["case"] for c in VECTORS} - JSON_ONLY and len(tried) == 13
+    assert tried == {c["case"] for c in VECTORS} - JSON_ONLY and len(tried) == 15
     channel.close()
 
 

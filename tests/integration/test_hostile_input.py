@@ -137,3 +137,43 @@ def test_binary_bytes_that_are_not_utf8_with_str_content_type(server):
 def test_oversized_body_is_refused_before_reading_it(server):
     r = httpx.post(server.url + "/v2/models/echo/infer", content=b" " * (5 * 1024 * 1024))
     assert r.status_code == 413
+
+
+RESERVED_CASES = [
+    # the control keys envserve once read from a request's parameters: each would have turned a plain V2
+    # request into an MLflow, Seldon or model-route call of the model
+    ({"parameters": {"envserve_mlflow_scoring": "text/csv"}}, "parameters.envserve_mlflow_scoring"),
+    ({"parameters": {"envserve_seldon": "predict"}}, "parameters.envserve_seldon"),
+    ({"parameters": {"envserve_handler": {"name": "x"}}}, "parameters.envserve_handler"),
+    (
+        {"outputs": [{"name": "echo", "parameters": {"envserve_timings": 1}}]},
+        "output 'echo' parameters.envserve_timings",
+    ),
+]
+
+
+@pytest.mark.parametrize("extra, where", RESERVED_CASES)
+def test_reserved_parameters_are_refused_on_rest_json_and_binary(server, extra, where):
+    """(gRPC: tests/vectors/v2_requests.json's reserved cases drive both transports.)"""
+    body = {"inputs": [{"name": "body", "shape": [1], "datatype": "BYTES", "data": ["a,b\n1,2"]}], **extra}
+    r = httpx.post(server.url + "/v2/models/echo/infer", json=body, timeout=30)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"].startswith(where + ": parameters beginning with 'envserve_' are reserved")
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "x", "shape": [1], "datatype": "INT32", "parameters": {"binary_data_size": 4}}
+            ],
+            **extra,
+        }
+    ).encode()
+    r = httpx.post(
+        server.url + "/v2/models/echo/infer",
+        content=header + b"\x01\x00\x00\x00",
+        headers={
+            "inference-header-content-length": str(len(header)),
+            "content-type": "application/octet-stream",
+        },
+        timeout=30,
+    )
+    assert r.status_code == 400 and where in r.json()["error"], r.text

@@ -50,6 +50,9 @@ def test_metrics_endpoint_and_port(tmp_path, start_server, digits_model_file, di
         assert client.post("/v2/models/digits/infer", json={"inputs": []}).status_code == 400
         assert client.post("/v2/models/unknown-%d/infer" % time.time_ns(), json=body).status_code == 404
         assert client.post("/invocations?model=digits", json={"inputs": x[:2].tolist()}).status_code == 200
+        assert client.post("/v1/models/digits:predict", json={"instances": x[:1].tolist()}).status_code == 200
+        assert client.post("/v1/models/nobody:predict", json={"instances": [[1]]}).status_code == 404
+        _grpc_calls(server.grpc_address, x)
         assert client.post("/v2/models/in-worker/infer", json=body).status_code == 200
         pid = client.get("/envserve/models").json()[1]["workers"][0]["pid"]
         os.kill(pid, signal.SIGKILL)
@@ -68,6 +71,14 @@ def test_metrics_endpoint_and_port(tmp_path, start_server, digits_model_file, di
     assert samples[("envserve_request_duration_seconds_sum", rest)] > 0
     mlflow = (("model", "digits"), ("protocol", "mlflow"), ("status", "200"), ("version", "3"))
     assert samples[("envserve_requests_total", mlflow)] == 1
+    # one vocabulary for every protocol: the HTTP status (KServe V1 said ok/ModelNotFound, gRPC OK/NOT_FOUND)
+    for protocol, answered in (("kserve-v1", 1), ("grpc", 2)):
+        labels = (("model", "digits"), ("protocol", protocol), ("status", "200"), ("version", "3"))
+        assert samples[("envserve_requests_total", labels)] == answered, protocol
+        labels = (("model", ""), ("protocol", protocol), ("status", "404"), ("version", ""))
+        assert samples[("envserve_requests_total", labels)] == 1, protocol
+    statuses = {dict(k[1]).get("status") for k in samples if k[0] == "envserve_requests_total"}
+    assert statuses <= {"200", "400", "404", "500", "503"}, statuses
     assert samples[("envserve_worker_restarts_total", (("model", "in-worker"), ("version", "")))] == 1
     assert samples[("envserve_model_ready", (("model", "digits"), ("version", "3")))] == 1
     assert samples[("envserve_queue_depth", (("model", "in-worker"), ("version", "")))] == 0
@@ -76,3 +87,25 @@ def test_metrics_endpoint_and_port(tmp_path, start_server, digits_model_file, di
     r = httpx.get("http://127.0.0.1:%d/metrics" % metrics_port)
     assert r.status_code == 200 and "envserve_requests_total" in r.text
     assert httpx.get("http://127.0.0.1:%d/v2" % metrics_port).status_code == 404
+
+
+def _grpc_calls(address, x):
+    """Two answered ModelInfer calls and one for a model that does not exist."""
+    import numpy as np
+    import tritonclient.grpc as tritongrpc
+    from tritonclient.utils import InferenceServerException
+
+    client = tritongrpc.InferenceServerClient(url=address)
+    try:
+        for _ in range(2):
+            inp = tritongrpc.InferInput("x", [1, 64], "FP64")
+            inp.set_data_from_numpy(np.asarray(x[:1], dtype=np.float64))
+            assert client.infer("digits", [inp]).as_numpy("predict") is not None
+        try:
+            client.infer("nobody", [inp])
+        except InferenceServerException as exc:
+            assert "not found" in str(exc)
+        else:
+            raise AssertionError("a call for a model that does not exist was answered")
+    finally:
+        client.close()

@@ -152,14 +152,19 @@ class Dispatcher:
         deadlines = self._deadlines
         loop = asyncio.get_running_loop()
         now = loop.time()
+        stuck = False
         while deadlines and (deadlines[0].future.done() or deadlines[0].deadline <= now):
             call = deadlines.popleft()
             if not call.future.done():
-                self._expire(call)
+                stuck = self._expire(call) or stuck
+        if stuck:  # the calls a stuck worker handed back, and not expired themselves, go to the others
+            for worker in self.workers():
+                self.feed(worker)
         if deadlines:
             self._sweeper = loop.call_at(deadlines[0].deadline, self._sweep)
 
-    def _expire(self, call: PendingCall) -> None:
+    def _expire(self, call: PendingCall) -> bool:
+        """Fail the call with 504; True when it was running, and its worker is now being recycled."""
         worker = call.worker
         running = worker is not None and call.id in worker.inflight
         settle(
@@ -171,7 +176,7 @@ class Dispatcher:
             ),
         )
         if not running:
-            return
+            return False
         assert worker is not None
         logger.warning(
             "model %s: call %d exceeded %g s; recycling worker %d (pid %s)",
@@ -183,7 +188,8 @@ class Dispatcher:
         )
         worker.inflight.pop(call.id, None)
         # A worker runs its calls in the order it received them, so the ones sent after the stuck call have
-        # not started: they go back to the front of the queue for the next worker instead of failing with it.
+        # not started: they go back to the front of the queue for the next worker instead of failing with it
+        # (those whose own deadline has passed too fail in the same sweep, as calls that never started).
         behind = sorted((c for c in worker.inflight.values() if c.id > call.id), key=lambda c: c.id)
         for waiting in reversed(behind):
             del worker.inflight[waiting.id]
@@ -191,5 +197,4 @@ class Dispatcher:
             self.queue.appendleft(waiting)
         worker.state = WorkerState.STUCK  # takes nothing more; its exit is seen and it is restarted
         worker.kill()
-        for other in self.workers():
-            self.feed(other)
+        return True

@@ -1,0 +1,202 @@
+"""The dispatcher driven with fake workers (no processes, no sockets): which worker a call goes to, the
+bounded queue, answers and errors from the worker's frames, deadlines, a stuck worker's pipelined calls,
+and calls whose client has gone."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import orjson
+import pytest
+
+from envserve.errors import InferenceTimeout, Overloaded, WorkerUnavailable
+from envserve.protocol.v2 import InferenceRequest, InferenceResponse, RequestInput, ResponseOutput
+from envserve.workers import ipc
+from envserve.workers.dispatch import DEPTH, Dispatcher
+from envserve.workers.link import FrameReader
+from envserve.workers.process import WorkerState
+
+
+class FakeLink:
+    def __init__(self) -> None:
+        self.sent: List[bytes] = []
+
+    def send(self, payload: bytes) -> None:
+        self.sent.append(payload)
+
+
+class FakeWorker:
+    """What the dispatcher reads and writes of a WorkerProcess."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.pid = 1000 + index
+        self.state = WorkerState.READY
+        self.inflight: Dict[int, Any] = {}
+        self.link = FakeLink()
+        self.ping_sent: Optional[float] = None
+        self.killed = 0
+
+    @property
+    def takes_calls(self) -> bool:
+        return self.state is WorkerState.READY
+
+    def kill(self) -> None:
+        self.killed += 1
+
+    def call_ids(self) -> List[int]:
+        """The ids of the calls sent to this worker, in order, read back from the frames."""
+        reader = FrameReader(orjson.loads)
+        for payload in self.link.sent:
+            reader.feed(payload)
+        return [header["id"] for header, _ in reader.frames()]
+
+
+def _request(value: int = 1) -> InferenceRequest:
+    return InferenceRequest([RequestInput("x", [1], "INT64", np.array([value], dtype=np.int64))])
+
+
+def _result(call_id: int, value: int) -> Any:
+    """A ``result`` frame as the worker sends it, as (header, body)."""
+    response = InferenceResponse("m", [ResponseOutput("y", [1], "INT64", np.array([value], dtype=np.int64))])
+    response.report.timings = {"predict": [10.0, 11.0]}
+    reader = FrameReader(orjson.loads)
+    reader.feed(b"".join(bytes(memoryview(p).cast("B")) for p in ipc.encode_response(call_id, response)))
+    return next(reader.frames())
+
+
+def _dispatcher(workers: List[FakeWorker], timeout: float = 60.0, max_queue: int = 0) -> Dispatcher:
+    return Dispatcher("m", timeout, max_queue, lambda: workers)  # type: ignore[arg-type, return-value]
+
+
+def test_calls_go_to_the_least_busy_worker_with_room_then_wait_in_a_bounded_queue():
+    async def scenario():
+        workers = [FakeWorker(0), FakeWorker(1)]
+        dispatcher = _dispatcher(workers, max_queue=2)
+        futures = [dispatcher.submit(_request(), None) for _ in range(2 * DEPTH)]
+        assert [len(w.inflight) for w in workers] == [DEPTH, DEPTH]  # spread evenly, up to DEPTH each
+        assert workers[0].call_ids() == list(range(1, 2 * DEPTH, 2))  # alternating: least busy first
+        queued = [dispatcher.submit(_request(), None) for _ in range(2)]
+        assert len(dispatcher.queue) == 2
+        with pytest.raises(Overloaded, match="'m' has 2 requests waiting, its limit"):
+            dispatcher.submit(_request(), None)
+        # an answer frees a place: the worker that answered takes the oldest queued call
+        header, body = _result(1, 7)
+        dispatcher.answered(workers[0], header, body)
+        dispatcher.feed(workers[0])
+        answer = await futures[0]
+        assert answer.outputs[0].data.tolist() == [7]
+        assert set(answer.report.timings) == {"predict", "queue", "ipc"}  # the server's stages added
+        assert len(dispatcher.queue) == 1 and workers[0].call_ids()[-1] == 2 * DEPTH + 1
+        for future in futures[1:] + queued:
+            future.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_an_error_frame_fails_its_call_and_a_broken_frame_is_the_workers_fault():
+    async def scenario():
+        worker = FakeWorker(0)
+        dispatcher = _dispatcher([worker])
+        first, second = dispatcher.submit(_request(), None), dispatcher.submit(_request(), None)
+        dispatcher.answered(
+            worker, {"op": ipc.Op.ERROR, "id": 1, "kind": "InvalidRequest", "error": "bad x"}, b""
+        )
+        with pytest.raises(Exception) as info:
+            await first
+        assert type(info.value).__name__ == "InvalidRequest" and str(info.value) == "bad x"
+        dispatcher.answered(worker, {"op": ipc.Op.RESULT, "id": 2, "response": {}}, b"")
+        with pytest.raises(WorkerUnavailable, match="bad answer from the worker"):
+            await second
+        dispatcher.answered(worker, {"op": ipc.Op.RESULT, "id": 99}, b"")  # unknown: ignored
+        assert worker.inflight == {}
+
+    asyncio.run(scenario())
+
+
+def test_a_call_past_its_deadline_fails_504_and_its_stuck_worker_hands_back_the_calls_behind_it():
+    async def scenario():
+        stuck, other = FakeWorker(0), FakeWorker(1)
+        other.state = WorkerState.STARTING  # not taking calls yet
+        dispatcher = _dispatcher([stuck, other], timeout=0.2)
+        running = dispatcher.submit(_request(), None)
+        await asyncio.sleep(0.05)
+        assert not running.done()
+        await asyncio.sleep(0.95)  # call 1 expired long ago; the calls submitted now have 0.2 s each
+        behind = [dispatcher.submit(_request(), None) for _ in range(2)]
+        assert running.done() and stuck.state is WorkerState.STUCK and stuck.killed == 1
+        with pytest.raises(InferenceTimeout, match=r"within 0\.2 s .*its worker is being restarted"):
+            await running
+        assert list(stuck.inflight) == [] and list(dispatcher.queue) != []  # a stuck worker takes nothing
+        other.state = WorkerState.READY
+        dispatcher.feed(other)
+        assert other.call_ids() == [2, 3]
+        for call_id in (2, 3):
+            header, body = _result(call_id, call_id)
+            dispatcher.answered(other, header, body)
+        assert [(await f).outputs[0].data.tolist() for f in behind] == [[2], [3]]
+        dispatcher.close(WorkerUnavailable("closed"))
+
+    asyncio.run(scenario())
+
+
+def test_calls_pipelined_behind_a_stuck_call_go_to_the_next_worker_unless_their_own_time_is_up():
+    async def scenario():
+        stuck, other = FakeWorker(0), FakeWorker(1)
+        other.state = WorkerState.STARTING
+        dispatcher = _dispatcher([stuck, other], timeout=60.0)
+        first, expired_too, later = (dispatcher.submit(_request(), None) for _ in range(3))
+        assert list(stuck.inflight) == [1, 2, 3]
+        other.state = WorkerState.READY
+        now = asyncio.get_running_loop().time()
+        stuck.inflight[1].deadline = stuck.inflight[2].deadline = now - 1  # their time is up; call 3's is not
+        dispatcher._sweep()
+        with pytest.raises(InferenceTimeout, match="its worker is being restarted"):
+            await first
+        with pytest.raises(InferenceTimeout) as info:
+            await expired_too
+        assert "restarted" not in str(info.value)  # it never started: no worker is blamed for it
+        assert stuck.killed == 1 and other.killed == 0 and other.state is WorkerState.READY
+        assert other.call_ids() == [3]  # the one with time left runs on the healthy worker
+        header, body = _result(3, 3)
+        dispatcher.answered(other, header, body)
+        assert (await later).outputs[0].data.tolist() == [3]
+        dispatcher.close(WorkerUnavailable("closed"))
+
+    asyncio.run(scenario())
+
+
+def test_a_queued_call_whose_client_leaves_is_dropped_before_any_worker_sees_it():
+    async def scenario():
+        worker = FakeWorker(0)
+        worker.state = WorkerState.STARTING
+        dispatcher = _dispatcher([worker])
+        left = asyncio.Event()
+        waiting = dispatcher.submit(_request(), left.wait)
+        left.set()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        worker.state = WorkerState.READY
+        dispatcher.feed(worker)
+        assert worker.link.sent == [] and worker.inflight == {}
+
+    asyncio.run(scenario())
+
+
+def test_a_dying_worker_fails_its_calls_and_closing_fails_the_queue():
+    async def scenario():
+        worker = FakeWorker(0)
+        dispatcher = _dispatcher([worker])
+        sent = [dispatcher.submit(_request(), None) for _ in range(DEPTH + 1)]
+        dispatcher.fail_inflight(worker, WorkerUnavailable("the worker died"))
+        dispatcher.close(WorkerUnavailable("unloaded"))
+        messages = []
+        for future in sent:
+            with pytest.raises(WorkerUnavailable) as info:
+                await future
+            messages.append(str(info.value))
+        assert messages == ["the worker died"] * DEPTH + ["unloaded"]
+
+    asyncio.run(scenario())
