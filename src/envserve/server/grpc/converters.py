@@ -69,7 +69,7 @@ def parameters_to_proto(target: Any, params: Dict[str, Any]) -> None:
             slot.string_param = str(value)
 
 
-def request_from_proto(message: Any) -> InferenceRequest:
+def request_from_proto(message: pb.ModelInferRequest) -> InferenceRequest:
     if not message.inputs:
         raise InvalidRequest(NO_INPUTS)
     raw = list(message.raw_input_contents)
@@ -109,7 +109,7 @@ def request_from_proto(message: Any) -> InferenceRequest:
     return InferenceRequest(inputs, message.id or None, parameters_from_proto(message.parameters), outputs)
 
 
-def response_to_proto(response: InferenceResponse, raw: bool = True) -> Any:
+def response_to_proto(response: InferenceResponse, raw: bool = True) -> pb.ModelInferResponse:
     message = pb.ModelInferResponse(
         model_name=response.model_name, model_version=response.model_version or "", id=response.id or ""
     )
@@ -127,7 +127,7 @@ def response_to_proto(response: InferenceResponse, raw: bool = True) -> Any:
     return message
 
 
-def metadata_to_proto(doc: Dict[str, Any]) -> Any:
+def metadata_to_proto(doc: Dict[str, Any]) -> pb.ModelMetadataResponse:
     message = pb.ModelMetadataResponse(
         name=doc["name"], versions=doc.get("versions", []), platform=doc.get("platform", "")
     )
@@ -137,7 +137,7 @@ def metadata_to_proto(doc: Dict[str, Any]) -> Any:
     return message
 
 
-def index_to_proto(rows: List[Dict[str, Any]]) -> Any:
+def index_to_proto(rows: List[Dict[str, Any]]) -> pb.RepositoryIndexResponse:
     message = pb.RepositoryIndexResponse()
     for row in rows:
         message.models.add(

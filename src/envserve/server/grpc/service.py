@@ -6,7 +6,7 @@ import asyncio
 import hmac
 import logging
 import time
-from typing import Any, Awaitable, Callable, Dict, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, Optional, Tuple, Type
 
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as Message
@@ -39,7 +39,7 @@ METHODS = (
     "RepositoryModelUnload",
 )
 
-#: One RPC of the service: the parsed request message and its call -> the response message.
+#: One RPC of the service: the parsed request message (each RPC's own type) and its call -> the response.
 Method = Callable[[Any, Call], Awaitable[Message]]
 
 
@@ -58,7 +58,7 @@ class InferenceService:
             table[path] = self._unary(path, getattr(pb, name + "Request"), getattr(self, name))
         return table
 
-    def _unary(self, path: str, request_type: Any, method: Method) -> Handler:
+    def _unary(self, path: str, request_type: Type[Message], method: Method) -> Handler:
         """The transport's handler for one RPC: begin the call (request id from metadata ``x-request-id``,
         returned as trailing metadata; the span; the deadline), parse, run, serialize, map an error
         through the one table (:mod:`.errors`), end the call (its access line)."""
@@ -112,39 +112,47 @@ class InferenceService:
             "this call needs the admin token: send metadata 'authorization: Bearer <token>'",
         )
 
-    async def ServerLive(self, request: Any, call: Call) -> Message:
+    async def ServerLive(self, request: pb.ServerLiveRequest, call: Call) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self.dp.live())
 
-    async def ServerReady(self, request: Any, call: Call) -> Message:
+    async def ServerReady(self, request: pb.ServerReadyRequest, call: Call) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.dp.ready())
 
-    async def ModelReady(self, request: Any, call: Call) -> Message:
+    async def ModelReady(self, request: pb.ModelReadyRequest, call: Call) -> pb.ModelReadyResponse:
         return pb.ModelReadyResponse(ready=self.dp.model_ready(request.name, request.version or None))
 
-    async def ServerMetadata(self, request: Any, call: Call) -> Message:
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, call: Call
+    ) -> pb.ServerMetadataResponse:
         meta = self.dp.server_metadata()
         return pb.ServerMetadataResponse(
             name=meta["name"], version=__version__, extensions=meta["extensions"]
         )
 
-    async def ModelMetadata(self, request: Any, call: Call) -> Message:
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, call: Call) -> pb.ModelMetadataResponse:
         return converters.metadata_to_proto(self.dp.model_metadata(request.name, request.version or None))
 
-    async def ModelInfer(self, request: Any, call: Call) -> Message:
+    async def ModelInfer(self, request: pb.ModelInferRequest, call: Call) -> pb.ModelInferResponse:
         v2 = converters.request_from_proto(request)
         response = await self.dp.infer(call, request.model_name, request.model_version or None, v2)
         raw = v2.parameters.get("raw_output", True) is not False
         return converters.response_to_proto(response, raw)
 
-    async def RepositoryIndex(self, request: Any, call: Call) -> Message:
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, call: Call
+    ) -> pb.RepositoryIndexResponse:
         return converters.index_to_proto(self.dp.repository_index({"ready": request.ready}))
 
-    async def RepositoryModelLoad(self, request: Any, call: Call) -> Message:
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, call: Call
+    ) -> pb.RepositoryModelLoadResponse:
         self._check_admin(call)
         await self.dp.load(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
-    async def RepositoryModelUnload(self, request: Any, call: Call) -> Message:
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, call: Call
+    ) -> pb.RepositoryModelUnloadResponse:
         self._check_admin(call)
         await self.dp.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
