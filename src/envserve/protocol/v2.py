@@ -451,9 +451,13 @@ def reserved_parameter(request: InferenceRequest) -> Optional[str]:
     for key in request.parameters:
         if key.startswith(RESERVED_PREFIX):
             return "parameters.%s" % key
-    for tensors, kind in ((request.inputs, "input"), (request.outputs, "output")):
-        for tensor in tensors:
-            for key in tensor.parameters:
+    for inp in request.inputs:
+        if inp.parameters:
+            for key in inp.parameters:
                 if key.startswith(RESERVED_PREFIX):
-                    return "%s %r parameters.%s" % (kind, tensor.name, key)
+                    return "input %r parameters.%s" % (inp.name, key)
+    for out in request.outputs:
+        for key in out.parameters:
+            if key.startswith(RESERVED_PREFIX):
+                return "output %r parameters.%s" % (out.name, key)
     return None

@@ -42,15 +42,11 @@ class Protocol(enum.Enum):
     MLFLOW = "mlflow"
     SELDON = "seldon"
 
-    @property
-    def transport(self) -> str:
-        """``grpc`` or ``rest``: the access log's ``protocol`` field."""
-        return "grpc" if self is Protocol.V2_GRPC else "rest"
-
-    @property
-    def v2(self) -> bool:
-        """Open Inference Protocol V2 (whose answers follow MLServer's output shapes for its runtimes)."""
-        return self is Protocol.V2_REST or self is Protocol.V2_GRPC
+    def __init__(self, label: str) -> None:
+        #: ``grpc`` or ``rest``: the access log's ``protocol`` field.
+        self.transport = "grpc" if label == "grpc" else "rest"
+        #: Open Inference Protocol V2 (whose answers follow MLServer's output shapes for its runtimes).
+        self.v2 = label in ("rest", "grpc")
 
 
 class Call:

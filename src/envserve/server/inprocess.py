@@ -76,12 +76,14 @@ class InProcessModel:
         self.runtime: Optional[Runtime] = None
         self.cost = CallCost()
         self._pending = 0  # calls submitted to the model's thread and not yet answered
+        self._capabilities: Dict[str, Any] = {}
         self._executor: Optional[ThreadPoolExecutor] = None
 
     async def load(self) -> None:
         loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="envserve-%s" % self.settings.name[:20])
         runtime = await loop.run_in_executor(self._executor, self._create_and_load)
+        self._capabilities = runtime.capabilities()  # declared once: the data plane asks on every call
         self.runtime = runtime
 
     def _create_and_load(self) -> Runtime:
@@ -176,7 +178,7 @@ class InProcessModel:
         return self.runtime.metadata()
 
     def capabilities(self) -> Dict[str, Any]:
-        return self.runtime.capabilities() if self.runtime is not None else {}
+        return self._capabilities
 
     def describe(self) -> Dict[str, Any]:
         predicted = self.cost.predict(1)

@@ -85,7 +85,10 @@ class InferenceService:
                     raise GrpcError(code_for(exc), str(exc)) from None
                 with call.span("encode"):
                     payload = reply.SerializeToString()
-                return payload, sorted(call.response_headers.items()) + [("x-request-id", call.request_id)]
+                trailing = [("x-request-id", call.request_id)]
+                if call.response_headers:  # what the model set (MLServer runtimes), as trailing metadata
+                    trailing = sorted(call.response_headers.items()) + trailing
+                return payload, trailing
             except GrpcError as exc:
                 code = exc.code
                 exc.metadata.append(("x-request-id", call.request_id))
@@ -97,7 +100,7 @@ class InferenceService:
                 code = StatusCode.INTERNAL
                 raise
             finally:
-                calls.end(call, code, StatusCode.NAMES.get(code, str(code)))
+                calls.end(call, code, StatusCode.NAMES.get(code) or str(code))
 
         return handle
 
