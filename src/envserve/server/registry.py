@@ -148,7 +148,7 @@ class ModelRegistry:
             reason = r.reason
             if r.state is ModelState.READY and r.handle is not None:
                 reason = r.handle.problem() or ""
-            row: Dict[str, Any] = {"name": r.name, "state": r.state, "reason": reason}
+            row: Dict[str, Any] = {"name": r.name, "state": r.state.value, "reason": reason}
             if r.version is not None:
                 row["version"] = r.version
             rows.append(row)

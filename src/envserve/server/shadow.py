@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Set
 
 from ..protocol.v2 import InferenceRequest, InferenceResponse, RequestInput
 from .compare import compare_responses
+from .handle import ModelHandle
 
 __all__ = ["MAX_IN_FLIGHT", "Shadow"]
 
@@ -39,7 +40,7 @@ class Shadow:
         self.environment = environment
         self.sample = sample
         self.rtol, self.atol = rtol, atol
-        self.handle: Any = None
+        self.handle: Optional[ModelHandle] = None
         self.state = "LOADING"
         self.error = ""
         self.counts = {"mirrored": 0, "compared": 0, "skipped": 0, "errors": 0}
@@ -53,7 +54,7 @@ class Shadow:
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
-    async def load(self, handle: Any) -> None:
+    async def load(self, handle: ModelHandle) -> None:
         self.handle = handle
         try:
             await handle.load()
@@ -110,8 +111,11 @@ class Shadow:
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, request: InferenceRequest, primary: InferenceResponse) -> None:
+        handle = self.handle
+        if handle is None:  # unloaded since the request was sampled
+            return
         try:
-            answer = await self.handle.infer(request)
+            answer = await handle.infer(request)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
