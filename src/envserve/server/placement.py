@@ -55,7 +55,7 @@ class Placement:
                 source,
                 self.environments,
                 self._sockets(),
-                model.parallel_workers or server.parallel_workers,
+                max(1, server.parallel_workers if model.parallel_workers is None else model.parallel_workers),
                 server.inference_timeout,
                 memory,
                 max_queue,

@@ -188,7 +188,7 @@ def _mlserver(environ: Mapping[str, str]) -> Contract:
     workers = environ.get("MLSERVER_PARALLEL_WORKERS")
     if workers:
         try:
-            settings["parallel_workers"] = max(1, int(workers, 10))  # MLServer's 0: in its main process
+            settings["parallel_workers"] = int(workers, 10)  # MLServer's 0: in its main process
         except ValueError:
             raise SettingsError("MLSERVER_PARALLEL_WORKERS must be a number, got %r" % workers) from None
     load = environ.get("MLSERVER_LOAD_MODELS_AT_STARTUP")

@@ -85,7 +85,9 @@ class ServerSettings:
     max_request_size: int = 100 * 1024 * 1024
     #: Seconds in-flight requests get to finish after SIGTERM/SIGINT before the server exits anyway.
     graceful_timeout: float = 30.0
-    #: Default number of worker processes for models that run in their own environment.
+    #: Default number of worker processes for models that run in their own environment (at least one
+    #: each). 0, MLServer's "in its main process", is accepted: models in the server's environment run in
+    #: process either way.
     parallel_workers: int = 1
     #: Resident memory (MiB) above which a worker is recycled once idle; 0 = no limit. A model's
     #: parameters.worker_memory_limit overrides it.
@@ -209,8 +211,8 @@ class ServerSettings:
                 raise SettingsError("%s must be a port number (0-65535), got %r" % (name, port))
         if self.max_request_size <= 0:
             raise SettingsError("max_request_size must be a positive number of bytes")
-        if self.parallel_workers < 1:
-            raise SettingsError("parallel_workers must be at least 1")
+        if self.parallel_workers < 0:
+            raise SettingsError("parallel_workers must be 0 or more, got %d" % self.parallel_workers)
         if self.graceful_timeout < 0 or self.inference_timeout <= 0:
             raise SettingsError("graceful_timeout must be >= 0 and inference_timeout > 0")
         if self.model_extra:

@@ -58,7 +58,7 @@ def test_seldon_core_2_and_defaults():
     assert "Seldon Core 2" in contract.description
     assert (s["http_port"], s["grpc_port"], s["metrics_port"]) == (8080, 8081, 8082)  # MLServer's defaults
     assert s["model_repository"] == "/mnt/agent/models" and s["load_models_at_startup"] is False
-    assert s["parallel_workers"] == 1
+    assert s["parallel_workers"] == 0  # MLServer's "in the main process": accepted as it is
     assert detect({}).name == "envserve"
 
 

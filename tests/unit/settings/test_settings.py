@@ -117,6 +117,17 @@ def test_server_settings_errors(tmp_path):
         ServerSettings.from_sources(str(tmp_path), environ={})
 
 
+def test_parallel_workers_zero_is_mlservers_in_process_and_accepted_from_every_source(tmp_path):
+    """MLServer's streaming example sets "parallel_workers": 0 in settings.json (its main process)."""
+    (tmp_path / "settings.json").write_text('{"parallel_workers": 0}')
+    assert ServerSettings.from_sources(str(tmp_path), environ={}).parallel_workers == 0
+    mlserver = {"MLSERVER_MODELS_DIR": str(tmp_path), "MLSERVER_PARALLEL_WORKERS": "0"}
+    assert ServerSettings.from_sources(None, environ=mlserver).parallel_workers == 0
+    (tmp_path / "settings.json").write_text('{"parallel_workers": -1}')
+    with pytest.raises(SettingsError, match="parallel_workers must be 0 or more, got -1"):
+        ServerSettings.from_sources(str(tmp_path), environ={})
+
+
 @pytest.mark.parametrize(
     "word, value",
     [("yes", True), ("Y", True), ("t", True), ("on", True), ("f", False), ("0", False), ("", False)],
