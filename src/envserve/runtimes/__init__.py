@@ -10,9 +10,10 @@
 - ``seldon``: a Seldon model class named as Seldon names it, ``parameters.extra.model_name`` (``MyModel``
   for class ``MyModel`` in ``MyModel.py``, or ``module.Class``), constructed with
   ``parameters.extra.parameters`` (Seldon's ``[{"name", "value", "type"}]`` list, or an object);
-- ``module.Class`` of an MLServer custom runtime (deriving from ``mlserver.MLModel``): driven as MLServer
-  drives it (:mod:`.mlserver_model`); ``import mlserver`` finds the environment's own MLServer, else
-  envserve's stand-in (:mod:`envserve.compat.mlserver`, appended to ``sys.path``);
+- ``module.Class`` of an MLServer custom runtime (deriving from ``mlserver.MLModel``), under any module
+  name, ``mlserver_*`` packages installed in the model's environment included: driven as MLServer drives
+  it (:mod:`.mlserver_model`); ``import mlserver`` finds the environment's own MLServer, else envserve's
+  stand-in (:mod:`envserve.compat.mlserver`, appended to ``sys.path``);
 - absent: the runtime is guessed from the artifact in the model folder.
 
 Worker import closure: standard library only at import time, Python 3.6+.
@@ -103,13 +104,35 @@ def resolve_runtime(settings: ModelSettings) -> Type[Runtime]:
                 % (settings.name, name, exc, name),
                 model=settings.name,
             ) from exc
-    if name.startswith("mlserver"):
+    if name.startswith("mlserver") and not _importable(settings, name):
+        package = name.split(".")[0]
         raise ModelLoadError(
-            "model %r uses %r, an MLServer runtime envserve does not provide; built-in runtimes are %s"
-            % (settings.name, name, ", ".join(sorted(MLSERVER_NAMES))),
+            "model %r uses %r, an MLServer runtime envserve does not build in, and %s is not installed in "
+            "the model's environment: install it there (pip install %s) or use a built-in runtime (%s)"
+            % (
+                settings.name,
+                name,
+                package,
+                package.replace("_", "-"),
+                ", ".join(sorted(MLSERVER_NAMES)),
+            ),
             model=settings.name,
         )
     return _load_custom(settings, name)
+
+
+def _importable(settings: ModelSettings, implementation: str) -> bool:
+    """Whether the module of ``module.Class`` is in the model's folder or installed where it runs."""
+    top = implementation.split(".")[0]
+    folder = settings.folder
+    if folder is not None and (
+        os.path.isfile(os.path.join(folder, top + ".py")) or os.path.isdir(os.path.join(folder, top))
+    ):
+        return True
+    try:
+        return importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _load_custom(settings: ModelSettings, implementation: str) -> Type[Runtime]:

@@ -73,3 +73,63 @@ def test_a_module_that_fails_names_the_model_and_leaves_nothing_behind(tmp_path)
     ):
         resolve_runtime(settings)
     assert "runtimes" not in sys.modules
+
+
+_MLSERVER_RUNTIME = """
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceResponse
+
+
+class CatLike(MLModel):
+    async def load(self):
+        return True
+
+    async def predict(self, payload):
+        data = NumpyCodec.decode_input(payload.inputs[0])
+        return InferenceResponse(model_name=self.name, outputs=[NumpyCodec.encode_output("out", data * 2)])
+"""
+
+
+def test_an_mlserver_runtime_named_mlserver_something_loads_when_it_is_installed_or_in_the_folder(
+    tmp_path, monkeypatch
+):
+    """MLServer's runtime packages (mlserver_catboost, a team's own mlserver_xyz) are users' code too."""
+    import numpy as np
+
+    from envserve.protocol.v2 import InferenceRequest, RequestInput
+    from envserve.runtimes import create_runtime
+
+    installed = tmp_path / "site"
+    (installed / "mlserver_catlike").mkdir(parents=True)
+    (installed / "mlserver_catlike" / "__init__.py").write_text(_MLSERVER_RUNTIME)
+    monkeypatch.syspath_prepend(str(installed))
+    folder = tmp_path / "folder-model"
+    folder.mkdir()
+    (folder / "mlserver_local.py").write_text(_MLSERVER_RUNTIME)
+    for implementation, where in (
+        ("mlserver_catlike.CatLike", tmp_path / "installed-model"),
+        ("mlserver_local.CatLike", folder),
+    ):
+        where.mkdir(exist_ok=True)
+        settings = ModelSettings.from_dict({"name": "m", "implementation": implementation}, folder=str(where))
+        runtime = create_runtime(settings)
+        runtime.load()
+        try:
+            x = np.array([1, 2], dtype=np.int64)
+            answer = runtime.infer(InferenceRequest([RequestInput("x", [2], "INT64", x)]))
+        finally:
+            runtime.unload()
+        assert answer.outputs[0].data.ravel().tolist() == [2, 4], implementation
+    for name in [m for m in sys.modules if m.startswith(("mlserver_catlike", "mlserver_local"))]:
+        del sys.modules[name]
+
+
+def test_an_mlserver_runtime_that_is_not_installed_says_what_to_install(tmp_path):
+    settings = ModelSettings.from_dict(
+        {"name": "m", "implementation": "mlserver_catboost.CatboostModel"}, folder=str(tmp_path)
+    )
+    with pytest.raises(ModelLoadError) as info:
+        resolve_runtime(settings)
+    assert "mlserver_catboost is not installed in the model's environment" in str(info.value)
+    assert "pip install mlserver-catboost" in str(info.value)
