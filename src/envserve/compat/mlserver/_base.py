@@ -31,19 +31,21 @@ class BaseModel:
     def _names(self) -> List[str]:
         return list(self._fields) + [k for k in vars(self) if k not in self._fields]
 
-    def model_dump(self, exclude_none: bool = False, **_: Any) -> Dict[str, Any]:
-        out = {}
-        for name in self._names():
-            value = _dump(getattr(self, name), exclude_none)
-            if exclude_none and value is None:
-                continue
-            out[name] = value
-        return out
+    def model_dump(
+        self, include: Any = None, exclude: Any = None, exclude_none: bool = False, **_: Any
+    ) -> Dict[str, Any]:
+        """As pydantic's: ``include``/``exclude`` are sets of field names, or dicts of a field name to
+        ``True`` (the whole field) or to a nested set/dict for its value (``"__all__"`` or an index for
+        the items of a list), as MLServer's examples pass them."""
+        return _dump_fields(self._names(), lambda n: getattr(self, n), include, exclude, exclude_none)
 
     dict = model_dump
 
-    def model_dump_json(self, exclude_none: bool = False, **_: Any) -> str:
-        return json.dumps(self.model_dump(exclude_none=exclude_none), default=_json_default)
+    def model_dump_json(
+        self, include: Any = None, exclude: Any = None, exclude_none: bool = False, **_: Any
+    ) -> str:
+        doc = self.model_dump(include=include, exclude=exclude, exclude_none=exclude_none)
+        return json.dumps(doc, default=_json_default)
 
     json = model_dump_json
 
@@ -93,13 +95,63 @@ def _coerce(value: Any, kind: Any, many: bool) -> Any:
     return value
 
 
-def _dump(value: Any, exclude_none: bool) -> Any:
+def _part(spec: Any, key: Any) -> Any:
+    """What ``include``/``exclude`` says about ``key``: True (all of it), a nested spec, or None."""
+    if spec is None:
+        return None
+    if isinstance(spec, dict):
+        found = spec.get(key)
+        return True if found is Ellipsis else found
+    return True if key in spec else None
+
+
+def _dump_fields(
+    names: Any, get: Any, include: Any, exclude: Any, exclude_none: bool, drop_none: bool = True
+) -> Dict[str, Any]:
+    out = {}
+    for name in names:
+        dropped = _part(exclude, name)
+        if dropped is True:
+            continue
+        kept = _part(include, name)
+        if include is not None and kept is None:
+            continue
+        value = _dump(
+            get(name),
+            exclude_none,
+            None if kept is True else kept,
+            dropped if dropped is not None else None,
+        )
+        if exclude_none and drop_none and value is None:
+            continue
+        out[name] = value
+    return out
+
+
+def _items_spec(spec: Any, index: int) -> Any:
+    """The spec for a list's item: its index's, else ``__all__``'s."""
+    if not isinstance(spec, dict):
+        return None
+    found = spec.get(index, spec.get("__all__"))
+    return True if found is Ellipsis else found
+
+
+def _dump(value: Any, exclude_none: bool, include: Any = None, exclude: Any = None) -> Any:
     if isinstance(value, BaseModel):
-        return value.model_dump(exclude_none=exclude_none)
+        return value.model_dump(include=include, exclude=exclude, exclude_none=exclude_none)
     if isinstance(value, list):
-        return [_dump(v, exclude_none) for v in value]
-    if isinstance(value, dict):
-        return {k: _dump(v, exclude_none) for k, v in value.items()}
+        out = []
+        for i, item in enumerate(value):
+            dropped = _items_spec(exclude, i)
+            if dropped is True:
+                continue
+            kept = _items_spec(include, i)
+            if include is not None and kept is None:
+                continue
+            out.append(_dump(item, exclude_none, None if kept is True else kept, dropped))
+        return out
+    if isinstance(value, dict):  # exclude_none drops models' fields, as in pydantic, not a dict's values
+        return _dump_fields(list(value), value.__getitem__, include, exclude, exclude_none, drop_none=False)
     if isinstance(value, Enum):
         return value.value
     return value
