@@ -172,6 +172,8 @@ def _cases(x):
     )
     yield "no data", {"meta": {}}, "json"
     yield "strData to a classifier", {"strData": "hello"}, "json"
+    yield "jsonData holding rows", {"jsonData": rows}, "json"
+    yield "jsonData holding rows, with meta", {"jsonData": rows[:1], "meta": {"puid": "j-3"}}, "json"
 
 
 #: Client mistakes Seldon's wrapper answers with 500 (its handler catches them, and what scikit-learn

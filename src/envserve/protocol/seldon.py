@@ -12,7 +12,7 @@ import base64
 import binascii
 import contextlib
 import json
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -81,6 +81,22 @@ def data_array(doc: Dict[str, Any]) -> Tuple[np.ndarray, str, List[str]]:
     return arr, kind, [str(n) for n in names]
 
 
+#: The kind of a request whose ``jsonData`` is an array of numbers: Seldon's wrapper hands it to the
+#: model as it is, and answers what the model returns as ``data`` (a tensor when it is numeric).
+JSON_ARRAY = "jsonData array"
+
+
+def _numeric_array(value: Any) -> Optional[np.ndarray]:
+    """``value`` as an array when it is a list of numbers, or rows of them; else None."""
+    if not isinstance(value, list) or not value:
+        return None
+    try:
+        arr = np.asarray(value)
+    except ValueError:  # ragged
+        return None
+    return arr if arr.dtype.kind in "biuf" else None
+
+
 def to_v2_request(doc: Any) -> Tuple[Dict[str, Any], str, List[str]]:
     """(V2 request document, kind, column names) for a Seldon v1 request body."""
     if not isinstance(doc, dict):
@@ -106,6 +122,10 @@ def to_v2_request(doc: Any) -> Tuple[Dict[str, Any], str, List[str]]:
         ]
         return v2, "strData", []
     if "jsonData" in doc:
+        matrix = _numeric_array(doc["jsonData"])
+        if matrix is not None:  # rows of numbers: the model gets them as Seldon's wrapper hands them over
+            v2["inputs"] = [_tensor_input(matrix)]
+            return v2, JSON_ARRAY, []
         v2["inputs"] = [
             {
                 "name": "input",
@@ -193,6 +213,8 @@ def to_seldon_response(response: InferenceResponse, kind: str, meta: Dict[str, A
         names = [o.name for o in outputs]
     else:
         names = ["t:%d" % i for i in range(first.shape[1])] if first.ndim == 2 else []
+    if kind == JSON_ARRAY:  # no 'data' in the request: numbers answer as a tensor, anything else an ndarray
+        kind = "tensor" if first.dtype.kind in "biuf" else "ndarray"
     if kind == "tensor":
         values = first.astype(np.float64) if first.dtype != object else first
         data: Dict[str, Any] = {
