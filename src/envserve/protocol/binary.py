@@ -41,9 +41,17 @@ def _count(shape: List[int]) -> int:
 
 
 def tensor_from_bytes(
-    buf: Any, offset: int, nbytes: int, shape: List[int], datatype: str, where: str = "tensor"
+    buf: Any,
+    offset: int,
+    nbytes: int,
+    shape: List[int],
+    datatype: str,
+    where: str = "tensor",
+    loose_bytes: bool = False,
 ) -> np.ndarray:
-    """The tensor stored in ``buf[offset:offset + nbytes]``; InvalidRequest when sizes disagree."""
+    """The tensor stored in ``buf[offset:offset + nbytes]``; InvalidRequest when sizes disagree -- except,
+    with ``loose_bytes``, a BYTES tensor whose shape does not count its elements (as MLServer's clients
+    shape strings: ``protocol.v2.shaped``), whose elements are then returned flat."""
     view = memoryview(buf)
     if offset < 0 or nbytes < 0 or offset + nbytes > view.nbytes:
         raise InvalidRequest(
@@ -64,8 +72,12 @@ def tensor_from_bytes(
                 raise InvalidRequest("%s: BYTES element of %d bytes runs past binary_data_size" % (where, n))
             items.append(bytes(view[pos : pos + n]))
             pos += n
-            if len(items) > expected:
+            if len(items) > expected and not loose_bytes:
                 break
+        if len(items) != expected and loose_bytes:
+            flat = np.empty(len(items), dtype=object)
+            flat[:] = items
+            return flat
         if len(items) != expected:
             raise ShapeMismatch(
                 "%s: shape %r needs %d elements but the binary data has %s"

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import InvalidRequest
 from .datatypes import datatype_of
-from .v2 import InferenceResponse
+from .v2 import InferenceResponse, shaped
 
 __all__ = ["from_csv", "from_json", "to_predictions"]
 
@@ -137,7 +137,7 @@ def to_predictions(response: InferenceResponse) -> Dict[str, Any]:
                 [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in data.ravel().tolist()],
                 dtype=object,
             )
-        return np.asarray(data).reshape(out.shape).tolist()
+        return shaped(np.asarray(data), out.shape).tolist()
 
     if len(response.outputs) == 1:
         return {"predictions": values(response.outputs[0])}

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import InvalidRequest
 from .datatypes import datatype_of
-from .v2 import InferenceResponse
+from .v2 import InferenceResponse, shaped
 
 __all__ = ["data_array", "error_body", "response_meta", "to_seldon_response", "to_v2_request"]
 
@@ -157,11 +157,12 @@ def to_v2_request(doc: Any) -> Tuple[Dict[str, Any], str, List[str]]:
 def _array(out: Any) -> np.ndarray:
     data = out.data
     if out.datatype == "BYTES":
-        return np.asarray(
+        strings = np.asarray(
             [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in data.ravel().tolist()],
             dtype=object,
-        ).reshape(out.shape)
-    return np.asarray(data).reshape(out.shape)
+        )
+        return shaped(strings, out.shape)
+    return shaped(np.asarray(data), out.shape)
 
 
 def response_meta(request_meta: Any, request_path: Dict[str, str]) -> Dict[str, Any]:

@@ -28,6 +28,7 @@ __all__ = [
     "array_from_data",
     "parse_inference_request",
     "reserved_parameter",
+    "shaped",
 ]
 
 NO_INPUTS = "the request must have a non-empty 'inputs' list"
@@ -278,11 +279,14 @@ def _element_count(shape: Sequence[int]) -> int:
     return count
 
 
-def array_from_data(data: Any, shape: List[int], datatype: str, where: str) -> np.ndarray:
+def array_from_data(
+    data: Any, shape: List[int], datatype: str, where: str, loose_bytes: bool = False
+) -> np.ndarray:
     """Convert JSON ``data`` (nested or flat) to an array of ``datatype`` shaped ``shape``.
 
     Raises InvalidRequest subclasses for ragged data, values the datatype cannot hold, and shapes whose
-    element count differs from the data's.
+    element count differs from the data's -- except, with ``loose_bytes``, a BYTES input's: its strings are
+    then returned flat, as MLServer reads them (:func:`shaped`).
     """
     try:
         dtype = DATATYPES[datatype]
@@ -340,6 +344,8 @@ def array_from_data(data: Any, shape: List[int], datatype: str, where: str) -> n
             )
         arr = raw
     expected = _element_count(shape)
+    if loose_bytes and datatype == "BYTES" and arr.size != expected:
+        return arr
     if arr.size != expected:
         raise ShapeMismatch(
             "%s.shape %r needs %d elements but data has %d" % (where, shape, expected, arr.size)
@@ -409,8 +415,16 @@ def parse_request_input(doc: Any, where: str, binary: Optional[_Binary] = None) 
     if "data" not in doc and "binary_data_size" in parameters:
         data = (binary or _Binary(None)).take(parameters["binary_data_size"], shape, datatype, where)
     else:
-        data = array_from_data(_field(doc, "data", where), shape, datatype, where)
+        data = array_from_data(_field(doc, "data", where), shape, datatype, where, loose_bytes=True)
     return RequestInput(name, shape, datatype, data, parameters)
+
+
+def shaped(data: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """``data`` in ``shape``, or as it is when the shape does not count its elements: a BYTES tensor
+    shaped as MLServer's clients and documentation shape them (``[11]`` for ``"hello world"``, the
+    string's length; ``[8, 8]`` for an image's bytes), which MLServer reads as the strings sent whatever
+    the shape says. Such a tensor keeps the declared ``shape`` and holds its strings flat."""
+    return data.reshape(shape) if data.size == _element_count(shape) else data
 
 
 def parse_inference_request(doc: Any, binary: Any = None) -> InferenceRequest:

@@ -25,7 +25,14 @@ import numpy as np
 from ..codecs import decode_input, decode_request, encode_outputs, input_content_types
 from ..errors import InferenceError, InvalidRequest, ModelLoadError
 from ..protocol.envelope import Passthrough
-from ..protocol.v2 import InferenceRequest, InferenceResponse, MetadataTensor, RequestInput, ResponseOutput
+from ..protocol.v2 import (
+    InferenceRequest,
+    InferenceResponse,
+    MetadataTensor,
+    RequestInput,
+    ResponseOutput,
+    shaped,
+)
 from ..settings.model import ModelSettings
 
 __all__ = ["Runtime", "user_code_error"]
@@ -218,7 +225,7 @@ class Runtime:
         else:
             raise InvalidRequest("model %r takes JSON or CSV bodies, not %s" % (self.settings.name, mime))
         response = self._infer(parse_inference_request(doc))
-        values = [o.data.reshape(o.shape) for o in response.outputs]
+        values = [shaped(o.data, o.shape) for o in response.outputs]
         if len(values) == 1:
             return predictions(values[0])
         return predictions({o.name: v for o, v in zip(response.outputs, values)})

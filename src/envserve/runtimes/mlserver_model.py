@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import InferenceError, InvalidRequest, ModelLoadError
 from ..protocol.datatypes import dtype_of
-from ..protocol.v2 import InferenceRequest, InferenceResponse, ResponseOutput
+from ..protocol.v2 import InferenceRequest, InferenceResponse, ResponseOutput, shaped
 from ..settings.model import ModelSettings
 from .base import Runtime, _json_default, user_code_error
 
@@ -251,8 +251,8 @@ class MLServerModelRuntime(Runtime):
                     array[:] = [v.encode("utf-8") if isinstance(v, str) else v for v in values]
                 else:
                     array = np.asarray(values, dtype=dtype_of(datatype))
-            try:
-                array = array.reshape(shape)
+            try:  # strings whatever the shape counts, as MLServer answers them (shaped)
+                array = shaped(array, shape) if datatype == "BYTES" else array.reshape(shape)
             except ValueError:
                 raise InferenceError(
                     "model %r: %s.predict answered output %r with shape %s but %d values"

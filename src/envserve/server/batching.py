@@ -43,7 +43,7 @@ def _signature(request: InferenceRequest) -> Optional[Tuple[Any, ...]]:
     rows = None
     parts: List[Any] = []
     for inp in request.inputs:
-        if inp.data.ndim == 0:
+        if inp.data.ndim == 0 or inp.data.shape != tuple(inp.shape):  # (strings shaped as MLServer's)
             return None
         n = inp.data.shape[0]
         if rows is None:

@@ -261,7 +261,7 @@ class DataPlane:
                 call.response_headers.update(extra)
         if call.protocol.v2 and settings.mlserver_shapes:
             for out in response.outputs:
-                if len(out.shape) == 1:
+                if len(out.shape) == 1 and out.data.size == out.shape[0]:
                     out.shape = [out.shape[0], 1]
                     out.data = out.data.reshape(out.shape)
 

@@ -105,7 +105,9 @@ def _unpack_tensors(described: List[Dict[str, Any]], body: Any, cls: Any) -> Lis
             t["name"],
             t["shape"],
             t["datatype"],
-            tensor_from_bytes(body, t["buf"][0], t["buf"][1], t["shape"], t["datatype"], t["name"]),
+            tensor_from_bytes(
+                body, t["buf"][0], t["buf"][1], t["shape"], t["datatype"], t["name"], loose_bytes=True
+            ),
             t["parameters"],
         )
         for t in described

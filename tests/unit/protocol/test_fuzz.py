@@ -65,6 +65,9 @@ def test_parsing_never_fails_with_anything_but_invalid_request(doc):
         return
     for inp in request.inputs:
         count = int(np.prod(inp.shape)) if inp.shape else 1
+        if inp.datatype == "BYTES" and inp.data.size != count:  # strings shaped as MLServer's (shaped)
+            assert inp.data.ndim == 1
+            continue
         assert inp.data.size == count and inp.data.shape == tuple(inp.shape)
     with contextlib.suppress(InvalidRequest):
         decode_request(request, input_content_types(request, {}))

@@ -88,3 +88,42 @@ def test_response_document_is_flat_and_marks_binary_bytes():
     assert a["data"].tolist() == [1.0, 2.0, 3.0, 4.0] and a["shape"] == [2, 2]
     assert t["data"] == ["ok", "ü"] and "parameters" not in t
     assert b["data"] == ["/w=="] and b["parameters"] == {"content_type": "base64"}
+
+
+def test_strings_shaped_as_mlservers_clients_shape_them_are_read_as_the_strings_sent():
+    """MLServer's clients and docs send a string's length as its shape ([11] for "hello world"), a bare
+    string as data, [2, 11] for two strings; MLServer reads the strings whatever the shape says. The input
+    keeps the declared shape (an MLServer runtime sees it as under MLServer) and holds the strings flat."""
+    from envserve.protocol.v2 import shaped
+
+    doc = {
+        "inputs": [
+            {"name": "b", "shape": [11], "datatype": "BYTES", "data": "hello world"},
+            {"name": "d", "shape": [2, 11], "datatype": "BYTES", "data": ["hello world", "bye bye"]},
+            {"name": "e", "shape": [2, 1], "datatype": "BYTES", "data": ["x", "y"]},
+        ]
+    }
+    b, d, e = parse_inference_request(doc).inputs
+    assert (b.shape, b.data.tolist()) == ([11], [b"hello world"])
+    assert (d.shape, d.data.tolist()) == ([2, 11], [b"hello world", b"bye bye"])
+    assert (e.shape, e.data.tolist()) == ([2, 1], [[b"x"], [b"y"]])  # counted right: shaped as declared
+    assert shaped(d.data, d.shape).shape == (2,) and shaped(e.data.ravel(), e.shape).shape == (2, 1)
+    for datatype, data in (("FP32", [1.0]), ("INT64", [1, 2])):  # numbers are counted as ever
+        with pytest.raises(ShapeMismatch, match="needs 11 elements"):
+            parse_inference_request(
+                {"inputs": [{"name": "x", "shape": [11], "datatype": datatype, "data": data}]}
+            )
+
+
+def test_loosely_shaped_strings_cross_the_worker_link_as_they_are():
+    from envserve.workers import ipc
+    from envserve.workers.link import FrameReader
+
+    request = parse_inference_request(
+        {"inputs": [{"name": "b", "shape": [11], "datatype": "BYTES", "data": ["hello world"]}]}
+    )
+    reader = FrameReader()
+    reader.feed(b"".join(bytes(memoryview(p).cast("B")) for p in ipc.encode_request(1, request)))
+    header, body = next(reader.frames())
+    (got,) = ipc.decode_request(header, body).inputs
+    assert (got.shape, got.data.tolist()) == ([11], [b"hello world"])

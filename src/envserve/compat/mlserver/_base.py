@@ -90,7 +90,9 @@ def _coerce(value: Any, kind: Any, many: bool) -> Any:
         return [_coerce(v, kind, False) for v in value]
     if isinstance(value, dict) and isinstance(kind, type) and issubclass(kind, BaseModel):
         return kind(**value)
-    if callable(kind) and not isinstance(value, kind if isinstance(kind, type) else object):
+    if not isinstance(kind, type):  # a converter function (TensorData's): it decides
+        return kind(value)
+    if not isinstance(value, kind):
         return kind(value)
     return value
 

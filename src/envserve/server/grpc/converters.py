@@ -22,6 +22,7 @@ from ...protocol.v2 import (
     RequestOutput,
     array_from_data,
     parse_shape,
+    shaped,
 )
 from .generated import inference_pb2 as pb
 
@@ -91,17 +92,10 @@ def request_from_proto(message: pb.ModelInferRequest) -> InferenceRequest:
                     "%s: datatype %r must be sent in raw_input_contents" % (where, tensor.datatype)
                 )
             values = list(getattr(tensor.contents, field))
-            if tensor.datatype == "BYTES":
+            if tensor.datatype == "BYTES":  # its strings, whatever the shape counts, as over REST (shaped)
                 arr = np.empty(len(values), dtype=object)
                 arr[:] = values
-                count = 1
-                for d in shape:
-                    count *= d
-                if arr.size != count:
-                    raise InvalidRequest(
-                        "%s.shape %r needs %d elements but contents has %d" % (where, shape, count, arr.size)
-                    )
-                data = arr.reshape(shape)
+                data = shaped(arr, shape)
             else:
                 data = array_from_data(values, shape, tensor.datatype, where)
         inputs.append(RequestInput(tensor.name, shape, tensor.datatype, data, params))

@@ -10,7 +10,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 from ...errors import InvalidRequest
-from ...protocol.v2 import InferenceRequest, RequestInput
+from ...protocol.v2 import InferenceRequest, RequestInput, shaped
 from ..call import Call
 from ..dataplane import DataPlane
 from .routing import HTTPError, Request, Response, json_response
@@ -62,7 +62,7 @@ class KServeV1Handlers:
         if not response.outputs:
             raise InvalidRequest("model %r answered no output" % name)
         out = response.outputs[0]
-        return json_response({"predictions": out.data.reshape(out.shape).tolist()})
+        return json_response({"predictions": shaped(out.data, out.shape).tolist()})
 
 
 def _v2_request(rows: List[Any]) -> InferenceRequest:
