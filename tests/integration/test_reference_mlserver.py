@@ -49,7 +49,54 @@ def repo(tmp_path_factory, digits_model_file):
 
     folder = write_model(repo, "ridge", {"name": "ridge", "implementation": "mlserver_sklearn.SKLearnModel"})
     joblib.dump(regressor, folder / "model.joblib")
+    _boosted_models(repo)
     return repo
+
+
+def _boosted_models(repo):
+    """XGBoost and LightGBM models saved every way their users save them, named with MLServer's
+    runtime names: a Booster's file, an XGBClassifier's, an XGBRegressor's; LightGBM boosters."""
+    import lightgbm as lgb
+    import xgboost as xgb
+    from sklearn import datasets
+
+    x, y = datasets.load_digits(return_X_y=True)
+    binary = (y >= 5).astype(int)
+
+    def xgb_folder(name):
+        return write_model(repo, name, {"name": name, "implementation": "mlserver_xgboost.XGBoostModel"})
+
+    rounds = {"num_boost_round": 4}
+    params = {"max_depth": 3, "nthread": 1}
+    xgb.train(
+        dict(params, objective="binary:logistic"), xgb.DMatrix(x[:400], label=binary[:400]), **rounds
+    ).save_model(str(xgb_folder("xgb-binary-booster") / "model.json"))
+    xgb.train(
+        dict(params, objective="multi:softprob", num_class=10), xgb.DMatrix(x[:400], label=y[:400]), **rounds
+    ).save_model(str(xgb_folder("xgb-multi-booster") / "model.json"))
+    xgb.XGBClassifier(n_estimators=4, max_depth=3, n_jobs=1).fit(x[:400], y[:400]).save_model(
+        str(xgb_folder("xgb-classifier") / "model.json")
+    )
+    xgb.XGBClassifier(n_estimators=4, max_depth=3, n_jobs=1).fit(x[:400], binary[:400]).save_model(
+        str(xgb_folder("xgb-binary-classifier") / "model.ubj")
+    )
+    xgb.XGBRegressor(n_estimators=4, max_depth=3, n_jobs=1).fit(x[:400], y[:400] * 0.5).save_model(
+        str(xgb_folder("xgb-regressor") / "model.json")
+    )
+    for name, objective in (
+        ("lgb-multi", "multiclass"),
+        ("lgb-binary", "binary"),
+        ("lgb-regression", "regression"),
+    ):
+        labels = {"multiclass": y, "binary": binary, "regression": y * 0.5}[objective]
+        extra = {"num_class": 10} if objective == "multiclass" else {}
+        booster = lgb.train(
+            dict(objective=objective, verbose=-1, num_leaves=7, num_threads=1, **extra),
+            lgb.Dataset(x[:400], label=labels[:400]),
+            num_boost_round=4,
+        )
+        folder = write_model(repo, name, {"name": name, "implementation": "mlserver_lightgbm.LightGBMModel"})
+        booster.save_model(str(folder / "model.bst"))
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +182,9 @@ def _same(ours, theirs, case: str) -> None:
         )
         flat_a = np.asarray(oa["data"]).ravel().tolist()
         flat_b = np.asarray(ob["data"]).ravel().tolist()
+        if ob["datatype"] in ("FP32", "FP16"):  # MLServer prints float32 values as float64, envserve shortest
+            dtype = np.float32 if ob["datatype"] == "FP32" else np.float16
+            flat_a, flat_b = (np.asarray(v, dtype=dtype).tolist() for v in (flat_a, flat_b))
         assert _values_close(flat_a, flat_b), (case, name, flat_a[:8], flat_b[:8])
 
 
@@ -240,6 +290,43 @@ def test_every_case_answers_as_mlserver_does(servers, digits):
                 assert MLSERVER_500[case] in ours.json()["error"], (case, ours.text)
                 continue
             _same(ours, theirs, case)
+        except AssertionError as exc:
+            problems.append(str(exc)[:600])
+    assert problems == [], "\n\n".join(problems)
+
+
+BOOSTED = (
+    "xgb-binary-booster",
+    "xgb-multi-booster",
+    "xgb-classifier",
+    "xgb-binary-classifier",
+    "xgb-regressor",
+    "lgb-multi",
+    "lgb-binary",
+    "lgb-regression",
+)
+
+
+@pytest.mark.parametrize("model", BOOSTED)
+def test_xgboost_and_lightgbm_answer_as_mlservers_runtimes(servers, digits, model):
+    """Named with MLServer's runtime names, a model answers what MLServer's runtime answers: what the
+    booster predicts (a probability, class probabilities, values) or, for a model saved through
+    XGBClassifier, class labels and predict_proba; the same errors for outputs it cannot give."""
+    x, _ = digits
+    rows = x[:4].tolist()
+    path = "/v2/models/%s/infer" % model
+    problems = []
+    for case, body in (
+        ("default", _digits(rows, "FP64")),
+        ("fp32", _digits(rows)),
+        ("predict", dict(_digits(rows, "FP64"), outputs=[{"name": "predict"}])),
+        ("predict_proba", dict(_digits(rows, "FP64"), outputs=[{"name": "predict_proba"}])),
+        ("both", dict(_digits(rows, "FP64"), outputs=[{"name": "predict"}, {"name": "predict_proba"}])),
+        ("unknown output", dict(_digits(rows, "FP64"), outputs=[{"name": "leaves"}])),
+    ):
+        ours, theirs = _pair(servers, path, body)
+        try:
+            _same(ours, theirs, "%s %s" % (model, case))
         except AssertionError as exc:
             problems.append(str(exc)[:600])
     assert problems == [], "\n\n".join(problems)

@@ -53,9 +53,7 @@ def repo(tmp_path_factory, digits_model_file, digits) -> Path:
         xgb.DMatrix(x[:500], label=y[:500]),
         num_boost_round=5,
     )
-    folder = write_model(
-        repo, "digits-xgb", {"name": "digits-xgb", "implementation": "mlserver_xgboost.XGBoostModel"}
-    )
+    folder = write_model(repo, "digits-xgb", {"name": "digits-xgb", "implementation": "xgboost"})
     booster.save_model(str(folder / "model.json"))
     lgbm = lgb.train(
         {"objective": "multiclass", "num_class": 10, "verbose": -1, "num_leaves": 7},

@@ -51,6 +51,9 @@ class Runtime:
     #: Whether the runtime reads the HTTP request headers (MLServer's ``parameters.headers``): the REST
     #: edge then puts them in every request's parameters.
     wants_headers = False
+    #: Whether the answer holds exactly the outputs a request names (a 400 for one the model cannot
+    #: produce); False for runtimes that answer as MLServer's do whatever is named.
+    answers_requested_outputs = True
 
     def __init__(self, settings: ModelSettings) -> None:
         self.settings = settings
@@ -308,7 +311,7 @@ class Runtime:
             response = InferenceResponse(s.name, encode_outputs(result, self.default_output), s.version)
         if request.id is not None:
             response.id = request.id
-        if request.outputs:
+        if request.outputs and self.answers_requested_outputs:
             wanted = {o.name: o for o in request.outputs}
             produced = {o.name for o in response.outputs}
             missing = [n for n in wanted if n not in produced]

@@ -1,7 +1,13 @@
-"""LightGBM runtime (MLServer's ``mlserver_lightgbm.LightGBMModel``).
+"""LightGBM runtime (``lightgbm``, and MLServer's ``mlserver_lightgbm.LightGBMModel``).
 
-Loads a Booster from ``model.txt``/``model.bst``. ``predict`` gives class labels for binary and
-multiclass objectives and values otherwise; ``predict_proba`` gives class probabilities.
+Loads a Booster from ``model.txt``/``model.bst``.
+
+- Named ``lightgbm``: ``predict`` gives class labels for binary and multiclass objectives and values
+  otherwise; ``predict_proba`` gives class probabilities.
+- Named ``mlserver_lightgbm.LightGBMModel``: exactly what MLServer 1.7's runtime answers: the output
+  ``predict`` holding what the booster predicts (the probability of class 1 for ``binary``, the class
+  probabilities for ``multiclass``, values otherwise), whatever outputs the request names.
+
 Worker import closure: standard library, numpy, lightgbm; Python 3.6+.
 """
 
@@ -16,6 +22,7 @@ from .base import Runtime
 __all__ = ["LightGBMRuntime"]
 
 ARTIFACTS = ("model.txt", "model.bst")
+MLSERVER_NAME = "mlserver_lightgbm.LightGBMModel"
 _CLASSIFIERS = ("binary", "multiclass", "softmax", "multiclassova", "cross_entropy")
 
 
@@ -35,6 +42,8 @@ class LightGBMRuntime(Runtime):
             ) from exc
         objective = str(self._booster.dump_model(num_iteration=1).get("objective", ""))
         self._objective = objective.split()[0] if objective else ""
+        self._mlserver = self.settings.implementation == MLSERVER_NAME
+        self.answers_requested_outputs = not self._mlserver
 
     def platform(self) -> str:
         return "lightgbm"
@@ -48,6 +57,8 @@ class LightGBMRuntime(Runtime):
             raise InvalidRequest(
                 "model %r (LightGBM) refused the input: %s" % (self.settings.name, exc)
             ) from None
+        if self._mlserver:  # MLServer answers the booster's prediction as "predict", and nothing else
+            return {"predict": raw}
         classifier = self._objective in _CLASSIFIERS
         result = {}
         for name in self.requested_outputs(request):
