@@ -42,7 +42,23 @@ def mlflow_models(tmp_path_factory):
             serialization_format="cloudpickle",
             signature=infer_signature(dx[:5], tensor.predict(dx[:5])),
         )
-    return {"root": root, "iris": (columns, x), "digits": (tensor, dx)}
+    import operator
+
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    negated = make_pipeline(FunctionTransformer(operator.neg), linear_model.LogisticRegression(max_iter=500))
+    negated.fit(x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlflow.sklearn.save_model(  # MLflow 3's default format: skops, with the type skops must be told of
+            negated,
+            str(root / "negated"),
+            signature=infer_signature(x, negated.predict(x)),
+            skops_trusted_types=["_operator.neg"],
+        )
+    assert (root / "iris" / "model.skops").exists() and (root / "negated" / "model.skops").exists()
+    return {"root": root, "iris": (columns, x), "digits": (tensor, dx), "negated": (negated, x)}
 
 
 def test_mlflow_models_in_the_server_environment(tmp_path, start_server, mlflow_models):
@@ -134,3 +150,45 @@ def test_mlflow_model_in_its_own_environment(tmp_path, start_server, mlflow_mode
         r = client.post("/v2/models/iris/infer", json=body)
         assert r.status_code == 200, r.text
         assert r.json()["outputs"][0]["data"] == columns.predict(rows).tolist()
+
+
+def test_mlflow_3_skops_models_load_without_mlflow(tmp_path, start_server, mlflow_models):
+    """MLflow 3 saves scikit-learn models with skops: served from an environment with scikit-learn and
+    skops but no mlflow, skops building only the types it trusts and those the MLmodel lists; a file
+    whose types are not listed is refused, naming them."""
+    import shutil
+
+    import yaml
+
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("scikit-learn==1.9.1\nskops==0.16.0\npandas>=2,<3\npyyaml>=6,<7\n")
+    for name in ("iris", "negated"):
+        shutil.copytree(mlflow_models["root"] / name, tmp_path / "repo" / name)
+    shutil.copytree(mlflow_models["root"] / "negated", tmp_path / "repo" / "unlisted")
+    mlmodel = tmp_path / "repo" / "unlisted" / "MLmodel"
+    doc = yaml.safe_load(mlmodel.read_text())
+    doc["flavors"]["sklearn"]["skops_trusted_types"] = None  # the list removed: the type is not trusted
+    mlmodel.write_text(yaml.safe_dump(doc))
+    for name in ("iris", "negated", "unlisted"):
+        parameters = {"environment": str(requirements), "environment_python": "3.11"}
+        write_model(tmp_path / "repo", name, {"name": name, "parameters": parameters})
+    server = start_server(tmp_path / "repo", env={"ENVSERVE_ENV_CACHE": str(tmp_path / "cache")})
+    with server.client() as client:
+        status = {m["name"]: m for m in client.get("/envserve/models").json()}
+        for name in ("iris", "negated"):
+            assert status[name]["state"] == "READY", status[name]
+            model, x = mlflow_models[name]
+            rows = x.iloc[40:60]
+            body = {
+                "inputs": [
+                    {"name": c, "shape": [20], "datatype": "FP64", "data": rows[c].tolist()}
+                    for c in x.columns
+                ]
+            }
+            r = client.post("/v2/models/%s/infer" % name, json=body)
+            assert r.status_code == 200, r.text
+            assert r.json()["outputs"][0]["data"] == model.predict(rows).tolist()
+        refused = status["unlisted"]
+        assert refused["state"] == "UNAVAILABLE"
+        assert "holds types skops does not trust: _operator.neg" in refused["reason"], refused
+    assert "needs mlflow" not in server.log

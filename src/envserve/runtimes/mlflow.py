@@ -1,7 +1,8 @@
 """MLflow models (MLServer's ``mlserver_mlflow.MLflowRuntime``): a folder with an ``MLmodel`` file.
 
-Loading: the ``sklearn`` flavor is loaded natively (pickle/cloudpickle/joblib, no mlflow import) when
-scikit-learn is importable; otherwise the ``python_function`` flavor through ``mlflow.pyfunc``.
+Loading: the ``sklearn`` flavor is loaded natively (no mlflow import) when scikit-learn is importable:
+skops files (MLflow 3's default) through skops, which builds only trusted types; pickle, cloudpickle and
+joblib files after the pickle scan. Otherwise the ``python_function`` flavor through ``mlflow.pyfunc``.
 
 The MLflow signature becomes the V2 metadata. Requests are decoded by it: a column-based signature turns
 the inputs into a DataFrame whose columns have the declared types (one input per column, or a single
@@ -114,6 +115,8 @@ class MLflowRuntime(Runtime):
 
     def _load_native(self) -> Any:
         flavor = self._mlmodel["flavors"].get("sklearn")
+        if flavor and flavor.get("serialization_format") == "skops":
+            return self._load_skops(flavor)
         if not flavor or flavor.get("serialization_format", "cloudpickle") not in (
             "pickle",
             "cloudpickle",
@@ -139,6 +142,37 @@ class MLflowRuntime(Runtime):
         except Exception as exc:
             raise ModelLoadError(
                 "model %r: loading %s failed: %s: %s" % (self.settings.name, path, type(exc).__name__, exc)
+            ) from exc
+
+    def _load_skops(self, flavor: Dict[str, Any]) -> Any:
+        """MLflow 3's default scikit-learn format: skops builds only the types it trusts (scikit-learn's,
+        numpy's, and those the MLmodel lists in ``skops_trusted_types``), as mlflow.sklearn loads it;
+        no pickle is run, and mlflow is not needed."""
+        try:
+            import skops.io
+        except ImportError:
+            return None  # mlflow's loader, or the error that says what to install
+        path = os.path.join(self._folder, flavor.get("pickled_model", "model.skops"))
+        trusted = flavor.get("skops_trusted_types") or None
+        try:
+            untrusted = skops.io.get_untrusted_types(file=path)
+            refused = sorted(set(untrusted) - set(trusted or ()))
+            if refused:
+                raise ModelLoadError(
+                    "model %r: %s holds types skops does not trust: %s; list them in the MLmodel's "
+                    "sklearn flavor as skops_trusted_types (mlflow.sklearn.save_model(..., "
+                    "skops_trusted_types=[...])) if you trust this file"
+                    % (self.settings.name, path, ", ".join(refused)),
+                    model=self.settings.name,
+                )
+            return skops.io.load(path, trusted=trusted)
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(
+                "model %r: loading %s with skops failed: %s: %s"
+                % (self.settings.name, path, type(exc).__name__, exc),
+                model=self.settings.name,
             ) from exc
 
     def _load_pyfunc(self) -> Any:
