@@ -7,7 +7,9 @@ A runtime is constructed with the model's :class:`~envserve.settings.ModelSettin
   numpy arrays, and returns one of: a mapping ``output name -> array-like``, a pandas DataFrame (one output
   per column), a single array-like (output named after ``default_output``), or a full
   :class:`~envserve.protocol.InferenceResponse`;
-- ``unload()`` releases what ``load`` took (optional).
+- ``unload()`` releases what ``load`` took (optional);
+- ``predict_stream(requests)`` (optional) streams: it gets an iterator of requests (one over REST, the
+  client's messages over gRPC) and yields, once per chunk, what ``predict`` would return.
 
 ``decode_request``/``decode_input`` apply the content types (``np``, ``str``, ``base64``, ``pd``) so a
 runtime sees numpy arrays, string lists or a DataFrame. :meth:`Runtime.infer` wraps ``predict`` with the
@@ -18,7 +20,7 @@ Worker import closure: standard library and numpy, Python 3.6+.
 """
 
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Generator, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -190,7 +192,7 @@ class Runtime:
 
     def capabilities(self) -> Dict[str, Any]:
         """What the server must know of the loaded model beyond its metadata (sent once, at load)."""
-        return {"handlers": self.custom_handlers(), "headers": self.wants_headers}
+        return {"handlers": self.custom_handlers(), "headers": self.wants_headers, "stream": self.streams()}
 
     def metadata_inputs(self) -> List[MetadataTensor]:
         return list(self.settings.inputs)
@@ -300,8 +302,36 @@ class Runtime:
         data[0] = answer
         return InferenceResponse(s.name, [ResponseOutput(name, [1], "BYTES", data)], s.version)
 
+    def infer_stream(self, requests: Iterator[InferenceRequest]) -> Generator[InferenceResponse, None, None]:
+        """Answer a stream: the runtime's ``predict_stream`` gets the requests as they come (one for REST,
+        the client's messages for gRPC) and yields what ``predict`` would return, once per chunk; each
+        chunk is answered as ``predict``'s answer is (outputs encoded, the first request's id and
+        requested outputs). Closing this generator closes the runtime's."""
+        predict_stream = getattr(self, "predict_stream", None)
+        if not callable(predict_stream):
+            raise InvalidRequest(
+                "model %r does not stream: its runtime (%s) has no predict_stream; use infer"
+                % (self.settings.name, type(self).__name__)
+            )
+        seen = _First(requests)
+        chunks = predict_stream(seen)
+        try:
+            for result in chunks:
+                yield self._respond(result, seen.first or InferenceRequest([]))
+        finally:
+            close = getattr(chunks, "close", None)
+            if callable(close):
+                close()
+
+    def streams(self) -> bool:
+        """Whether the runtime answers streams (has ``predict_stream``)."""
+        return callable(getattr(self, "predict_stream", None))
+
     def _infer(self, request: InferenceRequest) -> InferenceResponse:
-        result = self.predict(request)
+        return self._respond(self.predict(request), request)
+
+    def _respond(self, result: Any, request: InferenceRequest) -> InferenceResponse:
+        """What ``predict`` returned, as the response to ``request``."""
         s = self.settings
         if isinstance(result, InferenceResponse):
             response = result
@@ -326,6 +356,23 @@ class Runtime:
                 if params:
                     out.parameters = dict(out.parameters, **params)
         return response
+
+
+class _First:
+    """The requests of a stream, remembering the first (its id and requested outputs answer every chunk)."""
+
+    def __init__(self, requests: Iterator[InferenceRequest]) -> None:
+        self._requests = iter(requests)
+        self.first: Optional[InferenceRequest] = None
+
+    def __iter__(self) -> "_First":
+        return self
+
+    def __next__(self) -> InferenceRequest:
+        request = next(self._requests)
+        if self.first is None:
+            self.first = request
+        return request
 
 
 def user_code_error(settings: ModelSettings, label: str, method: str, exc: BaseException) -> Exception:

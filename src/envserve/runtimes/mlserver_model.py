@@ -16,7 +16,7 @@ import importlib
 import inspect
 import json
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Generator, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from ..errors import InferenceError, InvalidRequest, ModelLoadError
 from ..protocol.datatypes import dtype_of
 from ..protocol.v2 import InferenceRequest, InferenceResponse, ResponseOutput, shaped
 from ..settings.model import ModelSettings
-from .base import Runtime, _json_default, user_code_error
+from .base import Runtime, _First, _json_default, user_code_error
 
 __all__ = ["MLServerModelRuntime", "is_mlserver_class"]
 
@@ -137,6 +137,42 @@ class MLServerModelRuntime(Runtime):
                 % (self.settings.name, self.label, type(response).__name__)
             )
         return self._response(response)
+
+    def streams(self) -> bool:
+        """MLServer's models all stream: its MLModel answers a stream with predict's one response unless
+        the class has a predict_stream of its own."""
+        return self.model is not None and callable(getattr(self.model, "predict_stream", None))
+
+    def infer_stream(self, requests: Iterator[InferenceRequest]) -> Generator[InferenceResponse, None, None]:
+        """Drive the class's ``predict_stream`` as MLServer does: an async iterator of MLServer's requests in,
+        its responses out, one chunk at a time on the runtime's own event loop."""
+        types = importlib.import_module("mlserver.types")
+        seen = _First(requests)
+
+        async def payloads() -> Any:
+            for request in seen:
+                yield types.InferenceRequest(**self._request_doc(request))
+
+        loop = self._loop
+        assert loop is not None and self.model is not None, "the model is not loaded"
+        chunks = self.model.predict_stream(payloads())
+        try:
+            while True:
+                try:
+                    response = loop.run_until_complete(chunks.__anext__())
+                except StopAsyncIteration:
+                    return
+                except Exception as exc:
+                    raise user_code_error(self.settings, self.label, "predict_stream", exc) from exc
+                if not hasattr(response, "outputs"):
+                    raise InferenceError(
+                        "model %r: %s.predict_stream yielded %s; MLServer runtimes yield InferenceResponses"
+                        % (self.settings.name, self.label, type(response).__name__)
+                    )
+                yield self._respond(self._response(response), seen.first or InferenceRequest([]))
+        finally:
+            if not loop.is_closed():
+                loop.run_until_complete(chunks.aclose())
 
     def metadata(self) -> Dict[str, Any]:
         doc = super().metadata()

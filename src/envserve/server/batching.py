@@ -19,7 +19,7 @@ import asyncio
 import json
 import time
 from collections import deque
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, AsyncIterator, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -106,6 +106,12 @@ class BatchingHandle:
         elif len(self._queue) > 1:  # it waits for a batch: drop it if its client leaves meanwhile
             drop_when_client_leaves(future, gone)
         return await future
+
+    def infer_stream(
+        self, requests: AsyncIterator[InferenceRequest], gone: Optional[ClientGone] = None
+    ) -> AsyncIterator[InferenceResponse]:
+        """Streams are not batched: the model's own handle serves them."""
+        return self.inner.infer_stream(requests, gone)
 
     def metadata(self) -> Dict[str, Any]:
         return dict(self.inner.metadata())

@@ -1,8 +1,9 @@
 """The data plane: the one pipeline every edge's inference call goes through, and the repository's calls.
 
 An edge decodes its protocol, begins a :class:`~.call.Call`, and calls :meth:`DataPlane.infer` (a V2
-request) or :meth:`DataPlane.passthrough` (a body the model's runtime answers in its own protocol). Both
-go through :meth:`DataPlane._serve`, in this order:
+request) or :meth:`DataPlane.passthrough` (a body the model's runtime answers in its own protocol); a
+stream goes through :meth:`DataPlane.infer_stream`, the same steps chunk by chunk. Both calls go through
+:meth:`DataPlane._serve`, in this order:
 
 1. the model is looked up once (its record: state, version, handle);
 2. admission: the model is READY and the call's deadline has not passed (the model's own queue bound is
@@ -25,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, AsyncGenerator, AsyncIterator, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -211,6 +212,40 @@ class DataPlane:
                 shadow.mirror(mirrored, response)
             self._finish(call, handle.settings, response)
             return response
+        except BaseException as exc:
+            outcome = exc
+            raise
+        finally:
+            if self.metrics is not None:
+                self._count(call, name, version, record, outcome)
+
+    async def infer_stream(
+        self, call: Call, name: str, version: Optional[str], payloads: AsyncIterator[Payload]
+    ) -> AsyncGenerator[InferenceResponse, None]:
+        """A stream: the requests (V2 documents or requests the edge built) go to the model as they come,
+        its answers come back as it yields them, each finished as an answer is; the stream is counted
+        once in the metrics, when it ends (499 when its client left). A model whose runtime does not stream
+        refuses with 400 before anything is sent."""
+        record: Optional[ModelRecord] = None
+        outcome: Optional[BaseException] = None
+        try:
+            record = self.registry.get(name, version)
+            handle = self._admit(call, record)
+            if not handle.capabilities().get("stream"):
+                raise InvalidRequest(
+                    "model %r does not stream: its runtime has no predict_stream; call its infer endpoint"
+                    % record.name,
+                    model=record.name,
+                )
+            settings = handle.settings
+
+            async def requests() -> AsyncIterator[InferenceRequest]:
+                async for payload in payloads:
+                    yield self._request(call, handle, payload, None)
+
+            async for response in handle.infer_stream(requests(), call.gone):
+                self._finish(call, settings, response)
+                yield response
         except BaseException as exc:
             outcome = exc
             raise

@@ -4,7 +4,7 @@ protocol and the :class:`ModelState` of a model. Where a handle comes from: :mod
 from __future__ import annotations
 
 import enum
-from typing import Any, Dict, Optional, Protocol
+from typing import Any, AsyncIterator, Dict, Optional, Protocol
 
 from ..protocol.v2 import InferenceRequest, InferenceResponse
 from ..settings.model import ModelSettings
@@ -43,11 +43,18 @@ class ModelHandle(Protocol):
         """Serve the request; ``gone`` completes when its client disconnects (the call may then be dropped
         while it waits). Raises :class:`~envserve.errors.Overloaded` when the model's queue is full."""
 
+    def infer_stream(
+        self, requests: AsyncIterator[InferenceRequest], gone: Optional[ClientGone] = None
+    ) -> AsyncIterator[InferenceResponse]:
+        """Serve a stream (the model's ``capabilities()["stream"]``): its requests as the client sends
+        them, its answers as the model yields them. Closing the iterator early stops the model's stream."""
+
     def metadata(self) -> Dict[str, Any]: ...
 
     def capabilities(self) -> Dict[str, Any]:
         """What the loaded runtime declared beyond its metadata: ``handlers`` (its own REST routes,
-        ``[{"name", "method", "path"}]``) and ``headers`` (whether it reads the HTTP request headers)."""
+        ``[{"name", "method", "path"}]``), ``headers`` (whether it reads the HTTP request headers) and
+        ``stream`` (whether it answers streams)."""
 
     def describe(self) -> Dict[str, Any]: ...
 

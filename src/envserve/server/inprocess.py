@@ -17,11 +17,13 @@ the average moves; docs/lifecycle.md says so.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, Optional
+from typing import Any, AsyncIterator, Dict, Iterator, Optional
 
 from ..errors import EnvserveError, InferenceError, ModelLoadError, ModelNotReady
 from ..protocol.v2 import InferenceRequest, InferenceResponse
@@ -67,6 +69,36 @@ def _rows(request: InferenceRequest) -> int:
 
 
 _LOAD_LOCK = threading.Lock()
+
+#: Chunks of a stream that may wait for its consumer before the runtime's generator waits too.
+STREAM_AHEAD = 16
+_END = object()
+
+
+class _Failed:
+    """What the model's thread raised while streaming, handed to the event loop."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def _model_error(settings: ModelSettings, exc: BaseException) -> BaseException:
+    if isinstance(exc, EnvserveError):
+        return exc
+    error = InferenceError(
+        "model %r raised %s: %s" % (settings.name, type(exc).__name__, exc),
+        model=settings.name,
+        version=settings.version,
+    )
+    error.__cause__ = exc
+    return error
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class InProcessModel:
@@ -146,6 +178,78 @@ class InProcessModel:
         finally:
             self._pending -= 1
 
+    async def infer_stream(
+        self, requests: AsyncIterator[InferenceRequest], gone: Optional[ClientGone] = None
+    ) -> AsyncIterator[InferenceResponse]:
+        """A stream on the model's thread: the requests go to it as they come, each chunk comes back as the
+        runtime yields it. At most :data:`STREAM_AHEAD` chunks wait for the consumer; beyond that the
+        runtime waits (a slow client slows its model, it does not fill memory). Leaving the loop early
+        stops the runtime's generator at its next chunk."""
+        executor, runtime = self._executor, self.runtime
+        if executor is None or runtime is None:
+            raise ModelNotReady("model %r is not loaded" % self.settings.name, model=self.settings.name)
+        admit(self._pending - 1, self.max_queue, self.settings.name)
+        loop = asyncio.get_running_loop()
+        inbox: queue.Queue[Any] = queue.Queue()
+        outbox: asyncio.Queue[Any] = asyncio.Queue()
+        room = threading.Semaphore(STREAM_AHEAD)
+        stop = threading.Event()
+
+        def incoming() -> Iterator[InferenceRequest]:
+            while True:
+                item = inbox.get()
+                if item is _END:
+                    return
+                yield item
+
+        def produce() -> None:
+            chunks = None
+            try:
+                chunks = runtime.infer_stream(incoming())
+                for chunk in chunks:
+                    while not room.acquire(timeout=0.1):
+                        if stop.is_set():
+                            return
+                    if stop.is_set():
+                        return
+                    loop.call_soon_threadsafe(outbox.put_nowait, chunk)
+                loop.call_soon_threadsafe(outbox.put_nowait, _END)
+            except BaseException as exc:
+                loop.call_soon_threadsafe(outbox.put_nowait, _Failed(exc))
+            finally:
+                if chunks is not None:
+                    with contextlib.suppress(Exception):
+                        chunks.close()
+
+        async def forward() -> None:
+            try:
+                async for request in requests:
+                    inbox.put(request)
+            except Exception as exc:
+                loop.call_soon(outbox.put_nowait, _Failed(exc))
+            finally:
+                inbox.put(_END)
+
+        self._pending += 1
+        context = contextvars.copy_context()
+        running = loop.run_in_executor(executor, context.run, produce)
+        forwarding = asyncio.ensure_future(forward())
+        try:
+            while True:
+                item = await outbox.get()
+                room.release()
+                if item is _END:
+                    return
+                if isinstance(item, _Failed):
+                    raise _model_error(self.settings, item.exc)
+                yield item
+        finally:
+            stop.set()
+            inbox.put(_END)
+            forwarding.cancel()
+            self._pending -= 1
+            running.add_done_callback(_retrieve)
+
     def _timed_call(self, request: InferenceRequest) -> InferenceResponse:
         started = time.perf_counter()
         try:
@@ -165,11 +269,7 @@ class InProcessModel:
         except EnvserveError:
             raise
         except Exception as exc:
-            raise InferenceError(
-                "model %r raised %s: %s" % (self.settings.name, type(exc).__name__, exc),
-                model=self.settings.name,
-                version=self.settings.version,
-            ) from exc
+            raise _model_error(self.settings, exc) from exc
 
     # -- description ----------------------------------------------------------------------------------
 

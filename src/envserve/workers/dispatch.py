@@ -1,8 +1,10 @@
 """Calls of one model across its workers: which worker gets a call, the bounded queue, the deadlines.
 
 A call goes to the least busy worker with room (at most :data:`DEPTH` in flight each: one running, the
-others waiting in its socket), else into the queue, bounded by ``max_queue_size`` (beyond it: 503). A
-worker takes the next queued call as soon as it answers one. All calls share one timeout, so their
+others waiting in its socket) when none waits before it, else into the queue, bounded by
+``max_queue_size`` (beyond it: 503). A worker takes the next queued call as soon as it answers one. A
+stream takes a worker with nothing in flight, which then takes nothing else until the stream is done; it
+waits at the head of the queue for one, and the calls behind it wait too. All calls share one timeout, so their
 deadlines are in creation order and one timer sweeps the expired ones instead of a timer per call. A call
 past its deadline fails with 504; if it was running, its worker is killed (a stuck ``predict`` cannot be
 interrupted otherwise) and the calls pipelined behind it, which had not started, go back to the front of
@@ -24,9 +26,10 @@ from ..protocol.v2 import InferenceRequest, InferenceResponse
 from . import ipc
 from .admission import ClientGone, admit, drop_when_client_leaves
 from .ipc import Op
-from .process import PendingCall, WorkerProcess, WorkerState, server_dumps
+from .link import encode_frame
+from .process import PendingCall, WorkerProcess, WorkerState, send_frame, server_dumps
 
-__all__ = ["DEPTH", "Dispatcher"]
+__all__ = ["DEPTH", "STREAM_HIGH", "STREAM_LOW", "Dispatcher"]
 
 logger = logging.getLogger("envserve.workers")
 
@@ -37,6 +40,12 @@ logger = logging.getLogger("envserve.workers")
 DEPTH = 8
 
 
+#: Chunks of a stream that may wait for its consumer before the worker's socket stops being read (the
+#: worker then blocks in its send: a slow client slows its model instead of filling the server's memory),
+#: and the count below which reading resumes.
+STREAM_HIGH, STREAM_LOW = 16, 4
+
+
 def settle(call: PendingCall, result: Any = None, exc: Optional[BaseException] = None) -> None:
     if call.future.done():
         return
@@ -44,6 +53,10 @@ def settle(call: PendingCall, result: Any = None, exc: Optional[BaseException] =
         call.future.set_exception(exc)
     else:
         call.future.set_result(result)
+    if call.chunks is not None:  # a stream's consumer reads its end (None) or its error from its chunks
+        call.chunks.put_nowait(exc)
+        if exc is not None:
+            call.future.exception()  # read here: nobody awaits a stream's future
 
 
 class Dispatcher:
@@ -64,7 +77,7 @@ class Dispatcher:
     def submit(
         self, request: InferenceRequest, gone: Optional[ClientGone]
     ) -> asyncio.Future[InferenceResponse]:
-        worker = self._idle_worker()
+        worker = None if self._waiting() else self._idle_worker()  # first come, first served
         if worker is None:
             admit(len(self.queue), self.max_queue, self.model)
         loop = asyncio.get_running_loop()
@@ -84,9 +97,94 @@ class Dispatcher:
         if worker is not None:
             self._dispatch(worker, call)
         else:
-            self.queue.append(call)
-            drop_when_client_leaves(call.future, gone)  # it waits for a worker: drop it if its client leaves
+            self._enqueue(call, gone)
         return call.future
+
+    def _waiting(self) -> bool:
+        """Whether calls wait in the queue (those whose caller has gone are dropped first)."""
+        queue = self.queue
+        while queue and queue[0].future.done():
+            queue.popleft()
+        return bool(queue)
+
+    def _enqueue(self, call: PendingCall, gone: Optional[ClientGone]) -> None:
+        self.queue.append(call)
+        drop_when_client_leaves(call.future, gone)  # it waits for a worker: drop it if its client leaves
+        for worker in self.workers():
+            self.feed(worker)
+
+    def stream(self, request: InferenceRequest, gone: Optional[ClientGone]) -> PendingCall:
+        """Open a stream with its first request, on a worker with nothing in flight (it then takes nothing
+        else until the stream is done), or in the queue until one is free; its answers come as chunks."""
+        worker = None
+        if not self._waiting():
+            worker = next((w for w in self.workers() if w.takes_calls and not w.inflight), None)
+        if worker is None:
+            admit(len(self.queue), self.max_queue, self.model)
+        loop = asyncio.get_running_loop()
+        call_id = next(self._ids)
+        frame = ipc.encode_request(call_id, request, server_dumps, REQUEST_ID.get(), ipc.Op.STREAM)
+        call = PendingCall(call_id, b"".join(frame), loop.create_future(), 0.0, stream=True)
+        if worker is not None:
+            self._dispatch(worker, call)
+        else:
+            self._enqueue(call, gone)
+        return call
+
+    def stream_more(self, call: PendingCall, request: Optional[InferenceRequest]) -> None:
+        """The client's next request for a running stream, or (None) its end of requests."""
+        if call.future.done():
+            return
+        if request is None:
+            frame = encode_frame({"op": ipc.Op.END, "id": call.id}, (), server_dumps)
+        else:
+            frame = ipc.encode_request(call.id, request, server_dumps, REQUEST_ID.get(), ipc.Op.MORE)
+        worker = call.worker
+        if worker is None:  # still queued: it goes with the stream's first request
+            call.payload += b"".join(frame)
+        elif call.id in worker.inflight and worker.link is not None:
+            worker.link.send(b"".join(frame))
+
+    def stream_taken(self, call: PendingCall) -> None:
+        """The consumer took a chunk: below the low mark, the worker's socket is read again."""
+        worker = call.worker
+        chunks = call.chunks
+        if chunks is not None and chunks.qsize() <= STREAM_LOW and worker is not None and worker.link:
+            worker.link.resume()
+
+    def stream_cancel(self, call: PendingCall) -> None:
+        """The consumer has gone: a queued stream never starts; a running one is told to stop (its worker
+        is free once it says it is done)."""
+        worker = call.worker
+        if worker is None or call.id not in worker.inflight:
+            call.future.cancel()
+            return
+        if worker.link is not None:
+            send_frame(worker.link, {"op": ipc.Op.CANCEL, "id": call.id})
+            worker.link.resume()  # its last chunks are read and dropped
+
+    def expire_stream(self, call: PendingCall) -> None:
+        """A running stream sent no chunk within the inference timeout: its worker is stuck."""
+        settle(
+            call,
+            exc=InferenceTimeout(
+                "model %r sent no answer for %g s (inference_timeout); its worker is being restarted"
+                % (self.model, self.timeout),
+                model=self.model,
+            ),
+        )
+        worker = call.worker
+        if worker is not None and call.id in worker.inflight:
+            logger.warning(
+                "model %s: stream %d sent nothing for %g s; recycling worker %d (pid %s)",
+                self.model,
+                call.id,
+                self.timeout,
+                worker.index,
+                worker.pid,
+            )
+            worker.state = WorkerState.STUCK
+            worker.kill()
 
     def _idle_worker(self) -> Optional[WorkerProcess]:
         best: Optional[WorkerProcess] = None
@@ -94,6 +192,7 @@ class Dispatcher:
             if (
                 w.takes_calls
                 and len(w.inflight) < DEPTH
+                and not w.streaming
                 and (best is None or len(w.inflight) < len(best.inflight))
             ):
                 best = w
@@ -108,19 +207,30 @@ class Dispatcher:
         worker.link.send(call.payload)
 
     def feed(self, worker: WorkerProcess) -> None:
-        """Give ``worker`` queued calls while it has room."""
+        """Give ``worker`` queued calls while it has room (a stream only when it has nothing in flight)."""
         queue = self.queue
-        while queue and worker.takes_calls and len(worker.inflight) < DEPTH:
-            call = queue.popleft()
-            if not call.future.done():
-                self._dispatch(worker, call)
+        while queue and worker.takes_calls and len(worker.inflight) < DEPTH and not worker.streaming:
+            call = queue[0]
+            if call.future.done():
+                queue.popleft()
+                continue
+            if call.chunks is not None and worker.inflight:
+                return  # the stream at the head waits for a worker of its own
+            queue.popleft()
+            self._dispatch(worker, call)
 
     def answered(self, worker: WorkerProcess, header: Dict[str, Any], body: bytes) -> None:
-        """A ``result`` or ``error`` frame from ``worker``."""
+        """A ``result``, ``error``, ``chunk`` or ``done`` frame from ``worker``."""
+        op = header.get("op")
+        if op == Op.CHUNK:
+            self._chunk(worker, header, body)
+            return
         call = worker.inflight.pop(header.get("id"), None)  # type: ignore[arg-type]
         if call is None:
             return
-        if header.get("op") == Op.RESULT:
+        if op == Op.DONE:
+            settle(call)
+        elif op == Op.RESULT:
             try:
                 response = ipc.decode_response(header, body)
                 timings = response.report.timings
@@ -131,6 +241,18 @@ class Dispatcher:
                 settle(call, exc=WorkerUnavailable("bad answer from the worker: %s" % exc))
         else:
             settle(call, exc=ipc.error_from_wire(header, self.model))
+
+    def _chunk(self, worker: WorkerProcess, header: Dict[str, Any], body: bytes) -> None:
+        call = worker.inflight.get(header.get("id"))  # type: ignore[arg-type]
+        if call is None or call.chunks is None or call.future.done():
+            return  # a cancelled stream's last chunks
+        try:
+            call.chunks.put_nowait(ipc.decode_response(header, body))
+        except Exception as exc:
+            settle(call, exc=WorkerUnavailable("bad answer from the worker: %s" % exc))
+            return
+        if call.chunks.qsize() >= STREAM_HIGH and worker.link is not None:
+            worker.link.pause()
 
     def fail_inflight(self, worker: WorkerProcess, exc: EnvserveError) -> None:
         calls, worker.inflight = worker.inflight, {}

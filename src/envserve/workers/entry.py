@@ -23,7 +23,8 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from collections import deque
+from typing import Any, Deque, Dict, List, Optional, Tuple
 
 from ..errors import EnvserveError
 from . import ipc
@@ -58,13 +59,14 @@ class Connection:
     Replies are batched: :meth:`send` only queues a frame, and the queue is flushed with one ``sendmsg``
     when no further complete request is waiting in the receive buffer. When the server has pipelined
     several calls, their answers leave together (fewer syscalls and wake-ups per call, which is what a
-    worker sharing a core with the server pays most for); a lone call is answered at once.
+    worker sharing a core with the server pays most for); a lone call is answered at once. Frames read
+    while a stream runs that are not the stream's wait in ``backlog``, in order, for the main loop.
     """
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.reader = FrameReader()
-        self.pending: Iterator[Tuple[Dict[str, Any], Any]] = iter(())
+        self.backlog: Deque[Tuple[Dict[str, Any], Any]] = deque()
         self.outgoing: List[Any] = []
 
     def send(self, pieces: List[Any]) -> None:
@@ -81,18 +83,35 @@ class Connection:
             if views and sent:
                 views[0] = views[0][sent:]
 
+    def read(self, block: bool = True) -> bool:
+        """Read what the socket holds into ``backlog``; without ``block``, False when it holds nothing."""
+        try:
+            data = self.sock.recv(1 << 16) if block else self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        if not data:
+            raise EOFError("server closed the connection")
+        self.reader.feed(data)
+        self.backlog.extend(self.reader.frames())
+        return True
+
     def receive(self) -> Tuple[Dict[str, Any], Any]:
-        while True:
-            frame = next(self.pending, None)
-            if frame is not None:
-                return frame
+        while not self.backlog:
             if self.outgoing:
                 self.flush()  # nothing else to answer first: the queued replies go now
-            data = self.sock.recv(1 << 16)
-            if not data:
-                raise EOFError("server closed the connection")
-            self.reader.feed(data)
-            self.pending = self.reader.frames()
+            self.read()
+        return self.backlog.popleft()
+
+    def take(self, call_id: Any, ops: Tuple[str, ...], block: bool) -> Optional[Tuple[Dict[str, Any], Any]]:
+        """The first frame of the call ``call_id`` with one of ``ops``, taken out of the backlog (reading
+        the socket, blocking or not, until one is there); the others stay where they are."""
+        while True:
+            for i, (header, body) in enumerate(self.backlog):
+                if header.get("id") == call_id and header.get("op") in ops:
+                    del self.backlog[i]
+                    return header, body
+            if not self.read(block):
+                return None
 
 
 class _Tagged:
@@ -151,6 +170,75 @@ def _model_error(exc: BaseException, runtime: Any) -> Dict[str, Any]:
     return doc
 
 
+class _Cancelled(Exception):
+    """The client of a stream has left: the model's generator stops."""
+
+
+class _StreamRequests:
+    """The requests of one stream as the runtime iterates them: the first, then those the server sends
+    as they come (blocking until one does), until the client's end; a cancel stops the stream."""
+
+    def __init__(self, conn: Connection, call_id: Any, first: Any) -> None:
+        self.conn = conn
+        self.call_id = call_id
+        self.first: Any = first
+        self.ended = False
+        self.cancelled = False
+
+    def __iter__(self) -> "_StreamRequests":
+        return self
+
+    def __next__(self) -> Any:
+        if self.first is not None:
+            first, self.first = self.first, None
+            return first
+        if self.ended:
+            raise StopIteration
+        found = self.conn.take(self.call_id, (Op.MORE, Op.END, Op.CANCEL), block=True)
+        assert found is not None
+        header, body = found
+        if header["op"] == Op.MORE:
+            return ipc.decode_request(header, body)
+        self.ended = True
+        if header["op"] == Op.CANCEL:
+            self.cancelled = True
+            raise _Cancelled()
+        raise StopIteration
+
+    def cancel_arrived(self) -> bool:
+        """Whether the server has cancelled the stream (looked for without waiting)."""
+        if not self.cancelled and self.conn.take(self.call_id, (Op.CANCEL,), block=False) is not None:
+            self.cancelled = True
+        return self.cancelled
+
+
+def _stream(conn: Connection, runtime: Any, header: Dict[str, Any], body: Any) -> None:
+    """Answer a stream chunk by chunk, each sent at once; stop when the server cancels it."""
+    call_id = header["id"]
+    requests = _StreamRequests(conn, call_id, ipc.decode_request(header, body))
+    chunks = None
+    try:
+        chunks = runtime.infer_stream(requests)
+        for response in chunks:
+            conn.send(ipc.encode_response(call_id, response, Op.CHUNK))
+            conn.flush()
+            if requests.cancel_arrived():
+                break
+        frame = encode_frame({"op": Op.DONE, "id": call_id})
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except _Cancelled:
+        frame = encode_frame({"op": Op.DONE, "id": call_id})
+    except BaseException as exc:
+        frame = encode_frame(dict({"op": Op.ERROR, "id": call_id}, **_model_error(exc, runtime)))
+    finally:
+        if chunks is not None:
+            with contextlib.suppress(Exception):
+                chunks.close()
+    conn.send(frame)
+    conn.flush()
+
+
 def serve(conn: Connection, worker: int) -> int:
     conn.send(
         encode_frame(
@@ -207,6 +295,10 @@ def serve(conn: Connection, worker: int) -> int:
                 frame = encode_frame(dict({"op": Op.ERROR, "id": call_id}, **_model_error(exc, runtime)))
             _Tagged.current = ""
             conn.send(frame)
+        elif op == Op.STREAM:
+            _Tagged.current = str(header.get("rid") or "")
+            _stream(conn, runtime, header, body)
+            _Tagged.current = ""
         elif op == Op.PING:
             conn.send(encode_frame({"op": Op.PONG, "id": header.get("id")}))
         elif op == Op.STOP:

@@ -6,7 +6,8 @@ travel as they are (no JSON, no base64): numeric tensors in native C order, BYTE
 ``<u32 length><bytes>`` per element.
 
 The operations (a header's ``op``) are :class:`Op`'s: ``hello``/``load``/``loaded`` at start,
-``infer``/``result``/``error`` per call, ``ping``/``pong`` while idle, ``stop``. A request's
+``infer``/``result``/``error`` per call, ``stream``/``more``/``end``/``cancel`` and ``chunk``/``done``
+for a stream, ``ping``/``pong`` while idle, ``stop``. A request's
 :class:`~envserve.protocol.envelope.Passthrough` and a response's
 :class:`~envserve.protocol.envelope.Report` travel as header fields of their own, never in the V2
 ``parameters``.
@@ -49,6 +50,14 @@ class Op:
     PING = "ping"  # server -> idle worker
     PONG = "pong"  # worker -> server
     STOP = "stop"  # server -> worker: finish and exit
+    # a stream: its first request, then more of them and their end (the client's half-close), or a cancel
+    # (the client left); the worker answers chunks, then done (or error)
+    STREAM = "stream"  # server -> worker
+    MORE = "more"  # server -> worker
+    END = "end"  # server -> worker
+    CANCEL = "cancel"  # server -> worker
+    CHUNK = "chunk"  # worker -> server
+    DONE = "done"  # worker -> server
 
 
 # -- tensors ------------------------------------------------------------------------------------------------
@@ -82,9 +91,11 @@ def encode_request(
     request: InferenceRequest,
     dumps: Callable[[Dict[str, Any]], bytes] = _dumps,
     request_id: str = "",
+    op: str = Op.INFER,
 ) -> List[Any]:
     """``request_id``: the server's id of the request(s) this call answers; the worker tags the lines
-    it writes meanwhile with it."""
+    it writes meanwhile with it. ``op``: :data:`Op.INFER`, or :data:`Op.STREAM` / :data:`Op.MORE` for the
+    requests of a stream."""
     inputs, buffers = _pack_tensors(request.inputs)
     doc = {
         "id": request.id,
@@ -94,7 +105,7 @@ def encode_request(
     }
     if request.passthrough is not None:
         doc["passthrough"] = request.passthrough.to_wire()
-    header = {"op": Op.INFER, "id": call_id, "rid": request_id, "request": doc}
+    header = {"op": op, "id": call_id, "rid": request_id, "request": doc}
     return encode_frame(header, buffers, dumps)
 
 
@@ -122,10 +133,11 @@ def decode_request(header: Dict[str, Any], body: Any) -> InferenceRequest:
     return InferenceRequest(inputs, doc["id"], doc["parameters"], outputs, passthrough)
 
 
-def encode_response(call_id: int, response: InferenceResponse) -> List[Any]:
+def encode_response(call_id: int, response: InferenceResponse, op: str = Op.RESULT) -> List[Any]:
+    """``op``: :data:`Op.RESULT`, or :data:`Op.CHUNK` for one answer of a stream."""
     outputs, buffers = _pack_tensors(response.outputs)
     header = {
-        "op": Op.RESULT,
+        "op": op,
         "id": call_id,
         "response": {
             "model_name": response.model_name,

@@ -22,16 +22,24 @@ import contextlib
 import logging
 import os
 import time
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, AsyncIterator, Dict, List, Optional, Set
 
 from ..environments import Environment, EnvironmentCache, EnvironmentSource, runtime_env
-from ..errors import ModelLoadError, ModelNotReady, WorkerUnavailable
+from ..errors import InvalidRequest, ModelLoadError, ModelNotReady, WorkerUnavailable
 from ..protocol.v2 import InferenceRequest, InferenceResponse
 from ..settings.model import ModelSettings
 from .admission import ClientGone
-from .dispatch import DEPTH, Dispatcher
+from .dispatch import DEPTH, Dispatcher, settle
 from .ipc import Op
-from .process import WorkerLink, WorkerProcess, WorkerState, exit_text, send_frame, worker_code_dir
+from .process import (
+    PendingCall,
+    WorkerLink,
+    WorkerProcess,
+    WorkerState,
+    exit_text,
+    send_frame,
+    worker_code_dir,
+)
 
 __all__ = ["DEPTH", "WorkerPool", "worker_code_dir"]
 
@@ -124,6 +132,55 @@ class WorkerPool:
             raise ModelNotReady("model %r is unloading" % self.settings.name, model=self.settings.name)
         return await self.dispatcher.submit(request, gone)
 
+    async def infer_stream(
+        self, requests: AsyncIterator[InferenceRequest], gone: Optional[ClientGone] = None
+    ) -> AsyncIterator[InferenceResponse]:
+        """A stream on a worker of its own: the requests go to it as they come, its chunks come back as it
+        sends them; each chunk must come within the inference timeout (else the worker is stuck: 504, and
+        it is recycled). Leaving the loop early cancels the stream in the worker."""
+        if self._stopping:
+            raise ModelNotReady("model %r is unloading" % self.settings.name, model=self.settings.name)
+        try:
+            first = await requests.__anext__()
+        except StopAsyncIteration:
+            raise InvalidRequest("a stream needs a request") from None
+        dispatcher = self.dispatcher
+        call = dispatcher.stream(first, gone)
+        forwarding = asyncio.ensure_future(self._forward(call, requests))
+        chunks = call.chunks
+        assert chunks is not None
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(chunks.get(), dispatcher.timeout)
+                except asyncio.TimeoutError:
+                    dispatcher.expire_stream(call)
+                    continue
+                dispatcher.stream_taken(call)
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            forwarding.cancel()
+            if not call.future.done():
+                dispatcher.stream_cancel(call)
+
+    async def _forward(self, call: PendingCall, requests: AsyncIterator[InferenceRequest]) -> None:
+        """The client's further requests to the worker, then their end; a request that cannot be read
+        fails the stream."""
+        try:
+            async for request in requests:
+                self.dispatcher.stream_more(call, request)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            settle(call, exc=exc)
+            self.dispatcher.stream_cancel(call)
+            return
+        self.dispatcher.stream_more(call, None)
+
     def metadata(self) -> Dict[str, Any]:
         return dict(self._metadata)
 
@@ -179,7 +236,7 @@ class WorkerPool:
             link.worker, worker.link = worker, link
             worker.connected.set_result(header)
             return
-        if op == Op.RESULT or op == Op.ERROR:
+        if op == Op.RESULT or op == Op.ERROR or op == Op.CHUNK or op == Op.DONE:
             self.dispatcher.answered(worker, header, body)
             if worker.state is WorkerState.RECYCLING and not worker.inflight:
                 worker.kill()  # its last call is answered: now restart it

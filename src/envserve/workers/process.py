@@ -16,7 +16,7 @@ import os
 import signal
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional
+from typing import Any, Callable, Deque, Dict, List, Optional, Union
 
 import orjson
 
@@ -128,15 +128,32 @@ class WorkerLink(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def pause(self) -> None:
+        """Stop reading the worker's frames (a stream's consumer is behind); its sends block meanwhile."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
 
 class PendingCall:
     """One call handed to the pool: its encoded frame, its caller's future, its deadline, the worker it
-    went to (None while queued), and when it was submitted and sent (wall clock, for the traces)."""
+    went to (None while queued), and when it was submitted and sent (wall clock, for the traces).
 
-    __slots__ = ("deadline", "future", "id", "payload", "sent", "submitted", "worker")
+    A stream's call has ``chunks``: the answers the worker has sent and the consumer not yet taken, then
+    its end (None) or its error; its future completes when the worker is done with it."""
+
+    __slots__ = ("chunks", "deadline", "future", "id", "payload", "sent", "submitted", "worker")
 
     def __init__(
-        self, call_id: int, payload: bytes, future: asyncio.Future[InferenceResponse], deadline: float
+        self,
+        call_id: int,
+        payload: bytes,
+        future: asyncio.Future[InferenceResponse],
+        deadline: float,
+        stream: bool = False,
     ) -> None:
         self.id = call_id
         self.payload = payload
@@ -145,6 +162,9 @@ class PendingCall:
         self.worker: Optional[WorkerProcess] = None
         self.submitted = time.time()
         self.sent = 0.0
+        self.chunks: Optional[asyncio.Queue[Union[InferenceResponse, BaseException, None]]] = (
+            asyncio.Queue() if stream else None
+        )
 
 
 class WorkerProcess:
@@ -168,6 +188,11 @@ class WorkerProcess:
     @property
     def takes_calls(self) -> bool:
         return self.state is WorkerState.READY
+
+    @property
+    def streaming(self) -> bool:
+        """A stream is running on it: it takes nothing else until the stream is done."""
+        return any(c.chunks is not None for c in self.inflight.values())
 
     @property
     def pid(self) -> Optional[int]:

@@ -22,9 +22,16 @@ from envserve.workers.process import WorkerState
 class FakeLink:
     def __init__(self) -> None:
         self.sent: List[bytes] = []
+        self.paused = False
 
     def send(self, payload: bytes) -> None:
         self.sent.append(payload)
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
 
 
 class FakeWorker:
@@ -43,27 +50,36 @@ class FakeWorker:
     def takes_calls(self) -> bool:
         return self.state is WorkerState.READY
 
+    @property
+    def streaming(self) -> bool:
+        return any(c.chunks is not None for c in self.inflight.values())
+
     def kill(self) -> None:
         self.killed += 1
 
     def call_ids(self) -> List[int]:
         """The ids of the calls sent to this worker, in order, read back from the frames."""
+        return [header["id"] for header in self.frames()]
+
+    def frames(self) -> List[Dict[str, Any]]:
+        """The headers of every frame sent to this worker, in order."""
         reader = FrameReader(orjson.loads)
         for payload in self.link.sent:
             reader.feed(payload)
-        return [header["id"] for header, _ in reader.frames()]
+        return [header for header, _ in reader.frames()]
 
 
 def _request(value: int = 1) -> InferenceRequest:
     return InferenceRequest([RequestInput("x", [1], "INT64", np.array([value], dtype=np.int64))])
 
 
-def _result(call_id: int, value: int) -> Any:
-    """A ``result`` frame as the worker sends it, as (header, body)."""
+def _result(call_id: int, value: int, op: str = ipc.Op.RESULT) -> Any:
+    """A ``result`` (or ``chunk``) frame as the worker sends it, as (header, body)."""
     response = InferenceResponse("m", [ResponseOutput("y", [1], "INT64", np.array([value], dtype=np.int64))])
     response.report.timings = {"predict": [10.0, 11.0]}
     reader = FrameReader(orjson.loads)
-    reader.feed(b"".join(bytes(memoryview(p).cast("B")) for p in ipc.encode_response(call_id, response)))
+    frame = ipc.encode_response(call_id, response, op)
+    reader.feed(b"".join(bytes(memoryview(p).cast("B")) for p in frame))
     return next(reader.frames())
 
 
@@ -198,5 +214,91 @@ def test_a_dying_worker_fails_its_calls_and_closing_fails_the_queue():
                 await future
             messages.append(str(info.value))
         assert messages == ["the worker died"] * DEPTH + ["unloaded"]
+
+    asyncio.run(scenario())
+
+
+def test_a_stream_gets_a_worker_of_its_own_and_its_chunks_flow_with_backpressure():
+    from envserve.workers.dispatch import STREAM_HIGH, STREAM_LOW
+
+    async def scenario():
+        busy, free = FakeWorker(0), FakeWorker(1)
+        dispatcher = _dispatcher([busy, free])
+        unary = dispatcher.submit(_request(), None)  # goes to worker 0
+        stream = dispatcher.stream(_request(5), None)
+        assert stream.worker is free and [h["op"] for h in free.frames()] == ["stream"]
+        assert (
+            dispatcher.submit(_request(), None) is not None and len(busy.inflight) == 2
+        )  # not to the stream's
+        dispatcher.stream_more(stream, _request(6))
+        dispatcher.stream_more(stream, None)
+        assert [h["op"] for h in free.frames()] == ["stream", "more", "end"]
+        for i in range(STREAM_HIGH):
+            dispatcher.answered(free, *_result(stream.id, i, ipc.Op.CHUNK))
+        assert free.link.paused  # the consumer is behind: the worker's frames wait in its socket
+        chunks = stream.chunks
+        taken = []
+        while chunks.qsize() > STREAM_LOW:
+            taken.append((await chunks.get()).outputs[0].data.tolist())
+            dispatcher.stream_taken(stream)
+            assert free.link.paused == (chunks.qsize() > STREAM_LOW)
+        assert not free.link.paused
+        dispatcher.answered(free, {"op": ipc.Op.DONE, "id": stream.id}, b"")
+        rest = []
+        while True:
+            item = await chunks.get()
+            if item is None:
+                break
+            rest.append(item.outputs[0].data.tolist())
+        assert taken + rest == [[i] for i in range(STREAM_HIGH)]
+        assert free.inflight == {} and stream.future.done()
+        unary.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_stream_waits_for_an_idle_worker_and_keeps_what_the_client_sends_meanwhile():
+    async def scenario():
+        worker = FakeWorker(0)
+        dispatcher = _dispatcher([worker])
+        running = dispatcher.submit(_request(), None)
+        stream = dispatcher.stream(_request(), None)
+        behind = dispatcher.submit(_request(), None)
+        assert stream.worker is None and list(dispatcher.queue) == [stream, dispatcher.queue[1]]
+        dispatcher.stream_more(stream, _request(2))
+        dispatcher.stream_more(stream, None)
+        dispatcher.feed(worker)
+        assert worker.call_ids() == [1]  # the stream at the head waits for the worker to be idle
+        dispatcher.answered(worker, *_result(1, 1))
+        dispatcher.feed(worker)
+        assert [h["op"] for h in worker.frames()][1:] == ["stream", "more", "end"]
+        assert stream.worker is worker and len(dispatcher.queue) == 1  # and the call behind it still waits
+        dispatcher.answered(
+            worker, {"op": ipc.Op.ERROR, "id": stream.id, "kind": "InferenceError", "error": "x"}, b""
+        )
+        failed = await stream.chunks.get()
+        assert type(failed).__name__ == "InferenceError" and str(failed) == "x"
+        dispatcher.feed(worker)
+        assert worker.call_ids()[-1] == 3  # free again: the call behind the stream runs
+        await running
+        behind.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_stream_is_told_to_stop_or_never_starts():
+    async def scenario():
+        worker = FakeWorker(0)
+        dispatcher = _dispatcher([worker])
+        stream = dispatcher.stream(_request(), None)
+        queued = dispatcher.stream(_request(), None)
+        dispatcher.stream_cancel(queued)
+        dispatcher.stream_cancel(stream)
+        assert [h["op"] for h in worker.frames()] == ["stream", "cancel"]
+        dispatcher.answered(worker, *_result(stream.id, 7, ipc.Op.CHUNK))  # sent before it heard: dropped?
+        dispatcher.answered(worker, {"op": ipc.Op.DONE, "id": stream.id}, b"")
+        dispatcher.feed(worker)
+        assert [h["op"] for h in worker.frames()] == ["stream", "cancel"]  # the cancelled one never started
+        assert worker.inflight == {}
 
     asyncio.run(scenario())

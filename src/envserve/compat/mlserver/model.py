@@ -1,6 +1,6 @@
 """``mlserver.MLModel``: the base class of MLServer custom runtimes."""
 
-from typing import Any, Dict, List, Optional
+from typing import Any, AsyncIterator, Dict, List, Optional
 
 from .codecs import (
     decode_inference_request,
@@ -45,6 +45,12 @@ class MLModel:
 
     async def unload(self) -> bool:
         return True
+
+    async def predict_stream(
+        self, payloads: AsyncIterator[InferenceRequest]
+    ) -> AsyncIterator[InferenceResponse]:
+        """As MLServer's: what ``predict`` answers to the first request, as a stream of one response."""
+        yield await self.predict(await payloads.__anext__())
 
     @property
     def name(self) -> str:

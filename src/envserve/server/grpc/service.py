@@ -6,13 +6,14 @@ import asyncio
 import hmac
 import logging
 import time
-from typing import Any, Awaitable, Callable, Dict, Optional, Tuple, Type
+from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Dict, Optional, Tuple, Type
 
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as Message
 
 from ... import __version__
-from ...errors import EnvserveError, SettingsError
+from ...errors import EnvserveError, InvalidRequest, SettingsError
+from ...protocol.v2 import InferenceRequest
 from ..call import Call, Calls, Protocol
 from ..dataplane import DataPlane
 from . import converters
@@ -20,7 +21,7 @@ from .errors import code_for
 from .generated import inference_pb2 as pb
 from .reflection import Reflection
 from .transport import GrpcServer, Limits
-from .wire import GrpcError, Handler, Metadata, StatusCode
+from .wire import GrpcError, Handler, Metadata, StatusCode, StreamHandler
 
 __all__ = ["InferenceService", "start_grpc_server"]
 
@@ -37,7 +38,7 @@ METHODS = (
     "RepositoryIndex",
     "RepositoryModelLoad",
     "RepositoryModelUnload",
-)
+)  # and ModelStreamInfer, a stream (stream_handlers)
 
 #: One RPC of the service: the parsed request message (each RPC's own type) and its call -> the response.
 Method = Callable[[Any, Call], Awaitable[Message]]
@@ -103,6 +104,62 @@ class InferenceService:
                 calls.end(call, code, StatusCode.NAMES.get(code) or str(code))
 
         return handle
+
+    def stream_handlers(self) -> Dict[str, StreamHandler]:
+        return {"/%s/ModelStreamInfer" % SERVICE: self.ModelStreamInfer}
+
+    async def ModelStreamInfer(
+        self, messages: AsyncIterator[bytes], metadata: Metadata
+    ) -> AsyncGenerator[bytes, None]:
+        """MLServer's streaming RPC: the client's ModelInferRequests (the first names the model) go to the
+        model's stream as they arrive, its answers come back as ModelInferResponses as it yields them."""
+        path = "/%s/ModelStreamInfer" % SERVICE
+        incoming = next((v for k, v in metadata if k == "x-request-id"), None)
+        call = self.calls.begin(Protocol.V2_GRPC, "POST", path, metadata, incoming)
+        code = StatusCode.OK
+        try:
+            try:
+                first = pb.ModelInferRequest.FromString(await messages.__anext__())
+            except StopAsyncIteration:
+                raise GrpcError(StatusCode.INVALID_ARGUMENT, "the stream sent no ModelInferRequest") from None
+            except DecodeError as exc:
+                raise GrpcError(
+                    StatusCode.INVALID_ARGUMENT, "cannot parse ModelInferRequest: %s" % exc
+                ) from None
+            call.model = first.model_name
+            raw = True
+
+            async def requests() -> AsyncIterator[InferenceRequest]:
+                nonlocal raw
+                v2 = converters.request_from_proto(first)
+                raw = v2.parameters.get("raw_output", True) is not False
+                yield v2
+                async for data in messages:
+                    try:
+                        message = pb.ModelInferRequest.FromString(data)
+                    except DecodeError as exc:
+                        raise InvalidRequest("cannot parse ModelInferRequest: %s" % exc) from None
+                    yield converters.request_from_proto(message)
+
+            answers = self.dp.infer_stream(call, first.model_name, first.model_version or None, requests())
+            try:
+                async for response in answers:
+                    yield converters.response_to_proto(response, raw).SerializeToString()
+            except EnvserveError as exc:
+                raise GrpcError(code_for(exc), str(exc)) from None
+            finally:
+                await answers.aclose()
+        except GrpcError as exc:
+            code = exc.code
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            code = StatusCode.CANCELLED
+            raise
+        except BaseException:
+            code = StatusCode.INTERNAL
+            raise
+        finally:
+            self.calls.end(call, code, StatusCode.NAMES.get(code) or str(code))
 
     def _check_admin(self, call: Call) -> None:
         if not self.admin_token:
@@ -171,8 +228,10 @@ async def start_grpc_server(
     reflection: bool = True,
 ) -> Tuple[GrpcServer, int]:
     """Start serving; returns (server, bound port). Port 0 picks a free one."""
-    streams = Reflection().handlers() if reflection else {}
     service = InferenceService(dataplane, calls, admin_token)
+    streams = dict(service.stream_handlers())
+    if reflection:
+        streams.update(Reflection().handlers())
     server = GrpcServer(service.handlers(), limits, streams)
     try:
         bound = await server.start(host, port)

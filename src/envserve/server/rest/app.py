@@ -10,6 +10,8 @@ traceback and answered 500 without one.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import urllib.parse
 from typing import Any, Awaitable, Callable, Dict, List, MutableMapping, Optional, Sequence, Tuple
@@ -25,7 +27,19 @@ from .errors import error_response, http_status
 from .guards import admin_only, cors_headers, same_origin
 from .kserve import KServeV1Handlers
 from .mlflow import MLflowHandlers
-from .routing import JSON, Guard, Handler, HTTPError, Request, Response, Route, Router, dumps
+from .routing import (
+    JSON,
+    Answer,
+    Guard,
+    Handler,
+    HTTPError,
+    Request,
+    Response,
+    Route,
+    Router,
+    StreamingResponse,
+    dumps,
+)
 from .seldon import SeldonHandlers
 from .v2 import V2Handlers
 
@@ -74,6 +88,12 @@ def routes(console: bool) -> List[Route]:
         # Open Inference Protocol V2
         Route("POST", "/v2/models/{name}/infer", v2.infer),
         Route("POST", "/v2/models/{name}/versions/{version}/infer", v2.infer),
+        Route("POST", "/v2/models/{name}/infer_stream", v2.infer_stream),
+        Route("POST", "/v2/models/{name}/versions/{version}/infer_stream", v2.infer_stream),
+        Route("POST", "/v2/models/{name}/generate", v2.generate),
+        Route("POST", "/v2/models/{name}/versions/{version}/generate", v2.generate),
+        Route("POST", "/v2/models/{name}/generate_stream", v2.infer_stream),
+        Route("POST", "/v2/models/{name}/versions/{version}/generate_stream", v2.infer_stream),
         Route("GET", "/v2/models/{name}", v2.model_metadata),
         Route("GET", "/v2/models/{name}/versions/{version}", v2.model_metadata),
         Route("GET", "/v2/models/{name}/ready", v2.model_ready),
@@ -253,13 +273,16 @@ class RestApp:
             headers = response.headers + [(b"x-request-id", call.request_id.encode("latin-1"))]
             if call.response_headers:
                 headers += [(k.encode("ascii"), v.encode("ascii")) for k, v in call.response_headers.items()]
-            await _send(send, status, headers + cors if cors else headers, response.body)
+            if isinstance(response, StreamingResponse):
+                await _stream(send, headers + cors if cors else headers, response, request.gone)
+            else:
+                await _send(send, status, headers + cors if cors else headers, response.body)
         finally:
             self.calls.end(call, status)
 
     async def _answer(
         self, request: Request, call: Call, route: Optional[Route], refused: Optional[HTTPError]
-    ) -> Response:
+    ) -> Answer:
         """The handler's answer, or the error table's."""
         self.active += 1
         try:
@@ -287,6 +310,32 @@ class RestApp:
             return error_response(call.protocol, 500, "internal server error; see the server log")
         finally:
             self.active -= 1
+
+
+async def _stream(
+    send: Send, headers: List[Any], response: StreamingResponse, gone: Callable[[], Awaitable[None]]
+) -> None:
+    """Send a response as it is produced; a client that disconnects stops its producer at once."""
+    chunks = response.chunks
+
+    async def pump() -> None:
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": response.first, "more_body": True})
+        async for chunk in chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    sending = asyncio.ensure_future(pump())
+    watching = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({sending, watching}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watching.cancel()
+        if not sending.done():  # the client left: the producer (the model's stream) stops
+            sending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sending
+        await chunks.aclose()
 
 
 async def _send(send: Send, status: int, headers: List[Any], body: bytes) -> None:

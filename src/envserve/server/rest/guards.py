@@ -6,7 +6,7 @@ import hmac
 from typing import AbstractSet, List, Tuple
 
 from ..call import Call
-from .routing import Handler, HTTPError, Request, Response
+from .routing import Answer, Handler, HTTPError, Request
 
 __all__ = ["admin_only", "cors_headers", "same_origin"]
 
@@ -17,7 +17,7 @@ def admin_only(handler: Handler, token: bytes) -> Handler:
         return handler
     expected = b"Bearer " + token
 
-    async def guarded(request: Request, call: Call) -> Response:
+    async def guarded(request: Request, call: Call) -> Answer:
         value = request.header(b"authorization")
         if value is None or not hmac.compare_digest(value, expected):
             raise HTTPError(401, "this call needs the admin token: send 'Authorization: Bearer <token>'")
@@ -29,7 +29,7 @@ def admin_only(handler: Handler, token: bytes) -> Handler:
 def same_origin(handler: Handler, allowed: AbstractSet[bytes]) -> Handler:
     """A browser's state-changing call must come from this server's pages or an allowed origin (CSRF)."""
 
-    async def guarded(request: Request, call: Call) -> Response:
+    async def guarded(request: Request, call: Call) -> Answer:
         origin = request.header(b"origin")
         if origin is not None:  # None: not a browser's cross-site call
             host = request.header(b"host")

@@ -16,7 +16,20 @@ is refused at load).
 from __future__ import annotations
 
 import enum
-from typing import Any, Awaitable, Callable, Dict, List, Mapping, MutableMapping, Optional, Sequence, Tuple
+from typing import (
+    Any,
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Dict,
+    List,
+    Mapping,
+    MutableMapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 from urllib.parse import unquote
 
 import numpy as np
@@ -27,6 +40,7 @@ from ..call import Call, Protocol
 
 __all__ = [
     "JSON",
+    "Answer",
     "Guard",
     "HTTPError",
     "Handler",
@@ -34,6 +48,7 @@ __all__ = [
     "Response",
     "Route",
     "Router",
+    "StreamingResponse",
     "dumps",
     "json_response",
     "loads",
@@ -78,6 +93,20 @@ class Response:
         self.status = status
         self.body = body
         self.headers = JSON if headers is None else headers
+
+
+class StreamingResponse:
+    """A response sent as it is produced: its status and headers first, then each of ``chunks`` as the
+    handler's iterator yields it (server-sent events). ``first`` is the chunk the handler already
+    took (errors before it are ordinary error answers)."""
+
+    __slots__ = ("chunks", "first", "headers", "status")
+
+    def __init__(self, chunks: AsyncGenerator[bytes, None], first: bytes, headers: Headers) -> None:
+        self.status = 200
+        self.chunks = chunks
+        self.first = first
+        self.headers = headers
 
 
 def json_response(doc: Any, status: int = 200) -> Response:
@@ -179,7 +208,9 @@ class Request:
         return None
 
 
-Handler = Callable[[Request, Call], Awaitable[Response]]
+#: What a handler answers.
+Answer = Union[Response, StreamingResponse]
+Handler = Callable[[Request, Call], Awaitable[Answer]]
 
 
 class Guard(enum.Enum):
@@ -196,7 +227,7 @@ class Route:
         self,
         method: str,
         pattern: str,
-        handler: Callable[..., Awaitable[Response]],
+        handler: Callable[..., Awaitable[Answer]],
         protocol: Protocol = Protocol.V2_REST,
         guard: Optional[Guard] = None,
     ) -> None:

@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
-from typing import Any, List, Optional, Tuple
+from typing import Any, AsyncGenerator, AsyncIterator, List, Optional, Tuple
 
 from ... import __version__
-from ...errors import InvalidRequest
+from ...errors import EnvserveError, InvalidRequest
+from ...protocol.generate import from_generate, is_generate, to_generate
 from ...protocol.v2 import InferenceResponse
 from ..call import Call
 from ..dataplane import DataPlane
+from ..status import http_status
 from . import openapi
-from .routing import Request, Response, dumps, json_response, loads
+from .routing import Answer, Request, Response, StreamingResponse, dumps, json_response, loads
 
 __all__ = ["V2Handlers"]
+
+logger = logging.getLogger("envserve.rest")
+
+#: The headers of a stream of server-sent events (no proxy buffering, no caching).
+SSE = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
 
 
 class V2Handlers:
@@ -60,6 +72,60 @@ class V2Handlers:
         response = await self.dp.infer(call, name, version, doc, binary)
         with call.span("encode"):
             return _encode(response, binary_all)  # plain JSON unless binary outputs were asked for
+
+    async def generate(self, request: Request, call: Call) -> Response:
+        """The generate extension (fields in, fields out), or a V2 request as MLServer's clients send one
+        to this route."""
+        name, version = request.params["name"], request.params.get("version")
+        doc = await request.json()
+        if is_generate(doc):
+            response = await self.dp.infer(call, name, version, from_generate(doc))
+            return json_response(to_generate(response))
+        response = await self.dp.infer(call, name, version, doc)
+        return _encode(response, False)
+
+    async def infer_stream(self, request: Request, call: Call) -> Answer:
+        """Server-sent events, one ``data:`` event per answer of the model's stream (a V2 response; for a
+        generate-extension body, the generate extension's fields). An error before the first answer is an
+        ordinary error answer; one after it is an ``error`` event, and the stream ends."""
+        name, version = request.params["name"], request.params.get("version")
+        doc = await request.json()
+        generate = is_generate(doc) and request.path.endswith("/generate_stream")
+        payload = from_generate(doc) if generate else doc
+
+        async def one() -> AsyncIterator[Any]:
+            yield payload
+
+        answers = self.dp.infer_stream(call, name, version, one())
+        try:
+            first = await answers.__anext__()
+        except StopAsyncIteration:
+            return Response(200, b"", SSE)
+
+        def event(answer: InferenceResponse) -> bytes:
+            return b"data: " + dumps(to_generate(answer) if generate else answer.to_dict()) + b"\n\n"
+
+        async def events() -> AsyncGenerator[bytes, None]:
+            try:
+                async for answer in answers:
+                    yield event(answer)
+            except EnvserveError as exc:
+                yield (
+                    b"event: error\ndata: "
+                    + dumps({"error": exc.message, "status": http_status(exc)})
+                    + b"\n\n"
+                )
+            except Exception:
+                logger.exception("model %r failed while streaming", name)
+                yield (
+                    b"event: error\ndata: "
+                    + dumps({"error": "internal server error; see the server log"})
+                    + b"\n\n"
+                )
+            finally:
+                await answers.aclose()
+
+        return StreamingResponse(events(), event(first), SSE)
 
     async def docs(self, request: Request, call: Call) -> Response:
         return json_response(openapi.dataplane(__version__))
