@@ -4,11 +4,13 @@ A call goes to the least busy worker with room (at most :data:`DEPTH` in flight 
 others waiting in its socket) when none waits before it, else into the queue, bounded by
 ``max_queue_size`` (beyond it: 503). A worker takes the next queued call as soon as it answers one. A
 stream takes a worker with nothing in flight, which then takes nothing else until the stream is done; it
-waits at the head of the queue for one, and the calls behind it wait too. All calls share one timeout, so their
-deadlines are in creation order and one timer sweeps the expired ones instead of a timer per call. A call
-past its deadline fails with 504; if it was running, its worker is killed (a stuck ``predict`` cannot be
-interrupted otherwise) and the calls pipelined behind it, which had not started, go back to the front of
-the queue for the next worker.
+waits at the head of the queue for one, and the calls behind it wait too.
+
+All calls share one timeout, so their deadlines are in creation order and one timer sweeps the expired
+ones instead of a timer per call. A call past its deadline fails with 504; if it was running, its worker
+is killed (a stuck ``predict`` cannot be interrupted otherwise) and the calls pipelined behind it, which
+had not started, go back to the front of the queue for the next worker. A stream's chunks are each bound
+by the timeout instead.
 """
 
 from __future__ import annotations
