@@ -67,6 +67,11 @@ class Runtime:
         """Read the model artifact. Raise an exception with a helpful message when that fails."""
 
     def predict(self, request: InferenceRequest) -> Any:
+        if self.streams():
+            raise InvalidRequest(
+                "model %r answers streams only (its runtime has predict_stream, no predict): call its "
+                "infer_stream or generate_stream endpoint" % self.settings.name
+            )
         raise NotImplementedError("%s does not implement predict()" % type(self).__name__)
 
     def unload(self) -> None:

@@ -19,7 +19,7 @@ import asyncio
 import json
 import time
 from collections import deque
-from typing import Any, AsyncIterator, Deque, Dict, List, Optional, Tuple
+from typing import Any, AsyncGenerator, AsyncIterator, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -109,7 +109,7 @@ class BatchingHandle:
 
     def infer_stream(
         self, requests: AsyncIterator[InferenceRequest], gone: Optional[ClientGone] = None
-    ) -> AsyncIterator[InferenceResponse]:
+    ) -> AsyncGenerator[InferenceResponse, None]:
         """Streams are not batched: the model's own handle serves them."""
         return self.inner.infer_stream(requests, gone)
 

@@ -24,6 +24,7 @@ It raises envserve errors; each edge maps them to its protocol in one table.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from typing import Any, AsyncGenerator, AsyncIterator, Dict, List, Optional, Tuple, Union
@@ -243,9 +244,12 @@ class DataPlane:
                 async for payload in payloads:
                     yield self._request(call, handle, payload, None)
 
-            async for response in handle.infer_stream(requests(), call.gone):
-                self._finish(call, settings, response)
-                yield response
+            # closed here, at once, however the consumer leaves (an abandoned async generator would be
+            # closed only when collected, and the model would go on streaming to nobody meanwhile)
+            async with contextlib.aclosing(handle.infer_stream(requests(), call.gone)) as answers:
+                async for response in answers:
+                    self._finish(call, settings, response)
+                    yield response
         except BaseException as exc:
             outcome = exc
             raise

@@ -4,7 +4,7 @@ protocol and the :class:`ModelState` of a model. Where a handle comes from: :mod
 from __future__ import annotations
 
 import enum
-from typing import Any, AsyncIterator, Dict, Optional, Protocol
+from typing import Any, AsyncGenerator, AsyncIterator, Dict, Optional, Protocol
 
 from ..protocol.v2 import InferenceRequest, InferenceResponse
 from ..settings.model import ModelSettings
@@ -45,7 +45,7 @@ class ModelHandle(Protocol):
 
     def infer_stream(
         self, requests: AsyncIterator[InferenceRequest], gone: Optional[ClientGone] = None
-    ) -> AsyncIterator[InferenceResponse]:
+    ) -> AsyncGenerator[InferenceResponse, None]:
         """Serve a stream (the model's ``capabilities()["stream"]``): its requests as the client sends
         them, its answers as the model yields them. Closing the iterator early stops the model's stream."""
 

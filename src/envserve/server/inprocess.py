@@ -23,7 +23,7 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, AsyncIterator, Dict, Iterator, Optional
+from typing import Any, AsyncGenerator, AsyncIterator, Dict, Iterator, Optional
 
 from ..errors import EnvserveError, InferenceError, ModelLoadError, ModelNotReady
 from ..protocol.v2 import InferenceRequest, InferenceResponse
@@ -109,6 +109,7 @@ class InProcessModel:
         self.cost = CallCost()
         self._pending = 0  # calls submitted to the model's thread and not yet answered
         self._capabilities: Dict[str, Any] = {}
+        self._streams = 0  # streams being answered
         self._executor: Optional[ThreadPoolExecutor] = None
 
     async def load(self) -> None:
@@ -180,7 +181,7 @@ class InProcessModel:
 
     async def infer_stream(
         self, requests: AsyncIterator[InferenceRequest], gone: Optional[ClientGone] = None
-    ) -> AsyncIterator[InferenceResponse]:
+    ) -> AsyncGenerator[InferenceResponse, None]:
         """A stream on the model's thread: the requests go to it as they come, each chunk comes back as the
         runtime yields it. At most :data:`STREAM_AHEAD` chunks wait for the consumer; beyond that the
         runtime waits (a slow client slows its model, it does not fill memory). Leaving the loop early
@@ -231,6 +232,7 @@ class InProcessModel:
                 inbox.put(_END)
 
         self._pending += 1
+        self._streams += 1
         context = contextvars.copy_context()
         running = loop.run_in_executor(executor, context.run, produce)
         forwarding = asyncio.ensure_future(forward())
@@ -248,6 +250,7 @@ class InProcessModel:
             inbox.put(_END)
             forwarding.cancel()
             self._pending -= 1
+            self._streams -= 1
             running.add_done_callback(_retrieve)
 
     def _timed_call(self, request: InferenceRequest) -> InferenceResponse:
@@ -286,6 +289,7 @@ class InProcessModel:
             "runtime": type(self.runtime).__name__ if self.runtime else None,
             "environment": None,
             "queued": max(self._pending - 1, 0),
+            "streams": self._streams,
             "call_seconds": None if predicted is None else round(predicted, 6),
         }
 

@@ -115,7 +115,7 @@ class Dispatcher:
         for worker in self.workers():
             self.feed(worker)
 
-    def stream(self, request: InferenceRequest, gone: Optional[ClientGone]) -> PendingCall:
+    def stream(self, request: InferenceRequest) -> PendingCall:
         """Open a stream with its first request, on a worker with nothing in flight (it then takes nothing
         else until the stream is done), or in the queue until one is free; its answers come as chunks."""
         worker = None
@@ -129,8 +129,8 @@ class Dispatcher:
         call = PendingCall(call_id, b"".join(frame), loop.create_future(), 0.0, stream=True)
         if worker is not None:
             self._dispatch(worker, call)
-        else:
-            self._enqueue(call, gone)
+        else:  # not dropped by watching its client: its consumer cancels it (stream_cancel), queued or not
+            self._enqueue(call, None)
         return call
 
     def stream_more(self, call: PendingCall, request: Optional[InferenceRequest]) -> None:
@@ -157,6 +157,7 @@ class Dispatcher:
     def stream_cancel(self, call: PendingCall) -> None:
         """The consumer has gone: a queued stream never starts; a running one is told to stop (its worker
         is free once it says it is done)."""
+        call.cancelled = True
         worker = call.worker
         if worker is None or call.id not in worker.inflight:
             call.future.cancel()
@@ -246,7 +247,7 @@ class Dispatcher:
 
     def _chunk(self, worker: WorkerProcess, header: Dict[str, Any], body: bytes) -> None:
         call = worker.inflight.get(header.get("id"))  # type: ignore[arg-type]
-        if call is None or call.chunks is None or call.future.done():
+        if call is None or call.chunks is None or call.future.done() or call.cancelled:
             return  # a cancelled stream's last chunks
         try:
             call.chunks.put_nowait(ipc.decode_response(header, body))

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import os
 import time
-from typing import Any, AsyncIterator, Dict, List, Optional, Set
+from typing import Any, AsyncGenerator, AsyncIterator, Dict, List, Optional, Set
 
 from ..environments import Environment, EnvironmentCache, EnvironmentSource, runtime_env
 from ..errors import InvalidRequest, ModelLoadError, ModelNotReady, WorkerUnavailable
@@ -134,7 +134,7 @@ class WorkerPool:
 
     async def infer_stream(
         self, requests: AsyncIterator[InferenceRequest], gone: Optional[ClientGone] = None
-    ) -> AsyncIterator[InferenceResponse]:
+    ) -> AsyncGenerator[InferenceResponse, None]:
         """A stream on a worker of its own: the requests go to it as they come, its chunks come back as it
         sends them; each chunk must come within the inference timeout (else the worker is stuck: 504, and
         it is recycled). Leaving the loop early cancels the stream in the worker."""
@@ -145,17 +145,24 @@ class WorkerPool:
         except StopAsyncIteration:
             raise InvalidRequest("a stream needs a request") from None
         dispatcher = self.dispatcher
-        call = dispatcher.stream(first, gone)
+        call = dispatcher.stream(first)
         forwarding = asyncio.ensure_future(self._forward(call, requests))
         chunks = call.chunks
         assert chunks is not None
         try:
             while True:
+                # asyncio.wait, not wait_for: Python 3.11's wait_for can swallow the consumer's cancellation
+                # when a chunk arrives at the same moment, and the stream would then run on to its end
+                getter = asyncio.ensure_future(chunks.get())
                 try:
-                    item = await asyncio.wait_for(chunks.get(), dispatcher.timeout)
-                except asyncio.TimeoutError:
+                    await asyncio.wait({getter}, timeout=dispatcher.timeout)
+                finally:
+                    if not getter.done():
+                        getter.cancel()
+                if getter.cancelled():
                     dispatcher.expire_stream(call)
                     continue
+                item = getter.result()
                 dispatcher.stream_taken(call)
                 if item is None:
                     return
@@ -216,7 +223,8 @@ class WorkerPool:
             ],
             "restarts": self.restarts,
             "recycles": self.recycles,
-            "queued": len(self.dispatcher.queue),
+            "queued": sum(not c.future.done() for c in self.dispatcher.queue),
+            "streams": sum(c.chunks is not None for w in self.workers for c in w.inflight.values()),
         }
 
     # -- frames from workers ------------------------------------------------------------------------------

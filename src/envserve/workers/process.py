@@ -145,7 +145,7 @@ class PendingCall:
     A stream's call has ``chunks``: the answers the worker has sent and the consumer not yet taken, then
     its end (None) or its error; its future completes when the worker is done with it."""
 
-    __slots__ = ("chunks", "deadline", "future", "id", "payload", "sent", "submitted", "worker")
+    __slots__ = ("cancelled", "chunks", "deadline", "future", "id", "payload", "sent", "submitted", "worker")
 
     def __init__(
         self,
@@ -165,6 +165,8 @@ class PendingCall:
         self.chunks: Optional[asyncio.Queue[Union[InferenceResponse, BaseException, None]]] = (
             asyncio.Queue() if stream else None
         )
+        #: a stream whose consumer has gone: its last chunks are dropped
+        self.cancelled = False
 
 
 class WorkerProcess:

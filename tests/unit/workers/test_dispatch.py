@@ -225,7 +225,7 @@ def test_a_stream_gets_a_worker_of_its_own_and_its_chunks_flow_with_backpressure
         busy, free = FakeWorker(0), FakeWorker(1)
         dispatcher = _dispatcher([busy, free])
         unary = dispatcher.submit(_request(), None)  # goes to worker 0
-        stream = dispatcher.stream(_request(5), None)
+        stream = dispatcher.stream(_request(5))
         assert stream.worker is free and [h["op"] for h in free.frames()] == ["stream"]
         assert (
             dispatcher.submit(_request(), None) is not None and len(busy.inflight) == 2
@@ -262,7 +262,7 @@ def test_a_stream_waits_for_an_idle_worker_and_keeps_what_the_client_sends_meanw
         worker = FakeWorker(0)
         dispatcher = _dispatcher([worker])
         running = dispatcher.submit(_request(), None)
-        stream = dispatcher.stream(_request(), None)
+        stream = dispatcher.stream(_request())
         behind = dispatcher.submit(_request(), None)
         assert stream.worker is None and list(dispatcher.queue) == [stream, dispatcher.queue[1]]
         dispatcher.stream_more(stream, _request(2))
@@ -290,8 +290,8 @@ def test_a_cancelled_stream_is_told_to_stop_or_never_starts():
     async def scenario():
         worker = FakeWorker(0)
         dispatcher = _dispatcher([worker])
-        stream = dispatcher.stream(_request(), None)
-        queued = dispatcher.stream(_request(), None)
+        stream = dispatcher.stream(_request())
+        queued = dispatcher.stream(_request())
         dispatcher.stream_cancel(queued)
         dispatcher.stream_cancel(stream)
         assert [h["op"] for h in worker.frames()] == ["stream", "cancel"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import time
@@ -143,12 +144,11 @@ class InferenceService:
 
             answers = self.dp.infer_stream(call, first.model_name, first.model_version or None, requests())
             try:
-                async for response in answers:
-                    yield converters.response_to_proto(response, raw).SerializeToString()
+                async with contextlib.aclosing(answers):
+                    async for response in answers:
+                        yield converters.response_to_proto(response, raw).SerializeToString()
             except EnvserveError as exc:
                 raise GrpcError(code_for(exc), str(exc)) from None
-            finally:
-                await answers.aclose()
         except GrpcError as exc:
             code = exc.code
             raise
