@@ -34,6 +34,7 @@ MODELS = {
     ),  # decode_args: 1.2+
     "echo": ("runtimes.EchoModel", {}, ALL),
     "echo-inputs": ("runtimes.EchoInputs", {}, ("", "-py38", "-real")),
+    "stream": ("streaming_runtimes.WordStream", {}, ("", "-py38", "-real")),  # predict_stream: 1.5+
     "manual": ("runtimes.ManualModel", {}, ALL),
     "refuses": ("runtimes.Refuses", {}, ALL),
     # the Python 3.8 tarball lacks pandas: -pd38 is Python 3.8 + pandas 1.3 without MLServer
@@ -366,3 +367,69 @@ def test_errors_name_the_runtime_and_keep_their_status(servers):
         in index["fails-to-load"]["reason"]
     )
     assert all(index[m]["state"] == "READY" for m in index if m != "fails-to-load"), index
+
+
+def _sse(response: httpx.Response) -> list:
+    return [json.loads(line[5:]) for line in response.text.splitlines() if line.startswith("data:")]
+
+
+def _stream_outputs(doc: dict) -> list:
+    return [(o["name"], o["shape"], o["datatype"], o["data"]) for o in doc["outputs"]]
+
+
+@pytest.mark.parametrize("variant", ("", "-py38", "-real"))
+def test_streams_answer_as_mlservers_streaming_example(servers, variant):
+    """MLServer's streaming surface, side by side: REST generate_stream and infer_stream (server-sent
+    events) and gRPC ModelStreamInfer, for a runtime written as MLServer's streaming example is -- in
+    process, on Python 3.8 without MLServer (where MLServer itself cannot serve it), and with MLServer 1.7's
+    own classes in a worker."""
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+
+    references, envserve = servers
+    mlserver = references[""]
+    body = {
+        "inputs": [
+            {
+                "name": "prompt",
+                "shape": [1],
+                "datatype": "BYTES",
+                "data": ["What is the capital of France?"],
+                "parameters": {"content_type": "str"},
+            }
+        ],
+        "outputs": [{"name": "output"}],
+    }
+    for route in ("generate_stream", "infer_stream"):
+        theirs = httpx.post(mlserver.url + "/v2/models/stream/" + route, json=body, timeout=120)
+        ours = httpx.post(envserve.url + "/v2/models/stream%s/%s" % (variant, route), json=body, timeout=120)
+        assert theirs.status_code == ours.status_code == 200, (route, ours.text, theirs.text)
+        assert ours.headers["content-type"].startswith("text/event-stream")
+        assert theirs.headers["content-type"].startswith("text/event-stream")
+        assert [_stream_outputs(e) for e in _sse(ours)] == [_stream_outputs(e) for e in _sse(theirs)], route
+        assert len(_sse(ours)) == 6
+
+    def grpc_words(address: str, model: str) -> list:
+        requests = []
+        for text in ("What is", "the capital of France?"):
+            request = pb.ModelInferRequest(model_name=model)
+            tensor = request.inputs.add(name="prompt", datatype="BYTES", shape=[1])
+            tensor.contents.bytes_contents.append(text.encode())
+            requests.append(request.SerializeToString())
+        with grpc.insecure_channel(address) as channel:
+            call = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+            answers = [pb.ModelInferResponse.FromString(data) for data in call(iter(requests), timeout=120)]
+        return [
+            (
+                o.name,
+                list(o.shape),
+                o.datatype,
+                list(o.contents.bytes_contents) or [answer.raw_output_contents[i][4:]],
+            )
+            for answer in answers
+            for i, o in enumerate(answer.outputs)
+        ]
+
+    assert grpc_words(envserve.grpc_address, "stream" + variant) == grpc_words(
+        mlserver.grpc_address, "stream"
+    )
