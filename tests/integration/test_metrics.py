@@ -109,3 +109,65 @@ def _grpc_calls(address, x):
             raise AssertionError("a call for a model that does not exist was answered")
     finally:
         client.close()
+
+
+def test_mlservers_queue_metrics_prefix_and_switch(tmp_path, start_server, digits_model_file, digits):
+    """MLServer's queue histograms count what the calls found before them (a worker pool, a batched
+    model), its REST prefix setting renames the REST families, and mlserver_metrics false leaves them out."""
+    write_model(
+        tmp_path,
+        "in-worker",
+        {"name": "in-worker", "implementation": "sklearn", "parameters": {"environment_path": sys.prefix}},
+        digits_model_file,
+    )
+    write_model(
+        tmp_path,
+        "batched",
+        {"name": "batched", "implementation": "sklearn", "max_batch_size": 8, "max_batch_time": 0.05},
+        digits_model_file,
+    )
+    (tmp_path / "settings.json").write_text('{"metrics_rest_server_prefix": "inference_rest"}')
+    server = start_server(tmp_path, env={"ENVSERVE_ENV_CACHE": str(tmp_path / "cache")})
+    x, _ = digits
+    body = {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP64", "data": x[:1].tolist()}]}
+    with server.client() as client:
+        for _ in range(4):
+            assert client.post("/v2/models/in-worker/infer", json=body).status_code == 200
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(6) as pool:
+            codes = list(
+                pool.map(
+                    lambda _: httpx.post(server.url + "/v2/models/batched/infer", json=body).status_code,
+                    range(6),
+                )
+            )
+        assert codes == [200] * 6
+        samples = _samples(client.get("/metrics").text)
+    assert samples[("parallel_request_queue_count", ())] == 4
+    assert samples[("parallel_request_queue_sum", ())] == 0  # one at a time: nothing before any of them
+    batched = (("model_name", "batched"), ("model_version", ""))
+    assert samples[("batch_request_queue_count", batched)] == 6
+    assert samples[("batch_request_queue_sum", batched)] >= 0
+    rest = (
+        ("app_name", "mlserver"),
+        ("method", "POST"),
+        ("path", "/v2/models/{model_name}/infer"),
+        ("status_code", "200"),
+    )
+    assert samples[("inference_rest_requests_total", rest)] == 10
+    assert not any(name.startswith("rest_server_") for name, _ in samples)
+    # none in flight when scraped (the scrape itself is not counted, as MLServer does not count it)
+    assert (
+        samples[("inference_rest_requests_in_progress", (("app_name", "mlserver"), ("method", "POST")))] == 0
+    )
+
+    server.stop()
+    (tmp_path / "settings.json").write_text('{"mlserver_metrics": false}')
+    server = start_server(tmp_path, env={"ENVSERVE_ENV_CACHE": str(tmp_path / "cache")})
+    with server.client() as client:
+        assert client.post("/v2/models/in-worker/infer", json=body).status_code == 200
+        text = client.get("/metrics").text
+    assert "envserve_requests_total" in text
+    for family in ("model_infer_request_success", "rest_server_requests", "parallel_request_queue"):
+        assert family not in text, family

@@ -40,6 +40,7 @@ MODELS = {
     # the Python 3.8 tarball lacks pandas: -pd38 is Python 3.8 + pandas 1.3 without MLServer
     "total": ("pandas_runtimes.TotalModel", {}, ("", "-real", "-mls11", "-pd38")),
     "handlers": ("handler_runtimes.HandlerModel", {}, ALL),
+    "metered": ("metrics_runtimes.MeteredModel", {}, ("", "-py38", "-real")),  # mlserver.log: 1.3+
 }
 #: Custom handlers' routes are the server's, not the model's: each variant's copy gets its own prefix.
 HANDLER_VARIANTS = MODELS["handlers"][2]
@@ -110,7 +111,7 @@ def servers(tmp_path_factory):
         envserve.stop()
 
 
-def _mlserver(cli: list, repo: Path, log: Path, cwd=None) -> Reference:
+def _mlserver(cli: list, repo: Path, log: Path, cwd=None, workers: int = 0) -> Reference:
     http, grpc, metrics = free_port(), free_port(), free_port()
     reference = Reference(
         [*cli, "start", str(repo)],
@@ -122,11 +123,12 @@ def _mlserver(cli: list, repo: Path, log: Path, cwd=None) -> Reference:
             "MLSERVER_GRPC_PORT": str(grpc),
             "MLSERVER_METRICS_PORT": str(metrics),
             "MLSERVER_HOST": "127.0.0.1",
-            "MLSERVER_PARALLEL_WORKERS": "0",
+            "MLSERVER_PARALLEL_WORKERS": str(workers),
         },
         cwd=cwd,
     )
     reference.grpc_address = "127.0.0.1:%d" % grpc
+    reference.metrics_url = "http://127.0.0.1:%d/metrics" % metrics
     return reference
 
 
@@ -433,3 +435,67 @@ def test_streams_answer_as_mlservers_streaming_example(servers, variant):
     assert grpc_words(envserve.grpc_address, "stream" + variant) == grpc_words(
         mlserver.grpc_address, "stream"
     )
+
+
+def _histogram(url: str, name: str, model: str):
+    """(count, sum) of the histogram ``name`` for ``model`` on a /metrics page."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found = {"count": 0.0, "sum": 0.0}
+    for family in text_string_to_metric_families(httpx.get(url, timeout=30).text):
+        if family.name != name:
+            continue
+        assert family.type == "histogram", family
+        for sample in family.samples:
+            if sample.labels.get("model_name") == model and sample.name in (name + "_count", name + "_sum"):
+                assert set(sample.labels) == {"model_name", "model_version"}, sample.labels
+                found[sample.name.rsplit("_", 1)[1]] = sample.value
+    return found["count"], found["sum"]
+
+
+@pytest.fixture(scope="module")
+def metered_mlserver(tmp_path_factory):
+    """MLServer 1.7 serving the metered runtime with a worker: with parallel_workers 0 it does not serve
+    custom metrics at all (they stay in a registry its /metrics does not read; envserve serves them either
+    way)."""
+    root = tmp_path_factory.mktemp("mlserver-metered")
+    implementation, parameters, _ = MODELS["metered"]
+    _model(root / "repo", "metered", implementation, parameters)
+    venv = reference_venv("mlserver")
+    server = _mlserver([str(venv / "bin" / "mlserver")], root / "repo", root / "mlserver.log", workers=1)
+    try:
+        yield server.wait()
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("variant", MODELS["metered"][2])
+def test_custom_metrics_are_served_as_mlserver_serves_them(servers, metered_mlserver, variant):
+    """mlserver.register()/mlserver.log() in a runtime (in process, on Python 3.8 without MLServer, with
+    MLServer's own package in the model's environment) come out of the server's /metrics as MLServer's
+    do: a histogram per name, labelled model_name and model_version, the same counts and sums."""
+    _, envserve = servers
+    mlserver = metered_mlserver
+    ours_name = "metered" + variant
+    body = {"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP64", "data": [1, 2, 3, 4]}]}
+    before = {
+        (server, metric): _histogram(url, metric, model)
+        for server, url, model in (
+            ("ours", envserve.url + "/metrics", ours_name),
+            ("theirs", mlserver.metrics_url, "metered"),
+        )
+        for metric in ("rows_seen", "largest_value")
+    }
+    for _ in range(3):
+        ours = _infer(envserve.url, ours_name, body)
+        theirs = _infer(mlserver.url, "metered", body)
+        assert ours.status_code == theirs.status_code == 200, (ours.text, theirs.text)
+        assert ours.json()["outputs"][0]["data"] == theirs.json()["outputs"][0]["data"] == [3, 7]
+    for metric, count, total in (("rows_seen", 3, 6.0), ("largest_value", 3, 12.0)):
+        ours = _histogram(envserve.url + "/metrics", metric, ours_name)
+        theirs = _histogram(mlserver.metrics_url, metric, "metered")
+        grown = [
+            (now[0] - before[(who, metric)][0], now[1] - before[(who, metric)][1])
+            for who, now in (("ours", ours), ("theirs", theirs))
+        ]
+        assert grown[0] == grown[1] == (count, total), (metric, grown)

@@ -117,8 +117,11 @@ def servers(repo, tmp_path_factory):
             "MLSERVER_PARALLEL_WORKERS": "0",
         },
     )
+    mlserver.grpc_address = "127.0.0.1:%d" % grpc
+    mlserver.metrics_url = "http://127.0.0.1:%d/metrics" % metrics
     envserve = ServerProcess(repo, [])
     with side_by_side(mlserver, envserve):
+        envserve.metrics_url = envserve.url + "/metrics"
         yield mlserver, envserve
 
 
@@ -361,3 +364,108 @@ def test_generated_requests_agree(servers, pixels, output, datatype):
         body["outputs"] = [{"name": output}]
     ours, theirs = _pair(servers, "/v2/models/digits/infer", body)
     _same(ours, theirs, "generated %s %s" % (output, datatype))
+
+
+def _scrape(url: str):
+    """Every sample of a Prometheus text page -> value, and every family -> (type, its label names)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples, families = {}, {}
+    for family in text_string_to_metric_families(httpx.get(url, timeout=30).text):
+        names = set()
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+            names.update(k for k in sample.labels if k != "le")
+        families[family.name] = (family.type, frozenset(names))
+    return samples, families
+
+
+def test_mlservers_metric_families_are_served_and_count_the_same(servers, digits):
+    """A dashboard written for MLServer reads envserve's /metrics: every family MLServer 1.7 exposes for
+    inference, REST and gRPC is there with its type and labels, and counts the same calls the same."""
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+    mlserver, envserve = servers
+    before = {s: _scrape(s.metrics_url)[0] for s in servers}
+    rows = digits[0][:2].tolist()
+    good = _digits(rows)
+    for _ in range(3):
+        ours, theirs = _pair(servers, "/v2/models/digits/infer", good)
+        assert ours.status_code == theirs.status_code == 200
+    ours, theirs = _pair(servers, "/v2/models/digits/infer", {"inputs": [{"name": "x"}]})
+    assert 400 <= ours.status_code < 500 and 400 <= theirs.status_code < 500
+    request = pb.ModelInferRequest(model_name="digits")
+    tensor = request.inputs.add(name="x", datatype="FP32", shape=[1, 64])
+    tensor.contents.fp32_contents.extend(float(v) for v in rows[0])
+    for address in (mlserver.grpc_address, envserve.grpc_address):
+        with grpc.insecure_channel(address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            for _ in range(2):
+                assert stub.ModelInfer(request, timeout=60).outputs[0].name == "predict"
+            assert stub.ServerLive(pb.ServerLiveRequest(), timeout=60).live
+    after = {s: _scrape(s.metrics_url) for s in servers}
+
+    def grew(server, name, **labels):
+        def total(samples):
+            return sum(
+                v for (n, have), v in samples.items() if n == name and labels.items() <= dict(have).items()
+            )
+
+        return total(after[server][0]) - total(before[server])
+
+    theirs_families, ours_families = after[mlserver][1], after[envserve][1]
+    wanted = [
+        "model_infer_request_success",
+        "model_infer_request_failure",
+        "model_infer_request_duration",
+        "rest_server_requests",
+        "rest_server_request_duration_seconds",
+        "rest_server_requests_in_progress",
+        "grpc_server_started",
+        "grpc_server_handled",
+        "grpc_server_handling_seconds",
+    ]
+    for name in wanted:
+        assert name in theirs_families, "MLServer 1.7 no longer exposes %s; update this list" % name
+        assert ours_families.get(name) == theirs_families[name], (name, ours_families.get(name))
+    checks = [
+        ("model_infer_request_success_total", {"model": "digits"}),
+        (
+            "rest_server_requests_total",
+            {"path": "/v2/models/{model_name}/infer", "status_code": "200", "method": "POST"},
+        ),
+        ("rest_server_request_duration_seconds_count", {"path": "/v2/models/{model_name}/infer"}),
+        ("grpc_server_started_total", {"grpc_method": "ModelInfer", "grpc_type": "UNARY"}),
+        ("grpc_server_handled_total", {"grpc_method": "ModelInfer", "grpc_code": "OK"}),
+        ("grpc_server_handled_total", {"grpc_method": "ServerLive", "grpc_code": "OK"}),
+        ("grpc_server_handling_seconds_count", {"grpc_method": "ModelInfer"}),
+    ]
+    for name, labels in checks:
+        assert grew(envserve, name, **labels) == grew(mlserver, name, **labels) > 0, (name, labels)
+    assert grew(envserve, "model_infer_request_success_total", model="digits") == 5
+    # a request the model refuses is a failure in both; one that is not V2 at all never reaches a model
+    assert grew(envserve, "rest_server_requests_total", path="/v2/models/{model_name}/infer") == 4
+    assert grew(envserve, "rest_server_requests_total", path="/v2/health/ready") == 0
+    # MLServer serves its workers' queue only with workers (this one runs in process, as envserve's does)
+    assert ours_families["parallel_request_queue"] == ("histogram", frozenset())
+
+
+def test_every_key_mlserver_takes_is_one_envserve_takes():
+    """MLServer 1.7's own Settings class lists what its settings.json takes: envserve's table has each
+    (same name, an alias, or ignored with a reason written in docs/compat.md)."""
+    import subprocess
+    from pathlib import Path
+
+    from envserve.settings import server
+
+    python = reference_venv("mlserver") / "bin" / "python"
+    script = "from mlserver.settings import Settings; print(' '.join(sorted(Settings.model_fields)))"
+    theirs = set(
+        subprocess.run([str(python), "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    )
+    assert theirs == set(server.MLSERVER_SETTINGS)
+    compat = (Path(__file__).resolve().parents[2] / "docs" / "compat.md").read_text()
+    for key in server._MLSERVER_IGNORED:
+        assert "`%s`" % key in compat, key

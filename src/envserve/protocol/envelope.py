@@ -59,16 +59,19 @@ class Report:
       seconds, which the server and its workers share (the traces' spans);
     - ``metrics``: the model's own metrics for this call, in Seldon's ``metrics()`` format;
     - ``handler``: a model REST route's answer, ``{"status", "headers"}`` (the body is the output);
-    - ``batch_size``: requests merged into the model call that produced this answer (0: not batched).
+    - ``batch_size``: requests merged into the model call that produced this answer (0: not batched);
+    - ``queued``: where the call waited -> the calls before it there when it arrived (``workers``: queued
+      or in flight at the model's workers; ``batch``: waiting in its batch queue). Set in the server.
     """
 
-    __slots__ = ("batch_size", "handler", "metrics", "timings")
+    __slots__ = ("batch_size", "handler", "metrics", "queued", "timings")
 
     def __init__(self) -> None:
         self.timings: Dict[str, List[float]] = {}
         self.metrics: List[Any] = []
         self.handler: Optional[Dict[str, Any]] = None
         self.batch_size = 0
+        self.queued: Dict[str, int] = {}
 
     def to_wire(self) -> Dict[str, Any]:
         doc: Dict[str, Any] = {"timings": self.timings}

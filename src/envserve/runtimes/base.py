@@ -322,7 +322,9 @@ class Runtime:
         chunks = predict_stream(seen)
         try:
             for result in chunks:
-                yield self._respond(result, seen.first or InferenceRequest([]))
+                response = self._respond(result, seen.first or InferenceRequest([]))
+                self.report_metrics(response)
+                yield response
         finally:
             close = getattr(chunks, "close", None)
             if callable(close):

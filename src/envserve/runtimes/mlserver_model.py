@@ -16,6 +16,7 @@ import importlib
 import inspect
 import json
 import os
+import threading
 from typing import Any, Dict, Generator, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -49,6 +50,7 @@ class MLServerModelRuntime(Runtime):
         self.model: Any = None
         self.real = False
         self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._context: Any = None  # the module holding MLServer's model context variables
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
@@ -82,6 +84,7 @@ class MLServerModelRuntime(Runtime):
 
     def load(self) -> None:
         self.real = not getattr(importlib.import_module("mlserver"), "__envserve_compat__", False)
+        self._context = _record_logged_metrics()
         self._loop = asyncio.new_event_loop()
         try:
             settings = self._mlserver_settings()
@@ -99,7 +102,7 @@ class MLServerModelRuntime(Runtime):
                 % (self.settings.name, self.label, type(exc).__name__, exc)
             ) from exc
         try:
-            ready = self._loop.run_until_complete(self.model.load())
+            ready = self._until(self.model.load())
         except Exception as exc:
             raise ModelLoadError(
                 "model %r: %s.load() raised %s: %s"
@@ -112,7 +115,7 @@ class MLServerModelRuntime(Runtime):
     def unload(self) -> None:
         if self.model is not None and self._loop is not None:
             try:
-                self._loop.run_until_complete(self.model.unload())
+                self._until(self.model.unload())
             finally:
                 self._loop.close()
                 self._loop = None
@@ -120,10 +123,24 @@ class MLServerModelRuntime(Runtime):
 
     # -- calls --------------------------------------------------------------------------------------------
 
-    def _run(self, method: str, *args: Any) -> Any:
+    def _until(self, awaitable: Any) -> Any:
+        """Run ``awaitable`` on the runtime's loop inside MLServer's model context (the labels of what
+        ``mlserver.log`` records meanwhile)."""
         assert self._loop is not None, "the model is not loaded"
+        module = self._context
+        if module is None:
+            return self._loop.run_until_complete(awaitable)
+        name = module.model_name_var.set(self.settings.name)
+        version = module.model_version_var.set(self.settings.version or "")
         try:
-            return self._loop.run_until_complete(getattr(self.model, method)(*args))
+            return self._loop.run_until_complete(awaitable)
+        finally:
+            module.model_name_var.reset(name)
+            module.model_version_var.reset(version)
+
+    def _run(self, method: str, *args: Any) -> Any:
+        try:
+            return self._until(getattr(self.model, method)(*args))
         except Exception as exc:  # MLServer's errors carry their status
             raise user_code_error(self.settings, self.label, method, exc) from exc
 
@@ -137,6 +154,10 @@ class MLServerModelRuntime(Runtime):
                 % (self.settings.name, self.label, type(response).__name__)
             )
         return self._response(response)
+
+    def custom_metrics(self) -> List[Dict[str, Any]]:
+        """What the model logged with ``mlserver.log`` during the call, as histogram observations."""
+        return _drain_logged(self.settings.name, self.settings.version or "")
 
     def streams(self) -> bool:
         """MLServer's models all stream: its MLModel answers a stream with predict's one response unless
@@ -159,7 +180,7 @@ class MLServerModelRuntime(Runtime):
         try:
             while True:
                 try:
-                    response = loop.run_until_complete(chunks.__anext__())
+                    response = self._until(chunks.__anext__())
                 except StopAsyncIteration:
                     return
                 except Exception as exc:
@@ -169,10 +190,12 @@ class MLServerModelRuntime(Runtime):
                         "model %r: %s.predict_stream yielded %s; MLServer runtimes yield InferenceResponses"
                         % (self.settings.name, self.label, type(response).__name__)
                     )
-                yield self._respond(self._response(response), seen.first or InferenceRequest([]))
+                answer = self._respond(self._response(response), seen.first or InferenceRequest([]))
+                self.report_metrics(answer)
+                yield answer
         finally:
             if not loop.is_closed():
-                loop.run_until_complete(chunks.aclose())
+                self._until(chunks.aclose())
 
     def metadata(self) -> Dict[str, Any]:
         doc = super().metadata()
@@ -229,7 +252,7 @@ class MLServerModelRuntime(Runtime):
         try:
             result = method(**kwargs)
             if inspect.isawaitable(result):
-                result = self._loop.run_until_complete(result)
+                result = self._until(result)
         except Exception as exc:
             status = getattr(exc, "status_code", None)
             if isinstance(status, int) and 400 <= status < 600:
@@ -476,3 +499,87 @@ def _dump(value: Any) -> Any:
             except TypeError:
                 return fn()
     return value
+
+
+# -- custom metrics (``mlserver.register`` / ``mlserver.log``) ----------------------------------------------
+
+#: What models logged and the server has not been told yet: (model, version, metric, value).
+_LOGGED: List[Tuple[str, str, str, float]] = []
+_LOGGED_LOCK = threading.Lock()
+#: Observations one model may leave between two answers; beyond it the oldest are dropped.
+_LOGGED_MAX = 10000
+
+
+class _LoggedChild:
+    def __init__(self, name: str, labels: Dict[str, str]) -> None:
+        self.name = name
+        self.labels = labels
+
+    def observe(self, amount: float, exemplar: Any = None) -> None:
+        entry = (self.labels.get("model_name", ""), self.labels.get("model_version", ""), self.name, amount)
+        with _LOGGED_LOCK:
+            if len(_LOGGED) >= _LOGGED_MAX:
+                del _LOGGED[: _LOGGED_MAX // 10]
+            _LOGGED.append(entry)
+
+
+class _LoggedMetric:
+    """What ``mlserver.register`` returns once envserve drives the package: a histogram whose
+    observations go to the server with the answer."""
+
+    def __init__(self, name: str, description: str) -> None:
+        self.name = name
+        self.description = description
+        self.labelnames = ("model_name", "model_version")
+
+    def labels(self, *values: Any, **named: Any) -> _LoggedChild:
+        labels = dict(zip(self.labelnames, (str(v) for v in values)))
+        labels.update((k, str(v)) for k, v in named.items())
+        return _LoggedChild(self.name, labels)
+
+
+def _record_logged_metrics() -> Any:
+    """Make the environment's ``mlserver`` (real, 1.3 on, or the stand-in) record what ``log`` is given for
+    the server; return the module holding its model context variables (None for an MLServer without
+    custom metrics). ``log`` finds ``register`` in its own module's globals, so replacing it there reaches
+    every way a runtime imported ``log``."""
+    try:
+        module = importlib.import_module("mlserver.metrics.context")
+    except ImportError:
+        return None
+    if not hasattr(module, "model_name_var") or not callable(getattr(module, "register", None)):
+        return None
+    if not getattr(module, "__envserve_recording__", False):
+        known: Dict[str, _LoggedMetric] = {}
+
+        def register(name: str, description: str) -> _LoggedMetric:
+            found = known.get(name)
+            if found is None:
+                found = known[name] = _LoggedMetric(str(name), str(description))
+            return found
+
+        setattr(module, "register", register)  # noqa: B010 (a module of the model's environment)
+        setattr(module, "__envserve_recording__", True)  # noqa: B010
+        for holder in ("mlserver.metrics", "mlserver"):
+            package = importlib.import_module(holder)
+            if callable(getattr(package, "register", None)):
+                setattr(package, "register", register)  # noqa: B010
+    return module
+
+
+def _drain_logged(model: str, version: str) -> List[Dict[str, Any]]:
+    if not _LOGGED:
+        return []
+    with _LOGGED_LOCK:
+        mine = [e for e in _LOGGED if e[0] == model and e[1] == version]
+        if not mine:
+            return []
+        _LOGGED[:] = [e for e in _LOGGED if not (e[0] == model and e[1] == version)]
+    items = []
+    for _, _, name, value in mine:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        items.append({"type": "HISTOGRAM", "key": name, "value": number})
+    return items

@@ -98,14 +98,17 @@ class BatchingHandle:
         raise RuntimeError("batched models are called with infer()")
 
     async def infer(self, request: InferenceRequest, gone: Optional[ClientGone] = None) -> InferenceResponse:
-        admit(len(self._queue), self.max_queue, self.settings.name)
+        depth = len(self._queue)
+        admit(depth, self.max_queue, self.settings.name)
         future: asyncio.Future[InferenceResponse] = asyncio.get_running_loop().create_future()
         self._queue.append((request, future, _signature(request), REQUEST_ID.get(), time.time()))
         if self._worker is None or self._worker.done():
             self._worker = asyncio.ensure_future(self._run())
         elif len(self._queue) > 1:  # it waits for a batch: drop it if its client leaves meanwhile
             drop_when_client_leaves(future, gone)
-        return await future
+        response = await future
+        response.report.queued["batch"] = depth
+        return response
 
     def infer_stream(
         self, requests: AsyncIterator[InferenceRequest], gone: Optional[ClientGone] = None

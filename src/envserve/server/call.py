@@ -17,6 +17,7 @@ import enum
 import time
 from contextvars import Token
 from typing import Any, ContextManager, Dict, Optional, Sequence, Tuple, Union
+from typing import Protocol as typing_Protocol
 
 from ..logcontext import REQUEST_ID
 from ..protocol.envelope import Passthrough
@@ -24,7 +25,7 @@ from ..workers.admission import ClientGone
 from .logs import access, request_id
 from .tracing import NO_TRACING, Tracer
 
-__all__ = ["Call", "Calls", "Protocol"]
+__all__ = ["Call", "CallWatcher", "Calls", "Protocol"]
 
 #: A call's headers as its transport delivered them: (name, value) pairs, bytes (REST) or text (gRPC).
 RawHeaders = Sequence[Tuple[Union[bytes, str], Union[bytes, str]]]
@@ -66,6 +67,7 @@ class Call:
         "protocol",
         "request_id",
         "response_headers",
+        "route",
         "started",
         "tracer",
     )
@@ -93,6 +95,9 @@ class Call:
         self.gone = gone
         #: The model the call names, as the client wrote it (the access log's ``model``).
         self.model = ""
+        #: The REST route that took the call, as MLServer spells its template
+        #: (``/v2/models/{model_name}/infer``); ``""``: none of the server's.
+        self.route = ""
         #: What the model is asked beyond V2 tensors (MLflow, Seldon, a model's own route); None: V2.
         self.passthrough: Optional[Passthrough] = None
         #: Headers the model set on its answer (MLServer's ``parameters.headers``), safe to send.
@@ -123,12 +128,23 @@ class Call:
         return self.tracer.span(name, attributes)
 
 
+class CallWatcher(typing_Protocol):
+    """Told of every call as it begins and ends (MLServer's REST and gRPC metrics)."""
+
+    def started(self, call: Call) -> None: ...
+
+    def ended(self, call: Call, status: int, shown: str, seconds: float) -> None: ...
+
+
 class Calls:
     """What every edge does at the beginning and the end of a call, shared by the REST and gRPC edges."""
 
-    def __init__(self, tracer: Tracer = NO_TRACING, access_log: bool = False) -> None:
+    def __init__(
+        self, tracer: Tracer = NO_TRACING, access_log: bool = False, watcher: Optional[CallWatcher] = None
+    ) -> None:
         self.tracer = tracer
         self.access_log = access_log
+        self.watcher = watcher
 
     def begin(
         self,
@@ -146,6 +162,8 @@ class Calls:
         call._token = REQUEST_ID.set(call.request_id)
         if self.tracer.enabled:
             call._opened = self.tracer.open(*_span_of(call))
+        if self.watcher is not None:
+            self.watcher.started(call)
         return call
 
     def end(self, call: Call, status: int, shown: Optional[str] = None) -> None:
@@ -160,6 +178,10 @@ class Calls:
             else:
                 self.tracer.close(call._opened, {"http.response.status_code": status}, status >= 500)
             call._opened = None
+        if self.watcher is not None:
+            self.watcher.ended(
+                call, status, shown if shown is not None else str(status), time.perf_counter() - call.started
+            )
         if self.access_log:
             access(
                 call.method,

@@ -124,7 +124,9 @@ class DataPlane:
         return self.started and not self.draining and self.registry.settled
 
     def server_metadata(self) -> Dict[str, Any]:
-        return {"name": self.registry.settings.server_name, "version": __version__, "extensions": EXTENSIONS}
+        settings = self.registry.settings
+        version = settings.server_version or __version__
+        return {"name": settings.server_name, "version": version, "extensions": EXTENSIONS}
 
     def model_metadata(self, name: str, version: Optional[str] = None) -> Dict[str, Any]:
         return self.registry.get(name, version).ready_handle().metadata()
@@ -294,6 +296,8 @@ class DataPlane:
                 metrics.custom(settings, report.metrics)
             if report.batch_size:
                 metrics.observe_batch(settings, report.batch_size)
+            if report.queued:
+                metrics.observe_queued(settings, report.queued)
         if response.parameters:
             extra = take_response_headers(response)
             if extra:

@@ -23,6 +23,7 @@ Each :class:`Metrics` has its own registry, so several servers in one process do
 
 from __future__ import annotations
 
+import bisect
 import re
 import threading
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -32,6 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from ..settings.model import ModelSettings
 from .handle import ModelState
+from .mlserver_metrics import MLServerMetrics
 from .registry import ModelRegistry
 from .status import status_label
 
@@ -56,6 +58,10 @@ _LATENCY_BUCKETS = (
     30.0,
 )
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+#: Prometheus' default buckets, which MLServer's histograms use.
+DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+#: A model's own histograms: Seldon's TIMER (milliseconds, kept in seconds), MLServer's mlserver.log().
+_BUCKETS = {"TIMER": _LATENCY_BUCKETS, "HISTOGRAM": DEFAULT_BUCKETS}
 
 
 class _StateCollector:
@@ -146,44 +152,46 @@ class _CustomCollector:
                     isinstance(k, str) and _LABEL_NAME.match(k) for k in tags
                 ):
                     continue
-                labels = (("model", model), ("version", version)) + tuple(
-                    sorted((k, str(v)) for k, v in tags.items() if k not in ("model", "version"))
-                )
+                if kind == "HISTOGRAM":  # MLServer's mlserver.log(): its labels, Prometheus' buckets
+                    labels: _Labels = (("model_name", model), ("model_version", version))
+                else:
+                    labels = (("model", model), ("version", version)) + tuple(
+                        sorted((k, str(v)) for k, v in tags.items() if k not in ("model", "version"))
+                    )
                 series = self._values.setdefault((str(kind), key), {})
                 if kind == "COUNTER":
                     series[labels] = series.get(labels, 0.0) + float(value)
                 elif kind == "GAUGE":
                     series[labels] = float(value)
-                elif kind == "TIMER":
-                    counts, total = series.get(labels, ([0] * (len(_LATENCY_BUCKETS) + 1), 0.0))
-                    seconds = float(value) / 1000.0
-                    index = next(
-                        (i for i, b in enumerate(_LATENCY_BUCKETS) if seconds <= b), len(_LATENCY_BUCKETS)
-                    )
-                    counts[index] += 1
-                    series[labels] = (counts, total + seconds)
+                elif kind in _BUCKETS:
+                    buckets = _BUCKETS[kind]
+                    counts, total = series.get(labels, ([0] * (len(buckets) + 1), 0.0))
+                    amount = float(value) / 1000.0 if kind == "TIMER" else float(value)
+                    counts[bisect.bisect_left(buckets, amount)] += 1
+                    series[labels] = (counts, total + amount)
 
     def collect(self) -> Iterator[Any]:
         with self._lock:
             snapshot = {k: dict(v) for k, v in self._values.items()}
         for (kind, key), series in sorted(snapshot.items()):
-            names = sorted(
-                {n for labels in series for n, _ in labels}, key=lambda n: (n not in ("model", "version"), n)
-            )
+            first = ("model_name", "model_version") if kind == "HISTOGRAM" else ("model", "version")
+            names = sorted({n for labels in series for n, _ in labels}, key=lambda n: (n not in first, n))
             family: Any
             if kind == "COUNTER":
                 family = CounterMetricFamily(key, "A model's own counter", labels=names)
             elif kind == "GAUGE":
                 family = GaugeMetricFamily(key, "A model's own gauge", labels=names)
-            else:
+            elif kind == "TIMER":
                 family = HistogramMetricFamily(key, "A model's own timer (seconds)", labels=names)
+            else:
+                family = HistogramMetricFamily(key, "A model's own metric (mlserver.log)", labels=names)
             for labels, value in series.items():
                 have = dict(labels)
                 values = [have.get(n, "") for n in names]
-                if kind == "TIMER":
+                if kind in _BUCKETS:
                     counts, total = value
                     cumulative, buckets = 0, []
-                    for bound, count in zip(list(_LATENCY_BUCKETS) + [float("inf")], counts):
+                    for bound, count in zip(list(_BUCKETS[kind]) + [float("inf")], counts):
                         cumulative += count
                         buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
                     family.add_metric(values, buckets, sum_value=total)
@@ -193,8 +201,14 @@ class _CustomCollector:
 
 
 class Metrics:
-    def __init__(self, registry: Optional[ModelRegistry] = None) -> None:
+    def __init__(
+        self, registry: Optional[ModelRegistry] = None, mlserver: Optional[MLServerMetrics] = None
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
+        #: MLServer's families, beside ours (None: ``mlserver_metrics`` is off)
+        self.mlserver = mlserver
+        if mlserver is not None:
+            self.registry.register(mlserver)
         self.requests = Counter(
             "envserve_requests",
             "Inference requests",
@@ -242,6 +256,14 @@ class Metrics:
             )
         children[0].inc()
         children[1].observe(seconds)
+        if self.mlserver is not None:
+            self.mlserver.infer(model, version or "", outcome is None, seconds)
+
+    def observe_queued(self, settings: ModelSettings, queued: Dict[str, int]) -> None:
+        """How many calls a call found before it at the model's workers or batch queue."""
+        if self.mlserver is not None:
+            for where, depth in queued.items():
+                self.mlserver.queued(settings.name, settings.version or "", where, depth)
 
     def custom(self, settings: ModelSettings, items: List[Any]) -> None:
         """A model's own metrics reported with an answer (malformed entries are left out; the runtime that

@@ -29,6 +29,7 @@ from .call import Calls
 from .dataplane import DataPlane
 from .logs import announce
 from .metrics import Metrics
+from .mlserver_metrics import MLServerMetrics
 from .placement import Placement
 from .registry import ModelRegistry
 from .rest.app import MetricsApp, RestApp, route_taken
@@ -80,9 +81,10 @@ class Server:
         self.registry = ModelRegistry(
             settings, Placement(settings, environments), route_taken(console=settings.console)
         )
-        self.metrics = Metrics(self.registry)
+        mlserver = MLServerMetrics(settings.metrics_rest_server_prefix) if settings.mlserver_metrics else None
+        self.metrics = Metrics(self.registry, mlserver)
         self.dataplane = DataPlane(self.registry, self.metrics)
-        self.calls = Calls(self.tracer, settings.access_log)
+        self.calls = Calls(self.tracer, settings.access_log, mlserver)
         console = None
         if settings.console:
             from .console import ConsoleAPI, check_console_settings

@@ -34,42 +34,77 @@ SERVER_SETTINGS_FILE = "settings.json"
 
 logger = logging.getLogger("envserve.settings")
 
-# MLServer's variables that mean one of our settings (ENVSERVE_* wins over them).
-_MLSERVER_VARIABLES = {
+# Variables of other servers' containers that mean one of our settings (ENVSERVE_* wins over them).
+_OTHER_VARIABLES = {
     "MLSERVER_ENV_TARBALL": "env_tarball",
-    "MLSERVER_LOGGING_SETTINGS": "logging_settings",
-    "MLSERVER_USE_STRUCTURED_LOGGING": "log_format",
     "PREDICTIVE_UNIT_ID": "predictive_unit_id",
     "PREDICTIVE_UNIT_IMAGE": "predictive_unit_image",
 }
-# MLServer's settings.json spells some fields differently; map them onto ours.
-_MLSERVER_ALIASES = {
-    "model_repository_root": "model_repository",
-    "use_structured_logging": "log_format",
-}
-# MLServer keys that have no meaning for envserve yet; accepted so MLServer repositories load unchanged.
-_MLSERVER_IGNORED = {
+#: MLServer 1.7's server settings: every key its settings.json takes (also read as ``MLSERVER_<KEY>``,
+#: below envserve's own variables). Each means the envserve setting of the same name, the one in
+#: :data:`_MLSERVER_ALIASES`, or is in :data:`_MLSERVER_IGNORED` with the reason.
+MLSERVER_SETTINGS = (
+    "cache_enabled",
+    "cache_size",
     "cors_settings",
-    "metrics_endpoint",
-    "metrics_rest_server_prefix",
-    "metrics_dir",
+    "debug",
+    "environments_dir",
+    "extensions",
     "grpc_max_message_length",
-    "root_path",
-    "load_models_at_startup",
-    "tracing_server",
+    "grpc_port",
+    "gzip_enabled",
+    "host",
+    "http_port",
     "kafka_enabled",
     "kafka_servers",
     "kafka_topic_input",
     "kafka_topic_output",
+    "load_models_at_startup",
+    "logging_settings",
+    "metrics_dir",
+    "metrics_endpoint",
+    "metrics_port",
+    "metrics_rest_server_prefix",
     "model_repository_implementation",
     "model_repository_implementation_args",
-    "extensions",
-    "gzip_enabled",
+    "model_repository_root",
+    "parallel_workers",
     "parallel_workers_timeout",
-    "cache_enabled",
-    "cache_size",
-    "debug",
+    "root_path",
+    "server_name",
+    "server_version",
+    "tracing_server",
+    "use_structured_logging",
+)
+# MLServer's names for our settings.
+_MLSERVER_ALIASES = {
+    "model_repository_root": "model_repository",
+    "use_structured_logging": "log_format",  # true: json
+    "debug": "access_log",  # what MLServer's debug turns on: a line per REST request and gRPC call
+    "cors_settings": "cors_origins",  # its allow_origins
 }
+# MLServer's settings envserve does not act on, accepted so MLServer repositories load unchanged; the log
+# says so, with the reason, when one is set to something other than off/empty.
+_MLSERVER_IGNORED = {
+    "metrics_dir": "envserve's metrics live in its own process; there are no metric files to keep",
+    "parallel_workers_timeout": "workers are stopped within graceful_timeout",
+    "grpc_max_message_length": "max_request_size bounds gRPC messages and REST bodies alike",
+    "root_path": "envserve serves at the root; put it behind a proxy that strips the prefix",
+    "extensions": "GET /v2 lists the extensions envserve implements",
+    "tracing_server": "envserve exports traces over OTLP/HTTP: set tracing_endpoint to the collector's URL",
+    "kafka_enabled": "envserve does not consume inference requests from Kafka",
+    "kafka_servers": "envserve does not consume inference requests from Kafka",
+    "kafka_topic_input": "envserve does not consume inference requests from Kafka",
+    "kafka_topic_output": "envserve does not consume inference requests from Kafka",
+    "model_repository_implementation": "envserve reads model folders, URIs and registries itself",
+    "model_repository_implementation_args": "envserve reads model folders, URIs and registries itself",
+    "gzip_enabled": "envserve does not compress answers",
+    "cache_enabled": "envserve does not cache answers",
+    "cache_size": "envserve does not cache answers",
+}
+
+#: Ignored settings whose absence changes nothing a client sees: said at info level, whatever their value.
+_HARMLESS = frozenset(("metrics_dir", "parallel_workers_timeout", "extensions"))
 
 
 @dataclass
@@ -157,6 +192,13 @@ class ServerSettings:
     load_models_at_startup: bool = True
     #: The path /metrics is also served at on ``metrics_port`` (Seldon Core v1: /prometheus).
     metrics_endpoint: str = "/metrics"
+    #: Serve MLServer's metric families (model_infer_request_*, rest_server_*, grpc_server_*, its queues)
+    #: beside envserve's, so dashboards written for MLServer keep working (docs/metrics.md).
+    mlserver_metrics: bool = True
+    #: The prefix of MLServer's REST metric names (MLServer's setting of that name).
+    metrics_rest_server_prefix: str = "rest_server"
+    #: The version GET /v2 reports ("" = envserve's own), as MLServer's setting of that name.
+    server_version: str = ""
     #: The container contract found in the environment (settings/contracts.py), for the first log line.
     contract: str = ""
 
@@ -186,10 +228,20 @@ class ServerSettings:
         values.update({k: v for k, v in contract.settings.items() if k != "model_repository"})
         values["contract"] = contract.description
         known_fields = {f.name: f for f in fields(cls)}
-        for variable, name in _MLSERVER_VARIABLES.items():  # below envserve's own variables
+        for variable, name in _OTHER_VARIABLES.items():  # below envserve's own variables
             raw = environ.get(variable)
             if raw is not None:
                 values[name] = _mlserver_value(name, raw, known_fields[name].type, variable)
+        for key in MLSERVER_SETTINGS:
+            variable = "MLSERVER_" + key.upper()
+            raw = environ.get(variable)
+            if raw is None:
+                continue
+            if key in _MLSERVER_IGNORED:
+                _ignored(variable, key, raw)
+                continue
+            name = _MLSERVER_ALIASES.get(key, key)
+            values[name] = _mlserver_value(name, raw, known_fields[name].type, variable)
         for f in fields(cls):
             raw = environ.get(ENV_PREFIX + f.name.upper())
             if raw is not None:
@@ -268,7 +320,7 @@ def _read_file(path: str) -> Dict[str, Any]:
     for key, value in doc.items():
         target = _MLSERVER_ALIASES.get(key, key)
         if key in _MLSERVER_IGNORED:
-            logger.info("%s: ignoring MLServer setting %r (not used by envserve)", path, key)
+            _ignored(path, key, value)
             continue
         if target not in known:
             raise SettingsError(
@@ -280,14 +332,37 @@ def _read_file(path: str) -> Dict[str, Any]:
     return values
 
 
+def _ignored(where: str, key: str, value: Any) -> None:
+    off = value in (None, False, "", [], {}, 0) or str(value).strip().lower() in (
+        "false",
+        "0",
+        "no",
+        "off",
+        "null",
+    )
+    off = off or key in _HARMLESS
+    log = logger.info if off else logger.warning
+    log("%s: ignoring MLServer's %s (%s)", where, key, _MLSERVER_IGNORED[key])
+
+
 def _mlserver_value(name: str, raw: Any, annotation: Any, where: str) -> Any:
     """A value from MLServer's settings or variables: its ``use_structured_logging`` flag is our
-    ``log_format``, its inline ``logging_settings`` dict our JSON text; the rest as ours."""
+    ``log_format``, its inline ``logging_settings`` dict our JSON text, its ``cors_settings`` our
+    ``cors_origins`` (its ``allow_origins``); the rest as ours."""
     flags = ("1", "true", "yes", "on", "0", "false", "no", "off")
     if name == "log_format" and (isinstance(raw, bool) or str(raw).strip().lower() in flags):
         return "json" if _coerce(name, raw, "bool", where) else "text"
     if name == "logging_settings" and isinstance(raw, dict):
         return json.dumps(raw)
+    if name == "cors_origins" and (isinstance(raw, dict) or str(raw).lstrip().startswith("{")):
+        try:
+            doc = raw if isinstance(raw, dict) else json.loads(raw)
+        except ValueError as exc:
+            raise SettingsError("%s must be a JSON object (%s)" % (where, exc)) from None
+        origins = doc.get("allow_origins") or []
+        if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
+            raise SettingsError("%s: allow_origins must be a list of origins" % where)
+        return ",".join(origins)
     return _coerce(name, raw, annotation, where)
 
 

@@ -90,6 +90,7 @@ class Dispatcher:
             loop.create_future(),
             loop.time() + self.timeout,
         )
+        call.depth = len(self.queue) + sum(len(w.inflight) for w in self.workers())
         deadlines = self._deadlines
         while deadlines and deadlines[0].future.done():
             deadlines.popleft()
@@ -239,6 +240,7 @@ class Dispatcher:
                 timings = response.report.timings
                 timings["queue"] = [call.submitted, call.sent]
                 timings["ipc"] = [call.sent, time.time()]
+                response.report.queued["workers"] = call.depth
                 settle(call, response)
             except Exception as exc:  # a malformed frame is a worker bug, not the caller's
                 settle(call, exc=WorkerUnavailable("bad answer from the worker: %s" % exc))

@@ -145,7 +145,18 @@ class PendingCall:
     A stream's call has ``chunks``: the answers the worker has sent and the consumer not yet taken, then
     its end (None) or its error; its future completes when the worker is done with it."""
 
-    __slots__ = ("cancelled", "chunks", "deadline", "future", "id", "payload", "sent", "submitted", "worker")
+    __slots__ = (
+        "cancelled",
+        "chunks",
+        "deadline",
+        "depth",
+        "future",
+        "id",
+        "payload",
+        "sent",
+        "submitted",
+        "worker",
+    )
 
     def __init__(
         self,
@@ -167,6 +178,8 @@ class PendingCall:
         )
         #: a stream whose consumer has gone: its last chunks are dropped
         self.cancelled = False
+        #: the calls queued or in flight at the pool when this one came (MLServer's parallel_request_queue)
+        self.depth = 0
 
 
 class WorkerProcess:

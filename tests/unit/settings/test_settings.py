@@ -159,3 +159,70 @@ def test_every_server_setting_is_documented():
     doc = (Path(__file__).resolve().parents[3] / "docs" / "settings.md").read_text()
     missing = [f.name for f in dataclasses.fields(ServerSettings) if "`%s`" % f.name not in doc]
     assert missing == [], "document these in docs/settings.md's table"
+
+
+def test_mlservers_settings_mean_what_they_mean_in_mlserver(tmp_path, caplog):
+    """Each key of MLServer's settings.json is ours (same name or its alias), or accepted and said to be
+    ignored, with the reason, when it asks for something envserve does not do."""
+    import json
+
+    doc = {
+        "debug": True,
+        "cors_settings": {"allow_origins": ["https://a.example", "https://b.example"]},
+        "server_name": "mlserver-compatible",
+        "server_version": "1.7.1",
+        "metrics_rest_server_prefix": "inference_rest",
+        "load_models_at_startup": False,
+        "metrics_endpoint": "/prometheus",
+        "environments_dir": str(tmp_path / "envs"),
+        "use_structured_logging": True,
+        "kafka_enabled": True,
+        "gzip_enabled": False,
+        "metrics_dir": "/tmp/metrics",
+    }
+    (tmp_path / "settings.json").write_text(json.dumps(doc))
+    with caplog.at_level("INFO", logger="envserve.settings"):
+        s = ServerSettings.from_sources(str(tmp_path), environ={})
+    assert s.access_log is True
+    assert s.cors_origins == "https://a.example,https://b.example"
+    assert (s.server_name, s.server_version, s.metrics_rest_server_prefix) == (
+        "mlserver-compatible",
+        "1.7.1",
+        "inference_rest",
+    )
+    assert s.load_models_at_startup is False and s.metrics_endpoint == "/prometheus"
+    assert s.environments_dir == str(tmp_path / "envs") and s.log_format == "json"
+    warned = {r.getMessage() for r in caplog.records if r.levelname == "WARNING"}
+    assert any("ignoring MLServer's kafka_enabled (envserve does not consume" in m for m in warned), warned
+    assert not any("gzip_enabled" in m or "metrics_dir" in m for m in warned), warned  # off: said at info
+    assert any("metrics_dir" in r.getMessage() for r in caplog.records)
+
+
+def test_mlservers_variables_are_read_below_envserves(tmp_path):
+    environ = {
+        "MLSERVER_SERVER_NAME": "from-mlserver",
+        "MLSERVER_DEBUG": "true",
+        "MLSERVER_METRICS_REST_SERVER_PREFIX": "x_rest",
+        "MLSERVER_CORS_SETTINGS": '{"allow_origins": ["*"]}',
+        "MLSERVER_MODEL_REPOSITORY_ROOT": str(tmp_path),
+        "MLSERVER_USE_STRUCTURED_LOGGING": "1",
+        "ENVSERVE_SERVER_NAME": "from-envserve",
+    }
+    s = ServerSettings.from_sources(None, environ=environ)
+    assert s.server_name == "from-envserve"  # envserve's own variable wins
+    assert (s.access_log, s.metrics_rest_server_prefix, s.cors_origins) == (True, "x_rest", "*")
+    assert s.model_repository == str(tmp_path) and s.log_format == "json"
+    with pytest.raises(SettingsError, match="MLSERVER_CORS_SETTINGS must be a JSON object"):
+        ServerSettings.from_sources(None, environ={"MLSERVER_CORS_SETTINGS": "{not json"})
+
+
+def test_every_mlserver_setting_is_mapped_or_ignored_with_a_reason():
+    import dataclasses
+
+    from envserve.settings import server
+
+    ours = {f.name for f in dataclasses.fields(ServerSettings)}
+    for key in server.MLSERVER_SETTINGS:
+        target = server._MLSERVER_ALIASES.get(key, key)
+        assert target in ours or server._MLSERVER_IGNORED.get(key), key
+    assert set(server._MLSERVER_IGNORED) <= set(server.MLSERVER_SETTINGS)

@@ -212,6 +212,7 @@ class RestApp:
         name, handler = found
         query_string = request.scope.get("query_string", b"").decode("latin-1")
         call.model = name
+        call.route = request.path
         call.passthrough = Passthrough(
             Passthrough.HANDLER,
             {
@@ -266,6 +267,8 @@ class RestApp:
         request = Request(scope, receive, params, self.max_request_size)
         call = self.calls.begin(protocol, method, path, scope["headers"], incoming, request.gone)
         call.model = params.get("name", "")
+        if route is not None:
+            call.route = route.template
         status = 500
         try:
             response = await self._answer(request, call, route, refused)

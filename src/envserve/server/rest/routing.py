@@ -221,7 +221,7 @@ class Guard(enum.Enum):
 
 
 class Route:
-    __slots__ = ("guard", "handler", "method", "parts", "pattern", "protocol")
+    __slots__ = ("guard", "handler", "method", "parts", "pattern", "protocol", "template")
 
     def __init__(
         self,
@@ -234,6 +234,8 @@ class Route:
         self.method = method
         self.pattern = pattern
         self.parts = pattern.strip("/").split("/")
+        #: the pattern as MLServer names its parameters (its REST metrics' ``path`` label)
+        self.template = pattern.replace("{name}", "{model_name}").replace("{version}", "{model_version}")
         self.handler = handler
         self.protocol = protocol
         self.guard = guard
