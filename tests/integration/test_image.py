@@ -392,3 +392,112 @@ def test_no_pending_debian_security_updates(built_image, containers):
     if pending:
         in_base = pending_security_updates(BASE, env=containers)
         assert pending == in_base, "pending in the image, not in its base %s: %s" % (BASE, pending)
+
+
+def test_mlserver_build_makes_an_image_that_serves_a_custom_runtime_with_its_requirements(
+    containers, wheelhouse, tmp_path
+):
+    """`mlserver build FOLDER -t TAG` on a folder laid out as MLServer's custom-runtime docs lay one out
+    (model-settings.json, the runtime's module, a requirements.txt naming a package the runtime imports):
+    the image installs the package beside envserve, serves the runtime, and has the `mlserver` command
+    that MLServer's images are started with."""
+    _base_image(containers)
+    probe = tmp_path / "probe"
+    (probe / "envserve_build_probe").mkdir(parents=True)
+    (probe / "envserve_build_probe" / "__init__.py").write_text(
+        "def triple(values):\n    return [3 * v for v in values]\n"
+    )
+    (probe / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "envserve-build-probe"\nversion = "1.0"\n'
+    )
+    house = tmp_path / "wheels"
+    shutil.copytree(wheelhouse, house)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            house,
+            probe,
+        ],
+        timeout=600,
+    )
+    folder = tmp_path / "custom-runtime"
+    folder.mkdir()
+    (folder / "model-settings.json").write_text(
+        json.dumps({"name": "tripler", "implementation": "models.Tripler"})
+    )
+    (folder / "models.py").write_text(
+        "import envserve_build_probe\n"
+        "import numpy as np\n"
+        "from mlserver import MLModel\n"
+        "from mlserver.codecs import NumpyCodec\n"
+        "from mlserver.types import InferenceResponse\n\n\n"
+        "class Tripler(MLModel):\n"
+        "    async def predict(self, payload):\n"
+        "        values = NumpyCodec.decode_input(payload.inputs[0]).ravel().tolist()\n"
+        "        tripled = np.array(envserve_build_probe.triple(values))\n"
+        "        out = NumpyCodec.encode_output('tripled', tripled)\n"
+        "        return InferenceResponse(model_name=self.name, outputs=[out])\n"
+    )
+    (folder / "requirements.txt").write_text("envserve-build-probe==1.0\n")
+    tag = "localhost/envserve-mlserver-build:test"
+    env = dict(
+        containers, ENVSERVE_IMAGE_BASE=BASE, ENVSERVE_WHEELHOUSE=str(house), ENVSERVE_IMAGE_BUILDER="buildah"
+    )
+    done = _run(
+        [sys.executable, "-m", "envserve", "mlserver", "build", folder, "-t", tag], env=env, timeout=1800
+    )
+    assert "Successfully built custom Docker image with tag %s" % tag in done.stderr
+    _drop_replaced_images(containers)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    name = "envserve-mlserver-build-%d" % os.getpid()
+    # started as MLServer's images are: `mlserver start <folder>` with MLServer's variables
+    _run(
+        [
+            "podman",
+            "run",
+            "-d",
+            "--init",
+            "--pull",
+            "never",
+            "--name",
+            name,
+            "-p",
+            "127.0.0.1:%d:9000" % port,
+            "-e",
+            "MLSERVER_HTTP_PORT=9000",
+            tag,
+            "mlserver",
+            "start",
+            "/models",
+        ],
+        env=containers,
+    )
+    try:
+        url = "http://127.0.0.1:%d" % port
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            logs = _run(["podman", "logs", name], env=containers, check=False)
+            assert time.monotonic() < deadline, logs.stdout + logs.stderr
+            time.sleep(0.2)
+        body = {"inputs": [{"name": "x", "shape": [3], "datatype": "FP64", "data": [1, 2, 3.5]}]}
+        r = httpx.post(url + "/v2/models/tripler/infer", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.json()["outputs"][0]["data"] == [3.0, 6.0, 10.5]
+    finally:
+        _run(["podman", "rm", "-f", name], env=containers, check=False)
+        _run(["podman", "rmi", "-f", tag], env=containers, check=False)

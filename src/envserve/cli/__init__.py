@@ -68,7 +68,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 def _register() -> None:
-    from . import deploy, env, image, platform, serve
+    from . import deploy, env, image, mlserver, platform, serve
 
     cli.add_command(serve.serve)
     cli.add_command(serve.health)
@@ -76,6 +76,7 @@ def _register() -> None:
     cli.add_command(deploy.deploy)
     cli.add_command(platform.platform)
     cli.add_command(image.image)
+    cli.add_command(mlserver.mlserver)
 
 
 _register()

@@ -40,10 +40,14 @@ def prepare_context(
     uid: int,
     extras: str,
     baked: Sequence[Tuple[str, EnvironmentSource]] = (),
+    requirements: Optional[str] = None,
 ) -> str:
-    """Fill ``directory`` with Dockerfile, models/, bake/ and wheels/; returns the Dockerfile path."""
+    """Fill ``directory`` with Dockerfile, models/, bake/ and wheels/ (and ``requirements``, a requirements
+    file for the server's environment, as server-requirements.txt); returns the Dockerfile path."""
     os.makedirs(directory, exist_ok=True)
     write_bake_folders(list(baked), directory)
+    if requirements:
+        shutil.copyfile(requirements, os.path.join(directory, "server-requirements.txt"))
     if copy_models:
         shutil.copytree(
             repository,
@@ -65,6 +69,7 @@ def prepare_context(
                 extras,
                 [s for _, s in baked],
                 folder_digest(wheelhouse) if wheelhouse else "",
+                requirements="server-requirements.txt" if requirements else "",
             )
         )
     return dockerfile
@@ -98,12 +103,17 @@ def build_image(
     log: IO[str] = sys.stderr,
     extra_args: Sequence[str] = (),
     baked: Sequence[Tuple[str, EnvironmentSource]] = (),
+    requirements: Optional[str] = None,
+    no_cache: bool = False,
 ) -> str:
     """Build and tag the image; returns the tag. Offline (``--network none``) when a wheelhouse is given.
-    ``baked``: (what the user named, its source) of environments baked without their models."""
+    ``baked``: (what the user named, its source) of environments baked without their models;
+    ``requirements``: a requirements file installed beside envserve in the server's environment."""
     name = find_builder(builder)
     with tempfile.TemporaryDirectory(prefix="envserve-image-") as context:
-        prepare_context(repository, context, base, wheelhouse, copy_models, uid, extras, baked)
+        prepare_context(repository, context, base, wheelhouse, copy_models, uid, extras, baked, requirements)
+        if no_cache:
+            extra_args = ["--no-cache", *extra_args]
         for label, source in baked:
             log.write("baking %s (%s)\n" % (label, source.describe()))
         argv = _argv(name, context, tag, offline=bool(wheelhouse))

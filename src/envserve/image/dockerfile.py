@@ -77,9 +77,13 @@ def render_dockerfile(
     extras: str = DEFAULT_EXTRAS,
     baked: Sequence[EnvironmentSource] = (),
     wheelhouse_digest: str = "",
+    models_from: str = "models/",
+    requirements: str = "",
 ) -> str:
-    """The Dockerfile; ``repository`` is copied in when ``copy_models``, and ``baked`` are the sources
-    :func:`envserve.image.bake.write_bake_folders` put in the context."""
+    """The Dockerfile; ``repository`` is copied in when ``copy_models`` (from ``models_from`` in the build
+    context: ``models/``, or ``.`` when the context is the repository itself), ``baked`` are the sources
+    :func:`envserve.image.bake.write_bake_folders` put in the context, and ``requirements`` a requirements
+    file in the context installed beside envserve."""
     import jinja2
 
     requirement = "envserve[%s]==%s" % (extras, __version__) if extras else "envserve==%s" % __version__
@@ -111,4 +115,6 @@ def render_dockerfile(
         copy_models=copy_models,
         uid=uid,
         requirement=requirement,
+        models_from=models_from,
+        requirements=requirements,
     )
