@@ -501,3 +501,91 @@ def test_mlserver_build_makes_an_image_that_serves_a_custom_runtime_with_its_req
     finally:
         _run(["podman", "rm", "-f", name], env=containers, check=False)
         _run(["podman", "rmi", "-f", tag], env=containers, check=False)
+
+
+def test_mlflow_build_docker_serves_the_model_as_enable_mlserver_did(
+    containers, wheelhouse, tmp_path, digits
+):
+    """`envserve mlflow build-docker -m <MLflow model> -n TAG` (what `mlflow models build-docker
+    --enable-mlserver` did): the model fetched and copied in, served on 8080 as mlflow-model over V2 and
+    /invocations; --env-manager local runs it in the server's environment (offline build: no PyPI)."""
+    import warnings
+
+    from sklearn import linear_model
+
+    _base_image(containers)
+    x, y = digits
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import mlflow.sklearn
+
+        model = linear_model.LogisticRegression(max_iter=300).fit(x[:300], y[:300])
+        mlflow.sklearn.save_model(model, str(tmp_path / "model"))
+    expected = model.predict(x[-5:]).tolist()
+    tag = "localhost/envserve-mlflow-build:test"
+    done = _run(
+        [
+            sys.executable,
+            "-m",
+            "envserve",
+            "mlflow",
+            "build-docker",
+            "-m",
+            tmp_path / "model",
+            "-n",
+            tag,
+            "--base",
+            BASE,
+            "--wheelhouse",
+            wheelhouse,
+            "--builder",
+            "buildah",
+            "--env-manager",
+            "local",
+        ],
+        env=dict(containers, ENVSERVE_ENV_CACHE=str(tmp_path / "cache")),
+        timeout=1800,
+    )
+    assert done.stdout.strip() == tag
+    _drop_replaced_images(containers)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    name = "envserve-mlflow-build-%d" % os.getpid()
+    _run(
+        [
+            "podman",
+            "run",
+            "-d",
+            "--init",
+            "--pull",
+            "never",
+            "--name",
+            name,
+            "-p",
+            "127.0.0.1:%d:8080" % port,
+            tag,
+        ],
+        env=containers,
+    )
+    try:
+        url = "http://127.0.0.1:%d" % port
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            logs = _run(["podman", "logs", name], env=containers, check=False)
+            assert time.monotonic() < deadline, logs.stdout + logs.stderr
+            time.sleep(0.2)
+        rows = x[-5:].tolist()
+        body = {"inputs": [{"name": "predict", "shape": [5, 64], "datatype": "FP64", "data": rows}]}
+        r = httpx.post(url + "/v2/models/mlflow-model/infer", json=body, timeout=30)
+        assert r.status_code == 200 and r.json()["outputs"][0]["data"] == expected, r.text
+        r = httpx.post(url + "/invocations", json={"inputs": rows}, timeout=30)
+        assert r.status_code == 200 and r.json()["predictions"] == expected, r.text
+    finally:
+        _run(["podman", "rm", "-f", name], env=containers, check=False)
+        _run(["podman", "rmi", "-f", tag], env=containers, check=False)

@@ -68,7 +68,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 def _register() -> None:
-    from . import deploy, env, image, mlserver, platform, serve
+    from . import deploy, env, image, mlflow, mlserver, platform, serve
 
     cli.add_command(serve.serve)
     cli.add_command(serve.health)
@@ -77,6 +77,7 @@ def _register() -> None:
     cli.add_command(platform.platform)
     cli.add_command(image.image)
     cli.add_command(mlserver.mlserver)
+    cli.add_command(mlflow.mlflow)
 
 
 _register()
