@@ -428,7 +428,7 @@ def test_mlserver_build_makes_an_image_that_serves_a_custom_runtime_with_its_req
         ],
         timeout=600,
     )
-    folder = tmp_path / "custom-runtime"
+    folder = tmp_path / "my-runtime"  # as docs/from-mlserver.md names it
     folder.mkdir()
     (folder / "model-settings.json").write_text(
         json.dumps({"name": "tripler", "implementation": "models.Tripler"})
@@ -447,14 +447,13 @@ def test_mlserver_build_makes_an_image_that_serves_a_custom_runtime_with_its_req
         "        return InferenceResponse(model_name=self.name, outputs=[out])\n"
     )
     (folder / "requirements.txt").write_text("envserve-build-probe==1.0\n")
-    tag = "localhost/envserve-mlserver-build:test"
+    tag = "localhost/my-runtime:0.1"
     env = dict(
         containers, ENVSERVE_IMAGE_BASE=BASE, ENVSERVE_WHEELHOUSE=str(house), ENVSERVE_IMAGE_BUILDER="buildah"
     )
-    done = _run(
-        [sys.executable, "-m", "envserve", "mlserver", "build", folder, "-t", tag], env=env, timeout=1800
-    )
-    assert "Successfully built custom Docker image with tag %s" % tag in done.stderr
+    from tests.integration.from_mlserver_doc import run_blocks
+
+    run_blocks(tmp_path, ("podman",), env)  # docs/from-mlserver.md's command, as written
     _drop_replaced_images(containers)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

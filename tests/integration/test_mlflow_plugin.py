@@ -164,3 +164,18 @@ def test_mlflow_deployments_manage_a_servers_repository(tmp_path, registered_dig
         assert r.status_code == 503 and "unloaded" in r.json()["error"], r.text  # docs/api.md
     finally:
         server.stop()
+
+
+def test_the_guides_mlflow_commands_run_as_written(tmp_path, registered_digits, digits):
+    """docs/from-mlserver.md's MLflow section: each server started as written answers the request."""
+    from tests.integration.from_mlserver_doc import run_blocks
+
+    x, _ = digits
+    rows = x[:3]
+    (tmp_path / "request.json").write_text(json.dumps(_v2(rows)))
+    env = {"MLFLOW_TRACKING_URI": registered_digits, "ENVSERVE_ENV_CACHE": str(tmp_path / "cache")}
+    printed = run_blocks(tmp_path, ("mlflow", "mlflow-background"), env)
+    expected = _predictions(registered_digits, 1, rows)
+    assert len(printed) == 2
+    for text in printed:
+        assert json.loads(text)["outputs"][0]["data"] == expected
