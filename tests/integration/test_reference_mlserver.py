@@ -97,6 +97,19 @@ def _boosted_models(repo):
         )
         folder = write_model(repo, name, {"name": name, "implementation": "mlserver_lightgbm.LightGBMModel"})
         booster.save_model(str(folder / "model.bst"))
+    import catboost
+
+    sizes = np.where(y >= 5, "large", "small")
+    for name, model, labels in (
+        ("cb-binary", catboost.CatBoostClassifier(), binary),
+        ("cb-multi", catboost.CatBoostClassifier(loss_function="MultiClass"), y),
+        ("cb-labels", catboost.CatBoostClassifier(), sizes),
+        ("cb-regressor", catboost.CatBoostRegressor(), y * 0.5),
+    ):
+        model.set_params(iterations=4, depth=3, thread_count=1, verbose=False, allow_writing_files=False)
+        model.fit(x[:400], labels[:400])
+        folder = write_model(repo, name, {"name": name, "implementation": "mlserver_catboost.CatboostModel"})
+        model.save_model(str(folder / "model.cbm"))
 
 
 @pytest.fixture(scope="module")
@@ -307,14 +320,19 @@ BOOSTED = (
     "lgb-multi",
     "lgb-binary",
     "lgb-regression",
+    "cb-binary",
+    "cb-multi",
+    "cb-labels",
+    "cb-regressor",
 )
 
 
 @pytest.mark.parametrize("model", BOOSTED)
-def test_xgboost_and_lightgbm_answer_as_mlservers_runtimes(servers, digits, model):
+def test_xgboost_lightgbm_and_catboost_answer_as_mlservers_runtimes(servers, digits, model):
     """Named with MLServer's runtime names, a model answers what MLServer's runtime answers: what the
     booster predicts (a probability, class probabilities, values) or, for a model saved through
-    XGBClassifier, class labels and predict_proba; the same errors for outputs it cannot give."""
+    XGBClassifier, class labels and predict_proba; the same errors for outputs it cannot give; CatBoost
+    models as the CatBoostClassifier MLServer loads them as (labels, whatever outputs are named)."""
     x, _ = digits
     rows = x[:4].tolist()
     path = "/v2/models/%s/infer" % model

@@ -62,6 +62,18 @@ def repo(tmp_path_factory, digits_model_file, digits) -> Path:
     )
     folder = write_model(repo, "digits-lgbm", {"name": "digits-lgbm", "implementation": "lightgbm"})
     lgbm.save_model(str(folder / "model.txt"))
+    import catboost
+
+    classifier = catboost.CatBoostClassifier(
+        iterations=30, depth=4, thread_count=1, verbose=False, allow_writing_files=False
+    ).fit(x[:500], y[:500])
+    folder = write_model(repo, "digits-cb", {"name": "digits-cb", "implementation": "catboost"})
+    classifier.save_model(str(folder / "model.cbm"))
+    regressor = catboost.CatBoostRegressor(
+        iterations=10, depth=3, thread_count=1, verbose=False, allow_writing_files=False
+    ).fit(x[:500], y[:500] * 0.5)
+    folder = write_model(repo, "digits-cb-reg", {"name": "digits-cb-reg"})  # found by its model.cbm
+    regressor.save_model(str(folder / "model.cbm"))
     return repo
 
 
@@ -163,9 +175,9 @@ def test_flat_data_and_requested_outputs(client, digits, digits_model_file):
     assert r.status_code == 400 and "has no predict_proba()" in r.json()["error"]
 
 
-def test_xgboost_and_lightgbm_runtimes(client, digits):
+def test_xgboost_lightgbm_and_catboost_runtimes(client, digits):
     x, y = digits
-    for model in ("digits-xgb", "digits-lgbm"):
+    for model in ("digits-xgb", "digits-lgbm", "digits-cb"):
         r = client.post(
             "/v2/models/%s/infer" % model,
             json={**digits_body(x[:50]), "outputs": [{"name": "predict"}, {"name": "predict_proba"}]},
@@ -176,8 +188,27 @@ def test_xgboost_and_lightgbm_runtimes(client, digits):
         probs = np.asarray(outputs["predict_proba"]["data"]).reshape(outputs["predict_proba"]["shape"])
         assert probs.shape == (50, 10)
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
-        assert (labels == probs.argmax(axis=1)).all()
-        assert (labels == y[:50]).mean() > 0.8  # trained on these rows: mostly right
+        assert (labels.ravel() == probs.argmax(axis=1)).all(), model
+        assert (labels.ravel() == y[:50]).mean() > 0.8, model  # trained on these rows: mostly right
+
+
+def test_a_catboost_regressor_answers_values_and_refuses_what_it_cannot_give(client, digits, repo):
+    import catboost
+
+    x, _ = digits
+    r = client.post("/v2/models/digits-cb-reg/infer", json=digits_body(x[:5]))
+    assert r.status_code == 200, r.text
+    (out,) = r.json()["outputs"]
+    assert out["datatype"] == "FP64" and len(out["data"]) == 5
+    model = catboost.CatBoost()
+    model.load_model(str(repo / "digits-cb-reg" / "model.cbm"))
+    np.testing.assert_allclose(np.asarray(out["data"]).ravel(), model.predict(x[:5]), rtol=1e-9)
+    r = client.post(
+        "/v2/models/digits-cb-reg/infer", json={**digits_body(x[:5]), "outputs": [{"name": "predict_proba"}]}
+    )
+    assert r.status_code == 400 and "has no predict_proba output" in r.json()["error"]
+    r = client.post("/v2/models/digits-cb/infer", json=digits_body(x[:2, :10]))
+    assert r.status_code == 400 and "64 features" in r.json()["error"], r.text
 
 
 @pytest.mark.parametrize(

@@ -62,6 +62,7 @@ LAYERS = {
     "workers": 2,
     "server": 3,
     "cli": 4,
+    "mlflow_plugin": 5,  # MLflow's deployment plugin: drives the CLI's functions from MLflow's process
     # the side packages see settings, errors and what is below them, never the server or workers
     "deploy": 2.5,
     "image": 2.5,
@@ -84,7 +85,7 @@ def test_worker_closure_imports_no_server_dependency():
     assert {"envserve.runtimes.mlflow", "envserve.workers.entry", "envserve.workers.link"} <= loaded
     assert _forbidden(loaded, SERVER_ONLY) == []
     # frameworks are imported when a model loads, not when the runtime module is imported
-    assert _forbidden(loaded, ("sklearn", "xgboost", "lightgbm", "pandas")) == []
+    assert _forbidden(loaded, ("sklearn", "xgboost", "lightgbm", "catboost", "pandas")) == []
 
 
 def test_worker_side_has_no_syntax_newer_than_python_36():

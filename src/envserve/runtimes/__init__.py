@@ -2,7 +2,7 @@
 
 ``implementation`` in model-settings.json may be:
 
-- one of our short names (``sklearn``, ``xgboost``, ``lightgbm``);
+- one of our short names (``sklearn``, ``xgboost``, ``lightgbm``, ``catboost``, ``mlflow``);
 - MLServer's name for the same runtime (``mlserver_sklearn.SKLearnModel``, ...);
 - ``module.Class`` of a custom runtime: ``module.py`` (or a package ``module/``) in the model folder, or
   an importable module; a Seldon Core v1 model class there (``predict(X, features_names)``) is served
@@ -36,12 +36,14 @@ BUILTIN_RUNTIMES: Dict[str, str] = {
     "sklearn": "envserve.runtimes.sklearn:SKLearnRuntime",
     "xgboost": "envserve.runtimes.xgboost:XGBoostRuntime",
     "lightgbm": "envserve.runtimes.lightgbm:LightGBMRuntime",
+    "catboost": "envserve.runtimes.catboost:CatBoostRuntime",
     "mlflow": "envserve.runtimes.mlflow:MLflowRuntime",
 }
 MLSERVER_NAMES: Dict[str, str] = {
     "mlserver_sklearn.SKLearnModel": "sklearn",
     "mlserver_xgboost.XGBoostModel": "xgboost",
     "mlserver_lightgbm.LightGBMModel": "lightgbm",
+    "mlserver_catboost.CatboostModel": "catboost",
     "mlserver_mlflow.MLflowRuntime": "mlflow",
 }
 # When no implementation is given: which artifact file names which runtime (first match wins).
@@ -53,6 +55,7 @@ _GUESS = (
     ("model.json", "xgboost"),
     ("model.ubj", "xgboost"),
     ("model.txt", "lightgbm"),
+    ("model.cbm", "catboost"),
 )
 
 

@@ -94,7 +94,8 @@ class CatLike(MLModel):
 def test_an_mlserver_runtime_named_mlserver_something_loads_when_it_is_installed_or_in_the_folder(
     tmp_path, monkeypatch
 ):
-    """MLServer's runtime packages (mlserver_catboost, a team's own mlserver_xyz) are users' code too."""
+    """MLServer's runtime packages envserve does not build in (mlserver_alibi_detect, a team's own
+    mlserver_xyz) are users' code too."""
     import numpy as np
 
     from envserve.protocol.v2 import InferenceRequest, RequestInput
@@ -127,9 +128,9 @@ def test_an_mlserver_runtime_named_mlserver_something_loads_when_it_is_installed
 
 def test_an_mlserver_runtime_that_is_not_installed_says_what_to_install(tmp_path):
     settings = ModelSettings.from_dict(
-        {"name": "m", "implementation": "mlserver_catboost.CatboostModel"}, folder=str(tmp_path)
+        {"name": "m", "implementation": "mlserver_alibi_explain.AlibiExplainRuntime"}, folder=str(tmp_path)
     )
     with pytest.raises(ModelLoadError) as info:
         resolve_runtime(settings)
-    assert "mlserver_catboost is not installed in the model's environment" in str(info.value)
-    assert "pip install mlserver-catboost" in str(info.value)
+    assert "mlserver_alibi_explain is not installed in the model's environment" in str(info.value)
+    assert "pip install mlserver-alibi-explain" in str(info.value)
