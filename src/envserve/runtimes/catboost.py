@@ -60,6 +60,13 @@ class CatBoostRuntime(Runtime):
         self._model = model
         loss = str(model.get_all_params().get("loss_function", ""))
         self._classifier = loss.split(":")[0] in _CLASSIFIERS
+        if self._mlserver and not self._classifier:  # MLServer loads it, then fails every request (500)
+            raise ModelLoadError(
+                "model %r: %s holds a CatBoost model trained with %s, not a classifier; MLServer's "
+                "CatboostModel serves classifiers only: use implementation 'catboost' for this model"
+                % (self.settings.name, path, loss or "an unknown loss"),
+                model=self.settings.name,
+            )
 
     def platform(self) -> str:
         return "catboost"
