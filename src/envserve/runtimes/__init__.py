@@ -2,7 +2,8 @@
 
 ``implementation`` in model-settings.json may be:
 
-- one of our short names (``sklearn``, ``xgboost``, ``lightgbm``, ``catboost``, ``mlflow``);
+- one of our short names (``sklearn``, ``xgboost``, ``lightgbm``, ``catboost``, ``huggingface``,
+  ``mlflow``);
 - MLServer's name for the same runtime (``mlserver_sklearn.SKLearnModel``, ...);
 - ``module.Class`` of a custom runtime: ``module.py`` (or a package ``module/``) in the model folder, or
   an importable module; a Seldon Core v1 model class there (``predict(X, features_names)``) is served
@@ -37,6 +38,7 @@ BUILTIN_RUNTIMES: Dict[str, str] = {
     "xgboost": "envserve.runtimes.xgboost:XGBoostRuntime",
     "lightgbm": "envserve.runtimes.lightgbm:LightGBMRuntime",
     "catboost": "envserve.runtimes.catboost:CatBoostRuntime",
+    "huggingface": "envserve.runtimes.huggingface:HuggingFaceRuntime",
     "mlflow": "envserve.runtimes.mlflow:MLflowRuntime",
 }
 MLSERVER_NAMES: Dict[str, str] = {
@@ -44,6 +46,7 @@ MLSERVER_NAMES: Dict[str, str] = {
     "mlserver_xgboost.XGBoostModel": "xgboost",
     "mlserver_lightgbm.LightGBMModel": "lightgbm",
     "mlserver_catboost.CatboostModel": "catboost",
+    "mlserver_huggingface.HuggingFaceRuntime": "huggingface",
     "mlserver_mlflow.MLflowRuntime": "mlflow",
 }
 # When no implementation is given: which artifact file names which runtime (first match wins).
