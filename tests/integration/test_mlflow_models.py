@@ -192,3 +192,60 @@ def test_mlflow_3_skops_models_load_without_mlflow(tmp_path, start_server, mlflo
         assert refused["state"] == "UNAVAILABLE"
         assert "holds types skops does not trust: _operator.neg" in refused["reason"], refused
     assert "needs mlflow" not in server.log
+
+
+def test_a_pyfunc_model_gets_the_requests_parameters_as_its_params(tmp_path, start_server):
+    """MLflow's inference params, as MLServer's MLflow runtime passes them: the V2 request's parameters
+    (but content_type, headers and envserve's own) reach PythonModel.predict as ``params``; the
+    signature's default applies when the request has none."""
+    import textwrap
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import mlflow.pyfunc
+        from mlflow.models import infer_signature
+
+    code = tmp_path / "scaler.py"
+    code.write_text(
+        textwrap.dedent(
+            """
+            import mlflow
+
+
+            class Scaler(mlflow.pyfunc.PythonModel):
+                def predict(self, context, model_input, params=None):
+                    factor = (params or {}).get("multiplier", 1.0)
+                    return model_input * factor
+
+
+            mlflow.models.set_model(Scaler())
+            """
+        )
+    )
+    x = np.array([[1.0, 2.0], [3.0, 4.0]])
+    folder = tmp_path / "repo" / "scaler"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlflow.pyfunc.save_model(
+            str(folder), python_model=str(code), signature=infer_signature(x, x, params={"multiplier": 1.0})
+        )
+    (folder / "model-settings.json").write_text(
+        json.dumps(
+            {
+                "name": "scaler",
+                "implementation": "mlserver_mlflow.MLflowRuntime",
+                "parameters": {"environment": "server"},
+            }
+        )
+    )
+    server = start_server(tmp_path / "repo")
+    body = {"inputs": [{"name": "input", "shape": [2, 2], "datatype": "FP64", "data": x.tolist()}]}
+    with server.client() as client:
+        r = client.post("/v2/models/scaler/infer", json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["outputs"][0]["data"] == [1.0, 2.0, 3.0, 4.0]
+        r = client.post(
+            "/v2/models/scaler/infer", json=dict(body, parameters={"multiplier": 3.0, "content_type": "np"})
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["outputs"][0]["data"] == [3.0, 6.0, 9.0, 12.0]

@@ -268,11 +268,16 @@ class MLflowRuntime(Runtime):
         data = self.decode_mlflow(request)
         if not self._pyfunc:  # mlflow's pyfunc enforces the schema itself
             data = enforce_schema(data, self._signature)
-        return self._predict(data)
+        return self._predict(data, _inference_params(request.parameters))
 
-    def _predict(self, data: Any) -> Any:
+    def _predict(self, data: Any, params: Optional[Dict[str, Any]] = None) -> Any:
+        """``params``: the request's own parameters (MLflow's inference params, as MLServer passes them),
+        for a pyfunc model; a model loaded natively has none to take."""
         try:
-            result = self._model.predict(data)
+            if params and self._pyfunc:
+                result = self._model.predict(data, params=params)
+            else:
+                result = self._model.predict(data)
         except (ValueError, TypeError, KeyError) as exc:
             raise InvalidRequest("model %r refused the input: %s" % (self.settings.name, exc)) from None
         except Exception as exc:
@@ -284,6 +289,18 @@ class MLflowRuntime(Runtime):
         if hasattr(result, "to_numpy") and getattr(result, "ndim", 2) == 1:  # a pandas Series
             result = result.to_numpy()
         return result
+
+
+#: A V2 request's parameters that are the protocol's, not the model's inference params.
+_PROTOCOL_PARAMETERS = ("content_type", "headers")
+
+
+def _inference_params(parameters: Dict[str, Any]) -> Dict[str, Any]:
+    """What MLServer's MLflow runtime passes as ``params``: the request's parameters but the protocol's
+    (and envserve's own ``envserve_*``, which never reach a model)."""
+    return {
+        k: v for k, v in parameters.items() if k not in _PROTOCOL_PARAMETERS and not k.startswith("envserve_")
+    }
 
 
 def _frameworks(flavor: Dict[str, Any]) -> List[str]:
