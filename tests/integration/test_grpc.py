@@ -236,3 +236,25 @@ print(json.dumps({"messages": {n: walk(m) for n, m in d.message_types_by_name.it
             continue
         peer = service.methods_by_name[name]
         assert (request, response) == (peer.input_type.name, peer.output_type.name)
+
+
+def test_grpc_max_message_length_bounds_grpc_messages_only(tmp_path, digits_model_file, digits):
+    """MLServer's grpc_max_message_length (Seldon Core 2 sets MLSERVER_GRPC_MAX_MESSAGE_LENGTH): a larger
+    ModelInfer is RESOURCE_EXHAUSTED naming the limit; the same request over REST is answered."""
+    write_model(tmp_path, "mnist-svm", {"name": "mnist-svm", "implementation": "sklearn"}, digits_model_file)
+    proc = ServerProcess(tmp_path, [], env={"MLSERVER_GRPC_MAX_MESSAGE_LENGTH": "2000"}).wait_ready()
+    try:
+        x, _ = digits
+        body = {"inputs": [{"name": "x", "shape": [10, 64], "datatype": "FP64", "data": x[:10].tolist()}]}
+        with grpc.insecure_channel(proc.grpc_address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ModelInfer(_proto("mnist-svm", body), timeout=30)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "limit of 2000 bytes" in info.value.details()
+            small = dict(body, inputs=[dict(body["inputs"][0], shape=[1, 64], data=x[:1].tolist())])
+            assert stub.ModelInfer(_proto("mnist-svm", small), timeout=30).outputs[0].name == "predict"
+        with proc.client() as client:
+            assert client.post("/v2/models/mnist-svm/infer", json=body).status_code == 200
+    finally:
+        proc.stop()

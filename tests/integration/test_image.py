@@ -9,6 +9,7 @@ podman/buildah cannot run at all here.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -401,33 +402,12 @@ def test_mlserver_build_makes_an_image_that_serves_a_custom_runtime_with_its_req
     (model-settings.json, the runtime's module, a requirements.txt naming a package the runtime imports):
     the image installs the package beside envserve, serves the runtime, and has the `mlserver` command
     that MLServer's images are started with."""
+    from tests.integration.probe import probe_wheel
+
     _base_image(containers)
-    probe = tmp_path / "probe"
-    (probe / "envserve_build_probe").mkdir(parents=True)
-    (probe / "envserve_build_probe" / "__init__.py").write_text(
-        "def triple(values):\n    return [3 * v for v in values]\n"
-    )
-    (probe / "pyproject.toml").write_text(
-        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
-        '[project]\nname = "envserve-build-probe"\nversion = "1.0"\n'
-    )
     house = tmp_path / "wheels"
     shutil.copytree(wheelhouse, house)
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "-w",
-            house,
-            probe,
-        ],
-        timeout=600,
-    )
+    probe_wheel(tmp_path, house)
     folder = tmp_path / "my-runtime"  # as docs/from-mlserver.md names it
     folder.mkdir()
     (folder / "model-settings.json").write_text(
@@ -455,51 +435,14 @@ def test_mlserver_build_makes_an_image_that_serves_a_custom_runtime_with_its_req
 
     run_blocks(tmp_path, ("podman",), env)  # docs/from-mlserver.md's command, as written
     _drop_replaced_images(containers)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     name = "envserve-mlserver-build-%d" % os.getpid()
     # started as MLServer's images are: `mlserver start <folder>` with MLServer's variables
-    _run(
-        [
-            "podman",
-            "run",
-            "-d",
-            "--init",
-            "--pull",
-            "never",
-            "--name",
-            name,
-            "-p",
-            "127.0.0.1:%d:9000" % port,
-            "-e",
-            "MLSERVER_HTTP_PORT=9000",
-            tag,
-            "mlserver",
-            "start",
-            "/models",
-        ],
-        env=containers,
-    )
-    try:
-        url = "http://127.0.0.1:%d" % port
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            logs = _run(["podman", "logs", name], env=containers, check=False)
-            assert time.monotonic() < deadline, logs.stdout + logs.stderr
-            time.sleep(0.2)
+    extra = ["-e", "MLSERVER_HTTP_PORT=9000", tag, "mlserver", "start", "/models"]
+    with _serving(containers, tag, name, 9000, extra) as url:
         body = {"inputs": [{"name": "x", "shape": [3], "datatype": "FP64", "data": [1, 2, 3.5]}]}
         r = httpx.post(url + "/v2/models/tripler/infer", json=body, timeout=30)
         assert r.status_code == 200, r.text
         assert r.json()["outputs"][0]["data"] == [3.0, 6.0, 10.5]
-    finally:
-        _run(["podman", "rm", "-f", name], env=containers, check=False)
-        _run(["podman", "rmi", "-f", tag], env=containers, check=False)
 
 
 def test_mlflow_build_docker_serves_the_model_as_enable_mlserver_did(
@@ -547,26 +490,27 @@ def test_mlflow_build_docker_serves_the_model_as_enable_mlserver_did(
     )
     assert done.stdout.strip() == tag
     _drop_replaced_images(containers)
+    name = "envserve-mlflow-build-%d" % os.getpid()
+    with _serving(containers, tag, name, 8080, [tag]) as url:
+        rows = x[-5:].tolist()
+        body = {"inputs": [{"name": "predict", "shape": [5, 64], "datatype": "FP64", "data": rows}]}
+        r = httpx.post(url + "/v2/models/mlflow-model/infer", json=body, timeout=30)
+        assert r.status_code == 200 and r.json()["outputs"][0]["data"] == expected, r.text
+        r = httpx.post(url + "/invocations", json={"inputs": rows}, timeout=30)
+        assert r.status_code == 200 and r.json()["predictions"] == expected, r.text
+
+
+@contextlib.contextmanager
+def _serving(containers, tag: str, name: str, container_port: int, extra=()):
+    """``podman run`` of ``tag`` (``extra``: options, the image, a command), published on a free loopback
+    port; yields its URL once /v2/health/ready answers 200 (its log in the failure otherwise); removes the
+    container and the image after."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    name = "envserve-mlflow-build-%d" % os.getpid()
-    _run(
-        [
-            "podman",
-            "run",
-            "-d",
-            "--init",
-            "--pull",
-            "never",
-            "--name",
-            name,
-            "-p",
-            "127.0.0.1:%d:8080" % port,
-            tag,
-        ],
-        env=containers,
-    )
+    argv = ["podman", "run", "-d", "--init", "--pull", "never", "--name", name]
+    argv += ["-p", "127.0.0.1:%d:%d" % (port, container_port), *extra]
+    _run(argv, env=containers)
     try:
         url = "http://127.0.0.1:%d" % port
         deadline = time.monotonic() + 120
@@ -579,12 +523,7 @@ def test_mlflow_build_docker_serves_the_model_as_enable_mlserver_did(
             logs = _run(["podman", "logs", name], env=containers, check=False)
             assert time.monotonic() < deadline, logs.stdout + logs.stderr
             time.sleep(0.2)
-        rows = x[-5:].tolist()
-        body = {"inputs": [{"name": "predict", "shape": [5, 64], "datatype": "FP64", "data": rows}]}
-        r = httpx.post(url + "/v2/models/mlflow-model/infer", json=body, timeout=30)
-        assert r.status_code == 200 and r.json()["outputs"][0]["data"] == expected, r.text
-        r = httpx.post(url + "/invocations", json={"inputs": rows}, timeout=30)
-        assert r.status_code == 200 and r.json()["predictions"] == expected, r.text
+        yield url
     finally:
         _run(["podman", "rm", "-f", name], env=containers, check=False)
         _run(["podman", "rmi", "-f", tag], env=containers, check=False)

@@ -21,42 +21,12 @@ import httpx
 import pytest
 
 from tests.conftest import Reference, ServerProcess, free_port, reference_venv, side_by_side, write_model
+from tests.integration.probe import probe_wheel
 
 pytestmark = pytest.mark.slow
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "mlserver_examples"
 JSON_DOC = {"name": "Foo Bar", "message": "Hello from the client"}
-
-
-def _probe_wheel(root: Path) -> Path:
-    probe = root / "probe"
-    (probe / "envserve_build_probe").mkdir(parents=True)
-    (probe / "envserve_build_probe" / "__init__.py").write_text(
-        "def triple(values):\n    return [3 * v for v in values]\n"
-    )
-    (probe / "pyproject.toml").write_text(
-        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
-        '[project]\nname = "envserve-build-probe"\nversion = "1.0"\n'
-    )
-    wheels = root / "wheels"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "-w",
-            wheels,
-            probe,
-        ],
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
-    return wheels
 
 
 def _repository(repo: Path, digits_model_file: Path, tripler_parameters: dict) -> None:
@@ -82,7 +52,8 @@ def _repository(repo: Path, digits_model_file: Path, tripler_parameters: dict) -
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory, digits_model_file):
     root = tmp_path_factory.mktemp("mlserver-examples")
-    wheels = _probe_wheel(root)
+    wheels = root / "wheels"
+    probe_wheel(root, wheels)
     # MLServer's side: an existing environment holding the runtime's requirements
     env = root / "probe-env"
     subprocess.run([sys.executable, "-m", "venv", env], check=True, timeout=300)

@@ -118,8 +118,9 @@ def test_a_fast_model_answers_inline_and_a_large_request_still_leaves_the_loop_f
 
 @pytest.mark.parametrize("worker", [False, True], ids=["in-process", "worker"])
 def test_twice_the_capacity_is_shed_with_503_and_nothing_waits_past_the_queue(tmp_path, start_server, worker):
-    """A model that takes 50 ms per call (20/s) receives 40 requests/s for 5 s, max_queue_size 4."""
-    service, queue = 0.05, 4
+    """A model that takes 200 ms per call (5/s) receives 40 requests/s for 5 s, max_queue_size 4: eight
+    times its capacity, so the shedding shows even when a busy machine slows the client's sending."""
+    service, queue = 0.2, 4
     _custom(
         tmp_path,
         "slow",
@@ -157,7 +158,7 @@ def test_twice_the_capacity_is_shed_with_503_and_nothing_waits_past_the_queue(tm
     results = asyncio.run(drive())
     after_load = probes.stop()
     statuses = [r[0] for r in results]
-    assert set(statuses) <= {200, 503} and statuses.count(200) >= 50 and statuses.count(503) >= 50
+    assert set(statuses) <= {200, 503} and statuses.count(200) >= 20 and statuses.count(503) >= 50, statuses
     for status, retry_after, doc, seconds in results:
         if status == 503:
             assert retry_after == "1" and "max_queue_size" in doc["error"]

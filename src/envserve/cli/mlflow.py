@@ -108,7 +108,7 @@ def serve_uri(
             overrides["parallel_workers"] = workers
         settings = ServerSettings.from_sources(repository, overrides)
         configure(settings.log_level, settings.log_format, settings.logging_settings)
-        announce(settings.contract)
+        announce(settings)
         run(settings, announced=True)
 
 

@@ -75,7 +75,7 @@ def serve(model_repository: Optional[str], **flags: Any) -> None:
         overrides["model_repository"] = ""  # only the --model-uri model, no repository scan
     settings = ServerSettings.from_sources(model_repository, overrides)
     configure(settings.log_level, settings.log_format, settings.logging_settings)
-    announce(settings.contract)
+    announce(settings)
     environments = _begin_extractions(settings)
     from ..server.serve import serve as run  # imported while the extractions run
 

@@ -151,11 +151,15 @@ class _LinesToLog:
         return getattr(self._stream, name)
 
 
-def announce(contract: str) -> None:
-    """A server's first log line: its version and the contract it follows (or its own settings)."""
+def announce(settings: Any) -> None:
+    """A server's first log lines: its version and the contract it follows (or its own settings), then what
+    reading the settings noticed (MLServer settings accepted and not acted on, with the reason)."""
     from .. import __version__
 
-    logging.getLogger("envserve").info("envserve %s: %s", __version__, contract or "envserve's own settings")
+    log = logging.getLogger("envserve")
+    log.info("envserve %s: %s", __version__, settings.contract or "envserve's own settings")
+    for level, message in getattr(settings, "_notices", ()):
+        logging.getLogger("envserve.settings").log(level, "%s", message)
 
 
 def configure(level: str, fmt: str = "text", logging_settings: str = "") -> None:

@@ -128,7 +128,7 @@ class Server:
             logger.warning("gRPC is off: %s (pip install 'envserve[grpc]')", exc)
             return None
         limits = Limits(
-            max_message=s.max_request_size,
+            max_message=s.grpc_max_message_length or s.max_request_size,
             max_connections=s.max_connections or 2**31,
             idle_timeout=s.grpc_idle_timeout,
         )
@@ -273,7 +273,7 @@ def serve(
     extracting the repository's tarballs before importing this module); ``announced``: the caller logged
     the first line (:func:`.logs.announce`)."""
     if not announced:
-        announce(settings.contract)
+        announce(settings)
     server = Server(settings, environments)
     if sys.version_info >= (3, 11):
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:

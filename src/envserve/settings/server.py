@@ -21,7 +21,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, fields
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..errors import SettingsError
 from .contracts import BOOL_WORDS
@@ -88,7 +88,6 @@ _MLSERVER_ALIASES = {
 _MLSERVER_IGNORED = {
     "metrics_dir": "envserve's metrics live in its own process; there are no metric files to keep",
     "parallel_workers_timeout": "workers are stopped within graceful_timeout",
-    "grpc_max_message_length": "max_request_size bounds gRPC messages and REST bodies alike",
     "root_path": "envserve serves at the root; put it behind a proxy that strips the prefix",
     "extensions": "GET /v2 lists the extensions envserve implements",
     "tracing_server": "envserve exports traces over OTLP/HTTP: set tracing_endpoint to the collector's URL",
@@ -135,6 +134,8 @@ class ServerSettings:
     #: REST requests in flight, and gRPC connections, each edge serves at once; beyond it REST answers 503
     #: with Retry-After and gRPC refuses the connection (GOAWAY). 0 = no bound.
     max_connections: int = 1024
+    #: Largest gRPC message accepted, in bytes (0 = max_request_size), as MLServer's setting of that name.
+    grpc_max_message_length: int = 0
     #: Seconds a gRPC connection without calls is kept open (0 = until the client closes it).
     grpc_idle_timeout: float = 300.0
     #: gRPC server reflection (grpc.reflection.v1 and v1alpha): clients such as grpcurl list and describe
@@ -212,6 +213,7 @@ class ServerSettings:
         """Merge settings.json, ``ENVSERVE_*`` variables and explicit overrides (in rising precedence)."""
         environ = os.environ if environ is None else environ
         overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        notices: List[Tuple[int, str]] = []  # what reading them noticed, logged after the first line
         contract = detect_contract(environ)
         defaults = _image_defaults(environ)
         repo = (
@@ -224,7 +226,7 @@ class ServerSettings:
         values: Dict[str, Any] = {k: v for k, v in defaults.items() if k != "model_repository"}
         values["model_repository"] = repo
         if repo:
-            values.update(_read_file(os.path.join(repo, SERVER_SETTINGS_FILE)))
+            values.update(_read_file(os.path.join(repo, SERVER_SETTINGS_FILE), notices))
         values.update({k: v for k, v in contract.settings.items() if k != "model_repository"})
         values["contract"] = contract.description
         known_fields = {f.name: f for f in fields(cls)}
@@ -238,7 +240,7 @@ class ServerSettings:
             if raw is None:
                 continue
             if key in _MLSERVER_IGNORED:
-                _ignored(variable, key, raw)
+                _ignored(variable, key, raw, notices)
                 continue
             name = _MLSERVER_ALIASES.get(key, key)
             values[name] = _mlserver_value(name, raw, known_fields[name].type, variable)
@@ -254,6 +256,8 @@ class ServerSettings:
             raise SettingsError("unknown server settings: %s" % ", ".join(sorted(unknown)))
         settings = cls(**values)
         settings.validate()
+        # what reading them noticed, (logging level, message): not a setting, announce() logs it
+        setattr(settings, "_notices", notices)  # noqa: B010
         return settings
 
     def validate(self) -> None:
@@ -280,7 +284,7 @@ class ServerSettings:
             )
         if self.log_format not in ("text", "json"):
             raise SettingsError("log_format must be text or json, got %r" % self.log_format)
-        for name in ("max_queue_size", "max_connections", "grpc_idle_timeout"):
+        for name in ("max_queue_size", "max_connections", "grpc_idle_timeout", "grpc_max_message_length"):
             if getattr(self, name) < 0:
                 raise SettingsError("%s must be >= 0 (0 = no bound)" % name)
 
@@ -305,7 +309,7 @@ def _image_defaults(environ: Mapping[str, str]) -> Dict[str, Any]:
     return doc
 
 
-def _read_file(path: str) -> Dict[str, Any]:
+def _read_file(path: str, notices: List[Tuple[int, str]]) -> Dict[str, Any]:
     if not os.path.isfile(path):
         return {}
     try:
@@ -320,7 +324,7 @@ def _read_file(path: str) -> Dict[str, Any]:
     for key, value in doc.items():
         target = _MLSERVER_ALIASES.get(key, key)
         if key in _MLSERVER_IGNORED:
-            _ignored(path, key, value)
+            _ignored(path, key, value, notices)
             continue
         if target not in known:
             raise SettingsError(
@@ -332,7 +336,7 @@ def _read_file(path: str) -> Dict[str, Any]:
     return values
 
 
-def _ignored(where: str, key: str, value: Any) -> None:
+def _ignored(where: str, key: str, value: Any, notices: List[Tuple[int, str]]) -> None:
     off = value in (None, False, "", [], {}, 0) or str(value).strip().lower() in (
         "false",
         "0",
@@ -341,8 +345,8 @@ def _ignored(where: str, key: str, value: Any) -> None:
         "null",
     )
     off = off or key in _HARMLESS
-    log = logger.info if off else logger.warning
-    log("%s: ignoring MLServer's %s (%s)", where, key, _MLSERVER_IGNORED[key])
+    level = logging.INFO if off else logging.WARNING
+    notices.append((level, "%s: ignoring MLServer's %s (%s)" % (where, key, _MLSERVER_IGNORED[key])))
 
 
 def _mlserver_value(name: str, raw: Any, annotation: Any, where: str) -> Any:

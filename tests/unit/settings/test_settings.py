@@ -181,8 +181,7 @@ def test_mlservers_settings_mean_what_they_mean_in_mlserver(tmp_path, caplog):
         "metrics_dir": "/tmp/metrics",
     }
     (tmp_path / "settings.json").write_text(json.dumps(doc))
-    with caplog.at_level("INFO", logger="envserve.settings"):
-        s = ServerSettings.from_sources(str(tmp_path), environ={})
+    s = ServerSettings.from_sources(str(tmp_path), environ={"MLSERVER_GRPC_MAX_MESSAGE_LENGTH": "1048576000"})
     assert s.access_log is True
     assert s.cors_origins == "https://a.example,https://b.example"
     assert (s.server_name, s.server_version, s.metrics_rest_server_prefix) == (
@@ -192,10 +191,21 @@ def test_mlservers_settings_mean_what_they_mean_in_mlserver(tmp_path, caplog):
     )
     assert s.load_models_at_startup is False and s.metrics_endpoint == "/prometheus"
     assert s.environments_dir == str(tmp_path / "envs") and s.log_format == "json"
-    warned = {r.getMessage() for r in caplog.records if r.levelname == "WARNING"}
+    assert s.grpc_max_message_length == 1048576000  # as Seldon Core 2 sets it
+    # said after the server's first line (announce), not while the settings are read
+    import logging
+
+    from envserve.server.logs import announce
+
+    assert not caplog.records
+    with caplog.at_level("INFO"):
+        announce(s)
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert lines[0][1].startswith("envserve ") and "envserve's own settings" in lines[0][1]
+    warned = {m for level, m in lines if level == logging.WARNING}
     assert any("ignoring MLServer's kafka_enabled (envserve does not consume" in m for m in warned), warned
     assert not any("gzip_enabled" in m or "metrics_dir" in m for m in warned), warned  # off: said at info
-    assert any("metrics_dir" in r.getMessage() for r in caplog.records)
+    assert any("metrics_dir" in m for _, m in lines)
 
 
 def test_mlservers_variables_are_read_below_envserves(tmp_path):
