@@ -12,7 +12,7 @@ Suites:
   environments  see bench/environments.py: worker vs in-process, time to ready, environment build time.
   extraction    see bench/extraction.py: first start from a .tar.gz and a .tar.zst vs tar -xzf, then a start.
   mlserver-start see bench/mlserver_start.py: first start from a venv-pack tarball, vs MLServer 1.7.1.
-  pickles       see bench/pickles.py: the pickle scan before load vs joblib.load of the same file.
+  pickles       see bench/pickles.py: envserve's restricted loader vs joblib.load of the same file.
   core   single-row and 100-row infer of the digits model at 1, 8 and 64 connections, envserve (in
          process) vs the floor (bench/floor_app.py). Target: single-row req/s at 8 connections >= 0.8x the
          floor's, p99 <= 1.5x the floor's.

@@ -1,9 +1,9 @@
-"""Suite ``pickles``: what the pickle scan before load costs, against the load it guards.
+"""Suite ``pickles``: envserve's restricted loader against ``joblib.load`` of the same file.
 
 For scikit-learn models of three sizes (the digits SVC, a 100-tree random forest, a 300-tree one), as
-joblib files plain and zlib-compressed: the scan (``envserve.runtimes.pickles.check_pickle``) and
-``joblib.load`` of the same file, interleaved, median of 5 each. The ratio scan/load is what we track:
-the scan walks opcodes in Python, the load runs the C unpickler and builds the objects.
+joblib files plain and zlib-compressed: ``envserve.runtimes.pickles.load_pickle`` (the load envserve does,
+with every global, call and dtype checked) and ``joblib.load`` (which runs the same pure-Python unpickler
+unchecked), interleaved, median of 5 each. The ratio loader/joblib is what we track.
 """
 
 from __future__ import annotations
@@ -37,10 +37,13 @@ def _models() -> List[tuple]:
 def run(seconds: float) -> List[str]:
     import joblib
 
-    from envserve.runtimes.pickles import AllowList, check_pickle
+    from envserve.runtimes.pickles import Policy, load_pickle
 
-    allow = AllowList.for_model(["sklearn"], None)
-    lines = ["| model | file | size | scan | joblib.load | scan/load |", "|---|---|---|---|---|---|"]
+    policy = Policy.for_model(["sklearn"])
+    lines = [
+        "| model | file | size | envserve's loader | joblib.load | loader/joblib |",
+        "|---|---|---|---|---|---|",
+    ]
     with tempfile.TemporaryDirectory(prefix="envserve-bench-pickles-") as tmp:
         for label, model in _models():
             for compress in (0, 3):
@@ -49,7 +52,7 @@ def run(seconds: float) -> List[str]:
                 scans, loads = [], []
                 for _ in range(ROUNDS):
                     started = time.perf_counter()
-                    check_pickle(str(path), allow)
+                    load_pickle(str(path), policy)
                     scans.append(time.perf_counter() - started)
                     started = time.perf_counter()
                     joblib.load(path)

@@ -82,6 +82,10 @@ def custom_model(repo: Path, name: str, cls: str, settings: Optional[dict] = Non
     return folder
 
 
+#: What every server the suite starts is given unless a test says otherwise.
+SUITE_ENV = {"ENVSERVE_TRUST_MODEL_CODE": "true"}
+
+
 class ServerProcess:
     """``envserve serve`` in a subprocess on an OS-assigned loopback port; its log is kept for asserts."""
 
@@ -91,12 +95,15 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "envserve", "serve"]
         if repo is not None:
             cmd += [str(repo), "--http-port", "0", "--grpc-port", "0", *args]
+        # the suite's servers run model code (most tests serve runtime classes of their own): the
+        # default, refusing it, is what test_model_code.py checks; ``env`` values None unset a variable
+        merged = {**SUITE_ENV, **os.environ, **(env or {})}
         self.proc = subprocess.Popen(
             cmd,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, **(env or {})},
+            env={k: v for k, v in merged.items() if v is not None},
         )
         self.lines: List[str] = []
         grpc_port = cmd[cmd.index("--grpc-port") + 1] if "--grpc-port" in cmd else None

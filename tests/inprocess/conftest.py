@@ -24,6 +24,7 @@ def arun() -> Callable[[Coroutine[Any, Any, Any]], Any]:
 @contextlib.asynccontextmanager
 async def served(repo: Path, **settings: Any) -> AsyncIterator[Server]:
     """A Server for ``repo`` with its models loaded (what ``serve`` does before it says ready)."""
+    settings.setdefault("trust_model_code", True)  # most of these serve runtime classes of their own
     server = Server(ServerSettings(model_repository=str(repo), **settings))
     await server.registry.load_repository()
     server.dataplane.started = True

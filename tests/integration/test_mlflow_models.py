@@ -154,8 +154,9 @@ def test_mlflow_model_in_its_own_environment(tmp_path, start_server, mlflow_mode
 
 def test_mlflow_3_skops_models_load_without_mlflow(tmp_path, start_server, mlflow_models):
     """MLflow 3 saves scikit-learn models with skops: served from an environment with scikit-learn and
-    skops but no mlflow, skops building only the types it trusts and those the MLmodel lists; a file
-    whose types are not listed is refused, naming them."""
+    skops but no mlflow, skops building only the types it trusts and those the MLmodel lists *and* the
+    operator allows (the MLmodel comes from where the file comes from); a file whose types are not listed,
+    or a model that narrows the operator's list, is refused, naming them."""
     import shutil
 
     import yaml
@@ -169,10 +170,14 @@ def test_mlflow_3_skops_models_load_without_mlflow(tmp_path, start_server, mlflo
     doc = yaml.safe_load(mlmodel.read_text())
     doc["flavors"]["sklearn"]["skops_trusted_types"] = None  # the list removed: the type is not trusted
     mlmodel.write_text(yaml.safe_dump(doc))
-    for name in ("iris", "negated", "unlisted"):
+    shutil.copytree(mlflow_models["root"] / "negated", tmp_path / "repo" / "narrowed")
+    for name in ("iris", "negated", "unlisted", "narrowed"):
         parameters = {"environment": str(requirements), "environment_python": "3.11"}
+        if name == "narrowed":
+            parameters["pickle_allow"] = []  # narrower than the server's
         write_model(tmp_path / "repo", name, {"name": name, "parameters": parameters})
-    server = start_server(tmp_path / "repo", env={"ENVSERVE_ENV_CACHE": str(tmp_path / "cache")})
+    env = {"ENVSERVE_ENV_CACHE": str(tmp_path / "cache"), "ENVSERVE_PICKLE_ALLOW": "_operator.neg"}
+    server = start_server(tmp_path / "repo", env=env)
     with server.client() as client:
         status = {m["name"]: m for m in client.get("/envserve/models").json()}
         for name in ("iris", "negated"):
@@ -188,9 +193,11 @@ def test_mlflow_3_skops_models_load_without_mlflow(tmp_path, start_server, mlflo
             r = client.post("/v2/models/%s/infer" % name, json=body)
             assert r.status_code == 200, r.text
             assert r.json()["outputs"][0]["data"] == model.predict(rows).tolist()
-        refused = status["unlisted"]
-        assert refused["state"] == "UNAVAILABLE"
-        assert "holds types skops does not trust: _operator.neg" in refused["reason"], refused
+        for name in ("unlisted", "narrowed"):
+            refused = status[name]
+            assert refused["state"] == "UNAVAILABLE"
+            assert "holds types skops does not trust: _operator.neg" in refused["reason"], refused
+            assert "the operator allows them in the server's pickle_allow" in refused["reason"], refused
     assert "needs mlflow" not in server.log
 
 

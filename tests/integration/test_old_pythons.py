@@ -116,3 +116,43 @@ def test_every_worker_side_module_imports_there(tmp_path, builds, version):
     assert json.loads(proc.stdout.strip().replace("(", "[").replace(")", "]")) == [
         int(p) for p in version.split(".")
     ]
+
+
+@pytest.mark.parametrize("version", OLD + ("3.8",))
+def test_the_pickle_loader_holds_in_old_environments(tmp_path, builds, version):
+    """The restricted loader as a worker runs it there (that Python, its numpy and scikit-learn): the
+    environment's own model loads as joblib loads it, every attack of the corpus is refused under both
+    policies, and 1,500 mutations of files written there are refused or loaded — nothing runs, nothing
+    crashes."""
+    paths = builds[version] if version in builds else old_sklearn.old_sklearn()  # 3.8: the default recipe
+    env = _unpacked(paths, tmp_path / "env")
+    python = str(env / "bin" / "python")
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "pickles"
+    environ = {**os.environ, "PYTHONPATH": str(SRC)}
+    same = subprocess.run(
+        [python, "-W", "ignore", "-c",
+         "import sys, joblib, numpy as np\n"
+         "from envserve.runtimes.pickles import Policy, load_pickle\n"
+         "m = load_pickle(sys.argv[1], Policy.for_model(['sklearn']))\n"
+         "x = np.random.RandomState(0).rand(20, 64) * 16\n"
+         "print((m.predict(x) == joblib.load(sys.argv[1]).predict(x)).all())\n",
+         str(paths["model"])],
+        capture_output=True, text=True, timeout=300, env=environ,
+    )  # fmt: skip
+    assert same.stdout.strip() == "True", same.stderr
+    marker = tmp_path / "PWNED"
+    for policy in ("default", "permissive"):
+        corpus = subprocess.run(
+            [python, str(fixtures / "attacks.py"), str(marker), str(tmp_path), policy],
+            capture_output=True, text=True, timeout=300, env=environ,
+        )  # fmt: skip
+        assert corpus.returncode == 0, corpus.stderr
+        outcomes = [line.split("\t")[2] for line in corpus.stdout.splitlines()]
+        assert len(outcomes) >= 24 and all(o.startswith("refused ") for o in outcomes), corpus.stdout
+    fuzz = subprocess.run(
+        [python, "-W", "ignore", str(fixtures / "fuzz.py"), str(marker), str(tmp_path), "5", "1500"],
+        capture_output=True, text=True, timeout=600, env=environ,
+    )  # fmt: skip
+    assert fuzz.returncode == 0, "the loading process died (%s): %s" % (fuzz.returncode, fuzz.stderr[-2000:])
+    assert fuzz.stdout.splitlines()[-1].endswith(" error 0"), fuzz.stdout[-2000:]
+    assert not marker.exists()

@@ -106,6 +106,9 @@ def serve_uri(
         overrides: Dict[str, Any] = {"http_port": port, "grpc_port": grpc_port, "host": host}
         if workers is not None:
             overrides["parallel_workers"] = workers
+        if "ENVSERVE_TRUST_MODEL_CODE" not in os.environ:
+            # the operator named this one model on the command line, as `mlflow models serve` runs it
+            overrides["trust_model_code"] = True
         settings = ServerSettings.from_sources(repository, overrides)
         configure(settings.log_level, settings.log_format, settings.logging_settings)
         announce(settings)

@@ -51,9 +51,11 @@ def mlserver() -> None:
 @click.argument("folder", type=click.Path(file_okay=False, exists=True))
 @click.pass_context
 def start(ctx: click.Context, folder: str) -> None:
-    """Start serving the models in FOLDER (envserve serve FOLDER)."""
+    """Start serving the models in FOLDER (envserve serve FOLDER). As MLServer, it runs the folder's
+    runtime classes (trust_model_code; ENVSERVE_TRUST_MODEL_CODE=false refuses them)."""
     from .serve import serve
 
+    os.environ.setdefault("ENVSERVE_TRUST_MODEL_CODE", "true")
     ctx.invoke(serve, model_repository=folder)
 
 

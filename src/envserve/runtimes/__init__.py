@@ -142,6 +142,13 @@ def _importable(settings: ModelSettings, implementation: str) -> bool:
 
 
 def _load_custom(settings: ModelSettings, implementation: str) -> Type[Runtime]:
+    if settings.parameters.get("model_code") is False:
+        raise ModelLoadError(
+            "model %r: implementation %r is Python code that is not envserve's, and this server does not run "
+            "model code (trust_model_code=false); use a built-in runtime (%s), or the operator allows model "
+            "code server-wide" % (settings.name, implementation, ", ".join(sorted(BUILTIN_RUNTIMES))),
+            model=settings.name,
+        )
     module_name, _, class_name = implementation.rpartition(".")
     if not module_name or not class_name:
         raise ModelLoadError(

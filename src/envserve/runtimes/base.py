@@ -140,34 +140,41 @@ class Runtime:
             % (self.settings.name, ", ".join(candidates), path)
         )
 
-    def check_pickles(self, paths: Sequence[str], frameworks: Sequence[str] = ("sklearn",)) -> None:
-        """Scan pickle files before they are unpickled (:mod:`envserve.runtimes.pickles`): every global
-        they would import must be on the allow-list (the frameworks' packages, numpy/scipy/pandas types,
-        ``parameters.pickle_allow``), else :class:`~envserve.errors.UnsafePickle` names the global and the
-        file. ``parameters.pickle_scan: false`` turns the scan off (the files then run whatever they name)."""
-        from .pickles import AllowList, check_pickle
+    def pickle_policy(self, frameworks: Sequence[str] = ("sklearn",)) -> Any:
+        """What this model's pickles may build (:class:`~envserve.runtimes.pickles.Policy`): the
+        frameworks' classes, numpy/scipy/pandas types and the operator's ``pickle_allow``, which the server
+        hands the runtime in ``parameters`` (a model's own settings cannot widen it); ``pickle_code``
+        (the operator's ``pickle_scan=false``) lets pickles name anything."""
+        from .pickles import Policy
 
         params = self.settings.parameters
-        if params.get("pickle_scan", True) in (False, "false", "0", 0):
-            return
+        rules = params.get("pickle_allow") or []
         try:
-            allow = AllowList.for_model(frameworks, params.get("pickle_allow"))
-            for path in paths:
-                check_pickle(path, allow)
+            return Policy.for_model(
+                frameworks,
+                [rules] if isinstance(rules, str) else rules,
+                code=params.get("pickle_code") is True,
+            )
         except ModelLoadError as exc:
             raise type(exc)("model %r: %s" % (self.settings.name, exc), model=self.settings.name) from None
 
-    def check_user_pickles(self) -> None:
-        """Before a user's class loads its model: the pickles in the model's folder, allowed the
-        scikit-learn ecosystem and the folder's own modules."""
-        from .pickles import local_modules, model_files
+    def load_pickle(self, path: str, frameworks: Sequence[str] = ("sklearn",)) -> Any:
+        """Unpickle a model file with envserve's restricted loader (:mod:`~envserve.runtimes.pickles`): what
+        the policy refuses makes the model UNAVAILABLE naming the global and the file, with nothing
+        from the file run."""
+        from .pickles import load_pickle
 
-        folder = self.settings.model_path or self.settings.folder
-        if folder is not None and os.path.isfile(folder):
-            files, folder = [folder], os.path.dirname(folder)
-        else:
-            files = model_files(folder)
-        self.check_pickles(files, ["sklearn"] + local_modules(self.settings.folder))
+        try:
+            return load_pickle(path, self.pickle_policy(frameworks))
+        except ModelLoadError as exc:
+            raise type(exc)("model %r: %s" % (self.settings.name, exc), model=self.settings.name) from None
+
+    def unpickling_restricted(self, frameworks: Sequence[str] = ("sklearn",)) -> Any:
+        """While a user's class or a framework's loader loads: ``pickle.load(s)``, ``joblib.load`` and
+        ``cloudpickle.load(s)`` go through the restricted loader, allowed the folder's own modules too."""
+        from .pickles import local_modules, restricted_loaders
+
+        return restricted_loaders(self.pickle_policy(list(frameworks) + local_modules(self.settings.folder)))
 
     def metadata(self) -> Dict[str, Any]:
         """V2 model metadata (``GET /v2/models/{name}``)."""

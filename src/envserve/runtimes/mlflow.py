@@ -15,7 +15,6 @@ scikit-learn when a model is loaded; Python 3.6+.
 
 import json
 import os
-import pickle
 from typing import Any, Dict, List, Optional
 
 from ..codecs import encode_outputs
@@ -23,7 +22,6 @@ from ..codecs.mlflow import Signature, enforce_schema, from_v2, parse_invocation
 from ..errors import InvalidRequest, ModelLoadError
 from ..protocol.v2 import InferenceRequest, InferenceResponse, MetadataTensor
 from .base import Runtime
-from .pickles import model_files
 
 __all__ = ["MLflowRuntime", "read_mlmodel"]
 
@@ -128,21 +126,9 @@ class MLflowRuntime(Runtime):
         except ImportError:
             return None
         path = os.path.join(self._folder, flavor.get("pickled_model", "model.pkl"))
-        self.check_pickles([path], _frameworks(flavor))
-        try:
-            if flavor.get("serialization_format") == "cloudpickle":
-                import cloudpickle
-
-                with open(path, "rb") as f:
-                    return cloudpickle.load(f)
-            with open(path, "rb") as f:
-                return pickle.load(f)
-        except ImportError:
-            return None
-        except Exception as exc:
-            raise ModelLoadError(
-                "model %r: loading %s failed: %s: %s" % (self.settings.name, path, type(exc).__name__, exc)
-            ) from exc
+        # pickle, cloudpickle or joblib alike, through the restricted loader: the MLmodel file comes from
+        # the same place as the pickle, so what it declares (cloudpickle) widens nothing
+        return self.load_pickle(path, _frameworks(flavor))
 
     def _load_skops(self, flavor: Dict[str, Any]) -> Any:
         """MLflow 3's default scikit-learn format: skops builds only the types it trusts (scikit-learn's,
@@ -153,19 +139,21 @@ class MLflowRuntime(Runtime):
         except ImportError:
             return None  # mlflow's loader, or the error that says what to install
         path = os.path.join(self._folder, flavor.get("pickled_model", "model.skops"))
-        trusted = flavor.get("skops_trusted_types") or None
+        # the MLmodel's skops_trusted_types come from the same place as the file: a type skops does not
+        # trust by itself is trusted only when the operator's pickle policy allows it too
+        listed = set(flavor.get("skops_trusted_types") or ())
+        policy = self.pickle_policy(_frameworks(flavor))
         try:
             untrusted = skops.io.get_untrusted_types(file=path)
-            refused = sorted(set(untrusted) - set(trusted or ()))
+            refused = sorted(t for t in untrusted if t not in listed or not policy.allows_name(t))
             if refused:
                 raise ModelLoadError(
-                    "model %r: %s holds types skops does not trust: %s; list them in the MLmodel's "
-                    "sklearn flavor as skops_trusted_types (mlflow.sklearn.save_model(..., "
-                    "skops_trusted_types=[...])) if you trust this file"
+                    "model %r: %s holds types skops does not trust: %s; they load when the MLmodel lists "
+                    "them in skops_trusted_types and the operator allows them in the server's pickle_allow"
                     % (self.settings.name, path, ", ".join(refused)),
                     model=self.settings.name,
                 )
-            return skops.io.load(path, trusted=trusted)
+            return skops.io.load(path, trusted=sorted(untrusted) or None)
         except ModelLoadError:
             raise
         except Exception as exc:
@@ -189,15 +177,34 @@ class MLflowRuntime(Runtime):
                 "build the model's own environment (remove parameters.environment: server) or install mlflow"
                 % self.settings.name
             ) from None
-        # whatever the flavor's loader unpickles: the pickles in the folder, allowed the flavors' packages
+        # whatever the flavor's loader unpickles goes through the restricted loader, allowed the flavors'
+        # packages; a PythonModel is code pickled by value, loaded only when the operator trusts model code
         frameworks = ["mlflow" if f == "python_function" else f for f in self._mlmodel["flavors"]]
         for flavor in self._mlmodel["flavors"].values():
             frameworks += [f for f in _frameworks(flavor or {}) if f not in frameworks]
-        self.check_pickles(model_files(self._folder), frameworks)
+        pyfunc = self._mlmodel["flavors"]["python_function"] or {}
+        code = bool(pyfunc.get("python_model") or pyfunc.get("cloudpickle_version") or pyfunc.get("code"))
+        if code and self.settings.parameters.get("model_code") is False:
+            raise ModelLoadError(
+                "model %r is code (an MLflow python_function model with its own Python: %s), and this server "
+                "does not run model code (trust_model_code=false); the operator allows it server-wide"
+                % (self.settings.name, pyfunc.get("python_model") or pyfunc.get("loader_module")),
+                model=self.settings.name,
+            )
+        policy = self.pickle_policy(frameworks)
+        if code:
+            from .pickles import Policy
+
+            policy = Policy.for_model(frameworks, code=True)
+        from .pickles import restricted_loaders
+
         try:
-            model = mlflow.pyfunc.load_model(self._folder)
+            with restricted_loaders(policy):
+                model = mlflow.pyfunc.load_model(self._folder)
             self._pyfunc = True
             return model
+        except ModelLoadError:
+            raise
         except Exception as exc:
             raise ModelLoadError(
                 "model %r: mlflow.pyfunc.load_model failed: %s: %s"

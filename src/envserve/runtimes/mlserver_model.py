@@ -93,21 +93,22 @@ class MLServerModelRuntime(Runtime):
                 "model %r: MLServer's ModelSettings refused the settings: %s: %s"
                 % (self.settings.name, type(exc).__name__, exc)
             ) from exc
-        self.check_user_pickles()
-        try:
-            self.model = self.user_class(settings)
-        except Exception as exc:
-            raise ModelLoadError(
-                "model %r: %s(settings) raised %s: %s"
-                % (self.settings.name, self.label, type(exc).__name__, exc)
-            ) from exc
-        try:
-            ready = self._until(self.model.load())
-        except Exception as exc:
-            raise ModelLoadError(
-                "model %r: %s.load() raised %s: %s"
-                % (self.settings.name, self.label, type(exc).__name__, exc)
-            ) from exc
+        # what the runtime unpickles while it loads goes through envserve's restricted loader
+        with self.unpickling_restricted():
+            try:
+                self.model = self.user_class(settings)
+            except Exception as exc:
+                raise ModelLoadError(
+                    "model %r: %s(settings) raised %s: %s"
+                    % (self.settings.name, self.label, type(exc).__name__, exc)
+                ) from exc
+            try:
+                ready = self._until(self.model.load())
+            except Exception as exc:
+                raise ModelLoadError(
+                    "model %r: %s.load() raised %s: %s"
+                    % (self.settings.name, self.label, type(exc).__name__, exc)
+                ) from exc
         if ready is False:
             raise ModelLoadError("model %r: %s.load() returned False" % (self.settings.name, self.label))
         self.model.ready = True

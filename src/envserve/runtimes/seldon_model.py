@@ -108,8 +108,8 @@ class SeldonModelRuntime(Runtime):
             self.settings.extra.get("parameters"),
             "model %r: parameters.extra.parameters" % self.settings.name,
         )
-        self.check_user_pickles()
-        with _in_folder(self.settings.folder):
+        # what the class unpickles while it loads goes through envserve's restricted loader
+        with _in_folder(self.settings.folder), self.unpickling_restricted():
             try:
                 self.model = self.user_class(**kwargs)
             except Exception as exc:

@@ -5,10 +5,9 @@ Outputs: ``predict`` by default; ``predict_proba``, ``predict_log_proba``, ``dec
 Worker import closure: standard library, numpy, joblib/scikit-learn; Python 3.6+.
 """
 
-import pickle
 from typing import Any, Dict, Optional
 
-from ..errors import InvalidRequest, ModelLoadError
+from ..errors import InvalidRequest
 from ..protocol.v2 import InferenceRequest
 from .base import Runtime
 
@@ -23,22 +22,9 @@ class SKLearnRuntime(Runtime):
 
     def load(self) -> None:
         path = self.find_artifact(ARTIFACTS)
-        self.check_pickles([path])
-        try:
-            import joblib
-        except ImportError:
-            joblib = None
-        try:
-            if joblib is not None:
-                self._model = joblib.load(path)
-            else:  # a plain pickle still works without joblib
-                with open(path, "rb") as f:
-                    self._model = pickle.load(f)
-        except Exception as exc:
-            raise ModelLoadError(
-                "could not load scikit-learn model %s: %s: %s" % (path, type(exc).__name__, exc),
-                model=self.settings.name,
-            ) from exc
+        # joblib files and plain pickles alike, through envserve's restricted loader (joblib itself is
+        # not needed to read joblib's format)
+        self._model = self.load_pickle(path)
 
     def platform(self) -> str:
         return "sklearn"

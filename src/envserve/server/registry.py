@@ -330,16 +330,31 @@ class ModelRegistry:
         task.add_done_callback(self._shadow_loads.discard)
 
     def _with_pickle_policy(self, settings: ModelSettings) -> ModelSettings:
-        """The server-wide pickle scan settings, carried to the runtime in the model's parameters."""
+        """The operator's policy for what a model's files may run, carried to the runtime in the model's
+        parameters: ``pickle_allow`` (server-wide; a model's own list may only narrow it), ``pickle_code``
+        (the operator's ``pickle_scan=false``) and ``model_code`` (``trust_model_code``). A model's settings
+        come from the same place as its files, so they cannot widen any of it."""
         params = dict(settings.parameters)
-        if not self.settings.pickle_scan:
-            params["pickle_scan"] = False
         server_allow = [r.strip() for r in self.settings.pickle_allow.split(",") if r.strip()]
-        if server_allow:
-            own = params.get("pickle_allow") or []
-            params["pickle_allow"] = server_allow + ([own] if isinstance(own, str) else list(own))
-        if params == settings.parameters:
-            return settings
+        own_scan = params.pop("pickle_scan", None)
+        if own_scan in (False, "false", "0", 0) and self.settings.pickle_scan:
+            raise SettingsError(
+                "model %r: parameters.pickle_scan=false cannot be set by a model's settings (they come from "
+                "the same place as its files); the operator can set pickle_scan=false server-wide"
+                % settings.name
+            )
+        own = params.pop("pickle_allow", None)
+        own_rules = [own] if isinstance(own, str) else list(own or [])
+        wider = [r for r in own_rules if r not in server_allow]
+        if wider:
+            raise SettingsError(
+                "model %r: parameters.pickle_allow cannot widen what the server unpickles (%s); the operator "
+                "allows classes server-wide with pickle_allow (ENVSERVE_PICKLE_ALLOW)"
+                % (settings.name, ", ".join(map(str, wider)))
+            )
+        params["pickle_allow"] = own_rules if own is not None else server_allow
+        params["pickle_code"] = not self.settings.pickle_scan
+        params["model_code"] = bool(self.settings.trust_model_code)
         return dataclasses.replace(settings, parameters=params)
 
     def _check_routes(self, settings: ModelSettings, handle: ModelHandle) -> None:

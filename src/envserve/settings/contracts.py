@@ -131,6 +131,7 @@ def _seldon_v1(environ: Mapping[str, str]) -> Contract:
         "model_uri": uri,
         "model_name": name,
         "model_extra": json.dumps(extra),
+        "trust_model_code": True,  # the unit's image is the user's code, as Seldon's wrapper runs it
     }
     return Contract(
         "seldon-v1",
@@ -163,6 +164,7 @@ def _mlserver(environ: Mapping[str, str]) -> Contract:
         "grpc_port": _port(environ, "MLSERVER_GRPC_PORT", 8081),
         "metrics_port": _port(environ, "MLSERVER_METRICS_PORT", 8082),
         "metrics_endpoint": environ.get("MLSERVER_METRICS_ENDPOINT") or "/metrics",
+        "trust_model_code": True,  # MLServer runs a model folder's runtime classes by design
     }
     models_dir = environ.get("MLSERVER_MODELS_DIR")
     default_model = {

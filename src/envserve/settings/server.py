@@ -173,12 +173,17 @@ class ServerSettings:
     #: Colon-separated directories that local model paths, URIs and environments must stay inside
     #: (symlinks resolved); empty = no restriction.
     allowed_roots: str = ""
-    #: Scan pickled model files before they are unpickled and refuse any that would import a global
-    #: outside the allow-list (False: unpickle whatever a file names; see docs/security.md).
+    #: Unpickle model files with the restricted loader, which builds only allowed classes (False: a pickle
+    #: may name and call anything, as pickle itself allows; see docs/security.md).
     pickle_scan: bool = True
-    #: Comma-separated globals ("module.name") or packages ("package.*") every model's pickles may import,
-    #: beside the defaults and each model's ``parameters.pickle_allow``.
+    #: Comma-separated classes ("module.Class") or packages ("package.*", their classes) every model's
+    #: pickles may build beside the defaults; a model's own ``parameters.pickle_allow`` may only narrow it.
     pickle_allow: str = ""
+    #: Run a model's own Python code: runtime classes (custom, Seldon's, MLServer's), MLflow models with
+    #: their own code (PythonModel, loader modules). False: such models are UNAVAILABLE saying so. The
+    #: ``mlserver start``, ``mlflow serve`` and Seldon Core v1 entry points default it to true, as those
+    #: servers run model code by design (docs/security.md).
+    trust_model_code: bool = False
     #: A separate port serving only /metrics (0: /metrics is on the HTTP port only).
     metrics_port: int = 0
     #: A model to serve without settings files (models:/..., runs:/..., s3://..., https://..., a path).
@@ -309,6 +314,10 @@ def _image_defaults(environ: Mapping[str, str]) -> Dict[str, Any]:
     return doc
 
 
+#: What a model may run: only the operator says (variables, flags), never the repository's settings.json.
+OPERATOR_ONLY = frozenset(("trust_model_code", "pickle_scan", "pickle_allow"))
+
+
 def _read_file(path: str, notices: List[Tuple[int, str]]) -> Dict[str, Any]:
     if not os.path.isfile(path):
         return {}
@@ -330,6 +339,16 @@ def _read_file(path: str, notices: List[Tuple[int, str]]) -> Dict[str, Any]:
             raise SettingsError(
                 "%s: unknown setting %r; known settings are %s" % (path, key, ", ".join(sorted(known)))
             )
+        if target in OPERATOR_ONLY:
+            notices.append(
+                (
+                    logging.WARNING,
+                    "%s: %s is ignored there: the repository's files come from where its models come from, "
+                    "so they cannot say what models may run; set %s%s"
+                    % (path, key, ENV_PREFIX, target.upper()),
+                )
+            )
+            continue
         if target == "model_repository":
             value = os.path.normpath(os.path.join(os.path.dirname(path), value))
         values[target] = _mlserver_value(target, value, known[target].type, "%s: %s" % (path, key))

@@ -236,3 +236,23 @@ def test_every_mlserver_setting_is_mapped_or_ignored_with_a_reason():
         target = server._MLSERVER_ALIASES.get(key, key)
         assert target in ours or server._MLSERVER_IGNORED.get(key), key
     assert set(server._MLSERVER_IGNORED) <= set(server.MLSERVER_SETTINGS)
+
+
+def test_model_code_is_refused_by_default_and_trusted_under_mlserver_and_seldon_contracts(tmp_path):
+    """What a model may run is the operator's to say: off by default; on where the container contract is
+    a server that runs model code by design (MLServer's variables, Seldon Core v1's unit), unless the
+    operator's variable says otherwise; never from the repository's settings.json."""
+    assert ServerSettings.from_sources(str(tmp_path), environ={}).trust_model_code is False
+    mlserver = {"MLSERVER_MODEL_NAME": "m", "MLSERVER_MODEL_URI": str(tmp_path)}
+    seldon = {"PREDICTIVE_UNIT_ID": "unit", "PREDICTIVE_UNIT_PARAMETERS": "[]"}
+    for contract in (mlserver, seldon):
+        assert ServerSettings.from_sources(str(tmp_path), environ=contract).trust_model_code is True
+        refused = {**contract, "ENVSERVE_TRUST_MODEL_CODE": "false"}
+        assert ServerSettings.from_sources(str(tmp_path), environ=refused).trust_model_code is False
+    (tmp_path / "settings.json").write_text(
+        json.dumps({"trust_model_code": True, "pickle_scan": False, "pickle_allow": "posix.*"})
+    )
+    settings = ServerSettings.from_sources(str(tmp_path), environ={})
+    assert (settings.trust_model_code, settings.pickle_scan, settings.pickle_allow) == (False, True, "")
+    notices = " ".join(message for _, message in settings._notices)
+    assert "trust_model_code is ignored there" in notices and "ENVSERVE_PICKLE_SCAN" in notices
