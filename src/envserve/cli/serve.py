@@ -59,6 +59,13 @@ __all__ = ["health", "serve"]
     "https://.../model.tar.gz or a path.",
 )
 @click.option("--model-name", help="Name for --model-uri [default: from the URI].")
+@click.option(
+    "--trust-model-code",
+    is_flag=True,
+    default=None,
+    help="Run models' own Python (runtime classes, MLflow PythonModels) [default: off; "
+    "ENVSERVE_TRUST_MODEL_CODE; docs/security.md].",
+)
 def serve(model_repository: Optional[str], **flags: Any) -> None:
     """Serve every model found under MODEL_REPOSITORY (default: the current directory).
 
