@@ -28,6 +28,8 @@ from typing import Any, Dict, List, Optional
 from mlflow.deployments import BaseDeploymentClient, PredictionsResponse
 from mlflow.exceptions import MlflowException
 
+from .mlflow_rest import open_url
+
 __all__ = ["EnvserveDeploymentClient", "run_local", "target_help"]
 
 _SETTINGS = "model-settings.json"
@@ -104,7 +106,7 @@ class EnvserveDeploymentClient(BaseDeploymentClient):
             headers["Authorization"] = "Bearer %s" % token
         request = urllib.request.Request(url, body, headers, method=method)
         try:
-            with urllib.request.urlopen(request, timeout=600) as answer:
+            with open_url(request, timeout=600) as answer:
                 data = answer.read()
         except urllib.error.HTTPError as exc:
             text = exc.read().decode("utf-8", "replace")

@@ -20,7 +20,44 @@ from typing import IO, Any, Dict, Mapping, Optional, Type
 
 from .errors import EnvserveError
 
-__all__ = ["MlflowClient"]
+__all__ = ["MlflowClient", "open_url"]
+
+#: Headers that carry credentials: never sent on to another origin when a server redirects.
+_CREDENTIALS = ("authorization", "cookie", "proxy-authorization")
+
+
+def _origin(url: str) -> tuple:  # type: ignore[type-arg]
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme.lower(), parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+
+
+class _SameOriginCredentials(urllib.request.HTTPRedirectHandler):
+    """A redirect keeps the request's credentials only when it stays on the same scheme, host and port
+    (urllib otherwise sends ``Authorization`` to wherever a server points, another host included)."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(newurl) != _origin(req.full_url):
+            for name in list(new.headers):
+                if name.lower() in _CREDENTIALS:
+                    del new.headers[name]
+            for name in list(new.unredirected_hdrs):
+                if name.lower() in _CREDENTIALS:
+                    del new.unredirected_hdrs[name]
+        return new
+
+
+_OPENER = urllib.request.build_opener(_SameOriginCredentials())
+
+
+def open_url(request: urllib.request.Request, timeout: float, context: Any = None) -> Any:
+    """``urllib.request.urlopen`` whose redirects drop credentials when they change origin."""
+    if context is None:
+        return _OPENER.open(request, timeout=timeout)
+    opener = urllib.request.build_opener(
+        _SameOriginCredentials(), urllib.request.HTTPSHandler(context=context)
+    )
+    return opener.open(request, timeout=timeout)
 
 
 def _redact(url: str) -> str:
@@ -70,7 +107,7 @@ class MlflowClient:
             data = json.dumps(body).encode("utf-8")
             headers["Content-Type"] = "application/json"
         try:
-            response: IO[bytes] = urllib.request.urlopen(
+            response: IO[bytes] = open_url(
                 urllib.request.Request(url, data=data, headers=headers), timeout=self.timeout
             )
             return response

@@ -103,6 +103,40 @@ def test_admin_token_and_same_origin_guard_the_repository_calls(tmp_path, arun):
     arun(scenario())
 
 
+def test_the_csrf_check_does_not_trust_host_nor_cors_star(tmp_path, arun):
+    """DNS rebinding: a page from rebind.example, resolved to this server, sends its own name as Host and
+    Origin alike — refused, as is a browser that says the call is cross-site without an Origin; the
+    server's own names (loopback, allowed_hosts) and exactly listed origins pass; ``cors_origins: "*"``
+    lets any origin read, never change the server."""
+    custom_model(tmp_path, "echo", "Echo")
+    unload = "/v2/repository/models/echo/unload"
+    load = "/v2/repository/models/echo/load"
+
+    async def scenario():
+        settings = {"cors_origins": "*,https://console.example", "allowed_hosts": "models.example"}
+        async with served(tmp_path, **settings) as server, client(server) as c:
+            for headers in (
+                {"Host": "rebind.example:8080", "Origin": "http://rebind.example:8080"},
+                {"Host": "localhost:8080", "Origin": "https://evil.example"},  # not saved by cors "*"
+                {"Host": "localhost:8080", "Sec-Fetch-Site": "cross-site"},
+            ):
+                r = await c.post(unload, headers=headers)
+                assert r.status_code == 403 and "cross-site request refused" in r.json()["error"], headers
+            assert server.registry.models["echo"]  # still loaded: nothing changed it
+            for headers in (
+                {"Host": "localhost:8080", "Origin": "http://localhost:8080"},
+                {"Host": "models.example", "Origin": "https://models.example"},
+                {"Host": "models.example", "Origin": "https://console.example"},
+                {"Host": "10.0.0.7:8080"},  # no Origin: not a browser's cross-site call
+            ):
+                assert (await c.post(unload, headers=headers)).status_code == 200, headers
+                assert (await c.post(load, headers=headers)).status_code == 200, headers
+            r = await c.get("/v2/models/echo", headers={"Origin": "https://evil.example"})
+            assert r.headers.get("access-control-allow-origin") == "https://evil.example"  # reads: CORS "*"
+
+    arun(scenario())
+
+
 def test_kserve_v1_protocol(tmp_path, digits_model_file, digits, arun):
     """KServe V1: the model list, readiness, :predict with instances or inputs (predictions as KServe's
     sklearn server answers them), :explain 501, and client mistakes as 4xx naming the problem."""

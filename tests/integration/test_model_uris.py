@@ -530,3 +530,37 @@ def test_azure_blob_uris_from_azurite(tmp_path, start_server, azurite, digits_mo
         assert "credentials were refused" in reason or "access denied" in reason, reason
     server.stop()
     assert "d3JvbmctYnV0" not in server.log + json.dumps(index)
+
+
+def test_allowed_roots_hold_after_a_registry_resolves_to_a_local_path(
+    tmp_path, start_server, registered_digits
+):
+    """This MLflow server keeps its artifacts in a local folder, so ``models:/digits/1`` resolves to a
+    path outside the allowed roots: refused as a local path would be, naming it; the same URI serves when
+    the artifact folder is allowed."""
+    repo = tmp_path / "repo"
+    write_model(
+        repo,
+        "digits",
+        {
+            "name": "digits",
+            "implementation": "mlflow",
+            "parameters": {"uri": "models:/digits/1", "environment": "server"},
+        },
+    )
+    env = {"MLFLOW_TRACKING_URI": registered_digits, "ENVSERVE_ALLOWED_ROOTS": str(repo)}
+    server = start_server(repo, env=env)
+    with server.client() as client:
+        status = {m["name"]: m for m in client.get("/envserve/models").json()}["digits"]
+        assert status["state"] == "UNAVAILABLE", status
+        assert "is outside the allowed roots" in status["reason"] and "artifacts" in status["reason"], status
+    assert server.stop() == 0
+    import mlflow
+
+    source = mlflow.MlflowClient(registered_digits).get_model_version_download_uri("digits", "1")
+    env["ENVSERVE_ALLOWED_ROOTS"] = "%s:%s" % (repo, source.split("/artifacts/", 1)[0] + "/artifacts")
+    server = start_server(repo, env=env)
+    with server.client() as client:
+        status = {m["name"]: m for m in client.get("/envserve/models").json()}["digits"]
+        assert status["state"] == "READY", status
+    assert server.stop() == 0

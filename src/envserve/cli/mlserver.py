@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import click
 
 from ..errors import SettingsError
+from ..mlflow_rest import open_url
 from . import EnvserveGroup
 
 __all__ = ["SHIM_MARKER", "install_shim", "mlserver", "shim_main"]
@@ -379,7 +380,7 @@ class BatchClient:
         for attempt in range(self.retries):
             request = urllib.request.Request(self.endpoint, body, headers, method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout, context=self._context) as r:
+                with open_url(request, self.timeout, self._context) as r:
                     answer = json.loads(r.read())
                 if not isinstance(answer, dict):
                     raise ValueError("the server's answer is not a JSON object")

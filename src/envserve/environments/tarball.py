@@ -532,6 +532,16 @@ class _Writer:
         self._clear(rel)
         path = os.path.join(self.root, rel)
         if m.issym():
+            # checked where it is made: its name may pass through earlier links (the member checks saw
+            # the name only), and a relative target counts from the directory it really lands in
+            landed = posixpath.normpath(posixpath.join(parent, m.linkname))
+            if not _is_interpreter_link(rel, m.linkname) and (
+                posixpath.isabs(m.linkname) or landed == ".." or landed.startswith("../")
+            ):
+                raise UnsafeArchive(
+                    "%s: symlink %r (made at %r through an earlier link) -> %r leaves the environment "
+                    "directory" % (self.source, m.name, rel, m.linkname)
+                )
             self._settle(rel)
             os.symlink(m.linkname, path)
             self.links[rel] = m.linkname

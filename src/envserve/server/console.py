@@ -11,7 +11,8 @@ API, all under ``/envserve/``:
 
 Security: when the server listens beyond loopback an ``admin_token`` is required for the console to start;
 with a token, every console API call needs ``Authorization: Bearer``. State-changing calls are POST only
-and refuse a browser ``Origin`` that is neither this server nor in ``cors_origins`` (CSRF). Nothing shown
+and refuse a browser ``Origin`` that is neither this server, called by a name it is known by
+(``allowed_hosts``), nor listed in ``cors_origins`` (CSRF, DNS rebinding). Nothing shown
 includes a secret: environment sources are paths, URIs are redacted.
 """
 

@@ -279,6 +279,8 @@ class ModelRegistry:
                 downloads = os.path.dirname(self.environments.root)
                 local = await loop.run_in_executor(None, fetch, settings.uri, downloads)
                 settings = dataclasses.replace(settings, uri=local)
+                if not _within(local, downloads):  # a registry or URI that resolved to a local path
+                    self._check_roots(settings)
             settings = self._with_pickle_policy(settings)
             handle = self.placement.make(settings)
             await handle.load()
@@ -386,11 +388,11 @@ class ModelRegistry:
                         return record, route
         return None
 
-    def _check_roots(self, settings: ModelSettings) -> None:
+    def _check_roots(self, settings: ModelSettings) -> None:  # after every resolution of the model's URI
         """With ``allowed_roots`` set, local paths a model reads must resolve inside one of them."""
         if not self.settings.allowed_roots:
             return
-        roots = [os.path.realpath(r) for r in self.settings.allowed_roots.split(":") if r]
+        roots = [r for r in self.settings.allowed_roots.split(":") if r]
         paths = []
         if settings.uri is not None and not is_remote(settings.uri):
             paths.append(
@@ -403,8 +405,7 @@ class ModelRegistry:
             if isinstance(value, str) and value and value != "server":
                 paths.append(settings.resolve(value))
         for path in paths:
-            real = os.path.realpath(path)
-            if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
+            if not any(_within(path, root) for root in roots):
                 raise SettingsError(
                     "model %r: %s is outside the allowed roots (allowed_roots)" % (settings.name, path)
                 )
@@ -437,3 +438,9 @@ class ModelRegistry:
         await asyncio.gather(*(self.unload_model(n, missing_ok=True) for n in list(self.models)))
         self.environments.drop_early()
         self.placement.close()
+
+
+def _within(path: str, folder: str) -> bool:
+    """Whether ``path`` (symlinks resolved) is ``folder`` or under it."""
+    real, root = os.path.realpath(path), os.path.realpath(folder)
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)

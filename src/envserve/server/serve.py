@@ -100,6 +100,7 @@ class Server:
             [o.strip() for o in settings.cors_origins.split(",") if o.strip()],
             console,
             settings.max_connections,
+            settings.browser_hosts(),
         )
         self._http: Optional[_UvicornServer] = None
         self._metrics_task: Optional[asyncio.Task[None]] = None

@@ -168,6 +168,10 @@ class ServerSettings:
     admin_token: str = ""
     #: Comma-separated origins allowed to call from a browser (CORS); empty = none, "*" = any.
     cors_origins: str = ""
+    #: Host names (comma-separated) browsers may reach this server by for state-changing calls (load,
+    #: unload, the console's changes), beside loopback names and ``host`` itself: a page served under any
+    #: other name (DNS rebinding) is refused. Origins in ``cors_origins`` are allowed as listed.
+    allowed_hosts: str = ""
     #: Serve the web console at /console/ (off by default; beyond loopback it needs admin_token).
     console: bool = False
     #: Colon-separated directories that local model paths, URIs and environments must stay inside
@@ -264,6 +268,13 @@ class ServerSettings:
         # what reading them noticed, (logging level, message): not a setting, announce() logs it
         setattr(settings, "_notices", notices)  # noqa: B010
         return settings
+
+    def browser_hosts(self) -> List[str]:
+        """``allowed_hosts``, and ``host`` when it is one address (not a wildcard)."""
+        hosts = [h.strip() for h in self.allowed_hosts.split(",") if h.strip()]
+        if self.host not in ("", "0.0.0.0", "::"):
+            hosts.append("[%s]" % self.host if ":" in self.host else self.host)
+        return hosts
 
     def validate(self) -> None:
         for name in ("http_port", "grpc_port", "metrics_port"):

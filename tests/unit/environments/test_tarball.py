@@ -304,3 +304,21 @@ def test_an_extraction_stops_when_the_server_that_started_it_dies(tmp_path):
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_symlink_made_through_an_earlier_link_is_checked_where_it_lands(tmp_path):
+    """By its name, ``a/b/c/l -> ../../../secret`` stays inside (``a/b/c`` is three deep); but ``a`` is
+    a link to ``.``, so the link lands at ``b/c/l`` and its target would be ``../secret``, outside: the
+    check is made where the link is really made, and nothing is left pointing out."""
+    outside = tmp_path / "secret"
+    outside.write_text("not the environment's")
+    archive = _tar(
+        tmp_path / "t.tar.gz",
+        [_file("b/c/keep"), _link("a", "."), _link("a/b/c/l", "../../../secret"), _file("ok.txt")],
+    )
+    target = tmp_path / "env"
+    with pytest.raises(
+        UnsafeArchive, match=r"made at 'b/c/l' through an earlier link\) -> '\.\./\.\./\.\./secret'"
+    ):
+        safe_extract(str(archive), str(target))
+    assert not target.exists() or not (target / "b" / "c" / "l").is_symlink()

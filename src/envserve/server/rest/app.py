@@ -24,7 +24,7 @@ from ..dataplane import DataPlane
 from ..metrics import CONTENT_TYPE, Metrics
 from .envserve_api import EnvserveAPI
 from .errors import error_response, http_status
-from .guards import admin_only, cors_headers, same_origin
+from .guards import LOOPBACK_HOSTS, admin_only, cors_headers, same_origin
 from .kserve import KServeV1Handlers
 from .mlflow import MLflowHandlers
 from .routing import (
@@ -179,6 +179,7 @@ class RestApp:
         cors_origins: Sequence[str] = (),
         console: Optional[ConsoleAPI] = None,
         max_requests: int = 0,
+        allowed_hosts: Sequence[str] = (),
     ) -> None:
         self.dataplane = dataplane
         self.calls = calls
@@ -187,6 +188,10 @@ class RestApp:
         self.console = console
         self.admin_token = admin_token.encode() if admin_token else b""
         self.cors_origins = frozenset(o.encode() for o in cors_origins)
+        #: the names browsers may call this server by for state-changing calls (CSRF, DNS rebinding)
+        self.allowed_hosts = LOOPBACK_HOSTS | frozenset(
+            h.strip().lower().encode() for h in allowed_hosts if h
+        )
         self.max_requests = max_requests  # requests in flight beyond which 503 is answered (0: no bound)
         self.active = 0
         handlers: Dict[str, object] = {
@@ -201,7 +206,7 @@ class RestApp:
     def _guard(self, guard: Guard, handler: Handler) -> Handler:
         guarded = admin_only(handler, self.admin_token)
         if guard is Guard.CHANGES:
-            guarded = same_origin(guarded, self.cors_origins)
+            guarded = same_origin(guarded, self.cors_origins, self.allowed_hosts)
         return guarded
 
     async def _custom(self, request: Request, call: Call) -> Response:
