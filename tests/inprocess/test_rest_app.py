@@ -178,3 +178,28 @@ def test_kserve_v1_protocol(tmp_path, digits_model_file, digits, arun):
             assert r.status_code == 404 and "NAME:predict" in r.json()["error"]
 
     arun(scenario())
+
+
+def test_a_parquet_body_is_decoded_by_the_server_and_the_model_gets_json(tmp_path, arun):
+    """``/invocations`` with Parquet: the server reads it with its own pandas/pyarrow and hands the model
+    MLflow's JSON — a runtime that takes only JSON and CSV (as every runtime's score_mlflow does) answers
+    it, so no Parquet byte reached the model's environment; a corrupt file is the client's 400."""
+    import io
+
+    import pandas as pd
+
+    custom_model(tmp_path, "echo", "Echo")
+    frame = pd.DataFrame({"x": [1.5, 2.5, 4.0]})
+    out = io.BytesIO()
+    frame.to_parquet(out)
+
+    async def scenario():
+        async with served(tmp_path) as server, client(server) as c:
+            headers = {"Content-Type": "application/vnd.apache.parquet"}
+            r = await c.post("/invocations", content=out.getvalue(), headers=headers)
+            assert r.status_code == 200, r.text
+            assert r.json() == {"predictions": [1.5, 2.5, 4.0]}, r.text  # the echo of column x
+            r = await c.post("/invocations", content=b"PAR1 not parquet at all PAR1", headers=headers)
+            assert r.status_code == 400 and "valid Parquet" in r.text, r.text
+
+    arun(scenario())

@@ -1,7 +1,8 @@
 """MLflow's scoring protocol as ``mlflow models serve`` applies it, without the mlflow package.
 
 - :func:`parse_invocation`: a ``/invocations`` body (JSON ``dataframe_split``, ``dataframe_records``,
-  ``instances``, ``inputs``, with ``params``; CSV; Parquet) -> the model input and the params, typed by the
+  ``instances``, ``inputs``, with ``params``; CSV; Parquet arrives as JSON, decoded by the server) -> the
+  model input and the params, typed by the
   model's signature when there is one (CSV columns read with the signature's types, binary columns base64-
   decoded, datetime columns parsed);
 - :func:`enforce_schema`: the input checked and converted as MLflow's pyfunc does before ``predict``:
@@ -124,8 +125,8 @@ def parse_invocation(
                 "Ensure that input is a valid UTF-8 encoded string. Error: %s" % exc
             ) from None
         return _parse_csv(text, signature), None
-    if mime == "application/vnd.apache.parquet":
-        return _parse_parquet(body), None
+    if mime == "application/vnd.apache.parquet":  # the server decodes Parquet and sends its JSON
+        raise InvalidRequest("Parquet bodies are decoded by the server, not in the model's environment")
     try:
         doc = json.loads(body.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
@@ -180,19 +181,6 @@ def _parse_csv(text: str, signature: Optional[Signature]) -> Any:
             if spec.type == "datetime" and spec.name in frame:
                 frame[spec.name] = _to_datetime(frame[spec.name], spec.name)
     return frame
-
-
-def _parse_parquet(body: bytes) -> Any:
-    pd = _pandas()
-    try:
-        return pd.read_parquet(io.BytesIO(body))
-    except ImportError as exc:
-        raise InvalidRequest("Parquet input needs pyarrow in the model's environment: %s" % exc) from None
-    except Exception as exc:
-        raise InvalidRequest(
-            "Failed to parse input as a Pandas DataFrame. Ensure that the input is a valid Parquet Pandas "
-            "DataFrame produced using the `pandas.DataFrame.to_parquet()` method. Error: '%s'" % exc
-        ) from None
 
 
 def _to_datetime(series: Any, name: Any) -> Any:

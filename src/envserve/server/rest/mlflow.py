@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+import asyncio
+import base64
+import io
+import json
+from typing import Any, Dict, Optional
 
 from ... import __version__
-from ...errors import UnsupportedMediaType
+from ...errors import InvalidRequest, UnsupportedMediaType
 from ...protocol import mlflow_scoring
 from ...protocol.envelope import Passthrough
 from ..call import Call
@@ -50,6 +54,44 @@ def media_type(request: Request) -> str:
     return mime
 
 
+PARQUET = "application/vnd.apache.parquet"
+
+
+def parquet_as_json(body: bytes) -> bytes:
+    """A Parquet body read by the server, with its own current pandas and pyarrow, and handed on as
+    MLflow's ``dataframe_split`` JSON (dates as ISO strings, binary columns base64, as MLflow's JSON
+    carries them): a model's environment never parses a client's Parquet with whatever pyarrow it has
+    (pyarrow 14.0.0 ran code from a crafted file, CVE-2023-47248)."""
+    try:
+        import pandas as pd
+    except ImportError:
+        raise UnsupportedMediaType(
+            "Parquet bodies are read by the server, whose environment has no pandas: install "
+            "'envserve[pandas]' (with pyarrow) there, or send JSON or CSV"
+        ) from None
+    try:
+        frame = pd.read_parquet(io.BytesIO(body))
+    except ImportError as exc:
+        raise UnsupportedMediaType(
+            "Parquet bodies need pyarrow in the server's environment: %s" % exc
+        ) from None
+    except Exception as exc:
+        raise InvalidRequest(
+            "Failed to parse input as a Pandas DataFrame. Ensure that the input is a valid Parquet Pandas "
+            "DataFrame produced using the `pandas.DataFrame.to_parquet()` method. Error: '%s'" % exc
+        ) from None
+    for column in frame.columns:
+        values = frame[column]
+        if values.dtype == object and any(isinstance(v, (bytes, bytearray)) for v in values):
+            frame[column] = [_base64(v) for v in values]
+    split: Dict[str, Any] = json.loads(frame.to_json(orient="split", date_format="iso", date_unit="ns"))
+    return json.dumps({"dataframe_split": {"columns": split["columns"], "data": split["data"]}}).encode()
+
+
+def _base64(value: Any) -> Any:
+    return base64.b64encode(bytes(value)).decode("ascii") if isinstance(value, (bytes, bytearray)) else value
+
+
 class MLflowHandlers:
     def __init__(self, dataplane: DataPlane) -> None:
         self.dp = dataplane
@@ -62,10 +104,13 @@ class MLflowHandlers:
         return json_response(__version__)
 
     async def invocations(self, request: Request, call: Call) -> Response:
-        """The body goes to the model as it arrived: its runtime parses it as MLflow would (with the
-        model's signature) and answers MLflow's JSON."""
+        """JSON and CSV bodies go to the model as they arrived: its runtime parses them as MLflow would
+        (with the model's signature) and answers MLflow's JSON. Parquet is decoded here first."""
         mime = media_type(request)
         body = await request.body()
+        if mime == PARQUET:  # decoded here, off the event loop; the model gets MLflow's JSON
+            body = await asyncio.get_running_loop().run_in_executor(None, parquet_as_json, body)
+            mime = "application/json"
         name = call.model = self.dp.pick_model(model_hint(request))
         call.passthrough = Passthrough(Passthrough.MLFLOW, {"media_type": mime})
         response = await self.dp.passthrough(call, name, body)
