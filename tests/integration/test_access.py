@@ -50,6 +50,21 @@ def test_admin_token_guards_load_and_unload_only(server):
         )
         assert not stub.ModelReady(pb.ModelReadyRequest(name="digits"), timeout=10).ready
 
+    # a token of characters grpcio would not send (raw HTTP/2): still UNAUTHENTICATED, never INTERNAL
+    from tests.unit.server.test_grpc_transport import RawClient
+
+    port = int(server.grpc_address.rsplit(":", 1)[1])
+    raw = RawClient(port)
+    try:
+        request = pb.RepositoryModelLoadRequest(model_name="digits").SerializeToString()
+        path = "/inference.GRPCInferenceService/RepositoryModelLoad"
+        raw.call(1, path, request, extra=[("authorization", "Bearer s3cr3t-t\u00f6ken\u2603")])
+        _headers, _data, trailers = raw.response(1)
+    finally:
+        raw.sock.close()
+    assert trailers.get("grpc-status") == "16", trailers
+    assert "Traceback" not in server.log
+
 
 def test_cors_allow_list(server):
     url = server.url + "/v2/health/ready"

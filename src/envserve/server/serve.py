@@ -33,6 +33,7 @@ from .mlserver_metrics import MLServerMetrics
 from .placement import Placement
 from .registry import ModelRegistry
 from .rest.app import MetricsApp, RestApp, route_taken
+from .rest.edge import EdgeLimits, edge_protocol
 from .tracing import NO_TRACING, Tracer
 
 if TYPE_CHECKING:  # gRPC is optional (envserve[grpc]); imported when it starts
@@ -176,18 +177,26 @@ class Server:
         host, port = sock.getsockname()[:2]
         shown = "[%s]" % host if ":" in host else host
         self.http_address = "http://%s:%d" % (shown, port)
+        limits = EdgeLimits(
+            s.head_timeout,
+            s.body_timeout,
+            s.max_head_bytes,
+            s.max_requests_per_connection,
+            4 * s.max_connections if s.max_connections else 0,
+        )
         config = uvicorn.Config(
             self.app,
-            http="httptools",
+            http=edge_protocol(limits),
             lifespan="off",
             access_log=False,
             log_config=None,
             server_header=False,
             timeout_graceful_shutdown=int(s.graceful_timeout) if s.graceful_timeout else None,
             timeout_keep_alive=30,
-            # the app sheds requests beyond max_connections with 503 + Retry-After; uvicorn's own cap (a
-            # plain 503) stays as a backstop for connections that idle between requests
-            limit_concurrency=2 * s.max_connections if s.max_connections else None,
+            # the app sheds requests beyond max_connections with 503 + Retry-After (never probes); the
+            # edge protocol bounds slow and oversized connections and, beyond 4x max_connections open,
+            # serves probes only (uvicorn's limit_concurrency would 503 probes too)
+            limit_concurrency=None,
             # envserve reads no client address (no access log, no per-client rules), so uvicorn's
             # X-Forwarded-* rewriting would be pure per-request cost (~1-2% of single-row throughput)
             proxy_headers=False,

@@ -167,6 +167,15 @@ class ServerSettings:
     #: ``authorization``); empty = not required. Inference is never behind it.
     admin_token: str = ""
     #: Comma-separated origins allowed to call from a browser (CORS); empty = none, "*" = any.
+    #: Seconds a request's line and headers may take to arrive from its first byte (and a new connection
+    #: to begin one): 408 and closed beyond (slow-header attacks).
+    head_timeout: float = 30.0
+    #: Seconds a request body may pause while the server reads it: 408 and closed beyond.
+    body_timeout: float = 60.0
+    #: Bytes a request's line and headers may hold: 431 and closed beyond.
+    max_head_bytes: int = 65536
+    #: Requests one keep-alive connection may carry before the answer says Connection: close.
+    max_requests_per_connection: int = 10000
     cors_origins: str = ""
     #: Host names (comma-separated) browsers may reach this server by for state-changing calls (load,
     #: unload, the console's changes), beside loopback names and ``host`` itself: a page served under any
@@ -283,6 +292,12 @@ class ServerSettings:
                 raise SettingsError("%s must be a port number (0-65535), got %r" % (name, port))
         if self.max_request_size <= 0:
             raise SettingsError("max_request_size must be a positive number of bytes")
+        if self.head_timeout <= 0 or self.body_timeout <= 0:
+            raise SettingsError("head_timeout and body_timeout must be positive numbers of seconds")
+        if self.max_head_bytes < 1024 or self.max_requests_per_connection < 1:
+            raise SettingsError(
+                "max_head_bytes must be at least 1024 and max_requests_per_connection at least 1"
+            )
         if self.parallel_workers < 0:
             raise SettingsError("parallel_workers must be 0 or more, got %d" % self.parallel_workers)
         if self.graceful_timeout < 0 or self.inference_timeout <= 0:

@@ -45,7 +45,7 @@ from .wire import (
     StatusCode,
     StreamHandler,
     framed,
-    read_message,
+    receive_message,
     status_headers,
 )
 
@@ -318,7 +318,7 @@ class Connection(asyncio.Protocol):
             handler = self.server.handlers.get(path)
             if handler is None:
                 raise GrpcError(StatusCode.UNIMPLEMENTED, "unknown method %s" % path)
-            message = read_message(data, encoding, self.limits.max_message)
+            message = await receive_message(data, encoding, self.limits.max_message)
             del data
             seconds = timeout_of(timeout)
             if seconds is not None:
@@ -405,7 +405,7 @@ class Connection(asyncio.Protocol):
                 self._flush()
             if message is None:
                 return
-            yield read_message(bytearray(message), encoding, self.limits.max_message)
+            yield await receive_message(bytearray(message), encoding, self.limits.max_message)
 
     async def _call_streaming(self, stream: Stream, handler: StreamHandler) -> None:
         method, path, content_type, encoding, timeout, metadata = call_headers(stream)

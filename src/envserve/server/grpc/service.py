@@ -165,7 +165,9 @@ class InferenceService:
         if not self.admin_token:
             return
         value = call.headers.get("authorization", "")
-        if hmac.compare_digest(value, "Bearer " + self.admin_token):
+        # compared as bytes: a token of any characters is a wrong token, not an error of the server's
+        sent = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else bytes(value)
+        if hmac.compare_digest(sent, ("Bearer " + self.admin_token).encode("utf-8")):
             return
         raise GrpcError(
             StatusCode.UNAUTHENTICATED,
