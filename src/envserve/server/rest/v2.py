@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -10,7 +11,7 @@ from typing import Any, AsyncGenerator, AsyncIterator, List, Optional, Tuple
 from ... import __version__
 from ...errors import EnvserveError, InvalidRequest
 from ...protocol.generate import from_generate, is_generate, to_generate
-from ...protocol.v2 import InferenceResponse
+from ...protocol.v2 import InferenceRequest, InferenceResponse, parse_inference_request
 from ..call import Call
 from ..dataplane import DataPlane
 from ..status import http_status
@@ -55,21 +56,28 @@ class V2Handlers:
     async def infer(self, request: Request, call: Call) -> Response:
         name, version = request.params["name"], request.params.get("version")
         header_length = _header_length(request)
+        body = await request.body()
+        if header_length is not None and header_length > len(body):
+            raise InvalidRequest(
+                "Inference-Header-Content-Length %d is more than the %d-byte body"
+                % (header_length, len(body))
+            )
+        payload: Any
         binary: Optional[memoryview] = None
-        if header_length is None:
-            doc = await request.json()
-        else:  # binary tensor extension: a JSON header, then the inputs' raw bytes
-            body = await request.body()
-            if header_length > len(body):
-                raise InvalidRequest(
-                    "Inference-Header-Content-Length %d is more than the %d-byte body"
-                    % (header_length, len(body))
-                )
-            doc = loads(body[:header_length])
-            binary = memoryview(body)[header_length:]
-        params = doc.get("parameters") if isinstance(doc, dict) else None
+        if len(body) > OFF_LOOP_BYTES:
+            # a large body is read into tensors in a thread: the event loop keeps answering probes and
+            # other calls meanwhile (the thread yields the interpreter every few milliseconds)
+            payload = await asyncio.get_running_loop().run_in_executor(None, _parse, body, header_length)
+            params: Any = payload.parameters
+        else:
+            if header_length is None:
+                payload = loads(body) if body else None
+            else:  # binary tensor extension: a JSON header, then the inputs' raw bytes
+                payload = loads(body[:header_length])
+                binary = memoryview(body)[header_length:]
+            params = payload.get("parameters") if isinstance(payload, dict) else None
         binary_all = isinstance(params, dict) and bool(params.get("binary_data_output"))
-        response = await self.dp.infer(call, name, version, doc, binary)
+        response = await self.dp.infer(call, name, version, payload, binary)
         with call.span("encode"):
             return _encode(response, binary_all)  # plain JSON unless binary outputs were asked for
 
@@ -160,6 +168,17 @@ async def _object_body(request: Request, call: str) -> Any:
     if not isinstance(doc, dict):
         raise InvalidRequest('the %s request body must be a JSON object such as {"ready": true}' % call)
     return doc
+
+
+#: Bodies larger than this are parsed off the event loop.
+OFF_LOOP_BYTES = 1 << 20
+
+
+def _parse(body: bytes, header_length: Optional[int]) -> InferenceRequest:
+    """A V2 request body (JSON, or the binary extension's header and bytes) as tensors."""
+    if header_length is None:
+        return parse_inference_request(loads(body), None)
+    return parse_inference_request(loads(body[:header_length]), memoryview(body)[header_length:])
 
 
 def _header_length(request: Request) -> Optional[int]:
