@@ -111,3 +111,48 @@ def test_allowed_roots_confine_local_model_paths(tmp_path, start_server, digits_
     assert rows["ok"]["state"] == "READY"
     for name in ("escape", "via-link"):
         assert rows[name]["state"] == "UNAVAILABLE" and "outside the allowed roots" in rows[name]["reason"]
+
+
+def _own_address() -> str:
+    """This machine's address on its network (not loopback): the address a route out would use."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.254", 9))  # no packet is sent: this only picks the interface
+        address = probe.getsockname()[0]
+    assert not address.startswith("127."), "this test needs a network interface beside loopback"
+    return address
+
+
+def test_without_a_token_only_this_machine_may_change_the_server(tmp_path, start_server, digits_model_file):
+    """Listening on every address without admin_token: load/unload from another address is 403 /
+    PERMISSION_DENIED naming the settings (inference stays open), from loopback it works; admin_open=true
+    opens it."""
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+    write_model(tmp_path, "digits", {"name": "digits", "implementation": "sklearn"}, digits_model_file)
+    address = _own_address()
+    server = start_server(tmp_path, "--host", "0.0.0.0")
+    port = int(server.url.rsplit(":", 1)[1])
+    grpc_port = int(server.grpc_address.rsplit(":", 1)[1])
+    remote = "http://%s:%d" % (address, port)
+    r = httpx.post(remote + "/v2/repository/models/digits/unload")
+    assert r.status_code == 403 and "admin_token" in r.json()["error"] and "admin_open" in r.json()["error"]
+    body = {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP64", "data": [[0.0] * 64]}]}
+    assert httpx.post(remote + "/v2/models/digits/infer", json=body).status_code == 200
+    with grpc.insecure_channel("%s:%d" % (address, grpc_port)) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="digits"), timeout=10)
+        assert (
+            info.value.code() == grpc.StatusCode.PERMISSION_DENIED and "admin_token" in info.value.details()
+        )
+    local = "http://127.0.0.1:%d" % port
+    assert httpx.post(local + "/v2/repository/models/digits/unload").status_code == 200
+    assert httpx.post(local + "/v2/repository/models/digits/load").status_code == 200
+    assert server.stop() == 0
+    server = start_server(tmp_path, "--host", "0.0.0.0", env={"ENVSERVE_ADMIN_OPEN": "true"})
+    port = int(server.url.rsplit(":", 1)[1])
+    assert httpx.post("http://%s:%d/v2/repository/models/digits/unload" % (address, port)).status_code == 200
+    assert server.stop() == 0

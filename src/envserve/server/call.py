@@ -14,8 +14,9 @@ none reaches sideways for it.
 from __future__ import annotations
 
 import enum
+import ipaddress
 import time
-from contextvars import Token
+from contextvars import ContextVar, Token
 from typing import Any, ContextManager, Dict, Optional, Sequence, Tuple, Union
 from typing import Protocol as typing_Protocol
 
@@ -60,6 +61,7 @@ class Call:
         "_token",
         "deadline",
         "gone",
+        "loopback",
         "method",
         "model",
         "passthrough",
@@ -103,6 +105,8 @@ class Call:
         #: Headers the model set on its answer (MLServer's ``parameters.headers``), safe to send.
         self.response_headers: Dict[str, str] = {}
         self.tracer = tracer
+        #: Whether the client connected from this machine (its address a loopback one); set by the edge.
+        self.loopback = True
         self._raw_headers = headers
         self._headers: Optional[Dict[str, str]] = None
         self._opened: Any = None
@@ -208,3 +212,26 @@ def _span_of(call: Call) -> Tuple[str, Dict[str, str], Dict[str, Any]]:
         "envserve.request_id": call.request_id,
     }
     return "%s %s" % (call.method, call.path), call.headers, attributes
+
+
+def is_loopback(host: Optional[str]) -> bool:
+    """Whether a peer address is this machine's (127.0.0.0/8, ::1, IPv4-mapped ::ffff:127.x); an unknown
+    or non-IP peer (a Unix socket) counts as this machine."""
+    if not host:
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
+
+
+#: The address of the client whose call runs in this context (set by the gRPC edge per call task).
+PEER: ContextVar[Optional[str]] = ContextVar("envserve_peer", default=None)
+
+#: What a client beyond loopback is told when the calls that change the server are not open to it.
+LOOPBACK_ONLY = (
+    "this call changes the server, which without an admin token answers only clients on this machine: "
+    "set admin_token (ENVSERVE_ADMIN_TOKEN) and send it, or admin_open=true to open it to the network"
+)

@@ -102,6 +102,7 @@ class Server:
             console,
             settings.max_connections,
             settings.browser_hosts(),
+            settings.admin_open,
         )
         self._http: Optional[_UvicornServer] = None
         self._metrics_task: Optional[asyncio.Task[None]] = None
@@ -135,7 +136,14 @@ class Server:
             idle_timeout=s.grpc_idle_timeout,
         )
         server, port = await start_grpc_server(
-            self.dataplane, self.calls, s.host, s.grpc_port, limits, s.admin_token, s.grpc_reflection
+            self.dataplane,
+            self.calls,
+            s.host,
+            s.grpc_port,
+            limits,
+            s.admin_token,
+            s.grpc_reflection,
+            s.admin_open,
         )
         shown = "[%s]" % s.host if ":" in s.host else s.host
         self.grpc_address = "%s:%d" % (shown, port)

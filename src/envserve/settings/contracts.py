@@ -165,6 +165,7 @@ def _mlserver(environ: Mapping[str, str]) -> Contract:
         "metrics_port": _port(environ, "MLSERVER_METRICS_PORT", 8082),
         "metrics_endpoint": environ.get("MLSERVER_METRICS_ENDPOINT") or "/metrics",
         "trust_model_code": True,  # MLServer runs a model folder's runtime classes by design
+        "admin_open": True,  # MLServer's repository API is open (Seldon Core 2's agent calls it)
     }
     models_dir = environ.get("MLSERVER_MODELS_DIR")
     default_model = {

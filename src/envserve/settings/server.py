@@ -177,6 +177,9 @@ class ServerSettings:
     #: Requests one keep-alive connection may carry before the answer says Connection: close.
     max_requests_per_connection: int = 10000
     cors_origins: str = ""
+    #: Without ``admin_token``, the calls that change the server (load, unload, the console's changes)
+    #: answer only clients on this machine; True opens them to every client (as MLServer's API is open).
+    admin_open: bool = False
     #: Host names (comma-separated) browsers may reach this server by for state-changing calls (load,
     #: unload, the console's changes), beside loopback names and ``host`` itself: a page served under any
     #: other name (DNS rebinding) is refused. Origins in ``cors_origins`` are allowed as listed.

@@ -33,6 +33,7 @@ import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
 
+from ..call import PEER
 from .flow import InboundWindows
 from .hpack_memo import MemoDecoder, MemoEncoder
 from .stream import Stream, call_headers, check_call, timeout_of
@@ -137,6 +138,8 @@ class Connection(asyncio.Protocol):
     # asyncio callbacks -------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer: Optional[str] = peer[0] if isinstance(peer, tuple) and peer else None
         loop = asyncio.get_running_loop()
         self.last_active = self.reset_clock = loop.time()
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)  # type: ignore[attr-defined]
@@ -311,6 +314,7 @@ class Connection(asyncio.Protocol):
             stream.task = task
 
     async def _call(self, stream: Stream) -> None:
+        PEER.set(self.peer)  # this call's task only
         method, path, content_type, encoding, timeout, metadata = call_headers(stream)
         data, stream.data = stream.data, bytearray()
         try:
@@ -408,6 +412,7 @@ class Connection(asyncio.Protocol):
             yield await receive_message(bytearray(message), encoding, self.limits.max_message)
 
     async def _call_streaming(self, stream: Stream, handler: StreamHandler) -> None:
+        PEER.set(self.peer)  # this call's task only
         method, path, content_type, encoding, timeout, metadata = call_headers(stream)
 
         async def run() -> None:

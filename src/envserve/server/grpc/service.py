@@ -15,7 +15,7 @@ from google.protobuf.message import Message as Message
 from ... import __version__
 from ...errors import EnvserveError, InvalidRequest, SettingsError
 from ...protocol.v2 import InferenceRequest
-from ..call import Call, Calls, Protocol
+from ..call import LOOPBACK_ONLY, PEER, Call, Calls, Protocol, is_loopback
 from ..dataplane import DataPlane
 from . import converters
 from .errors import code_for
@@ -48,10 +48,13 @@ Method = Callable[[Any, Call], Awaitable[Message]]
 class InferenceService:
     """One coroutine per RPC: (request message, call) -> response message; errors raise."""
 
-    def __init__(self, dataplane: DataPlane, calls: Calls, admin_token: str = "") -> None:
+    def __init__(
+        self, dataplane: DataPlane, calls: Calls, admin_token: str = "", admin_open: bool = False
+    ) -> None:
         self.dp = dataplane
         self.calls = calls
         self.admin_token = admin_token
+        self.admin_open = admin_open
 
     def handlers(self) -> Dict[str, Handler]:
         table = {}
@@ -163,6 +166,8 @@ class InferenceService:
 
     def _check_admin(self, call: Call) -> None:
         if not self.admin_token:
+            if not self.admin_open and not is_loopback(PEER.get()):
+                raise GrpcError(StatusCode.PERMISSION_DENIED, LOOPBACK_ONLY)
             return
         value = call.headers.get("authorization", "")
         # compared as bytes: a token of any characters is a wrong token, not an error of the server's
@@ -228,9 +233,10 @@ async def start_grpc_server(
     limits: Limits,
     admin_token: str = "",
     reflection: bool = True,
+    admin_open: bool = False,
 ) -> Tuple[GrpcServer, int]:
     """Start serving; returns (server, bound port). Port 0 picks a free one."""
-    service = InferenceService(dataplane, calls, admin_token)
+    service = InferenceService(dataplane, calls, admin_token, admin_open)
     streams = dict(service.stream_handlers())
     if reflection:
         streams.update(Reflection().handlers())

@@ -45,6 +45,7 @@ class StatusCode:
     INVALID_ARGUMENT = 3
     DEADLINE_EXCEEDED = 4
     NOT_FOUND = 5
+    PERMISSION_DENIED = 7
     RESOURCE_EXHAUSTED = 8
     UNIMPLEMENTED = 12
     INTERNAL = 13
@@ -58,6 +59,7 @@ class StatusCode:
         3: "INVALID_ARGUMENT",
         4: "DEADLINE_EXCEEDED",
         5: "NOT_FOUND",
+        7: "PERMISSION_DENIED",
         8: "RESOURCE_EXHAUSTED",
         12: "UNIMPLEMENTED",
         13: "INTERNAL",

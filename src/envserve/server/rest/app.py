@@ -18,13 +18,13 @@ from typing import Any, Awaitable, Callable, Dict, List, MutableMapping, Optiona
 
 from ...errors import EnvserveError, Overloaded
 from ...protocol.envelope import Passthrough
-from ..call import Call, Calls, Protocol
+from ..call import Call, Calls, Protocol, is_loopback
 from ..console import ConsoleAPI
 from ..dataplane import DataPlane
 from ..metrics import CONTENT_TYPE, Metrics
 from .envserve_api import EnvserveAPI
 from .errors import error_response, http_status
-from .guards import LOOPBACK_HOSTS, admin_only, cors_headers, same_origin
+from .guards import LOOPBACK_HOSTS, admin_only, cors_headers, loopback_only, same_origin
 from .kserve import KServeV1Handlers
 from .mlflow import MLflowHandlers
 from .routing import (
@@ -180,6 +180,7 @@ class RestApp:
         console: Optional[ConsoleAPI] = None,
         max_requests: int = 0,
         allowed_hosts: Sequence[str] = (),
+        admin_open: bool = False,
     ) -> None:
         self.dataplane = dataplane
         self.calls = calls
@@ -187,6 +188,8 @@ class RestApp:
         self.metrics = metrics
         self.console = console
         self.admin_token = admin_token.encode() if admin_token else b""
+        #: without a token, state-changing calls from beyond loopback are refused unless this is set
+        self.admin_open = admin_open
         self.cors_origins = frozenset(o.encode() for o in cors_origins)
         #: the names browsers may call this server by for state-changing calls (CSRF, DNS rebinding)
         self.allowed_hosts = LOOPBACK_HOSTS | frozenset(
@@ -205,6 +208,8 @@ class RestApp:
 
     def _guard(self, guard: Guard, handler: Handler) -> Handler:
         guarded = admin_only(handler, self.admin_token)
+        if guard is Guard.CHANGES and not self.admin_token and not self.admin_open:
+            guarded = loopback_only(guarded)
         if guard is Guard.CHANGES:
             guarded = same_origin(guarded, self.cors_origins, self.allowed_hosts)
         return guarded
@@ -271,6 +276,8 @@ class RestApp:
         protocol = route.protocol if route is not None else Protocol.V2_REST
         request = Request(scope, receive, params, self.max_request_size)
         call = self.calls.begin(protocol, method, path, scope["headers"], incoming, request.gone)
+        client = scope.get("client")
+        call.loopback = is_loopback(client[0] if client else None)
         call.model = params.get("name", "")
         if route is not None:
             call.route = route.template

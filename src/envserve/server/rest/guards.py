@@ -5,10 +5,21 @@ from __future__ import annotations
 import hmac
 from typing import AbstractSet, List, Tuple
 
-from ..call import Call
+from ..call import LOOPBACK_ONLY, Call
 from .routing import Answer, Handler, HTTPError, Request
 
-__all__ = ["LOOPBACK_HOSTS", "admin_only", "cors_headers", "same_origin"]
+__all__ = ["LOOPBACK_HOSTS", "admin_only", "cors_headers", "loopback_only", "same_origin"]
+
+
+def loopback_only(handler: Handler) -> Handler:
+    """Without an admin token, state-changing calls are for clients on this machine only (403 beyond)."""
+
+    async def guarded(request: Request, call: Call) -> Answer:
+        if not call.loopback:
+            raise HTTPError(403, LOOPBACK_ONLY)
+        return await handler(request, call)
+
+    return guarded
 
 
 def admin_only(handler: Handler, token: bytes) -> Handler:
