@@ -134,6 +134,7 @@ class Server:
             max_message=s.grpc_max_message_length or s.max_request_size,
             max_connections=s.max_connections or 2**31,
             idle_timeout=s.grpc_idle_timeout,
+            stall_timeout=s.body_timeout,
         )
         server, port = await start_grpc_server(
             self.dataplane,

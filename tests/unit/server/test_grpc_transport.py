@@ -856,3 +856,62 @@ def test_a_streaming_client_that_never_reads_is_held_to_its_window(streaming):
     # bounded by its window
     assert sent <= 4 * limits.stream_window + 70 * 1005, (sent, limits.stream_window)
     _still_serving(streaming.port)
+
+
+def test_a_unary_stream_holds_no_more_than_its_message_declares(server):
+    """The length prefix decides at once: a message declaring more than the limit is refused with its
+    first five bytes (the rest is never waited for or held), and bytes beyond what a unary call's one
+    message declares are INVALID_ARGUMENT before the stream ends."""
+    client = RawClient(server.port)
+    block = client.headers_block("/t.T/Echo")
+    client.send(frame(HEADERS, 0x4, 1, block) + frame(DATA, 0, 1, struct.pack(">BI", 0, MAX_MESSAGE + 1)))
+    _headers, _data, trailers = client.response(1)
+    assert trailers["grpc-status"] == "8" and "larger than the server's limit" in trailers["grpc-message"]
+    client.send(
+        frame(HEADERS, 0x4, 3, block) + frame(DATA, 0, 3, struct.pack(">BI", 0, 3) + b"abc" + b"x" * 10)
+    )
+    _headers, _data, trailers = client.response(3)
+    assert trailers["grpc-status"] == "3" and "exactly one message" in trailers["grpc-message"], trailers
+    client.call(5, "/t.T/Echo", b"fine")
+    assert client.response(5)[1][5:] == b"fine"
+
+
+def test_a_stalled_request_times_out_and_the_connection_serves_on():
+    running = Running(stall_timeout=0.5)
+    try:
+        client = RawClient(running.port)
+        block = client.headers_block("/t.T/Echo")
+        client.send(frame(HEADERS, 0x4, 1, block) + frame(DATA, 0, 1, struct.pack(">BI", 0, 100) + b"half"))
+        _headers, _data, trailers = client.response(1)  # the socket's timeout (30 s) bounds the wait
+        assert trailers["grpc-status"] == "4" and "stopped arriving" in trailers["grpc-message"], trailers
+        client.call(3, "/t.T/Echo", b"after")
+        assert client.response(3)[1][5:] == b"after"
+    finally:
+        running.close()
+
+
+def test_resets_the_peer_makes_the_server_send_cost_its_reset_budget(server):
+    """ "MadeYouReset": streams the server must reset because of what they carry (here, messages declaring
+    more than the limit) are charged like the peer's own resets, so a flood of them ends in GOAWAY."""
+    client = RawClient(server.port)
+    block = client.headers_block("/t.T/Echo")
+    oversized = struct.pack(">BI", 0, MAX_MESSAGE + 1)
+    code = None
+    for first in range(1, 2 * 2000, 2 * 50):  # 50 streams at a time, under the concurrent-stream limit
+        wire = b"".join(
+            frame(HEADERS, 0x4, sid, block) + frame(DATA, 0, sid, oversized)
+            for sid in range(first, first + 100, 2)
+        )
+        try:
+            client.send(wire)
+            last_sid = first + 98
+            seen, last = client.frames_until(
+                lambda f, sid=last_sid: f[0] in (RST, GOAWAY) and f[2] in (sid, 0)
+            )
+        except (BrokenPipeError, ConnectionResetError):
+            break
+        code = _goaway_code(seen)
+        if code is not None or last is None:
+            break
+    assert code == ENHANCE_YOUR_CALM, code
+    _still_serving(server.port)

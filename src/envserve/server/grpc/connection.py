@@ -79,6 +79,9 @@ class Limits:
     max_connections: int = 1024
     #: Seconds a connection without open streams is kept; 0 keeps it until the peer closes it.
     idle_timeout: float = 300.0
+    #: Seconds a request may pause before it is complete (a unary call's message, a streaming call's
+    #: next bytes mid-message): DEADLINE_EXCEEDED and the stream reset beyond; 0: no bound.
+    stall_timeout: float = 60.0
 
 
 class Serving(Protocol):
@@ -134,6 +137,7 @@ class Connection(asyncio.Protocol):
         self.write_paused = False
         self.last_active = 0.0
         self._timer: Optional[asyncio.TimerHandle] = None
+        self._stall_timer: Optional[asyncio.TimerHandle] = None
 
     # asyncio callbacks -------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -174,6 +178,8 @@ class Connection(asyncio.Protocol):
         self.closed = True
         if self._timer is not None:
             self._timer.cancel()
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
         for stream in self.streams.values():
             if stream.task is not None:
                 stream.task.cancel()
@@ -217,6 +223,8 @@ class Connection(asyncio.Protocol):
             self.conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
             return
         stream = Stream(sid, event.headers)
+        stream.heard = asyncio.get_running_loop().time()
+        self._watch_stalls()
         self.streams[sid] = stream
         if self.server.stream_handlers and self._start_streaming(stream):
             if event.stream_ended is not None:
@@ -238,16 +246,28 @@ class Connection(asyncio.Protocol):
                 self.conn.acknowledge_received_data(size, sid)
             return
         self.windows.received(stream, event.data or b"")
-        if len(stream.data) > self.limits.max_message + 5:
+        stream.heard = asyncio.get_running_loop().time()
+        # the message's own length prefix bounds what the stream may hold: never more than it declares
+        refused = None
+        if len(stream.data) >= 5:
+            declared = struct.unpack_from(">I", stream.data, 1)[0]
+            if declared > self.limits.max_message:
+                refused = (
+                    StatusCode.RESOURCE_EXHAUSTED,
+                    "request message of %d bytes is larger than the server's limit of %d bytes"
+                    % (declared, self.limits.max_message),
+                )
+            elif len(stream.data) > 5 + declared:
+                refused = (
+                    StatusCode.INVALID_ARGUMENT,
+                    "unary call must carry exactly one message (length prefix %d, more bytes sent)"
+                    % declared,
+                )
+        if refused is not None:
             self.windows.finish(stream)
             self.windows.ack(stream, size)
-            self._respond_error(
-                stream,
-                StatusCode.RESOURCE_EXHAUSTED,
-                "request message larger than the server's limit of %d bytes" % self.limits.max_message,
-            )
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self.conn.reset_stream(sid, ErrorCodes.CANCEL)
+            self._respond_error(stream, *refused)
+            self._reset_for_peer(sid)
             self._forget(stream)
             return
         self.windows.settle(stream, size)
@@ -266,12 +286,23 @@ class Connection(asyncio.Protocol):
         if stream is not None:  # h2 has closed it: its call must not answer on it, whatever follows
             self._forget(stream)
         if event.remote_reset:
-            now = asyncio.get_running_loop().time()
-            self.resets = min(float(RESET_BUDGET), self.resets + (now - self.reset_clock) * RESET_REFILL)
-            self.reset_clock = now
-            self.resets -= 1
-            if self.resets < 0:
-                self._goaway(ErrorCodes.ENHANCE_YOUR_CALM, "too many stream resets")
+            self._charge_reset()
+
+    def _charge_reset(self) -> None:
+        """One stream reset, the peer's or one the peer made the server send: from the same budget."""
+        now = asyncio.get_running_loop().time()
+        self.resets = min(float(RESET_BUDGET), self.resets + (now - self.reset_clock) * RESET_REFILL)
+        self.reset_clock = now
+        self.resets -= 1
+        if self.resets < 0:
+            self._goaway(ErrorCodes.ENHANCE_YOUR_CALM, "too many stream resets")
+
+    def _reset_for_peer(self, sid: int) -> None:
+        """Reset a stream because of what the peer sent ("MadeYouReset": such resets cost the peer's
+        reset budget too, or a peer could make the server reset streams without end)."""
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self.conn.reset_stream(sid, ErrorCodes.CANCEL)
+        self._charge_reset()
 
     def _window_updated(self, event: Any) -> None:
         self._send_pending()
@@ -365,6 +396,7 @@ class Connection(asyncio.Protocol):
         back at once while the handler keeps up, and only as it takes messages when it does not, so a
         client that sends faster than the handler reads holds at most a window of messages here."""
         assert stream.inbox is not None
+        stream.heard = asyncio.get_running_loop().time()
         stream.data += data
         stream.deferred += size
         buffer = stream.data
@@ -377,8 +409,7 @@ class Connection(asyncio.Protocol):
                     StatusCode.RESOURCE_EXHAUSTED,
                     "request message larger than the server's limit of %d bytes" % self.limits.max_message,
                 )
-                with contextlib.suppress(h2.exceptions.ProtocolError):
-                    self.conn.reset_stream(stream.sid, ErrorCodes.CANCEL)
+                self._reset_for_peer(stream.sid)
                 self._forget(stream)
                 return
             if len(buffer) < 5 + length:
@@ -541,6 +572,35 @@ class Connection(asyncio.Protocol):
             self.transport.write(out)
 
     # lifetime ----------------------------------------------------------------------------------------
+    def _watch_stalls(self) -> None:
+        """Look at the streams still receiving every quarter of ``stall_timeout`` while any exist."""
+        if self._stall_timer is None and self.limits.stall_timeout and not self.closed:
+            delay = max(0.05, self.limits.stall_timeout / 4)
+            self._stall_timer = asyncio.get_running_loop().call_later(delay, self._check_stalls)
+
+    def _check_stalls(self) -> None:
+        """A request that stopped arriving mid-way (a unary call's message, a streaming call's next
+        message begun and not finished) for ``stall_timeout``: DEADLINE_EXCEEDED, the stream reset."""
+        self._stall_timer = None
+        if self.closed:
+            return
+        now = asyncio.get_running_loop().time()
+        limit = self.limits.stall_timeout
+        waiting = list(self.windows.receiving.values()) + [s for s in self.streaming.values() if s.data]
+        for stream in waiting:
+            if now - stream.heard >= limit and stream.sid in self.streams:
+                self.streaming.pop(stream.sid, None)
+                self._respond_error(
+                    stream,
+                    StatusCode.DEADLINE_EXCEEDED,
+                    "the request stopped arriving: no bytes for %g s (stall_timeout)" % limit,
+                )
+                self._reset_for_peer(stream.sid)
+                self._forget(stream)
+        self._flush()
+        if self.windows.receiving or any(s.data for s in self.streaming.values()):
+            self._watch_stalls()
+
     def _went_idle(self) -> None:
         self.last_active = asyncio.get_running_loop().time()
         if self.draining:

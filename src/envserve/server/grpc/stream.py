@@ -12,7 +12,9 @@ __all__ = ["Stream", "call_headers", "check_call", "timeout_of"]
 
 
 class Stream:
-    __slots__ = ("data", "deferred", "drained", "headers", "inbox", "pending", "sid", "started", "task")
+    __slots__ = (
+        "data", "deferred", "drained", "headers", "heard", "inbox", "pending", "sid", "started", "task",
+    )  # fmt: skip
 
     def __init__(self, sid: int, headers: List[Tuple[bytes, bytes]]) -> None:
         self.sid = sid
@@ -27,6 +29,8 @@ class Stream:
         self.inbox: Optional[asyncio.Queue[Optional[bytes]]] = None
         self.started = False
         self.drained: Optional[asyncio.Event] = None
+        #: the loop's time when the peer last sent on this stream (stalled requests time out)
+        self.heard = 0.0
 
 
 def call_headers(stream: Stream) -> Tuple[str, str, str, str, str, Metadata]:
