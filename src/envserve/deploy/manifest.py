@@ -165,19 +165,31 @@ def _resources(spec: DeploymentSpec) -> Dict[str, Any]:
     return {"requests": values, "limits": dict(values)} if values else {}
 
 
+def admin_secret(name: str) -> str:
+    """The Secret whose key ``token`` a deployment's server takes as its admin token."""
+    return ("%s-admin-token" % name[:50]).strip("-")
+
+
 def _envserve_container(
     spec: DeploymentSpec, port: int, grpc_port: int
-) -> Tuple[List[str], List[Dict[str, str]]]:
+) -> Tuple[List[str], List[Dict[str, Any]]]:
     remote = bool(spec.model_uri) and not spec.model_uri.startswith("/")
     if spec.target == "k8s" and remote:
         args = ["serve", "--model-uri", spec.model_uri]
     else:
         args = ["serve", "/mnt/models"]
-    env = [
+    env: List[Dict[str, Any]] = [
         {"name": "ENVSERVE_HOST", "value": "0.0.0.0"},
         {"name": "ENVSERVE_HTTP_PORT", "value": str(port)},
         {"name": "ENVSERVE_GRPC_PORT", "value": str(grpc_port)},
         {"name": "ENVSERVE_ENV_CACHE", "value": "/home/envserve/.cache/envserve/environments"},
+        # load/unload from beyond the pod need this token; without the Secret they answer the pod only
+        {
+            "name": "ENVSERVE_ADMIN_TOKEN",
+            "valueFrom": {
+                "secretKeyRef": {"name": admin_secret(spec.name), "key": "token", "optional": True}
+            },
+        },
     ]
     return args, env
 
