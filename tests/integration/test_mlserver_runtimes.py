@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import httpx
@@ -453,6 +454,20 @@ def _histogram(url: str, name: str, model: str):
     return found["count"], found["sum"]
 
 
+def _settled(url, metric, model, at_least=0.0, limit=60.0):
+    """A histogram's (count, sum) once it has at least ``at_least`` observations and two reads a moment
+    apart agree (the wait is bounded; the assertion that follows says what was found)."""
+    deadline = time.monotonic() + limit
+    last = _histogram(url, metric, model)
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = _histogram(url, metric, model)
+        if now == last and now[0] >= at_least:
+            return now
+        last = now
+    return last
+
+
 @pytest.fixture(scope="module")
 def metered_mlserver(tmp_path_factory):
     """MLServer 1.7 serving the metered runtime with a worker: with parallel_workers 0 it does not serve
@@ -478,8 +493,11 @@ def test_custom_metrics_are_served_as_mlserver_serves_them(servers, metered_mlse
     mlserver = metered_mlserver
     ours_name = "metered" + variant
     body = {"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP64", "data": [1, 2, 3, 4]}]}
+    # MLServer's workers hand their metrics to its main process asynchronously: read them once they
+    # have stopped changing (the previous variant's may still be arriving), and after the calls wait for
+    # the three observations to arrive
     before = {
-        (server, metric): _histogram(url, metric, model)
+        (server, metric): _settled(url, metric, model)
         for server, url, model in (
             ("ours", envserve.url + "/metrics", ours_name),
             ("theirs", mlserver.metrics_url, "metered"),
@@ -493,7 +511,9 @@ def test_custom_metrics_are_served_as_mlserver_serves_them(servers, metered_mlse
         assert ours.json()["outputs"][0]["data"] == theirs.json()["outputs"][0]["data"] == [3, 7]
     for metric, count, total in (("rows_seen", 3, 6.0), ("largest_value", 3, 12.0)):
         ours = _histogram(envserve.url + "/metrics", metric, ours_name)
-        theirs = _histogram(mlserver.metrics_url, metric, "metered")
+        theirs = _settled(
+            mlserver.metrics_url, metric, "metered", at_least=before[("theirs", metric)][0] + count
+        )
         grown = [
             (now[0] - before[(who, metric)][0], now[1] - before[(who, metric)][1])
             for who, now in (("ours", ours), ("theirs", theirs))

@@ -127,8 +127,22 @@ class MLflowRuntime(Runtime):
             return None
         path = os.path.join(self._folder, flavor.get("pickled_model", "model.pkl"))
         # pickle, cloudpickle or joblib alike, through the restricted loader: the MLmodel file comes from
-        # the same place as the pickle, so what it declares (cloudpickle) widens nothing
+        # the same place as the pickle, so what it declares (cloudpickle) widens nothing by itself; a
+        # cloudpickle flavor may carry code by value (a FunctionTransformer's lambda), which loads only
+        # when the operator trusts model code
+        if flavor.get("serialization_format", "cloudpickle") == "cloudpickle" and self._trusts_code():
+            from .pickles import Policy, load_pickle
+
+            try:
+                return load_pickle(path, Policy.for_model(_frameworks(flavor), code=True))
+            except ModelLoadError as exc:
+                raise type(exc)(
+                    "model %r: %s" % (self.settings.name, exc), model=self.settings.name
+                ) from None
         return self.load_pickle(path, _frameworks(flavor))
+
+    def _trusts_code(self) -> bool:
+        return self.settings.parameters.get("model_code") is True
 
     def _load_skops(self, flavor: Dict[str, Any]) -> Any:
         """MLflow 3's default scikit-learn format: skops builds only the types it trusts (scikit-learn's,

@@ -34,10 +34,11 @@ the file has been called at that point except allowed classes and reconstructors
 **Policy** (:class:`Policy`): the model's framework packages (scikit-learn and the estimators pickled
 inside its pipelines), the types of numpy, scipy and pandas (never their I/O modules), the standard
 library's value types, and the operator's server-wide ``pickle_allow`` (``"package.*"`` for the classes
-of a package, ``"module.name"`` for one class or function). When the operator trusts model code
-(``trust_model_code``) a pickle may name anything, as pickle itself allows — code pickled by value
-(cloudpickle's functions and classes) needs that — and only the dtype and array checks remain. A model's
-own settings can narrow the policy, never widen it (the server hands the runtime the policy).
+of a package, ``"module.name"`` for one class or function). ``Policy(code=True)`` lets a pickle name
+anything, as pickle itself allows (only the dtype and array checks remain): the operator's
+``pickle_scan=false``, and an MLflow cloudpickle flavor (code by value) when the operator trusts model
+code. A model's own settings can narrow the policy, never widen it (the server hands the runtime the
+policy).
 
 Worker import closure: standard library (numpy when the file holds arrays); Python 3.6+.
 """
