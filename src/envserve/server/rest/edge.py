@@ -79,19 +79,19 @@ class _EdgeProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._in_head = True
+        self._in_head = True  # reading a request's line and headers (or waiting for one)
+        self._in_body = False  # reading a request's body
         self._head_bytes = 0
         self._requests = 0
-        self._responding = False
         self._overflow = bool(self.limits.max_open) and len(self.connections) > self.limits.max_open
         self._timer: Optional[asyncio.TimerHandle] = None
-        self._arm(self.limits.head_timeout)
+        self._arm(self.limits.head_timeout)  # a connection that never begins a request
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self._disarm()
         super().connection_lost(exc)
 
-    # -- timers --------------------------------------------------------------------------------------------
+    # -- timers: armed only while a request is partly here, so a request that arrives whole costs none --
 
     def _arm(self, seconds: float) -> None:
         self._disarm()
@@ -107,34 +107,32 @@ class _EdgeProtocol(HttpToolsProtocol):
         self._timer = None
         if self.transport.is_closing():
             return
-        if not self._in_head and getattr(self.flow, "read_paused", False):
+        if self._in_body and getattr(self.flow, "read_paused", False):
             self._arm(self.limits.body_timeout)  # the server is not reading: not the client's delay
             return
-        if self._in_head and self._head_bytes == 0 and self._requests > 0:
-            return  # between requests: uvicorn's keep-alive timer closes idle connections
-        self._refuse(408, "the request did not arrive in time")
+        if self._in_head or self._in_body:
+            self._refuse(408, "the request did not arrive in time")
 
     # -- bytes ---------------------------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
         if self._in_head:
-            if self._head_bytes == 0 and self._requests > 0:
-                self._arm(self.limits.head_timeout)  # a new request on a kept-alive connection
             self._head_bytes += len(data)
-        elif self._timer is not None:
-            self._arm(self.limits.body_timeout)
         super().data_received(data)
-        if (
-            self._in_head
-            and self._head_bytes > self.limits.max_head_bytes
-            and not self.transport.is_closing()
-        ):
-            self._refuse(431, "the request line and headers exceed %d bytes" % self.limits.max_head_bytes)
+        if self.transport.is_closing():
+            return
+        if self._in_head and self._head_bytes:
+            if self._head_bytes > self.limits.max_head_bytes:
+                self._refuse(431, "the request line and headers exceed %d bytes" % self.limits.max_head_bytes)
+            elif self._timer is None:
+                self._arm(self.limits.head_timeout)  # counted from the head's first bytes, not re-armed
+        elif self._in_body:
+            self._arm(self.limits.body_timeout)  # an idle timeout: each chunk of the body re-arms it
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
+        self._in_head, self._in_body = False, True
+        self._disarm()
         self._requests += 1
-        self._arm(self.limits.body_timeout)
         path = self.url.split(b"?", 1)[0]
         if self._overflow and path not in self.always:
             self.limit_concurrency = 0  # uvicorn's own way: a plain 503 and Connection: close
@@ -143,6 +141,7 @@ class _EdgeProtocol(HttpToolsProtocol):
             self.cycle.keep_alive = False
 
     def on_message_complete(self) -> None:
+        self._in_body = False
         self._disarm()
         super().on_message_complete()
 
