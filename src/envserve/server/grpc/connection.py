@@ -300,8 +300,11 @@ class Connection(asyncio.Protocol):
     def _reset_for_peer(self, sid: int) -> None:
         """Reset a stream because of what the peer sent ("MadeYouReset": such resets cost the peer's
         reset budget too, or a peer could make the server reset streams without end)."""
+        # NO_ERROR: the answer (trailers, ending the stream) is already out; the reset only tells the peer
+        # to stop sending, as HTTP/2 lets a server do once its response is complete (clients then report
+        # the answer's status, not the reset)
         with contextlib.suppress(h2.exceptions.ProtocolError):
-            self.conn.reset_stream(sid, ErrorCodes.CANCEL)
+            self.conn.reset_stream(sid, ErrorCodes.NO_ERROR)
         self._charge_reset()
 
     def _window_updated(self, event: Any) -> None:
