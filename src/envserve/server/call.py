@@ -61,11 +61,11 @@ class Call:
         "_token",
         "deadline",
         "gone",
-        "loopback",
         "method",
         "model",
         "passthrough",
         "path",
+        "peer",
         "protocol",
         "request_id",
         "response_headers",
@@ -105,8 +105,8 @@ class Call:
         #: Headers the model set on its answer (MLServer's ``parameters.headers``), safe to send.
         self.response_headers: Dict[str, str] = {}
         self.tracer = tracer
-        #: Whether the client connected from this machine (its address a loopback one); set by the edge.
-        self.loopback = True
+        #: The client's address as the edge saw it (None: unknown, or a Unix socket); set by the edge.
+        self.peer: Optional[str] = None
         self._raw_headers = headers
         self._headers: Optional[Dict[str, str]] = None
         self._opened: Any = None
@@ -126,6 +126,11 @@ class Call:
                 found[name] = found[name] + ", " + text if name in found else text
             self._headers = found
         return self._headers
+
+    @property
+    def loopback(self) -> bool:
+        """Whether the client connected from this machine (read only by the guards that need it)."""
+        return is_loopback(self.peer)
 
     def span(self, name: str, attributes: Optional[Dict[str, Any]] = None) -> ContextManager[Any]:
         """A stage of this call in its trace (nothing when tracing is off)."""

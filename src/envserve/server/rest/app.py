@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable, Dict, List, MutableMapping, Optiona
 
 from ...errors import EnvserveError, Overloaded
 from ...protocol.envelope import Passthrough
-from ..call import Call, Calls, Protocol, is_loopback
+from ..call import Call, Calls, Protocol
 from ..console import ConsoleAPI
 from ..dataplane import DataPlane
 from ..metrics import CONTENT_TYPE, Metrics
@@ -277,7 +277,7 @@ class RestApp:
         request = Request(scope, receive, params, self.max_request_size)
         call = self.calls.begin(protocol, method, path, scope["headers"], incoming, request.gone)
         client = scope.get("client")
-        call.loopback = is_loopback(client[0] if client else None)
+        call.peer = client[0] if client else None
         call.model = params.get("name", "")
         if route is not None:
             call.route = route.template
