@@ -511,11 +511,12 @@ def test_custom_metrics_are_served_as_mlserver_serves_them(servers, metered_mlse
         theirs = _infer(mlserver.url, "metered", body)
         assert ours.status_code == theirs.status_code == 200, (ours.text, theirs.text)
         assert ours.json()["outputs"][0]["data"] == theirs.json()["outputs"][0]["data"] == [3, 7]
-    for _ in range(20):
-        shown = (
-            _histogram(mlserver.metrics_url, "rows_seen", "metered")[0] - before[("theirs", "rows_seen")][0]
-        )
-        if shown >= 3:
+    for _ in range(20):  # each metric is published on its own schedule: wait for both
+        shown = [
+            _histogram(mlserver.metrics_url, metric, "metered")[0] - before[("theirs", metric)][0]
+            for metric in ("rows_seen", "largest_value")
+        ]
+        if min(shown) >= 3:
             break
         assert _infer(mlserver.url, "metered", body).status_code == 200
         time.sleep(0.5)
