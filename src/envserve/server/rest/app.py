@@ -22,6 +22,7 @@ from ..call import Call, Calls, Protocol
 from ..console import ConsoleAPI
 from ..dataplane import DataPlane
 from ..metrics import CONTENT_TYPE, Metrics
+from .edge import PROBES
 from .envserve_api import EnvserveAPI
 from .errors import error_response, http_status
 from .guards import LOOPBACK_HOSTS, admin_only, cors_headers, loopback_only, same_origin
@@ -51,17 +52,6 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
-#: Health probes are never shed: a pod under load must not look dead to its orchestrator.
-_PROBES = frozenset(
-    (
-        "/v2/health/live",
-        "/v2/health/ready",
-        "/health/ping",
-        "/health/status",
-        "/api/v1.0/health/status",
-        "/ping",
-    )
-)
 _PREFLIGHT = [
     (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
     (
@@ -301,7 +291,7 @@ class RestApp:
         """The handler's answer, or the error table's."""
         self.active += 1
         try:
-            if self.max_requests and self.active > self.max_requests and call.path not in _PROBES:
+            if self.max_requests and self.active > self.max_requests and call.path not in PROBES:
                 raise Overloaded(
                     "the server is serving %d requests, its limit (max_connections); retry shortly"
                     % self.max_requests

@@ -25,21 +25,22 @@ from typing import FrozenSet, Optional, Type
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["EdgeLimits", "edge_protocol"]
+__all__ = ["ALWAYS_SERVED", "PROBES", "EdgeLimits", "edge_protocol"]
 
-#: Paths served even on connections beyond ``max_open`` (orchestrators' probes and scrapes).
-ALWAYS_SERVED: FrozenSet[bytes] = frozenset(
+#: Health probes are never shed (by the app) nor refused (here): a pod under load must not look dead to
+#: its orchestrator.
+PROBES = frozenset(
     (
-        b"/v2/health/live",
-        b"/v2/health/ready",
-        b"/health/ping",
-        b"/health/status",
-        b"/api/v1.0/health/status",
-        b"/ping",
-        b"/metrics",
-        b"/prometheus",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/health/ping",
+        "/health/status",
+        "/api/v1.0/health/status",
+        "/ping",
     )
 )
+#: Paths served even on connections beyond ``max_open``: the probes and Prometheus' scrapes.
+ALWAYS_SERVED: FrozenSet[bytes] = frozenset(p.encode() for p in PROBES | {"/metrics", "/prometheus"})
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
